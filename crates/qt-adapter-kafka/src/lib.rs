@@ -1,0 +1,1 @@
+//! Kafka adapter for qt (rdkafka).

@@ -1,0 +1,1 @@
+//! In-memory and file-fed queue adapter for qt, with a test handle.

@@ -1,0 +1,143 @@
+//! The agent runtime the engine triggers (requirement 4).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::envelope::MessageEnvelope;
+use crate::error_class::ErrorClass;
+use crate::health::Health;
+
+/// What an agent receives: the routed event name, the focus that narrows what it may use
+/// (requirement 4.4), the tenant, and the message with its origin as context (4.2).
+#[derive(Clone, Debug)]
+pub struct AgentEvent {
+    pub event_name: String,
+    pub target: String,
+    pub focus: Option<String>,
+    pub tenant_id: Option<String>,
+    /// 1-based attempt number of this trigger within qt's retry loop.
+    pub attempt: u32,
+    pub envelope: Arc<MessageEnvelope>,
+    /// The sub-document selected by `extraction.payload_pointer`, when configured.
+    pub selected_payload: Option<Arc<serde_json::Value>>,
+}
+
+/// The JSON shape of an event handed to out-of-process agents (command, HTTP).
+#[derive(Debug, Serialize)]
+pub struct AgentEventJson<'a> {
+    pub event_name: &'a str,
+    pub target: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub focus: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<&'a str>,
+    pub attempt: u32,
+    pub context: AgentContextJson<'a>,
+}
+
+/// The message and its origin, as the agent sees them.
+#[derive(Debug, Serialize)]
+pub struct AgentContextJson<'a> {
+    pub message_id: &'a str,
+    pub trace_id: String,
+    pub payload_format: &'static str,
+    pub payload: serde_json::Value,
+    pub headers: &'a crate::headers::Headers,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+    pub source: &'a crate::message::SourceInfo,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dedup_key: Option<&'a str>,
+    pub delivery_attempt: u32,
+}
+
+impl AgentEvent {
+    /// The payload the agent should use: the selected sub-document, or the whole payload.
+    pub fn payload_json(&self) -> serde_json::Value {
+        match &self.selected_payload {
+            Some(v) => (**v).clone(),
+            None => self.envelope.payload.to_json_value(),
+        }
+    }
+
+    pub fn to_json(&self) -> AgentEventJson<'_> {
+        let env = &self.envelope;
+        AgentEventJson {
+            event_name: &self.event_name,
+            target: &self.target,
+            focus: self.focus.as_deref(),
+            tenant_id: self.tenant_id.as_deref(),
+            attempt: self.attempt,
+            context: AgentContextJson {
+                message_id: &env.message_id,
+                trace_id: env.trace_id.to_string(),
+                payload_format: if self.selected_payload.is_some() { "json" } else { env.payload.format() },
+                payload: self.payload_json(),
+                headers: &env.headers,
+                received_at: env.received_at,
+                source: &env.source,
+                dedup_key: env.dedup_key.as_deref(),
+                delivery_attempt: env.attempt,
+            },
+        }
+    }
+}
+
+/// What a successful run reports back (requirement 7.3).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AgentRun {
+    pub run_id: Option<String>,
+    pub llm_calls: u32,
+}
+
+/// A failed run, classified for retry policy.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{class} failure: {message}")]
+pub struct AgentError {
+    pub class: ErrorClass,
+    pub message: String,
+    /// Honoured as the next delay when the agent says when to come back.
+    pub retry_after: Option<Duration>,
+}
+
+impl AgentError {
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
+        Self {
+            class,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Retryable, message)
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Permanent, message)
+    }
+
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Timeout, message)
+    }
+
+    pub fn rate_limited(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
+        Self {
+            class: ErrorClass::RateLimited,
+            message: message.into(),
+            retry_after,
+        }
+    }
+}
+
+/// Starts agent runs. Library users implement this; the CLI ships command and log targets.
+#[async_trait]
+pub trait AgentRuntime: Send + Sync + std::fmt::Debug {
+    async fn trigger_event(&self, event: &AgentEvent) -> Result<AgentRun, AgentError>;
+
+    async fn health(&self) -> Health {
+        Health::Healthy
+    }
+}

@@ -1,0 +1,131 @@
+//! `governance`: the built-in policy governance (DESIGN §8).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::problems::{ConfigErrors, Validate, join};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleAction {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// What to do when a (library-supplied) governance layer fails to answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnGovernanceError {
+    /// Treat it as a deferral: requeue after `defer_delay`.
+    #[default]
+    FailClosed,
+    /// Run the message anyway.
+    FailOpen,
+}
+
+/// Allow or deny events by tenant and event name. The first matching rule wins.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GovernanceRule {
+    /// Policy name recorded in the ledger. Required.
+    #[serde(default)]
+    pub name: String,
+    /// Glob on the tenant id; `*` matches every tenant (and messages without one).
+    /// Default `*`.
+    #[serde(default = "star")]
+    pub tenant: String,
+    /// Glob on the event name. Default `*`.
+    #[serde(default = "star")]
+    pub event: String,
+    #[serde(default)]
+    pub action: RuleAction,
+    /// Reason recorded for denials. Default: "denied by policy <name>".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A token bucket per tenant matching `tenant`: each tenant gets its own bucket.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitRule {
+    /// Policy name recorded in the ledger. Required.
+    pub name: String,
+    /// Default `*`.
+    #[serde(default = "star")]
+    pub tenant: String,
+    /// Sustained runs per second per tenant. Required.
+    #[serde(default)]
+    pub per_second: f64,
+    /// Runs allowed in a burst. Default: per_second rounded up, at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+fn star() -> String {
+    "*".to_owned()
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GovernanceConfig {
+    /// When no rule matches. Default `allow`.
+    #[serde(default)]
+    pub default_action: RuleAction,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<GovernanceRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitRule>,
+    /// Most agent runs one tenant may have in progress; further messages of that tenant are
+    /// deferred so one tenant's flood cannot take every worker. Default: no quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_per_tenant: Option<u32>,
+    /// Requeue delay for messages deferred by the in-flight quota. Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub defer_delay: Option<Duration>,
+    /// Default `fail_closed`.
+    #[serde(default)]
+    pub on_error: OnGovernanceError,
+}
+
+impl GovernanceConfig {
+    pub fn effective_defer_delay(&self) -> Duration {
+        self.defer_delay.unwrap_or(Duration::from_secs(1))
+    }
+}
+
+fn check_glob(path: String, glob: &str, problems: &mut ConfigErrors) {
+    if let Err(e) = globset::Glob::new(glob) {
+        problems.push(path, format!("invalid glob {glob:?}: {}", e.kind()));
+    }
+}
+
+impl Validate for GovernanceConfig {
+    fn validate(&self, path: &str, problems: &mut ConfigErrors) {
+        for (i, r) in self.rules.iter().enumerate() {
+            let at = join(path, &format!("rules[{i}]"));
+            if r.name.trim().is_empty() {
+                problems.push(join(&at, "name"), "required");
+            }
+            check_glob(join(&at, "tenant"), &r.tenant, problems);
+            check_glob(join(&at, "event"), &r.event, problems);
+        }
+        for (i, r) in self.rate_limits.iter().enumerate() {
+            let at = join(path, &format!("rate_limits[{i}]"));
+            if r.name.trim().is_empty() {
+                problems.push(join(&at, "name"), "required");
+            }
+            check_glob(join(&at, "tenant"), &r.tenant, problems);
+            if !(r.per_second.is_finite() && r.per_second > 0.0) {
+                problems.push(join(&at, "per_second"), format!("must be a positive number, got {}", r.per_second));
+            }
+            if r.burst == Some(0) {
+                problems.push(join(&at, "burst"), "must be at least 1");
+            }
+        }
+        if self.max_in_flight_per_tenant == Some(0) {
+            problems.push(join(path, "max_in_flight_per_tenant"), "must be at least 1");
+        }
+    }
+}

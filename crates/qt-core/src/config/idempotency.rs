@@ -1,0 +1,110 @@
+//! `idempotency`: at most one run per key within a window (requirement 6).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::problems::{ConfigErrors, Validate, join};
+use super::redis::RedisStoreConfig;
+
+/// What to do when the idempotency store cannot be reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Run the message without dedup, log a warning and count
+    /// `qt_idempotency_errors_total`: availability over exactly-once.
+    FailOpen,
+    /// Requeue the message after `store_error_delay` and run nothing: no double runs, at
+    /// the price of stalling while the store is down.
+    #[default]
+    FailClosed,
+}
+
+/// Where claims are kept.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StoreConfig {
+    /// In this process only: right for a single instance and for tests.
+    Memory,
+    /// Shared across processes.
+    Redis(RedisStoreConfig),
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig::Memory
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// Default true. (`enable_dedup` is accepted as an alias.)
+    #[serde(default = "default_true", alias = "enable_dedup")]
+    pub enabled: bool,
+    /// How long a processed key is remembered. Default 24h.
+    #[serde(default = "default_window", with = "humantime_serde", alias = "idempotency_window")]
+    pub window: Duration,
+    /// How long a claim protects a key while its message runs; a worker that dies lets the
+    /// key go after this. Keep it above the longest expected run. Default 5m.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+    /// Prefix of every key. Default `idempotency`.
+    #[serde(default = "default_prefix")]
+    pub key_prefix: String,
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Default `fail_closed`.
+    #[serde(default)]
+    pub on_store_error: OnStoreError,
+    /// Requeue delay under `fail_closed`. Default 5s.
+    #[serde(default = "default_store_error_delay", with = "humantime_serde")]
+    pub store_error_delay: Duration,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_window() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_lease() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_prefix() -> String {
+    "idempotency".to_owned()
+}
+fn default_store_error_delay() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window: default_window(),
+            lease: default_lease(),
+            key_prefix: default_prefix(),
+            store: StoreConfig::default(),
+            on_store_error: OnStoreError::default(),
+            store_error_delay: default_store_error_delay(),
+        }
+    }
+}
+
+impl Validate for IdempotencyConfig {
+    fn validate(&self, path: &str, problems: &mut ConfigErrors) {
+        if self.window.is_zero() {
+            problems.push(join(path, "window"), "must be longer than 0s");
+        }
+        if self.lease.is_zero() {
+            problems.push(join(path, "lease"), "must be longer than 0s");
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains(char::is_whitespace) {
+            problems.push(join(path, "key_prefix"), format!("must be non-empty without spaces, got {:?}", self.key_prefix));
+        }
+        if let StoreConfig::Redis(r) = &self.store {
+            r.validate(&join(path, "store"), problems);
+        }
+    }
+}

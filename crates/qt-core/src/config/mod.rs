@@ -1,0 +1,116 @@
+//! The one YAML file that drives a trigger (DESIGN §11).
+//!
+//! Loading substitutes `${VAR}` / `${VAR:-default}`, parses with unknown fields rejected,
+//! and reports **every** problem with its path: a structural problem (unknown field, wrong
+//! type, bad value) is recorded, the offending node is set aside so the rest can still be
+//! read, and semantic validation then runs on what remains.
+
+mod agent;
+mod env;
+mod governance;
+mod idempotency;
+mod ledger;
+mod load;
+mod observability;
+mod problems;
+mod processing;
+mod redis;
+mod retry;
+mod source;
+
+pub use agent::{AgentConfig, CommandTarget, Route, TargetConfig};
+pub use env::substitute;
+pub use governance::{GovernanceConfig, GovernanceRule, OnGovernanceError, RateLimitRule, RuleAction};
+pub use idempotency::{IdempotencyConfig, OnStoreError, StoreConfig};
+pub use ledger::{JsonlLedgerConfig, LedgerConfig};
+pub use load::{load_file, load_str};
+pub use observability::{AdminConfig, LogConfig, LogFormat, ObservabilityConfig, SecurityConfig};
+pub use problems::{ConfigErrors, ConfigProblem, Validate, join};
+pub use processing::{DenyAction, FailureAction, Ordering, ProcessingConfig, UnprocessableAction};
+pub use redis::RedisStoreConfig;
+pub use retry::{BackoffConfig, ClassRetryConfig, EffectiveRetry, RetryConfig};
+pub use source::*;
+
+use serde::{Deserialize, Serialize};
+
+/// A whole trigger configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Names this trigger in logs, metrics and `/status`. Default `qt`.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Required.
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub processing: ProcessingConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub idempotency: IdempotencyConfig,
+    #[serde(default)]
+    pub governance: GovernanceConfig,
+    #[serde(default)]
+    pub agent: AgentConfig,
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+    #[serde(default)]
+    pub observability: ObservabilityConfig,
+    #[serde(default)]
+    pub security: SecurityConfig,
+}
+
+fn default_name() -> String {
+    "qt".to_owned()
+}
+
+impl Config {
+    /// A configuration with defaults everywhere but the source.
+    pub fn with_source(source: SourceConfig) -> Self {
+        Self {
+            name: default_name(),
+            source,
+            processing: ProcessingConfig::default(),
+            retry: RetryConfig::default(),
+            idempotency: IdempotencyConfig::default(),
+            governance: GovernanceConfig::default(),
+            agent: AgentConfig::default(),
+            ledger: LedgerConfig::default(),
+            observability: ObservabilityConfig::default(),
+            security: SecurityConfig::default(),
+        }
+    }
+
+    /// The effective configuration as YAML, secrets masked.
+    pub fn to_masked_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self, path: &str, problems: &mut ConfigErrors) {
+        if self.name.trim().is_empty() {
+            problems.push(join(path, "name"), "must not be empty");
+        }
+        self.source.validate(&join(path, "source"), problems);
+        self.processing.validate(&join(path, "processing"), problems);
+        self.retry.validate(&join(path, "retry"), problems);
+        self.idempotency.validate(&join(path, "idempotency"), problems);
+        self.governance.validate(&join(path, "governance"), problems);
+        self.agent.validate(&join(path, "agent"), problems);
+        self.ledger.validate(&join(path, "ledger"), problems);
+        if self.security.require_tls {
+            for (at, endpoint) in self.source.plaintext_endpoints(&join(path, "source")) {
+                problems.push(at, format!("security.require_tls is set but {endpoint} is not TLS"));
+            }
+            if let StoreConfig::Redis(r) = &self.idempotency.store {
+                if !r.is_tls() {
+                    problems.push(
+                        join(path, "idempotency.store.url"),
+                        format!("security.require_tls is set but {} is not TLS (use rediss://)", r.url),
+                    );
+                }
+            }
+        }
+    }
+}

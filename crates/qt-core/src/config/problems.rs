@@ -1,0 +1,71 @@
+//! Collecting every configuration problem, each with the path of the field it concerns.
+
+use std::fmt;
+
+/// One problem: `source.brokers: required`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in one configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors {
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(f, "invalid configuration ({n} problem{}):", if n == 1 { "" } else { "s" })?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigErrors {
+    pub fn is_empty(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(ConfigProblem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    pub fn into_result<T>(self, ok: T) -> Result<T, ConfigErrors> {
+        if self.problems.is_empty() { Ok(ok) } else { Err(self) }
+    }
+}
+
+/// Joins a parent path and a field name.
+pub fn join(parent: &str, field: &str) -> String {
+    if parent.is_empty() {
+        field.to_owned()
+    } else if field.starts_with('[') {
+        format!("{parent}{field}")
+    } else {
+        format!("{parent}.{field}")
+    }
+}
+
+/// Semantic checks that serde cannot express. Implementations push every problem they find
+/// instead of stopping at the first.
+pub trait Validate {
+    fn validate(&self, path: &str, problems: &mut ConfigErrors);
+}

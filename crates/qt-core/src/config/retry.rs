@@ -1,0 +1,177 @@
+//! `retry`: how failed agent runs are retried (requirement 5.2).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::problems::{ConfigErrors, Validate, join};
+use crate::error_class::ErrorClass;
+
+/// Exponential backoff: `initial * multiplier^(attempt-1)`, capped at `max`, then reduced
+/// by up to `jitter` (a fraction) at random so that many failing messages do not retry in
+/// lock step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    /// First delay. Default 200ms. (`base` is accepted as an alias.)
+    #[serde(default = "default_initial", with = "humantime_serde", alias = "base")]
+    pub initial: Duration,
+    /// Growth per attempt. Default 2.0.
+    #[serde(default = "default_multiplier")]
+    pub multiplier: f64,
+    /// Cap on one delay. Default 30s.
+    #[serde(default = "default_max", with = "humantime_serde")]
+    pub max: Duration,
+    /// Fraction (0..=1) by which a delay may be shortened at random. Default 0.2.
+    #[serde(default = "default_jitter")]
+    pub jitter: f64,
+}
+
+fn default_initial() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_multiplier() -> f64 {
+    2.0
+}
+fn default_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_jitter() -> f64 {
+    0.2
+}
+fn default_max_retries() -> u32 {
+    3
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            initial: default_initial(),
+            multiplier: default_multiplier(),
+            max: default_max(),
+            jitter: default_jitter(),
+        }
+    }
+}
+
+/// A per-class override; unset fields fall back to the top-level values.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassRetryConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub initial: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiplier: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub max: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Retries after the first attempt (so `max_retries + 1` attempts). Default 3.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    /// Stop retrying once this much time has passed since the first attempt. Default: no
+    /// budget.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub total_budget: Option<Duration>,
+    /// Overrides per error class: `retryable`, `rate_limited`, `timeout`. `permanent`
+    /// failures are never retried.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_class: BTreeMap<ErrorClass, ClassRetryConfig>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_retries: default_max_retries(),
+            backoff: BackoffConfig::default(),
+            total_budget: None,
+            per_class: BTreeMap::new(),
+        }
+    }
+}
+
+/// The policy in force for one error class after applying overrides.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EffectiveRetry {
+    pub max_retries: u32,
+    pub backoff: BackoffConfig,
+}
+
+impl RetryConfig {
+    pub fn for_class(&self, class: ErrorClass) -> EffectiveRetry {
+        if class == ErrorClass::Permanent {
+            return EffectiveRetry {
+                max_retries: 0,
+                backoff: self.backoff.clone(),
+            };
+        }
+        let o = self.per_class.get(&class).cloned().unwrap_or_default();
+        EffectiveRetry {
+            max_retries: o.max_retries.unwrap_or(self.max_retries),
+            backoff: BackoffConfig {
+                initial: o.initial.unwrap_or(self.backoff.initial),
+                multiplier: o.multiplier.unwrap_or(self.backoff.multiplier),
+                max: o.max.unwrap_or(self.backoff.max),
+                jitter: o.jitter.unwrap_or(self.backoff.jitter),
+            },
+        }
+    }
+}
+
+const MAX_RETRIES: u32 = 100;
+
+fn check_backoff(
+    path: &str,
+    multiplier: Option<f64>,
+    jitter: Option<f64>,
+    initial: Option<Duration>,
+    max: Option<Duration>,
+    problems: &mut ConfigErrors,
+) {
+    if let Some(m) = multiplier {
+        if !(1.0..=100.0).contains(&m) {
+            problems.push(join(path, "multiplier"), format!("must be between 1.0 and 100.0, got {m}"));
+        }
+    }
+    if let Some(j) = jitter {
+        if !(0.0..=1.0).contains(&j) {
+            problems.push(join(path, "jitter"), format!("must be a fraction between 0 and 1, got {j}"));
+        }
+    }
+    if let (Some(i), Some(m)) = (initial, max) {
+        if i > m {
+            problems.push(join(path, "max"), format!("must be at least initial ({})", humantime::format_duration(i)));
+        }
+    }
+}
+
+impl Validate for RetryConfig {
+    fn validate(&self, path: &str, problems: &mut ConfigErrors) {
+        if self.max_retries > MAX_RETRIES {
+            problems.push(join(path, "max_retries"), format!("must be at most {MAX_RETRIES}, got {}", self.max_retries));
+        }
+        let b = &self.backoff;
+        check_backoff(&join(path, "backoff"), Some(b.multiplier), Some(b.jitter), Some(b.initial), Some(b.max), problems);
+        for (class, o) in &self.per_class {
+            let at = join(&join(path, "per_class"), class.as_str());
+            if *class == ErrorClass::Permanent {
+                problems.push(at, "permanent failures are never retried; remove this entry");
+                continue;
+            }
+            if o.max_retries.is_some_and(|m| m > MAX_RETRIES) {
+                problems.push(join(&at, "max_retries"), format!("must be at most {MAX_RETRIES}"));
+            }
+            check_backoff(&at, o.multiplier, o.jitter, Some(o.initial.unwrap_or(b.initial)), Some(o.max.unwrap_or(b.max)), problems);
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! `source` with `type: mock`: an in-memory queue, optionally fed from a JSONL file.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::problems::{ConfigErrors, Validate, join};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MockSourceConfig {
+    /// Queue name used in logs and the ledger. Default `mock`.
+    #[serde(default = "default_queue", alias = "queue_name")]
+    pub queue: String,
+    /// JSONL file of messages to enqueue at start, one per line:
+    /// `{"id": "...", "headers": {...}, "json": {...}}` (or `"text"` / `"body_base64"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Dead letters are appended here as JSONL. Default: kept in memory only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dlq_file: Option<PathBuf>,
+}
+
+fn default_queue() -> String {
+    "mock".to_owned()
+}
+
+impl Validate for MockSourceConfig {
+    fn validate(&self, path: &str, problems: &mut ConfigErrors) {
+        if self.queue.trim().is_empty() {
+            problems.push(join(path, "queue"), "must not be empty");
+        }
+        if let Some(f) = &self.file {
+            if f.as_os_str().is_empty() {
+                problems.push(join(path, "file"), "must not be empty");
+            }
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! `source`: which broker messages come from.
+
+mod kafka;
+mod mock;
+mod rabbitmq;
+mod sqs;
+
+pub use kafka::{KafkaSaslConfig, KafkaSecurityProtocol, KafkaSourceConfig, KafkaSslConfig, SaslMechanism};
+pub use mock::MockSourceConfig;
+pub use rabbitmq::{ExchangeDeclaration, QueueBinding, QueueDeclaration, RabbitMqDeclare, RabbitMqDlq, RabbitMqSourceConfig};
+pub use sqs::SqsSourceConfig;
+
+use serde::{Deserialize, Serialize};
+
+use super::problems::{ConfigErrors, Validate};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SourceConfig {
+    Mock(MockSourceConfig),
+    Kafka(KafkaSourceConfig),
+    Rabbitmq(RabbitMqSourceConfig),
+    Sqs(SqsSourceConfig),
+}
+
+impl SourceConfig {
+    /// `mock`, `kafka`, `rabbitmq`, `sqs`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Mock(_) => "mock",
+            SourceConfig::Kafka(_) => "kafka",
+            SourceConfig::Rabbitmq(_) => "rabbitmq",
+            SourceConfig::Sqs(_) => "sqs",
+        }
+    }
+
+    /// Endpoints that would be reached without TLS, as (field path, masked endpoint), for
+    /// `security.require_tls`.
+    pub fn plaintext_endpoints(&self, path: &str) -> Vec<(String, String)> {
+        match self {
+            SourceConfig::Mock(_) => Vec::new(),
+            SourceConfig::Kafka(k) => k.plaintext_endpoints(path),
+            SourceConfig::Rabbitmq(r) => r.plaintext_endpoints(path),
+            SourceConfig::Sqs(s) => s.plaintext_endpoints(path),
+        }
+    }
+}
+
+impl Validate for SourceConfig {
+    fn validate(&self, path: &str, problems: &mut ConfigErrors) {
+        match self {
+            SourceConfig::Mock(m) => m.validate(path, problems),
+            SourceConfig::Kafka(k) => k.validate(path, problems),
+            SourceConfig::Rabbitmq(r) => r.validate(path, problems),
+            SourceConfig::Sqs(s) => s.validate(path, problems),
+        }
+    }
+}

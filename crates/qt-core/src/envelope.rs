@@ -1,0 +1,261 @@
+//! The uniform envelope every message becomes before it reaches governance and the agent.
+
+use base64::Engine as _;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::extract::{ExtractionError, ExtractionRules, Extracted};
+use crate::headers::{Headers, TRACEPARENT};
+use crate::message::{RawMessage, SourceInfo};
+use crate::parse::{ParseError, Parser};
+use crate::trace::TraceId;
+
+/// A parsed body.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Payload {
+    Json(serde_json::Value),
+    Text(String),
+    Binary(Bytes),
+}
+
+impl Payload {
+    pub fn format(&self) -> &'static str {
+        match self {
+            Payload::Json(_) => "json",
+            Payload::Text(_) => "text",
+            Payload::Binary(_) => "binary",
+        }
+    }
+
+    pub fn as_json(&self) -> Option<&serde_json::Value> {
+        match self {
+            Payload::Json(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The payload as a JSON value for an agent: JSON as is, text as a string, binary as a
+    /// base64 string (the context's `payload_format` says which).
+    pub fn to_json_value(&self) -> serde_json::Value {
+        match self {
+            Payload::Json(v) => v.clone(),
+            Payload::Text(s) => serde_json::Value::String(s.clone()),
+            Payload::Binary(b) => {
+                serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(b))
+            }
+        }
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Payload::Json(v) => v.serialize(serializer),
+            Payload::Text(s) => serializer.serialize_str(s),
+            Payload::Binary(b) => serializer
+                .serialize_str(&base64::engine::general_purpose::STANDARD.encode(b)),
+        }
+    }
+}
+
+/// A message after parsing and extraction (requirement 3.2).
+#[derive(Clone, Debug, Serialize)]
+pub struct MessageEnvelope {
+    pub message_id: String,
+    pub payload: Payload,
+    pub headers: Headers,
+    pub received_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_timestamp: Option<DateTime<Utc>>,
+    pub source: SourceInfo,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dedup_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// The key under which `ordering: key` serialises messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ordering_key: Option<String>,
+    pub trace_id: TraceId,
+    /// 1 for a first delivery; higher when the broker or qt redelivers it.
+    pub attempt: u32,
+}
+
+impl MessageEnvelope {
+    /// The key idempotency claims use: the dedup key, or the message id when there is none
+    /// (requirement 6.3).
+    pub fn idempotency_key(&self) -> &str {
+        self.dedup_key.as_deref().unwrap_or(&self.message_id)
+    }
+}
+
+/// Why a message could not become an envelope.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("parse failed: {0}")]
+    Parse(#[from] ParseError),
+    #[error("extraction failed: {0}")]
+    Extraction(#[from] ExtractionError),
+}
+
+/// A message that could not be parsed or extracted, handed back whole so it can be
+/// dead-lettered and recorded.
+#[derive(Debug)]
+pub struct Unparseable {
+    pub raw: RawMessage,
+    pub trace_id: TraceId,
+    pub error: EnvelopeError,
+}
+
+/// A successfully built envelope plus the sub-document the agent receives when
+/// `extraction.payload_pointer` is set.
+#[derive(Debug)]
+pub struct Built {
+    pub envelope: MessageEnvelope,
+    pub agent_payload: Option<serde_json::Value>,
+}
+
+/// The trace id for a raw message: continued from `traceparent`, or new.
+pub fn trace_id_for(headers: &Headers) -> TraceId {
+    headers
+        .get(TRACEPARENT)
+        .and_then(TraceId::from_traceparent)
+        .unwrap_or_else(TraceId::random)
+}
+
+/// Parses and extracts one raw message (requirement 3.1).
+pub fn build_envelope(
+    raw: RawMessage,
+    parser: &dyn Parser,
+    rules: &ExtractionRules,
+) -> Result<Built, Box<Unparseable>> {
+    let trace_id = trace_id_for(&raw.headers);
+    let payload = match parser.parse(&raw.body) {
+        Ok(p) => p,
+        Err(e) => {
+            return Err(Box::new(Unparseable {
+                raw,
+                trace_id,
+                error: e.into(),
+            }));
+        }
+    };
+    let Extracted {
+        event_name,
+        tenant_id,
+        dedup_key,
+        ordering_key,
+        agent_payload,
+    } = match rules.extract(&raw.headers, &payload, &raw.source) {
+        Ok(x) => x,
+        Err(e) => {
+            return Err(Box::new(Unparseable {
+                raw,
+                trace_id,
+                error: e.into(),
+            }));
+        }
+    };
+    let attempt = raw.attempt();
+    let RawMessage {
+        message_id,
+        body: _,
+        headers,
+        broker_timestamp,
+        received_at,
+        source,
+    } = raw;
+    Ok(Built {
+        envelope: MessageEnvelope {
+            message_id,
+            payload,
+            headers,
+            received_at,
+            broker_timestamp,
+            source,
+            dedup_key,
+            event_name,
+            tenant_id,
+            ordering_key,
+            trace_id,
+            attempt,
+        },
+        agent_payload,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::{JsonParser, PayloadFormat, parser_for};
+    use proptest::prelude::*;
+
+    fn source() -> SourceInfo {
+        SourceInfo::new("mock", "orders")
+    }
+
+    #[test]
+    fn parse_failure_hands_the_message_back() {
+        let raw = RawMessage::new("m1", &b"{not json"[..], source());
+        let err = build_envelope(raw, &JsonParser { max_message_bytes: 1024 }, &ExtractionRules::default())
+            .unwrap_err();
+        assert_eq!(err.raw.message_id, "m1");
+        assert!(matches!(err.error, EnvelopeError::Parse(ParseError::InvalidJson { .. })));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Envelope completeness (requirements 3.1, 3.2): every required field is carried
+        /// over unchanged, optional fields come from the default headers, and the trace id
+        /// continues a traceparent when one is sent.
+        #[test]
+        fn envelope_is_complete(
+            id in "[a-zA-Z0-9-]{1,40}",
+            queue in "[a-z.]{1,20}",
+            text in "\\PC{0,100}",
+            tenant in proptest::option::of("[a-z0-9]{1,10}"),
+            event in proptest::option::of("[a-z.]{1,16}"),
+            dedup in proptest::option::of("[a-z0-9]{1,16}"),
+            traceparent in proptest::option::of("[0-9a-f]{32}"),
+            format in prop_oneof![Just(PayloadFormat::Json), Just(PayloadFormat::Text), Just(PayloadFormat::Binary)],
+        ) {
+            let mut headers = Headers::new();
+            headers.insert("x-custom", "kept");
+            if let Some(t) = &tenant { headers.insert("x-tenant-id", t.clone()); }
+            if let Some(e) = &event { headers.insert("x-event-name", e.clone()); }
+            if let Some(d) = &dedup { headers.insert("x-dedup-key", d.clone()); }
+            if let Some(tp) = &traceparent { headers.insert("traceparent", format!("00-{tp}-00f067aa0ba902b7-01")); }
+            let body = match format {
+                PayloadFormat::Json => serde_json::to_vec(&serde_json::json!({"text": text})).unwrap(),
+                _ => text.clone().into_bytes(),
+            };
+            let raw = RawMessage::new(id.clone(), body.clone(), SourceInfo::new("mock", queue.clone())).with_headers(headers.clone());
+            let received_at = raw.received_at;
+            let built = build_envelope(raw, parser_for(format, 1 << 20).as_ref(), &ExtractionRules::default()).unwrap();
+            let env = built.envelope;
+            prop_assert_eq!(&env.message_id, &id);
+            prop_assert_eq!(&env.headers, &headers);
+            prop_assert_eq!(env.received_at, received_at);
+            prop_assert_eq!(&*env.source.queue, queue.as_str());
+            prop_assert_eq!(&env.tenant_id, &tenant);
+            prop_assert_eq!(&env.event_name, &event);
+            prop_assert_eq!(&env.dedup_key, &dedup);
+            prop_assert_eq!(env.idempotency_key(), dedup.as_deref().unwrap_or(&id));
+            prop_assert_eq!(env.attempt, 1);
+            if let Some(tp) = &traceparent {
+                if tp.chars().any(|c| c != '0') {
+                    prop_assert_eq!(&env.trace_id.to_string(), tp);
+                }
+            }
+            match (format, env.payload) {
+                (PayloadFormat::Json, Payload::Json(v)) => prop_assert_eq!(v, serde_json::json!({"text": text})),
+                (PayloadFormat::Text, Payload::Text(s)) => prop_assert_eq!(s, text),
+                (PayloadFormat::Binary, Payload::Binary(b)) => prop_assert_eq!(&b[..], &body[..]),
+                (f, p) => prop_assert!(false, "format {:?} gave {:?}", f, p),
+            }
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The governance layer: may this tenant run this event now? (requirement 7.1)
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::health::Health;
+
+/// What governance is asked about.
+#[derive(Clone, Debug, Serialize)]
+pub struct GovernanceContext {
+    pub tenant_id: Option<String>,
+    pub event_name: String,
+    pub message_id: String,
+    pub queue: String,
+    pub adapter: String,
+    /// The agent target the event is routed to.
+    pub target: String,
+}
+
+/// The decision, with enough detail for the ledger (requirement 7.4).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    Allow,
+    Deny { reason: String, policies: Vec<String> },
+    /// Not now (rate limit, quota): requeue and try after `retry_after`.
+    Defer {
+        retry_after: Duration,
+        reason: String,
+        policies: Vec<String>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("governance unavailable: {reason}")]
+pub struct GovernanceError {
+    pub reason: String,
+}
+
+/// Decides whether a message may run. `finished` is called once for every `Allow` when the
+/// run ends, so quota-keeping implementations can give the slot back.
+#[async_trait]
+pub trait Governance: Send + Sync + std::fmt::Debug {
+    async fn check(&self, ctx: &GovernanceContext) -> Result<Decision, GovernanceError>;
+
+    fn finished(&self, ctx: &GovernanceContext) {
+        let _ = ctx;
+    }
+
+    async fn health(&self) -> Health {
+        Health::Healthy
+    }
+}

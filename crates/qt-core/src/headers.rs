@@ -1,0 +1,121 @@
+//! Message headers and the header names qt itself reads and writes.
+
+use serde::{Deserialize, Serialize};
+
+/// Default header carrying the event name.
+pub const EVENT_NAME: &str = "x-event-name";
+/// Default header carrying the tenant id.
+pub const TENANT_ID: &str = "x-tenant-id";
+/// Default header carrying the dedup key.
+pub const DEDUP_KEY: &str = "x-dedup-key";
+/// W3C trace context header; when present its trace id is continued.
+pub const TRACEPARENT: &str = "traceparent";
+/// How many times qt has already handed this message back to the broker for another try.
+pub const ATTEMPT: &str = "x-qt-attempt";
+
+/// Headers qt adds to a dead-lettered message, beside the original headers.
+pub mod dead_letter {
+    pub const REASON: &str = "x-qt-dlq-reason";
+    pub const ERROR_CLASS: &str = "x-qt-error-class";
+    pub const ATTEMPTS: &str = "x-qt-attempts";
+    pub const ORIGINAL_QUEUE: &str = "x-qt-original-queue";
+    pub const ORIGINAL_PARTITION: &str = "x-qt-original-partition";
+    pub const ORIGINAL_OFFSET: &str = "x-qt-original-offset";
+    pub const ORIGINAL_MESSAGE_ID: &str = "x-qt-original-message-id";
+    pub const FIRST_FAILURE_AT: &str = "x-qt-first-failure-at";
+    pub const LAST_FAILURE_AT: &str = "x-qt-last-failure-at";
+}
+
+/// Ordered message headers. Lookups ignore ASCII case, as HTTP-style header names are
+/// written in every casing by producers; the original casing is kept for re-publishing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "std::collections::BTreeMap<String, String>", into = "std::collections::BTreeMap<String, String>")]
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    pub fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self(Vec::with_capacity(capacity))
+    }
+
+    /// The first value under `name`, compared without ASCII case.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Appends a header, keeping any existing value under the same name.
+    pub fn append(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.0.push((name.into(), value.into()));
+    }
+
+    /// Replaces every value under `name` with one value.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let name = name.into();
+        self.0.retain(|(k, _)| !k.eq_ignore_ascii_case(&name));
+        self.0.push((name, value.into()));
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.0.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self(iter.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+    }
+}
+
+impl From<std::collections::BTreeMap<String, String>> for Headers {
+    fn from(map: std::collections::BTreeMap<String, String>) -> Self {
+        Self(map.into_iter().collect())
+    }
+}
+
+impl From<Headers> for std::collections::BTreeMap<String, String> {
+    fn from(headers: Headers) -> Self {
+        headers.0.into_iter().collect()
+    }
+}
+
+impl IntoIterator for Headers {
+    type Item = (String, String);
+    type IntoIter = std::vec::IntoIter<(String, String)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_ignores_case_and_insert_replaces() {
+        let mut h: Headers = [("X-Tenant-Id", "a")].into_iter().collect();
+        assert_eq!(h.get("x-tenant-id"), Some("a"));
+        h.insert("x-tenant-id", "b");
+        assert_eq!(h.len(), 1);
+        assert_eq!(h.get("X-TENANT-ID"), Some("b"));
+        h.remove("x-TENANT-id");
+        assert!(h.is_empty());
+    }
+}

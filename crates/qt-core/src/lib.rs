@@ -1,0 +1,37 @@
+//! Vocabulary of qt, the queue trigger runtime.
+//!
+//! Everything the engine, the adapters and the stores share lives here, and nothing else:
+//! messages and deliveries with their settle-once handles, the envelope and its parsers,
+//! extraction rules, configuration, secrets, and the traits each component implements.
+//! Adapters and stores depend on this crate only.
+
+pub mod adapter;
+pub mod agent;
+pub mod config;
+pub mod delivery;
+pub mod envelope;
+pub mod error_class;
+pub mod extract;
+pub mod governance;
+pub mod headers;
+pub mod health;
+pub mod idempotency;
+pub mod ledger;
+pub mod message;
+pub mod parse;
+pub mod secret;
+pub mod trace;
+
+pub use adapter::{AdapterError, Capabilities, OrderingUnit, OutgoingMessage, Publisher, QueueAdapter};
+pub use agent::{AgentError, AgentEvent, AgentRun, AgentRuntime};
+pub use delivery::{AckHandle, DeadLetter, Delivery, Settle, SettleError, Settlement};
+pub use envelope::{MessageEnvelope, Payload};
+pub use error_class::ErrorClass;
+pub use governance::{Decision, Governance, GovernanceContext, GovernanceError};
+pub use headers::Headers;
+pub use health::Health;
+pub use idempotency::{Claim, ClaimState, ClaimToken, IdempotencyKey, IdempotencyStore, StoreError};
+pub use ledger::{Ledger, LedgerError, LedgerRecord, LedgerStatus};
+pub use message::{RawMessage, SourceInfo};
+pub use secret::{Secret, SecretUrl};
+pub use trace::TraceId;

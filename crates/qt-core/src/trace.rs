@@ -1,0 +1,100 @@
+//! Trace ids: one per message, continued from a W3C `traceparent` header when the producer
+//! sent one, so a message can be followed from producer to agent run.
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+/// A 128-bit W3C trace id, printed as 32 lower-case hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceId([u8; 16]);
+
+impl TraceId {
+    /// A fresh random trace id (never all zeros, which W3C reserves as invalid).
+    pub fn random() -> Self {
+        loop {
+            let bytes: [u8; 16] = rand::random();
+            if bytes != [0; 16] {
+                return Self(bytes);
+            }
+        }
+    }
+
+    /// The trace id inside a `traceparent` header value
+    /// (`version-traceid-parentid-flags`), if it is well formed.
+    pub fn from_traceparent(value: &str) -> Option<Self> {
+        let mut parts = value.trim().split('-');
+        let version = parts.next()?;
+        let trace = parts.next()?;
+        let parent = parts.next()?;
+        let flags = parts.next()?;
+        if version.len() != 2 || version == "ff" || parent.len() != 16 || flags.len() != 2 {
+            return None;
+        }
+        Self::from_hex(trace)
+    }
+
+    /// Parses 32 hex digits; rejects the all-zero id.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 32 {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
+            let hi = (chunk[0] as char).to_digit(16)?;
+            let lo = (chunk[1] as char).to_digit(16)?;
+            bytes[i] = (hi * 16 + lo) as u8;
+        }
+        (bytes != [0; 16]).then_some(Self(bytes))
+    }
+
+    pub fn to_hex(self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceId({self})")
+    }
+}
+
+impl Serialize for TraceId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continues_a_valid_traceparent() {
+        let t = TraceId::from_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(t.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn rejects_malformed_or_zero_ids() {
+        assert!(TraceId::from_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
+        assert!(TraceId::from_traceparent("00-xyz-00f067aa0ba902b7-01").is_none());
+        assert!(TraceId::from_traceparent("garbage").is_none());
+    }
+
+    #[test]
+    fn random_ids_are_32_hex_digits() {
+        let t = TraceId::random();
+        assert_eq!(t.to_string().len(), 32);
+        assert_eq!(TraceId::from_hex(&t.to_string()), Some(t));
+    }
+}

@@ -1,0 +1,1 @@
+//! Redis idempotency store for qt (redis + deadpool-redis).

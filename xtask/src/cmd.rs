@@ -1,0 +1,61 @@
+//! Running commands with their output visible and failures explained.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Runs from the workspace root so relative paths mean the same everywhere.
+pub fn enter_workspace_root() -> Result<()> {
+    let root = workspace_root();
+    std::env::set_current_dir(&root).with_context(|| format!("cannot enter {}", root.display()))
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// Where downloaded or built tools are cached: outside the checkout, so a fresh clone on
+/// the same machine reuses them. `QT_DEV_CACHE` overrides the location.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("QT_DEV_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    home.join(".cache").join("qt-dev")
+}
+
+/// Runs a command, echoing it first; fails with the command line when it fails.
+pub fn run(program: &str, args: &[&str]) -> Result<()> {
+    run_with_env(program, args, &[])
+}
+
+pub fn run_with_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let line = format!("{program} {}", args.join(" "));
+    eprintln!("$ {line}");
+    let status = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .status()
+        .with_context(|| format!("cannot start `{line}`"))?;
+    if !status.success() {
+        bail!("`{line}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout.
+pub fn output(program: &str, args: &[&str]) -> Result<String> {
+    let line = format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot start `{line}`"))?;
+    if !out.status.success() {
+        bail!("`{line}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

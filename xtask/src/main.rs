@@ -1,0 +1,49 @@
+//! Project automation, run as `cargo xtask <command>`.
+//!
+//! - `ci`: everything CI checks (format, lints, services, all tests, docs).
+//! - `services up|status`: installs (cached outside the checkout) and starts what the
+//!   integration tests need, idempotently.
+//! - `bench <engine|redis|kafka|rabbitmq|sqs>`: runs a benchmark and records its figures in
+//!   `docs/benchmarks.md`.
+
+mod bench;
+mod ci;
+mod cmd;
+mod services;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "qt project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Format check, clippy (warnings denied), services, all tests, doc build.
+    Ci,
+    /// Manage the local services integration tests use.
+    Services {
+        #[command(subcommand)]
+        action: services::Action,
+    },
+    /// Run a benchmark and write its figures to docs/benchmarks.md.
+    Bench {
+        /// Which benchmark.
+        #[arg(value_enum)]
+        which: bench::Which,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    cmd::enter_workspace_root()?;
+    match cli.command {
+        Command::Ci => ci::run(),
+        Command::Services { action } => services::run(action),
+        Command::Bench { which } => bench::run(which),
+    }
+}
