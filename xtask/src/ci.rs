@@ -8,13 +8,32 @@ use crate::services;
 pub fn run() -> Result<()> {
     let started = std::time::Instant::now();
     sh("cargo", &["fmt", "--all", "--check"])?;
-    sh("cargo", &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
+    sh(
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
     services::ensure_all()?;
     let env = services::test_env();
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     crate::cmd::run_with_env(
         "cargo",
-        &["nextest", "run", "--workspace", "--locked", "--no-fail-fast", "--profile", "ci"],
+        &[
+            "nextest",
+            "run",
+            "--workspace",
+            "--locked",
+            "--no-fail-fast",
+            "--profile",
+            "ci",
+        ],
         &env_refs,
     )?;
     // Doc tests are not run by nextest.
@@ -27,4 +46,3 @@ pub fn run() -> Result<()> {
     eprintln!("xtask ci: all checks passed in {:.0?}", started.elapsed());
     Ok(())
 }
-

@@ -55,7 +55,11 @@ pub fn output(program: &str, args: &[&str]) -> Result<String> {
         .output()
         .with_context(|| format!("cannot start `{line}`"))?;
     if !out.status.success() {
-        bail!("`{line}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "`{line}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -114,3 +114,27 @@ pub trait QueueAdapter: Send + Sync + std::fmt::Debug {
     /// Stops intake and releases connections. Unsettled messages are left for redelivery.
     async fn close(&self) -> Result<(), AdapterError>;
 }
+
+/// Engine-side settings every adapter constructor receives beside its own config section.
+#[derive(Clone, Debug)]
+pub struct AdapterSettings {
+    /// The trigger's name (`name` in the config), for client ids and consumer tags.
+    pub trigger_name: String,
+    /// Most messages the engine holds unsettled; adapters size prefetch/buffers from it.
+    pub max_in_flight: usize,
+    /// Agent runs at once (`processing.concurrency`).
+    pub concurrency: usize,
+    /// `security.require_tls`: refuse plaintext endpoints at construction.
+    pub require_tls: bool,
+}
+
+impl AdapterSettings {
+    pub fn new(trigger_name: impl Into<String>, concurrency: usize, max_in_flight: usize) -> Self {
+        Self {
+            trigger_name: trigger_name.into(),
+            max_in_flight,
+            concurrency,
+            require_tls: false,
+        }
+    }
+}

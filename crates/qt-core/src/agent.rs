@@ -73,7 +73,11 @@ impl AgentEvent {
             context: AgentContextJson {
                 message_id: &env.message_id,
                 trace_id: env.trace_id.to_string(),
-                payload_format: if self.selected_payload.is_some() { "json" } else { env.payload.format() },
+                payload_format: if self.selected_payload.is_some() {
+                    "json"
+                } else {
+                    env.payload.format()
+                },
                 payload: self.payload_json(),
                 headers: &env.headers,
                 received_at: env.received_at,

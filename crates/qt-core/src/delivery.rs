@@ -93,7 +93,10 @@ impl DeadLetter {
 #[derive(Debug, thiserror::Error)]
 pub enum SettleError {
     #[error("{operation} is not supported by the {adapter} adapter")]
-    Unsupported { adapter: &'static str, operation: &'static str },
+    Unsupported {
+        adapter: &'static str,
+        operation: &'static str,
+    },
     #[error("could not {operation} message {message_id} on {queue}: {reason}")]
     Broker {
         operation: &'static str,

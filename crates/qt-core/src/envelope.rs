@@ -5,7 +5,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::extract::{ExtractionError, ExtractionRules, Extracted};
+use crate::extract::{Extracted, ExtractionError, ExtractionRules};
 use crate::headers::{Headers, TRACEPARENT};
 use crate::message::{RawMessage, SourceInfo};
 use crate::parse::{ParseError, Parser};
@@ -41,9 +41,7 @@ impl Payload {
         match self {
             Payload::Json(v) => v.clone(),
             Payload::Text(s) => serde_json::Value::String(s.clone()),
-            Payload::Binary(b) => {
-                serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(b))
-            }
+            Payload::Binary(b) => serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
         }
     }
 }
@@ -53,8 +51,7 @@ impl Serialize for Payload {
         match self {
             Payload::Json(v) => v.serialize(serializer),
             Payload::Text(s) => serializer.serialize_str(s),
-            Payload::Binary(b) => serializer
-                .serialize_str(&base64::engine::general_purpose::STANDARD.encode(b)),
+            Payload::Binary(b) => serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(b)),
         }
     }
 }
@@ -199,10 +196,19 @@ mod tests {
     #[test]
     fn parse_failure_hands_the_message_back() {
         let raw = RawMessage::new("m1", &b"{not json"[..], source());
-        let err = build_envelope(raw, &JsonParser { max_message_bytes: 1024 }, &ExtractionRules::default())
-            .unwrap_err();
+        let err = build_envelope(
+            raw,
+            &JsonParser {
+                max_message_bytes: 1024,
+            },
+            &ExtractionRules::default(),
+        )
+        .unwrap_err();
         assert_eq!(err.raw.message_id, "m1");
-        assert!(matches!(err.error, EnvelopeError::Parse(ParseError::InvalidJson { .. })));
+        assert!(matches!(
+            err.error,
+            EnvelopeError::Parse(ParseError::InvalidJson { .. })
+        ));
     }
 
     proptest! {

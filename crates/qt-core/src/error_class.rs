@@ -56,9 +56,8 @@ impl fmt::Display for ErrorClass {
 impl FromStr for ErrorClass {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ErrorClass::ALL
-            .into_iter()
-            .find(|c| c.as_str() == s)
-            .ok_or_else(|| format!("unknown error class {s:?} (expected retryable, rate_limited, timeout or permanent)"))
+        ErrorClass::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| {
+            format!("unknown error class {s:?} (expected retryable, rate_limited, timeout or permanent)")
+        })
     }
 }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Payload;
-use crate::headers::{Headers, DEDUP_KEY, EVENT_NAME, TENANT_ID};
+use crate::headers::{DEDUP_KEY, EVENT_NAME, Headers, TENANT_ID};
 use crate::message::SourceInfo;
 
 /// One place a value may come from. Rules are tried in the order written; the first that
@@ -200,7 +200,13 @@ impl ExtractionRules {
             event_name: self.resolve(ExtractedField::EventName, &self.event_name, headers, payload, source)?,
             tenant_id: self.resolve(ExtractedField::TenantId, &self.tenant_id, headers, payload, source)?,
             dedup_key: self.resolve(ExtractedField::DedupKey, &self.dedup_key, headers, payload, source)?,
-            ordering_key: self.resolve(ExtractedField::OrderingKey, &self.ordering_key, headers, payload, source)?,
+            ordering_key: self.resolve(
+                ExtractedField::OrderingKey,
+                &self.ordering_key,
+                headers,
+                payload,
+                source,
+            )?,
             agent_payload: None,
         };
         if let Some(pointer) = &self.payload_pointer {
@@ -212,7 +218,9 @@ impl ExtractionRules {
             };
             let selected = doc
                 .pointer(pointer)
-                .ok_or_else(|| ExtractionError::PayloadPointerMissing { pointer: pointer.clone() })?;
+                .ok_or_else(|| ExtractionError::PayloadPointerMissing {
+                    pointer: pointer.clone(),
+                })?;
             out.agent_payload = Some(selected.clone());
         }
         Ok(out)
@@ -288,49 +296,86 @@ mod tests {
 
     #[test]
     fn rules_apply_in_order_with_constant_default() {
-        let rules: ExtractionRules = serde_yaml_ng::from_str(
-            "event_name:\n  - header: x-type\n  - pointer: /type\n  - value: fallback\n",
-        )
-        .unwrap();
+        let rules: ExtractionRules =
+            serde_yaml_ng::from_str("event_name:\n  - header: x-type\n  - pointer: /type\n  - value: fallback\n")
+                .unwrap();
         let payload = Payload::Json(json!({"type": "order.created"}));
         let mut headers = Headers::new();
-        assert_eq!(rules.extract(&headers, &payload, &src()).unwrap().event_name.as_deref(), Some("order.created"));
+        assert_eq!(
+            rules.extract(&headers, &payload, &src()).unwrap().event_name.as_deref(),
+            Some("order.created")
+        );
         headers.insert("x-type", "from-header");
-        assert_eq!(rules.extract(&headers, &payload, &src()).unwrap().event_name.as_deref(), Some("from-header"));
+        assert_eq!(
+            rules.extract(&headers, &payload, &src()).unwrap().event_name.as_deref(),
+            Some("from-header")
+        );
         let empty = Payload::Json(json!({}));
-        assert_eq!(rules.extract(&Headers::new(), &empty, &src()).unwrap().event_name.as_deref(), Some("fallback"));
+        assert_eq!(
+            rules
+                .extract(&Headers::new(), &empty, &src())
+                .unwrap()
+                .event_name
+                .as_deref(),
+            Some("fallback")
+        );
     }
 
     #[test]
     fn numbers_become_strings_objects_are_refused() {
         let rules: ExtractionRules = serde_yaml_ng::from_str("dedup_key: [{pointer: /id}]\n").unwrap();
-        let ok = rules.extract(&Headers::new(), &Payload::Json(json!({"id": 42})), &src()).unwrap();
+        let ok = rules
+            .extract(&Headers::new(), &Payload::Json(json!({"id": 42})), &src())
+            .unwrap();
         assert_eq!(ok.dedup_key.as_deref(), Some("42"));
-        let err = rules.extract(&Headers::new(), &Payload::Json(json!({"id": {"a": 1}})), &src()).unwrap_err();
+        let err = rules
+            .extract(&Headers::new(), &Payload::Json(json!({"id": {"a": 1}})), &src())
+            .unwrap_err();
         assert!(err.to_string().contains("dedup_key"), "{err}");
     }
 
     #[test]
     fn payload_pointer_selects_sub_document_or_fails() {
         let rules: ExtractionRules = serde_yaml_ng::from_str("payload_pointer: /data\n").unwrap();
-        let got = rules.extract(&Headers::new(), &Payload::Json(json!({"data": {"x": 1}, "noise": 2})), &src()).unwrap();
+        let got = rules
+            .extract(
+                &Headers::new(),
+                &Payload::Json(json!({"data": {"x": 1}, "noise": 2})),
+                &src(),
+            )
+            .unwrap();
         assert_eq!(got.agent_payload, Some(json!({"x": 1})));
-        assert!(rules.extract(&Headers::new(), &Payload::Json(json!({})), &src()).is_err());
-        assert!(rules.extract(&Headers::new(), &Payload::Text("x".into()), &src()).is_err());
+        assert!(
+            rules
+                .extract(&Headers::new(), &Payload::Json(json!({})), &src())
+                .is_err()
+        );
+        assert!(
+            rules
+                .extract(&Headers::new(), &Payload::Text("x".into()), &src())
+                .is_err()
+        );
     }
 
     #[test]
     fn required_fields_must_resolve() {
         let rules: ExtractionRules = serde_yaml_ng::from_str("required: [tenant_id]\n").unwrap();
-        let err = rules.extract(&Headers::new(), &Payload::Json(json!({})), &src()).unwrap_err();
-        assert_eq!(err.to_string(), "tenant_id is required but no rule matched (tried header x-tenant-id)");
+        let err = rules
+            .extract(&Headers::new(), &Payload::Json(json!({})), &src())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "tenant_id is required but no rule matched (tried header x-tenant-id)"
+        );
     }
 
     #[test]
     fn ordering_key_defaults_to_source_key() {
         let mut s = src();
         s.key = Some("k1".into());
-        let got = ExtractionRules::default().extract(&Headers::new(), &Payload::Json(json!({})), &s).unwrap();
+        let got = ExtractionRules::default()
+            .extract(&Headers::new(), &Payload::Json(json!({})), &s)
+            .unwrap();
         assert_eq!(got.ordering_key.as_deref(), Some("k1"));
     }
 }

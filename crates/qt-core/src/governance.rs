@@ -24,7 +24,10 @@ pub struct GovernanceContext {
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum Decision {
     Allow,
-    Deny { reason: String, policies: Vec<String> },
+    Deny {
+        reason: String,
+        policies: Vec<String>,
+    },
     /// Not now (rate limit, quota): requeue and try after `retry_after`.
     Defer {
         retry_after: Duration,

@@ -29,7 +29,10 @@ pub mod dead_letter {
 /// Ordered message headers. Lookups ignore ASCII case, as HTTP-style header names are
 /// written in every casing by producers; the original casing is kept for re-publishing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "std::collections::BTreeMap<String, String>", into = "std::collections::BTreeMap<String, String>")]
+#[serde(
+    from = "std::collections::BTreeMap<String, String>",
+    into = "std::collections::BTreeMap<String, String>"
+)]
 pub struct Headers(Vec<(String, String)>);
 
 impl Headers {

@@ -94,11 +94,7 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> Result<Claim, StoreError>;
 
     /// Claims many keys in one round trip; answers are in input order.
-    async fn claim_batch(
-        &self,
-        keys: &[IdempotencyKey],
-        lease: Duration,
-    ) -> Result<Vec<Claim>, StoreError> {
+    async fn claim_batch(&self, keys: &[IdempotencyKey], lease: Duration) -> Result<Vec<Claim>, StoreError> {
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             out.push(self.claim(key, lease).await?);
@@ -109,11 +105,7 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     /// Marks the key done for `window`, if the token still holds it.
     async fn complete(&self, token: &ClaimToken, window: Duration) -> Result<ClaimState, StoreError>;
 
-    async fn complete_batch(
-        &self,
-        tokens: &[ClaimToken],
-        window: Duration,
-    ) -> Result<Vec<ClaimState>, StoreError> {
+    async fn complete_batch(&self, tokens: &[ClaimToken], window: Duration) -> Result<Vec<ClaimState>, StoreError> {
         let mut out = Vec::with_capacity(tokens.len());
         for t in tokens {
             out.push(self.complete(t, window).await?);

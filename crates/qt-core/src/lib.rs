@@ -22,7 +22,9 @@ pub mod parse;
 pub mod secret;
 pub mod trace;
 
-pub use adapter::{AdapterError, Capabilities, OrderingUnit, OutgoingMessage, Publisher, QueueAdapter};
+pub use adapter::{
+    AdapterError, AdapterSettings, Capabilities, OrderingUnit, OutgoingMessage, Publisher, QueueAdapter,
+};
 pub use agent::{AgentError, AgentEvent, AgentRun, AgentRuntime};
 pub use delivery::{AckHandle, DeadLetter, Delivery, Settle, SettleError, Settlement};
 pub use envelope::{MessageEnvelope, Payload};

@@ -94,7 +94,6 @@ impl RawMessage {
 
     /// Time between the broker accepting the message and qt receiving it.
     pub fn consume_latency(&self) -> Option<std::time::Duration> {
-        self.broker_timestamp
-            .and_then(|t| (self.received_at - t).to_std().ok())
+        self.broker_timestamp.and_then(|t| (self.received_at - t).to_std().ok())
     }
 }

@@ -74,23 +74,21 @@ impl Parser for JsonParser {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(ParseError::EmptyBody);
         }
-        serde_json::from_slice(body)
-            .map(Payload::Json)
-            .map_err(|e| {
-                // serde_json reports "expected value" for non-UTF-8 input; say what it is.
-                if let Err(utf8) = std::str::from_utf8(body) {
-                    let offset = utf8.valid_up_to();
-                    let (line, column) = line_column(&body[..offset]);
-                    if line <= e.line() && (line < e.line() || column <= e.column()) {
-                        return ParseError::InvalidUtf8 { offset };
-                    }
+        serde_json::from_slice(body).map(Payload::Json).map_err(|e| {
+            // serde_json reports "expected value" for non-UTF-8 input; say what it is.
+            if let Err(utf8) = std::str::from_utf8(body) {
+                let offset = utf8.valid_up_to();
+                let (line, column) = line_column(&body[..offset]);
+                if line <= e.line() && (line < e.line() || column <= e.column()) {
+                    return ParseError::InvalidUtf8 { offset };
                 }
-                ParseError::InvalidJson {
-                    line: e.line(),
-                    column: e.column(),
-                    message: strip_position(&e.to_string()),
-                }
-            })
+            }
+            ParseError::InvalidJson {
+                line: e.line(),
+                column: e.column(),
+                message: strip_position(&e.to_string()),
+            }
+        })
     }
 }
 
@@ -162,12 +160,16 @@ mod tests {
     const LIMIT: usize = 1 << 20;
 
     fn json() -> JsonParser {
-        JsonParser { max_message_bytes: LIMIT }
+        JsonParser {
+            max_message_bytes: LIMIT,
+        }
     }
 
     #[test]
     fn invalid_json_reports_line_and_column() {
-        let err = json().parse(&Bytes::from_static(b"{\n  \"a\": 1,\n  oops\n}")).unwrap_err();
+        let err = json()
+            .parse(&Bytes::from_static(b"{\n  \"a\": 1,\n  oops\n}"))
+            .unwrap_err();
         match err {
             ParseError::InvalidJson { line, column, .. } => {
                 assert_eq!(line, 3);
@@ -185,7 +187,9 @@ mod tests {
 
     #[test]
     fn invalid_utf8_reports_offset() {
-        let text = TextParser { max_message_bytes: LIMIT };
+        let text = TextParser {
+            max_message_bytes: LIMIT,
+        };
         assert_eq!(
             text.parse(&Bytes::from_static(b"abc\xffdef")),
             Err(ParseError::InvalidUtf8 { offset: 3 })

@@ -26,7 +26,19 @@ pub fn services() -> Vec<Service> {
 fn start_redis() -> Result<()> {
     run(
         "redis-server",
-        &["--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "", "--appendonly", "no"],
+        &[
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "-::1",
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
     )
 }
 

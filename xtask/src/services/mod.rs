@@ -58,7 +58,10 @@ pub fn ensure_all() -> Result<()> {
 
 /// Environment handed to test runs so tests find the services.
 pub fn test_env() -> Vec<(String, String)> {
-    all().into_iter().map(|s| (s.env.0.to_owned(), s.env.1.to_owned())).collect()
+    all()
+        .into_iter()
+        .map(|s| (s.env.0.to_owned(), s.env.1.to_owned()))
+        .collect()
 }
 
 pub fn reachable(addr: &str) -> bool {
@@ -74,5 +77,8 @@ pub fn wait_reachable(name: &str, addr: &str, limit: Duration) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    bail!("{name} did not start listening on {addr} within {limit:?}; see its log in {}", crate::cmd::cache_dir().display())
+    bail!(
+        "{name} did not start listening on {addr} within {limit:?}; see its log in {}",
+        crate::cmd::cache_dir().display()
+    )
 }

@@ -93,7 +93,10 @@ impl AgentConfig {
 impl Validate for AgentConfig {
     fn validate(&self, path: &str, problems: &mut ConfigErrors) {
         if self.targets.is_empty() {
-            problems.push(join(path, "targets"), "at least one target is required (e.g. `default: {type: log}`)");
+            problems.push(
+                join(path, "targets"),
+                "at least one target is required (e.g. `default: {type: log}`)",
+            );
         }
         for (name, t) in &self.targets {
             if let TargetConfig::Command(c) = t {
@@ -109,7 +112,10 @@ impl Validate for AgentConfig {
         for (i, r) in self.routes.iter().enumerate() {
             let at = join(path, &format!("routes[{i}]"));
             if !self.targets.contains_key(&r.target) {
-                problems.push(join(&at, "target"), format!("no target named {:?} in {}", r.target, join(path, "targets")));
+                problems.push(
+                    join(&at, "target"),
+                    format!("no target named {:?} in {}", r.target, join(path, "targets")),
+                );
             }
             if r.event.is_empty() {
                 problems.push(join(&at, "event"), "required (a glob such as `order.*` or `*`)");
@@ -119,7 +125,10 @@ impl Validate for AgentConfig {
         }
         if let Some(t) = &self.default_target {
             if !self.targets.contains_key(t) {
-                problems.push(join(path, "default_target"), format!("no target named {t:?} in {}", join(path, "targets")));
+                problems.push(
+                    join(path, "default_target"),
+                    format!("no target named {t:?} in {}", join(path, "targets")),
+                );
             }
         }
     }

@@ -35,14 +35,19 @@ pub fn substitute(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
                     None => (inner, None),
                 };
                 if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    problems.push(format!("line {line}"), format!("invalid variable name {name:?} in ${{{inner}}}"));
+                    problems.push(
+                        format!("line {line}"),
+                        format!("invalid variable name {name:?} in ${{{inner}}}"),
+                    );
                 } else {
                     match (lookup(name).filter(|v| !v.is_empty() || default.is_none()), default) {
                         (Some(v), _) => out.push_str(&v),
                         (None, Some(d)) => out.push_str(d),
                         (None, None) => problems.push(
                             format!("line {line}"),
-                            format!("environment variable {name} is not set (use ${{{name}:-default}} to give a default)"),
+                            format!(
+                                "environment variable {name} is not set (use ${{{name}:-default}} to give a default)"
+                            ),
                         ),
                     }
                 }

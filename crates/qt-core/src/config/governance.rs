@@ -118,7 +118,10 @@ impl Validate for GovernanceConfig {
             }
             check_glob(join(&at, "tenant"), &r.tenant, problems);
             if !(r.per_second.is_finite() && r.per_second > 0.0) {
-                problems.push(join(&at, "per_second"), format!("must be a positive number, got {}", r.per_second));
+                problems.push(
+                    join(&at, "per_second"),
+                    format!("must be a positive number, got {}", r.per_second),
+                );
             }
             if r.burst == Some(0) {
                 problems.push(join(&at, "burst"), "must be at least 1");

@@ -101,7 +101,10 @@ impl Validate for IdempotencyConfig {
             problems.push(join(path, "lease"), "must be longer than 0s");
         }
         if self.key_prefix.is_empty() || self.key_prefix.contains(char::is_whitespace) {
-            problems.push(join(path, "key_prefix"), format!("must be non-empty without spaces, got {:?}", self.key_prefix));
+            problems.push(
+                join(path, "key_prefix"),
+                format!("must be non-empty without spaces, got {:?}", self.key_prefix),
+            );
         }
         if let StoreConfig::Redis(r) = &self.store {
             r.validate(&join(path, "store"), problems);

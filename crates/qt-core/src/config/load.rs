@@ -25,7 +25,10 @@ pub fn load_str(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Conf
     let text = substitute(text, env)?;
     let mut value: Value = serde_yaml_ng::from_str(&text).map_err(|e| {
         let mut errs = ConfigErrors::default();
-        let at = e.location().map(|l| format!("line {}, column {}", l.line(), l.column())).unwrap_or_default();
+        let at = e
+            .location()
+            .map(|l| format!("line {}, column {}", l.line(), l.column()))
+            .unwrap_or_default();
         errs.push(at, format!("not valid YAML: {e}"));
         errs
     })?;
@@ -56,7 +59,10 @@ pub fn load_str(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Conf
     for p in semantic.problems {
         // A node removed for a structural problem falls back to its default, which may
         // then fail a "required" check: report the structural problem only.
-        if !structural.iter().any(|s| p.path == *s || p.path.starts_with(&format!("{s}."))) {
+        if !structural
+            .iter()
+            .any(|s| p.path == *s || p.path.starts_with(&format!("{s}.")))
+        {
             problems.problems.push(p);
         }
     }
@@ -115,7 +121,9 @@ fn tidy(message: &str) -> String {
 /// Sets the failing node aside so deserialization can go on. Returns the path to report and
 /// whether anything changed.
 fn repair(root: &mut Value, path: &[Seg], message: &str) -> (String, bool) {
-    if let Some(field) = quoted_field(message, "unknown field ").or_else(|| quoted_field(message, "unknown variant ").filter(|_| false)) {
+    if let Some(field) =
+        quoted_field(message, "unknown field ").or_else(|| quoted_field(message, "unknown variant ").filter(|_| false))
+    {
         // The path may or may not already end with the unknown key.
         let parent: Vec<Seg> = if path.last() == Some(&Seg::Key(field.to_owned())) {
             path[..path.len() - 1].to_vec()
@@ -198,12 +206,21 @@ mod tests {
     }
 
     fn problems(yaml: &str) -> Vec<String> {
-        load_str(yaml, no_env).unwrap_err().problems.iter().map(ToString::to_string).collect()
+        load_str(yaml, no_env)
+            .unwrap_err()
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     #[test]
     fn minimal_mock_config_loads_with_defaults() {
-        let c = load_str("source: {type: mock}\nagent: {targets: {default: {type: log}}}\n", no_env).unwrap();
+        let c = load_str(
+            "source: {type: mock}\nagent: {targets: {default: {type: log}}}\n",
+            no_env,
+        )
+        .unwrap();
         assert_eq!(c.processing.concurrency, 8);
         assert_eq!(c.agent.effective_default_target(), Some("default"));
     }
@@ -236,7 +253,10 @@ agent:
             "agent.routes[0].target",
         ];
         for path in expect {
-            assert!(got.iter().any(|p| p.starts_with(&format!("{path}:"))), "missing {path} in {got:#?}");
+            assert!(
+                got.iter().any(|p| p.starts_with(&format!("{path}:"))),
+                "missing {path} in {got:#?}"
+            );
         }
     }
 

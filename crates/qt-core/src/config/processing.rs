@@ -160,17 +160,33 @@ const MAX_CONCURRENCY: usize = 10_000;
 impl Validate for ProcessingConfig {
     fn validate(&self, path: &str, problems: &mut ConfigErrors) {
         if self.concurrency == 0 || self.concurrency > MAX_CONCURRENCY {
-            problems.push(join(path, "concurrency"), format!("must be between 1 and {MAX_CONCURRENCY}, got {}", self.concurrency));
+            problems.push(
+                join(path, "concurrency"),
+                format!("must be between 1 and {MAX_CONCURRENCY}, got {}", self.concurrency),
+            );
         }
         if self.max_message_bytes == 0 || self.max_message_bytes > 256 << 20 {
-            problems.push(join(path, "max_message_bytes"), format!("must be between 1 and {} (256 MiB), got {}", 256 << 20, self.max_message_bytes));
+            problems.push(
+                join(path, "max_message_bytes"),
+                format!(
+                    "must be between 1 and {} (256 MiB), got {}",
+                    256 << 20,
+                    self.max_message_bytes
+                ),
+            );
         }
         if self.batch_size == 0 || self.batch_size > 10_000 {
-            problems.push(join(path, "batch_size"), format!("must be between 1 and 10000, got {}", self.batch_size));
+            problems.push(
+                join(path, "batch_size"),
+                format!("must be between 1 and 10000, got {}", self.batch_size),
+            );
         }
         if let Some(m) = self.max_in_flight {
             if m < self.concurrency {
-                problems.push(join(path, "max_in_flight"), format!("must be at least concurrency ({}), got {m}", self.concurrency));
+                problems.push(
+                    join(path, "max_in_flight"),
+                    format!("must be at least concurrency ({}), got {m}", self.concurrency),
+                );
             }
         }
         let ex = join(path, "extraction");
@@ -184,10 +200,16 @@ impl Validate for ProcessingConfig {
                 let at = format!("{}[{i}]", join(&ex, field));
                 match rule {
                     FieldSource::Pointer(p) if !p.is_empty() && !p.starts_with('/') => {
-                        problems.push(join(&at, "pointer"), format!("a JSON pointer starts with '/', got {p:?}"));
+                        problems.push(
+                            join(&at, "pointer"),
+                            format!("a JSON pointer starts with '/', got {p:?}"),
+                        );
                     }
                     FieldSource::Pointer(_) if self.parser != PayloadFormat::Json => {
-                        problems.push(join(&at, "pointer"), format!("pointers need `parser: json`, the parser is {}", self.parser.as_str()));
+                        problems.push(
+                            join(&at, "pointer"),
+                            format!("pointers need `parser: json`, the parser is {}", self.parser.as_str()),
+                        );
                     }
                     FieldSource::Header(h) if h.trim().is_empty() => {
                         problems.push(join(&at, "header"), "header name is empty");
@@ -198,10 +220,16 @@ impl Validate for ProcessingConfig {
         }
         if let Some(p) = &self.extraction.payload_pointer {
             if !p.is_empty() && !p.starts_with('/') {
-                problems.push(join(&ex, "payload_pointer"), format!("a JSON pointer starts with '/', got {p:?}"));
+                problems.push(
+                    join(&ex, "payload_pointer"),
+                    format!("a JSON pointer starts with '/', got {p:?}"),
+                );
             }
             if self.parser != PayloadFormat::Json {
-                problems.push(join(&ex, "payload_pointer"), format!("needs `parser: json`, the parser is {}", self.parser.as_str()));
+                problems.push(
+                    join(&ex, "payload_pointer"),
+                    format!("needs `parser: json`, the parser is {}", self.parser.as_str()),
+                );
             }
         }
     }

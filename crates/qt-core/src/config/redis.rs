@@ -62,11 +62,17 @@ impl Validate for RedisStoreConfig {
     fn validate(&self, path: &str, problems: &mut ConfigErrors) {
         match self.url.scheme().as_deref() {
             Some("redis" | "rediss") => {}
-            Some(other) => problems.push(join(path, "url"), format!("scheme must be redis:// or rediss://, got {other}://")),
+            Some(other) => problems.push(
+                join(path, "url"),
+                format!("scheme must be redis:// or rediss://, got {other}://"),
+            ),
             None => problems.push(join(path, "url"), format!("not a URL: {}", self.url)),
         }
         if self.pool_size == 0 || self.pool_size > 1024 {
-            problems.push(join(path, "pool_size"), format!("must be between 1 and 1024, got {}", self.pool_size));
+            problems.push(
+                join(path, "pool_size"),
+                format!("must be between 1 and 1024, got {}", self.pool_size),
+            );
         }
         if self.connect_timeout.is_zero() {
             problems.push(join(path, "connect_timeout"), "must be longer than 0s");

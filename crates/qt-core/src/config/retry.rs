@@ -140,17 +140,26 @@ fn check_backoff(
 ) {
     if let Some(m) = multiplier {
         if !(1.0..=100.0).contains(&m) {
-            problems.push(join(path, "multiplier"), format!("must be between 1.0 and 100.0, got {m}"));
+            problems.push(
+                join(path, "multiplier"),
+                format!("must be between 1.0 and 100.0, got {m}"),
+            );
         }
     }
     if let Some(j) = jitter {
         if !(0.0..=1.0).contains(&j) {
-            problems.push(join(path, "jitter"), format!("must be a fraction between 0 and 1, got {j}"));
+            problems.push(
+                join(path, "jitter"),
+                format!("must be a fraction between 0 and 1, got {j}"),
+            );
         }
     }
     if let (Some(i), Some(m)) = (initial, max) {
         if i > m {
-            problems.push(join(path, "max"), format!("must be at least initial ({})", humantime::format_duration(i)));
+            problems.push(
+                join(path, "max"),
+                format!("must be at least initial ({})", humantime::format_duration(i)),
+            );
         }
     }
 }
@@ -158,10 +167,20 @@ fn check_backoff(
 impl Validate for RetryConfig {
     fn validate(&self, path: &str, problems: &mut ConfigErrors) {
         if self.max_retries > MAX_RETRIES {
-            problems.push(join(path, "max_retries"), format!("must be at most {MAX_RETRIES}, got {}", self.max_retries));
+            problems.push(
+                join(path, "max_retries"),
+                format!("must be at most {MAX_RETRIES}, got {}", self.max_retries),
+            );
         }
         let b = &self.backoff;
-        check_backoff(&join(path, "backoff"), Some(b.multiplier), Some(b.jitter), Some(b.initial), Some(b.max), problems);
+        check_backoff(
+            &join(path, "backoff"),
+            Some(b.multiplier),
+            Some(b.jitter),
+            Some(b.initial),
+            Some(b.max),
+            problems,
+        );
         for (class, o) in &self.per_class {
             let at = join(&join(path, "per_class"), class.as_str());
             if *class == ErrorClass::Permanent {
@@ -171,7 +190,14 @@ impl Validate for RetryConfig {
             if o.max_retries.is_some_and(|m| m > MAX_RETRIES) {
                 problems.push(join(&at, "max_retries"), format!("must be at most {MAX_RETRIES}"));
             }
-            check_backoff(&at, o.multiplier, o.jitter, Some(o.initial.unwrap_or(b.initial)), Some(o.max.unwrap_or(b.max)), problems);
+            check_backoff(
+                &at,
+                o.multiplier,
+                o.jitter,
+                Some(o.initial.unwrap_or(b.initial)),
+                Some(o.max.unwrap_or(b.max)),
+                problems,
+            );
         }
     }
 }

@@ -35,7 +35,10 @@ impl KafkaSecurityProtocol {
     }
 
     pub fn is_sasl(self) -> bool {
-        matches!(self, KafkaSecurityProtocol::SaslPlaintext | KafkaSecurityProtocol::SaslSsl)
+        matches!(
+            self,
+            KafkaSecurityProtocol::SaslPlaintext | KafkaSecurityProtocol::SaslSsl
+        )
     }
 }
 
@@ -119,7 +122,11 @@ pub struct KafkaSourceConfig {
     pub revoke_drain_timeout: Duration,
     /// librdkafka settings passed through as is (e.g. `session.timeout.ms`). Values of
     /// keys that look secret are masked when printed.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", serialize_with = "serialize_masked_options")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        serialize_with = "serialize_masked_options"
+    )]
     pub options: BTreeMap<String, String>,
 }
 
@@ -151,7 +158,11 @@ impl KafkaSourceConfig {
         }
         vec![(
             join(path, "security_protocol"),
-            format!("{} ({})", self.brokers.join(","), self.security_protocol.as_librdkafka()),
+            format!(
+                "{} ({})",
+                self.brokers.join(","),
+                self.security_protocol.as_librdkafka()
+            ),
         )]
     }
 }
@@ -163,7 +174,10 @@ impl Validate for KafkaSourceConfig {
         }
         for (i, b) in self.brokers.iter().enumerate() {
             if !b.contains(':') {
-                problems.push(format!("{}[{i}]", join(path, "brokers")), format!("expected host:port, got {b:?}"));
+                problems.push(
+                    format!("{}[{i}]", join(path, "brokers")),
+                    format!("expected host:port, got {b:?}"),
+                );
             }
         }
         if self.topics.is_empty() {
@@ -173,17 +187,29 @@ impl Validate for KafkaSourceConfig {
             problems.push(join(path, "consumer_group"), "required");
         }
         if self.security_protocol.is_sasl() && self.sasl.is_none() {
-            problems.push(join(path, "sasl"), format!("required with security_protocol {}", self.security_protocol.as_librdkafka()));
+            problems.push(
+                join(path, "sasl"),
+                format!(
+                    "required with security_protocol {}",
+                    self.security_protocol.as_librdkafka()
+                ),
+            );
         }
         if !self.security_protocol.is_sasl() && self.sasl.is_some() {
-            problems.push(join(path, "sasl"), "set security_protocol to sasl_ssl (or sasl_plaintext) to use SASL");
+            problems.push(
+                join(path, "sasl"),
+                "set security_protocol to sasl_ssl (or sasl_plaintext) to use SASL",
+            );
         }
         if let Some(sasl) = &self.sasl {
             if sasl.username.is_empty() {
                 problems.push(join(path, "sasl.username"), "required");
             }
             if sasl.password.is_empty() {
-                problems.push(join(path, "sasl.password"), "required (e.g. password: ${KAFKA_PASSWORD})");
+                problems.push(
+                    join(path, "sasl.password"),
+                    "required (e.g. password: ${KAFKA_PASSWORD})",
+                );
             }
         }
         if self.commit_interval.is_zero() {
@@ -191,8 +217,14 @@ impl Validate for KafkaSourceConfig {
         }
         for key in self.options.keys() {
             let k = key.as_str();
-            if matches!(k, "group.id" | "bootstrap.servers" | "enable.auto.offset.store" | "security.protocol") {
-                problems.push(format!("{}.{k}", join(path, "options")), "set by qt from the typed fields; remove it here");
+            if matches!(
+                k,
+                "group.id" | "bootstrap.servers" | "enable.auto.offset.store" | "security.protocol"
+            ) {
+                problems.push(
+                    format!("{}.{k}", join(path, "options")),
+                    "set by qt from the typed fields; remove it here",
+                );
             }
         }
     }

@@ -7,7 +7,9 @@ mod sqs;
 
 pub use kafka::{KafkaSaslConfig, KafkaSecurityProtocol, KafkaSourceConfig, KafkaSslConfig, SaslMechanism};
 pub use mock::MockSourceConfig;
-pub use rabbitmq::{ExchangeDeclaration, QueueBinding, QueueDeclaration, RabbitMqDeclare, RabbitMqDlq, RabbitMqSourceConfig};
+pub use rabbitmq::{
+    ExchangeDeclaration, QueueBinding, QueueDeclaration, RabbitMqDeclare, RabbitMqDlq, RabbitMqSourceConfig,
+};
 pub use sqs::SqsSourceConfig;
 
 use serde::{Deserialize, Serialize};

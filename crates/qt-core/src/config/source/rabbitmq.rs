@@ -125,7 +125,10 @@ impl Validate for RabbitMqSourceConfig {
     fn validate(&self, path: &str, problems: &mut ConfigErrors) {
         match self.url.scheme().as_deref() {
             Some("amqp" | "amqps") => {}
-            Some(other) => problems.push(join(path, "url"), format!("scheme must be amqp:// or amqps://, got {other}://")),
+            Some(other) => problems.push(
+                join(path, "url"),
+                format!("scheme must be amqp:// or amqps://, got {other}://"),
+            ),
             None => problems.push(join(path, "url"), format!("not a URL: {}", self.url)),
         }
         if self.queue.trim().is_empty() {
@@ -140,17 +143,26 @@ impl Validate for RabbitMqSourceConfig {
                     problems.push(format!("{}.exchanges[{i}].name", join(path, "declare")), "required");
                 }
                 if !matches!(e.kind.as_str(), "direct" | "fanout" | "topic" | "headers") {
-                    problems.push(format!("{}.exchanges[{i}].kind", join(path, "declare")), format!("must be direct, fanout, topic or headers, got {:?}", e.kind));
+                    problems.push(
+                        format!("{}.exchanges[{i}].kind", join(path, "declare")),
+                        format!("must be direct, fanout, topic or headers, got {:?}", e.kind),
+                    );
                 }
             }
         }
         if let Some(dlq) = &self.dlq {
             if dlq.routing_key.is_empty() {
-                problems.push(join(path, "dlq.routing_key"), "required (the DLQ queue name when exchange is \"\")");
+                problems.push(
+                    join(path, "dlq.routing_key"),
+                    "required (the DLQ queue name when exchange is \"\")",
+                );
             }
         }
         if self.reconnect_initial.is_zero() || self.reconnect_initial > self.reconnect_max {
-            problems.push(join(path, "reconnect_initial"), "must be above 0s and at most reconnect_max");
+            problems.push(
+                join(path, "reconnect_initial"),
+                "must be above 0s and at most reconnect_max",
+            );
         }
     }
 }

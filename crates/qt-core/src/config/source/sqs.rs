@@ -61,7 +61,11 @@ fn default_max_extension() -> Duration {
 impl SqsSourceConfig {
     pub fn plaintext_endpoints(&self, path: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        for (field, value) in [("endpoint_url", self.endpoint_url.as_deref()), ("queue_url", Some(self.queue_url.as_str())), ("dlq_queue_url", self.dlq_queue_url.as_deref())] {
+        for (field, value) in [
+            ("endpoint_url", self.endpoint_url.as_deref()),
+            ("queue_url", Some(self.queue_url.as_str())),
+            ("dlq_queue_url", self.dlq_queue_url.as_deref()),
+        ] {
             if let Some(v) = value {
                 if v.to_ascii_lowercase().starts_with("http://") {
                     out.push((join(path, field), crate::secret::mask_url_credentials(v)));
@@ -81,13 +85,19 @@ impl Validate for SqsSourceConfig {
             problems.push(join(path, "region"), "required");
         }
         if self.pollers == 0 || self.pollers > 64 {
-            problems.push(join(path, "pollers"), format!("must be between 1 and 64, got {}", self.pollers));
+            problems.push(
+                join(path, "pollers"),
+                format!("must be between 1 and 64, got {}", self.pollers),
+            );
         }
         if self.wait_time > Duration::from_secs(20) {
             problems.push(join(path, "wait_time"), "SQS allows at most 20s");
         }
         if !(1..=10).contains(&self.max_messages) {
-            problems.push(join(path, "max_messages"), format!("SQS allows 1 to 10, got {}", self.max_messages));
+            problems.push(
+                join(path, "max_messages"),
+                format!("SQS allows 1 to 10, got {}", self.max_messages),
+            );
         }
         if let Some(v) = self.visibility_timeout {
             if v > Duration::from_secs(12 * 3600) {
