@@ -6,6 +6,9 @@
 //! - `bench <engine|redis|kafka|rabbitmq|sqs>`: runs a benchmark and records its figures in
 //!   `docs/benchmarks.md`.
 
+// A command-line tool: printing progress is its job.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 mod bench;
 mod ci;
 mod cmd;

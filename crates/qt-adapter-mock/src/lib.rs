@@ -1,1 +1,16 @@
-//! In-memory and file-fed queue adapter for qt, with a test handle.
+//! An in-memory queue adapter for qt (requirement 10.1), with a test handle to enqueue
+//! messages and inspect what was acked, nacked, requeued and dead-lettered; and a
+//! file-fed mode for the `qt` CLI that reads JSONL messages and writes dead letters to a
+//! JSONL file.
+//!
+//! It behaves like a broker where it matters to the engine: a handle dropped unsettled
+//! puts its message back (as a redelivery), delayed requeues come back after their delay,
+//! and `receive` is cancel-safe.
+
+mod adapter;
+mod file;
+mod queue;
+
+pub use adapter::{MockAdapter, MockPublisher};
+pub use file::{FileError, MessageLine, read_messages};
+pub use queue::{DeadLettered, MockQueue, Settled};

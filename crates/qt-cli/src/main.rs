@@ -1,1 +1,33 @@
-fn main() {}
+//! `qt`: runs a queue trigger from one YAML file.
+
+mod admin;
+mod agents;
+mod cli;
+mod commands;
+mod logging;
+mod prometheus;
+mod summary;
+mod wiring;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            logging::fatal(&format!("cannot start the async runtime: {e}"));
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(commands::dispatch(cli));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            logging::fatal(&format!("{e:#}"));
+            ExitCode::from(1)
+        }
+    }
+}

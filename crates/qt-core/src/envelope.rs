@@ -251,11 +251,10 @@ mod tests {
             prop_assert_eq!(&env.dedup_key, &dedup);
             prop_assert_eq!(env.idempotency_key(), dedup.as_deref().unwrap_or(&id));
             prop_assert_eq!(env.attempt, 1);
-            if let Some(tp) = &traceparent {
-                if tp.chars().any(|c| c != '0') {
+            if let Some(tp) = &traceparent
+                && tp.chars().any(|c| c != '0') {
                     prop_assert_eq!(&env.trace_id.to_string(), tp);
                 }
-            }
             match (format, env.payload) {
                 (PayloadFormat::Json, Payload::Json(v)) => prop_assert_eq!(v, serde_json::json!({"text": text})),
                 (PayloadFormat::Text, Payload::Text(s)) => prop_assert_eq!(s, text),

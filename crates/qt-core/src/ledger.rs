@@ -95,10 +95,11 @@ pub struct LedgerError {
 }
 
 /// Where records go. `record_batch` returns only once the records are durable in the
-/// sense the sink promises; the engine acks the messages only after it returns.
+/// sense the sink promises; the engine acks the messages only after it returns. Records are
+/// handed over by value so in-memory sinks keep them without copying.
 #[async_trait]
 pub trait Ledger: Send + Sync + std::fmt::Debug {
-    async fn record_batch(&self, records: &[LedgerRecord]) -> Result<(), LedgerError>;
+    async fn record_batch(&self, records: Vec<LedgerRecord>) -> Result<(), LedgerError>;
 
     async fn flush(&self) -> Result<(), LedgerError> {
         Ok(())

@@ -3,6 +3,8 @@
 //! cache directory on first use and started here. Every step is idempotent.
 
 mod local;
+mod moto;
+mod nisshi;
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use clap::Subcommand;
 
-#[derive(Subcommand)]
+#[derive(Clone, Copy, Subcommand)]
 pub enum Action {
     /// Install what is missing and start what is not running.
     Up,
@@ -28,7 +30,7 @@ pub struct Service {
 }
 
 pub fn all() -> Vec<Service> {
-    local::services()
+    local::services().into_iter().chain([moto::service(), nisshi::service()]).collect()
 }
 
 pub fn run(action: Action) -> Result<()> {

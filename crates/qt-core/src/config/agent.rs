@@ -123,13 +123,12 @@ impl Validate for AgentConfig {
                 problems.push(join(&at, "event"), format!("invalid glob {:?}: {}", r.event, e.kind()));
             }
         }
-        if let Some(t) = &self.default_target {
-            if !self.targets.contains_key(t) {
+        if let Some(t) = &self.default_target
+            && !self.targets.contains_key(t) {
                 problems.push(
                     join(path, "default_target"),
                     format!("no target named {t:?} in {}", join(path, "targets")),
                 );
             }
-        }
     }
 }

@@ -23,18 +23,15 @@ pub enum OnStoreError {
 /// Where claims are kept.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[derive(Default)]
 pub enum StoreConfig {
     /// In this process only: right for a single instance and for tests.
+    #[default]
     Memory,
     /// Shared across processes.
     Redis(RedisStoreConfig),
 }
 
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig::Memory
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

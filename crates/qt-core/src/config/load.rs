@@ -130,7 +130,7 @@ fn repair(root: &mut Value, path: &[Seg], message: &str) -> (String, bool) {
         } else {
             path.to_vec()
         };
-        let mut full = parent.clone();
+        let mut full = parent;
         full.push(Seg::Key(field.to_owned()));
         let removed = remove_at(root, &full);
         return (render(&full), removed);

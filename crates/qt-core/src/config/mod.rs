@@ -103,14 +103,13 @@ impl Validate for Config {
             for (at, endpoint) in self.source.plaintext_endpoints(&join(path, "source")) {
                 problems.push(at, format!("security.require_tls is set but {endpoint} is not TLS"));
             }
-            if let StoreConfig::Redis(r) = &self.idempotency.store {
-                if !r.is_tls() {
+            if let StoreConfig::Redis(r) = &self.idempotency.store
+                && !r.is_tls() {
                     problems.push(
                         join(path, "idempotency.store.url"),
                         format!("security.require_tls is set but {} is not TLS (use rediss://)", r.url),
                     );
                 }
-            }
         }
     }
 }

@@ -181,14 +181,13 @@ impl Validate for ProcessingConfig {
                 format!("must be between 1 and 10000, got {}", self.batch_size),
             );
         }
-        if let Some(m) = self.max_in_flight {
-            if m < self.concurrency {
+        if let Some(m) = self.max_in_flight
+            && m < self.concurrency {
                 problems.push(
                     join(path, "max_in_flight"),
                     format!("must be at least concurrency ({}), got {m}", self.concurrency),
                 );
             }
-        }
         let ex = join(path, "extraction");
         for (field, rules) in [
             ("event_name", &self.extraction.event_name),

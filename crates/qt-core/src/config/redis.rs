@@ -1,5 +1,6 @@
 //! `idempotency.store` with `type: redis`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -14,21 +15,34 @@ pub struct RedisStoreConfig {
     /// masked whenever it is printed. Required.
     #[serde(default)]
     pub url: SecretUrl,
-    /// Overrides the URL's user name.
+    /// Overrides the URL's user name (Redis 6+ ACL user). Needs a password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    /// Overrides the URL's password.
+    /// Overrides the URL's password. Prefer `${REDIS_PASSWORD}` over writing it here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
-    /// Connections in the pool. Default 16.
+    /// Connections in the pool. Each is multiplexed, so a few carry many concurrent
+    /// claims. Default 16.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
+    /// Bound on opening one connection (TCP, TLS handshake, AUTH, script loading).
     /// Default 5s.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// Default 2s.
+    /// Bound on every command round trip; an operation that takes longer fails with a
+    /// timeout naming it. Default 2s.
     #[serde(default = "default_command_timeout", with = "humantime_serde")]
     pub command_timeout: Duration,
+    /// PEM CA bundle to trust for `rediss://` instead of the system roots (a private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for `rediss://` servers that require client certificates
+    /// (`tls-auth-clients yes`). Needs `client_key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
 }
 
 fn default_pool_size() -> usize {
@@ -50,6 +64,9 @@ impl RedisStoreConfig {
             pool_size: default_pool_size(),
             connect_timeout: default_connect_timeout(),
             command_timeout: default_command_timeout(),
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
         }
     }
 
@@ -66,7 +83,17 @@ impl Validate for RedisStoreConfig {
                 join(path, "url"),
                 format!("scheme must be redis:// or rediss://, got {other}://"),
             ),
+            None if self.url.expose().trim().is_empty() => problems.push(join(path, "url"), "required"),
             None => problems.push(join(path, "url"), format!("not a URL: {}", self.url)),
+        }
+        if self.username.is_some() && self.password.is_none() {
+            problems.push(
+                join(path, "username"),
+                "needs `password` too (Redis authenticates a user name only together with its password)",
+            );
+        }
+        if self.password.as_ref().is_some_and(Secret::is_empty) {
+            problems.push(join(path, "password"), "is empty; remove it or set a value");
         }
         if self.pool_size == 0 || self.pool_size > 1024 {
             problems.push(
@@ -80,5 +107,101 @@ impl Validate for RedisStoreConfig {
         if self.command_timeout.is_zero() {
             problems.push(join(path, "command_timeout"), "must be longer than 0s");
         }
+        let tls_files = [
+            ("ca_file", &self.ca_file),
+            ("client_cert_file", &self.client_cert_file),
+            ("client_key_file", &self.client_key_file),
+        ];
+        if !self.is_tls() {
+            for (field, value) in tls_files {
+                if value.is_some() {
+                    problems.push(join(path, field), "only used with a rediss:// url");
+                }
+            }
+        }
+        match (&self.client_cert_file, &self.client_key_file) {
+            (Some(_), None) => problems.push(join(path, "client_key_file"), "required with client_cert_file"),
+            (None, Some(_)) => problems.push(join(path, "client_cert_file"), "required with client_key_file"),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems_of(cfg: &RedisStoreConfig) -> Vec<String> {
+        let mut problems = ConfigErrors::default();
+        cfg.validate("idempotency.store", &mut problems);
+        problems.problems.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(problems_of(&RedisStoreConfig::new("redis://127.0.0.1:6379")).is_empty());
+        assert!(problems_of(&RedisStoreConfig::new("rediss://cache.example.com:6380/1")).is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let mut cfg = RedisStoreConfig::new("redis://127.0.0.1:6379");
+        cfg.username = Some("app".into());
+        cfg.pool_size = 0;
+        cfg.connect_timeout = Duration::ZERO;
+        cfg.command_timeout = Duration::ZERO;
+        cfg.ca_file = Some("ca.pem".into());
+        cfg.client_cert_file = Some("client.pem".into());
+        let found = problems_of(&cfg);
+        for expected in [
+            "idempotency.store.username: needs `password` too",
+            "idempotency.store.pool_size: must be between 1 and 1024, got 0",
+            "idempotency.store.connect_timeout: must be longer than 0s",
+            "idempotency.store.command_timeout: must be longer than 0s",
+            "idempotency.store.ca_file: only used with a rediss:// url",
+            "idempotency.store.client_cert_file: only used with a rediss:// url",
+            "idempotency.store.client_key_file: required with client_cert_file",
+        ] {
+            assert!(
+                found.iter().any(|p| p.starts_with(expected)),
+                "missing {expected:?} in {found:#?}"
+            );
+        }
+        assert_eq!(found.len(), 7, "{found:#?}");
+    }
+
+    #[test]
+    fn url_problems_are_named() {
+        assert_eq!(
+            problems_of(&RedisStoreConfig::new("")),
+            ["idempotency.store.url: required"]
+        );
+        assert_eq!(
+            problems_of(&RedisStoreConfig::new("http://x")),
+            ["idempotency.store.url: scheme must be redis:// or rediss://, got http://"]
+        );
+        let bad = problems_of(&RedisStoreConfig::new("not a url"));
+        assert_eq!(bad.len(), 1);
+        assert!(bad[0].starts_with("idempotency.store.url: not a URL"), "{bad:?}");
+    }
+
+    #[test]
+    fn password_never_prints() {
+        let mut cfg = RedisStoreConfig::new("redis://app:urlpass99@127.0.0.1:6379/0");
+        cfg.password = Some(Secret::new("overridepass77"));
+        let printed = [format!("{cfg:?}"), serde_json::to_string(&cfg).expect("serializes")];
+        for out in printed {
+            assert!(!out.contains("urlpass99") && !out.contains("overridepass77"), "{out}");
+            assert!(out.contains("127.0.0.1:6379"), "{out}");
+        }
+    }
+
+    #[test]
+    fn tls_files_are_accepted_with_rediss() {
+        let mut cfg = RedisStoreConfig::new("rediss://127.0.0.1:6380");
+        cfg.ca_file = Some("ca.pem".into());
+        cfg.client_cert_file = Some("client.pem".into());
+        cfg.client_key_file = Some("client.key".into());
+        assert!(problems_of(&cfg).is_empty());
     }
 }

@@ -138,30 +138,27 @@ fn check_backoff(
     max: Option<Duration>,
     problems: &mut ConfigErrors,
 ) {
-    if let Some(m) = multiplier {
-        if !(1.0..=100.0).contains(&m) {
+    if let Some(m) = multiplier
+        && !(1.0..=100.0).contains(&m) {
             problems.push(
                 join(path, "multiplier"),
                 format!("must be between 1.0 and 100.0, got {m}"),
             );
         }
-    }
-    if let Some(j) = jitter {
-        if !(0.0..=1.0).contains(&j) {
+    if let Some(j) = jitter
+        && !(0.0..=1.0).contains(&j) {
             problems.push(
                 join(path, "jitter"),
                 format!("must be a fraction between 0 and 1, got {j}"),
             );
         }
-    }
-    if let (Some(i), Some(m)) = (initial, max) {
-        if i > m {
+    if let (Some(i), Some(m)) = (initial, max)
+        && i > m {
             problems.push(
                 join(path, "max"),
                 format!("must be at least initial ({})", humantime::format_duration(i)),
             );
         }
-    }
 }
 
 impl Validate for RetryConfig {

@@ -1,10 +1,12 @@
 //! `source` with `type: kafka`.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::de::{self, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::config::problems::{ConfigErrors, Validate, join};
 use crate::secret::{REDACTED, Secret};
@@ -68,6 +70,7 @@ pub struct KafkaSaslConfig {
     pub mechanism: SaslMechanism,
     #[serde(default)]
     pub username: String,
+    /// Masked whenever printed; use `${KAFKA_PASSWORD}` to keep it out of the file.
     #[serde(default)]
     pub password: Secret,
 }
@@ -81,36 +84,45 @@ pub struct KafkaSslConfig {
     /// Client certificate for mutual TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_location: Option<PathBuf>,
+    /// Private key of the client certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_location: Option<PathBuf>,
+    /// Passphrase of an encrypted private key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_password: Option<Secret>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceConfig {
     /// Bootstrap brokers, `host:port`. Required.
     #[serde(default)]
     pub brokers: Vec<String>,
-    /// Topics to consume. Required. (`queue_name` is accepted as an alias for one topic.)
-    #[serde(default)]
+    /// Topics to consume. Required. `queue_name: orders` is accepted for a single topic.
+    #[serde(default, alias = "queue_name", deserialize_with = "one_or_many")]
     pub topics: Vec<String>,
-    /// Consumer group id. Required.
+    /// Consumer group id. Required. Every qt process with the same group shares the
+    /// partitions of the topics.
     #[serde(default)]
     pub consumer_group: String,
-    /// Failed messages are produced here. Default: none (dead-lettering then fails and the
-    /// message is left uncommitted, so set it when `on_failure: dlq`).
+    /// Failed messages are produced here (original key, value and headers plus the
+    /// `x-qt-dlq-*` headers), and the original offset is committed only once the broker has
+    /// confirmed the write. Default: none, and dead-lettering then fails and leaves the
+    /// message uncommitted, so set it when `on_failure` is `dlq`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dlq_topic: Option<String>,
-    /// Requeued messages are produced here. Default: back to their own topic.
+    /// Requeued messages are produced here with an incremented `x-qt-attempt` header (and
+    /// `x-qt-not-before` for a delay). qt consumes it in the same group as `topics`.
+    /// Default: back to the message's own topic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_topic: Option<String>,
     /// Default `plaintext`.
     #[serde(default)]
     pub security_protocol: KafkaSecurityProtocol,
+    /// Required with `sasl_plaintext` and `sasl_ssl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl: Option<KafkaSaslConfig>,
+    /// TLS settings for `ssl` and `sasl_ssl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssl: Option<KafkaSslConfig>,
     /// How often completed offsets are committed. Default 1s.
@@ -120,14 +132,35 @@ pub struct KafkaSourceConfig {
     /// take before the partitions are let go. Default 10s.
     #[serde(default = "default_revoke_timeout", with = "humantime_serde")]
     pub revoke_drain_timeout: Duration,
-    /// librdkafka settings passed through as is (e.g. `session.timeout.ms`). Values of
-    /// keys that look secret are masked when printed.
+    /// When a message's handle is dropped unsettled or its settle fails, its partition is
+    /// rewound to the first unfinished offset after this pause, so the message (and the
+    /// later ones of that partition) are delivered again without a restart. Default 1s.
+    #[serde(default = "default_redelivery_delay", with = "humantime_serde")]
+    pub redelivery_delay: Duration,
+    /// How long a produce (dead letter, requeue, `qt send`) may wait for the broker's
+    /// acknowledgement before it fails (librdkafka `message.timeout.ms`). Default 30s.
+    #[serde(default = "default_delivery_timeout", with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// How long `connect` waits for the cluster to describe the topics before it fails.
+    /// Default 10s.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// librdkafka consumer settings passed through as is (e.g. `session.timeout.ms`).
+    /// Values of keys that look secret are masked when printed.
     #[serde(
         default,
         skip_serializing_if = "BTreeMap::is_empty",
         serialize_with = "serialize_masked_options"
     )]
     pub options: BTreeMap<String, String>,
+    /// librdkafka producer settings (dead letters, requeues, `qt send`) passed through as
+    /// is (e.g. `linger.ms`, `compression.type`). Masked like `options`.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        serialize_with = "serialize_masked_options"
+    )]
+    pub producer_options: BTreeMap<String, String>,
 }
 
 fn default_commit_interval() -> Duration {
@@ -135,6 +168,101 @@ fn default_commit_interval() -> Duration {
 }
 fn default_revoke_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_redelivery_delay() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_delivery_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for KafkaSourceConfig {
+    fn default() -> Self {
+        Self {
+            brokers: Vec::new(),
+            topics: Vec::new(),
+            consumer_group: String::new(),
+            dlq_topic: None,
+            retry_topic: None,
+            security_protocol: KafkaSecurityProtocol::default(),
+            sasl: None,
+            ssl: None,
+            commit_interval: default_commit_interval(),
+            revoke_drain_timeout: default_revoke_timeout(),
+            redelivery_delay: default_redelivery_delay(),
+            delivery_timeout: default_delivery_timeout(),
+            connect_timeout: default_connect_timeout(),
+            options: BTreeMap::new(),
+            producer_options: BTreeMap::new(),
+        }
+    }
+}
+
+/// Option maps with secret-looking values masked, for `Debug`.
+struct MaskedOptions<'a>(&'a BTreeMap<String, String>);
+
+impl fmt::Debug for MaskedOptions<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(k, v)| (k, if is_secret_option(k) { REDACTED } else { v.as_str() })),
+            )
+            .finish()
+    }
+}
+
+impl fmt::Debug for KafkaSourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaSourceConfig")
+            .field("brokers", &self.brokers)
+            .field("topics", &self.topics)
+            .field("consumer_group", &self.consumer_group)
+            .field("dlq_topic", &self.dlq_topic)
+            .field("retry_topic", &self.retry_topic)
+            .field("security_protocol", &self.security_protocol)
+            .field("sasl", &self.sasl)
+            .field("ssl", &self.ssl)
+            .field("commit_interval", &self.commit_interval)
+            .field("revoke_drain_timeout", &self.revoke_drain_timeout)
+            .field("redelivery_delay", &self.redelivery_delay)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("options", &MaskedOptions(&self.options))
+            .field("producer_options", &MaskedOptions(&self.producer_options))
+            .finish()
+    }
+}
+
+/// Accepts `topics: [a, b]` as well as `queue_name: a`.
+fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    struct OneOrMany;
+
+    impl<'de> Visitor<'de> for OneOrMany {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a topic name or a list of topic names")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(vec![v.to_owned()])
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(1));
+            while let Some(topic) = seq.next_element::<String>()? {
+                out.push(topic);
+            }
+            Ok(out)
+        }
+    }
+
+    deserializer.deserialize_any(OneOrMany)
 }
 
 /// Whether a librdkafka option name holds a credential.
@@ -151,6 +279,65 @@ fn serialize_masked_options<S: Serializer>(options: &BTreeMap<String, String>, s
     masked.serialize(s)
 }
 
+/// librdkafka settings qt sets from typed fields (or controls itself); setting them in
+/// `options`/`producer_options` would silently fight the typed field, so it is refused.
+const TYPED_KEYS: &[(&str, &str)] = &[
+    ("bootstrap.servers", "brokers"),
+    ("metadata.broker.list", "brokers"),
+    ("security.protocol", "security_protocol"),
+    ("sasl.mechanism", "sasl.mechanism"),
+    ("sasl.mechanisms", "sasl.mechanism"),
+    ("sasl.username", "sasl.username"),
+    ("sasl.password", "sasl.password"),
+    ("ssl.ca.location", "ssl.ca_location"),
+    ("ssl.certificate.location", "ssl.certificate_location"),
+    ("ssl.key.location", "ssl.key_location"),
+    ("ssl.key.password", "ssl.key_password"),
+];
+
+/// Consumer settings qt owns: the offset handling is what makes at-least-once hold.
+const CONSUMER_OWNED_KEYS: &[(&str, &str)] = &[
+    ("group.id", "set it with consumer_group"),
+    (
+        "enable.auto.commit",
+        "qt commits only finished offsets, every commit_interval",
+    ),
+    (
+        "enable.auto.offset.store",
+        "qt commits only finished offsets, every commit_interval",
+    ),
+    ("auto.commit.interval.ms", "set it with commit_interval"),
+];
+
+/// Producer settings qt owns.
+const PRODUCER_OWNED_KEYS: &[(&str, &str)] = &[
+    ("message.timeout.ms", "set it with delivery_timeout"),
+    ("delivery.timeout.ms", "set it with delivery_timeout"),
+    ("transactional.id", "qt's producer is not transactional"),
+];
+
+/// Kafka's rule for topic names.
+fn topic_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("must not be empty".to_owned());
+    }
+    if name == "." || name == ".." {
+        return Some(format!("{name:?} is not a valid topic name"));
+    }
+    if name.len() > 249 {
+        return Some(format!("is {} characters long; Kafka allows at most 249", name.len()));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Some(format!(
+            "{name:?} contains {c:?}; topic names use only letters, digits, '.', '_' and '-'"
+        ));
+    }
+    None
+}
+
 impl KafkaSourceConfig {
     pub fn plaintext_endpoints(&self, path: &str) -> Vec<(String, String)> {
         if self.security_protocol.is_tls() {
@@ -165,6 +352,41 @@ impl KafkaSourceConfig {
             ),
         )]
     }
+
+    /// Whether a librdkafka option name holds a credential (its value is masked when
+    /// printed, and adapters keep it out of logs).
+    pub fn is_secret_option(key: &str) -> bool {
+        is_secret_option(key)
+    }
+
+    /// Every topic the consumer subscribes to: `topics` and the retry topic.
+    pub fn subscribed_topics(&self) -> Vec<String> {
+        let mut topics = self.topics.clone();
+        if let Some(retry) = &self.retry_topic
+            && !topics.contains(retry)
+        {
+            topics.push(retry.clone());
+        }
+        topics
+    }
+
+    fn validate_options(
+        &self,
+        path: &str,
+        field: &str,
+        options: &BTreeMap<String, String>,
+        owned: &[(&str, &str)],
+        problems: &mut ConfigErrors,
+    ) {
+        for key in options.keys() {
+            let at = format!("{}.{key}", join(path, field));
+            if let Some((_, typed)) = TYPED_KEYS.iter().find(|(k, _)| k == key) {
+                problems.push(at, format!("set by qt; use {} instead", join(path, typed)));
+            } else if let Some((_, why)) = owned.iter().find(|(k, _)| k == key) {
+                problems.push(at, format!("set by qt ({why}); remove it here"));
+            }
+        }
+    }
 }
 
 impl Validate for KafkaSourceConfig {
@@ -173,7 +395,10 @@ impl Validate for KafkaSourceConfig {
             problems.push(join(path, "brokers"), "at least one broker is required");
         }
         for (i, b) in self.brokers.iter().enumerate() {
-            if !b.contains(':') {
+            let port_ok = b
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            if !port_ok {
                 problems.push(
                     format!("{}[{i}]", join(path, "brokers")),
                     format!("expected host:port, got {b:?}"),
@@ -183,8 +408,28 @@ impl Validate for KafkaSourceConfig {
         if self.topics.is_empty() {
             problems.push(join(path, "topics"), "at least one topic is required");
         }
+        for (i, t) in self.topics.iter().enumerate() {
+            if let Some(problem) = topic_name_problem(t) {
+                problems.push(format!("{}[{i}]", join(path, "topics")), problem);
+            }
+        }
         if self.consumer_group.trim().is_empty() {
             problems.push(join(path, "consumer_group"), "required");
+        }
+        if let Some(dlq) = &self.dlq_topic {
+            if let Some(problem) = topic_name_problem(dlq) {
+                problems.push(join(path, "dlq_topic"), problem);
+            } else if self.topics.contains(dlq) || self.retry_topic.as_ref() == Some(dlq) {
+                problems.push(
+                    join(path, "dlq_topic"),
+                    format!("{dlq:?} is also consumed; dead letters would be processed again"),
+                );
+            }
+        }
+        if let Some(retry) = &self.retry_topic
+            && let Some(problem) = topic_name_problem(retry)
+        {
+            problems.push(join(path, "retry_topic"), problem);
         }
         if self.security_protocol.is_sasl() && self.sasl.is_none() {
             problems.push(
@@ -212,20 +457,164 @@ impl Validate for KafkaSourceConfig {
                 );
             }
         }
+        if let Some(ssl) = &self.ssl {
+            if !self.security_protocol.is_tls() {
+                problems.push(
+                    join(path, "ssl"),
+                    "set security_protocol to ssl (or sasl_ssl) to use TLS settings",
+                );
+            }
+            if ssl.key_location.is_some() != ssl.certificate_location.is_some() {
+                problems.push(
+                    join(path, "ssl"),
+                    "certificate_location and key_location go together (mutual TLS needs both)",
+                );
+            }
+            if ssl.key_password.is_some() && ssl.key_location.is_none() {
+                problems.push(join(path, "ssl.key_password"), "set only with key_location");
+            }
+        }
         if self.commit_interval.is_zero() {
             problems.push(join(path, "commit_interval"), "must be longer than 0s");
         }
-        for key in self.options.keys() {
-            let k = key.as_str();
-            if matches!(
-                k,
-                "group.id" | "bootstrap.servers" | "enable.auto.offset.store" | "security.protocol"
-            ) {
-                problems.push(
-                    format!("{}.{k}", join(path, "options")),
-                    "set by qt from the typed fields; remove it here",
-                );
-            }
+        if self.redelivery_delay.is_zero() {
+            problems.push(
+                join(path, "redelivery_delay"),
+                "must be longer than 0s (a failing message would otherwise be redelivered in a tight loop)",
+            );
         }
+        if self.delivery_timeout < Duration::from_millis(1) {
+            problems.push(join(path, "delivery_timeout"), "must be at least 1ms");
+        }
+        if self.connect_timeout < Duration::from_millis(1) {
+            problems.push(join(path, "connect_timeout"), "must be at least 1ms");
+        }
+        if self
+            .options
+            .get("statistics.interval.ms")
+            .is_some_and(|v| v.trim().parse::<u64>().map_or(true, |ms| ms == 0))
+        {
+            problems.push(
+                format!("{}.statistics.interval.ms", join(path, "options")),
+                "qt reads health and backlog from librdkafka statistics; use a positive interval (default 1000)",
+            );
+        }
+        self.validate_options(path, "options", &self.options, CONSUMER_OWNED_KEYS, problems);
+        self.validate_options(
+            path,
+            "producer_options",
+            &self.producer_options,
+            PRODUCER_OWNED_KEYS,
+            problems,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> KafkaSourceConfig {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    fn problems(cfg: &KafkaSourceConfig) -> Vec<String> {
+        let mut p = ConfigErrors::default();
+        cfg.validate("source", &mut p);
+        p.problems.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn minimal_config_is_valid_with_defaults() {
+        let c = parse("brokers: [\"k1:9092\"]\ntopics: [orders]\nconsumer_group: g\n");
+        assert!(problems(&c).is_empty(), "{:?}", problems(&c));
+        assert_eq!(c.commit_interval, Duration::from_secs(1));
+        assert_eq!(c.revoke_drain_timeout, Duration::from_secs(10));
+        assert_eq!(c.redelivery_delay, Duration::from_secs(1));
+        assert_eq!(c.delivery_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn queue_name_is_an_alias_for_one_topic() {
+        let c = parse("brokers: [\"k1:9092\"]\nqueue_name: orders\nconsumer_group: g\n");
+        assert_eq!(c.topics, vec!["orders".to_owned()]);
+    }
+
+    #[test]
+    fn retry_topic_is_subscribed_once() {
+        let mut c = parse("brokers: [\"k1:9092\"]\ntopics: [a, b]\nconsumer_group: g\nretry_topic: r\n");
+        assert_eq!(c.subscribed_topics(), vec!["a", "b", "r"]);
+        c.retry_topic = Some("a".into());
+        assert_eq!(c.subscribed_topics(), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let yaml = r#"
+brokers: ["nohost", "k:0"]
+topics: ["ok", "bad topic"]
+dlq_topic: ok
+security_protocol: sasl_plaintext
+sasl: {mechanism: PLAIN, username: "", password: ""}
+ssl: {key_location: /k.pem}
+commit_interval: 0s
+redelivery_delay: 0s
+options: {group.id: x, enable.auto.commit: "true", sasl.password: p, fetch.min.bytes: "1"}
+producer_options: {message.timeout.ms: "5", linger.ms: "5"}
+"#;
+        let got = problems(&parse(yaml));
+        let expect = [
+            "source.brokers[0]:",
+            "source.brokers[1]:",
+            "source.topics[1]:",
+            "source.consumer_group:",
+            "source.dlq_topic:",
+            "source.sasl.username:",
+            "source.sasl.password:",
+            "source.ssl:",
+            "source.commit_interval:",
+            "source.redelivery_delay:",
+            "source.options.group.id:",
+            "source.options.enable.auto.commit:",
+            "source.options.sasl.password: set by qt; use source.sasl.password instead",
+            "source.producer_options.message.timeout.ms:",
+        ];
+        for e in expect {
+            assert!(got.iter().any(|p| p.starts_with(e)), "missing {e} in {got:#?}");
+        }
+        assert!(
+            !got.iter()
+                .any(|p| p.contains("fetch.min.bytes") || p.contains("linger.ms"))
+        );
+    }
+
+    #[test]
+    fn secrets_are_masked_when_printed() {
+        let yaml = r#"
+brokers: ["k1:9093"]
+topics: [orders]
+consumer_group: g
+security_protocol: sasl_ssl
+sasl: {mechanism: SCRAM-SHA-512, username: qt, password: "pw-123456"}
+ssl: {certificate_location: /c.pem, key_location: /k.pem, key_password: "kp-654321"}
+options: {sasl.oauthbearer.client.secret: "oauth-999"}
+producer_options: {ssl.keystore.password: "ks-777"}
+"#;
+        let c = parse(yaml);
+        assert!(problems(&c).is_empty(), "{:?}", problems(&c));
+        let printed = format!("{}\n{c:?}", serde_yaml_ng::to_string(&c).unwrap());
+        for secret in ["pw-123456", "kp-654321", "oauth-999", "ks-777"] {
+            assert!(!printed.contains(secret), "{secret} leaked in {printed}");
+        }
+        assert!(c.plaintext_endpoints("source").is_empty());
+    }
+
+    #[test]
+    fn plaintext_protocols_are_reported_for_require_tls() {
+        let c = parse("brokers: [\"k1:9092\"]\ntopics: [t]\nconsumer_group: g\n");
+        let found = c.plaintext_endpoints("source");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, "source.security_protocol");
+        assert!(found[0].1.contains("k1:9092 (plaintext)"));
     }
 }

@@ -30,10 +30,9 @@ impl Validate for MockSourceConfig {
         if self.queue.trim().is_empty() {
             problems.push(join(path, "queue"), "must not be empty");
         }
-        if let Some(f) = &self.file {
-            if f.as_os_str().is_empty() {
+        if let Some(f) = &self.file
+            && f.as_os_str().is_empty() {
                 problems.push(join(path, "file"), "must not be empty");
             }
-        }
     }
 }

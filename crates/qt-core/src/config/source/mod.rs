@@ -10,7 +10,7 @@ pub use mock::MockSourceConfig;
 pub use rabbitmq::{
     ExchangeDeclaration, QueueBinding, QueueDeclaration, RabbitMqDeclare, RabbitMqDlq, RabbitMqSourceConfig,
 };
-pub use sqs::SqsSourceConfig;
+pub use sqs::{SQS_MAX_VISIBILITY, SQS_MAX_WAIT, SqsSourceConfig, is_fifo_queue};
 
 use serde::{Deserialize, Serialize};
 

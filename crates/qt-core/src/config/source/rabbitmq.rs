@@ -1,6 +1,7 @@
 //! `source` with `type: rabbitmq`.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -8,14 +9,18 @@ use serde::{Deserialize, Serialize};
 use crate::config::problems::{ConfigErrors, Validate, join};
 use crate::secret::SecretUrl;
 
-/// A queue to declare.
+/// AMQP 0-9-1 short strings (queue, exchange and routing key names) hold at most 255 bytes.
+const MAX_NAME_BYTES: usize = 255;
+
+/// The queue to declare.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueDeclaration {
     /// Default true.
     #[serde(default = "default_true")]
     pub durable: bool,
-    /// `x-queue-type: quorum`, `x-dead-letter-exchange`, ... as strings or numbers.
+    /// Queue arguments such as `x-queue-type: quorum`, `x-dead-letter-exchange: ""`,
+    /// `x-max-length: 10000`. Values are strings, integers, floats or booleans.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub arguments: BTreeMap<String, serde_json::Value>,
 }
@@ -23,6 +28,7 @@ pub struct QueueDeclaration {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExchangeDeclaration {
+    /// Required.
     #[serde(default)]
     pub name: String,
     /// `direct`, `fanout`, `topic`, `headers`. Default `direct`.
@@ -33,16 +39,19 @@ pub struct ExchangeDeclaration {
     pub durable: bool,
 }
 
+/// Binds the consumed queue to an exchange.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueBinding {
+    /// Required (the default exchange cannot be bound).
     #[serde(default)]
     pub exchange: String,
     #[serde(default)]
     pub routing_key: String,
 }
 
-/// What to declare at start. Without it, qt only checks passively that the queue exists.
+/// What to declare at start (and after every reconnect). Without `queue`, qt only checks
+/// passively that the queue exists and fails with an error naming it when it does not.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RabbitMqDeclare {
@@ -54,7 +63,8 @@ pub struct RabbitMqDeclare {
     pub bindings: Vec<QueueBinding>,
 }
 
-/// Where qt publishes dead letters.
+/// Where qt publishes dead letters (with publisher confirms, before acking the original).
+/// Without it, dead-lettering a message fails and the message is redelivered.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RabbitMqDlq {
@@ -64,19 +74,24 @@ pub struct RabbitMqDlq {
     /// Routing key (the DLQ queue name when `exchange` is `""`). Required.
     #[serde(default)]
     pub routing_key: String,
+    /// Declare the DLQ queue (durable, named `routing_key`). Only with `exchange: ""`.
+    /// Default false: the DLQ destination is checked passively at start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub declare: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RabbitMqSourceConfig {
     /// `amqp://user:pass@host:5672/vhost` or `amqps://` for TLS. Required; the password is
-    /// masked whenever the URL is printed.
+    /// masked whenever the URL is printed. Query options such as `?heartbeat=30` are passed
+    /// to the client.
     #[serde(default)]
     pub url: SecretUrl,
     /// Queue to consume. Required. (`queue_name` is accepted as an alias.)
     #[serde(default, alias = "queue_name")]
     pub queue: String,
-    /// basic.qos prefetch count. Default: max_in_flight.
+    /// basic.qos prefetch count. Default: the engine's max in-flight messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefetch: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -84,12 +99,25 @@ pub struct RabbitMqSourceConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dlq: Option<RabbitMqDlq>,
     /// Queue used for delayed requeues (per-message TTL, dead-lettering back to the main
-    /// queue); declared by qt. Default `<queue>.qt-retry`.
+    /// queue); declared by qt at start unless it already exists. Default `<queue>.qt-retry`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_queue: Option<String>,
-    /// CA bundle for amqps. Default: the system roots.
+    /// CA bundle (PEM) trusted for amqps in addition to the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<std::path::PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) for mutual TLS. Needs `client_key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<PathBuf>,
+    /// Client private key (PKCS#8 PEM) for mutual TLS. Needs `client_cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
+    /// How long one connection attempt (TCP, TLS and AMQP handshake) may take. Default 10s.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long a publish (dead letter, delayed requeue, `qt send`) waits for the broker's
+    /// confirm before failing; the original message is then left for redelivery. Default 30s.
+    #[serde(default = "default_confirm_timeout", with = "humantime_serde")]
+    pub confirm_timeout: Duration,
     /// First reconnect delay; doubles up to `reconnect_max`. Default 500ms.
     #[serde(default = "default_reconnect_initial", with = "humantime_serde")]
     pub reconnect_initial: Duration,
@@ -104,6 +132,12 @@ fn default_true() -> bool {
 fn default_kind() -> String {
     "direct".to_owned()
 }
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_confirm_timeout() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_reconnect_initial() -> Duration {
     Duration::from_millis(500)
 }
@@ -112,12 +146,52 @@ fn default_reconnect_max() -> Duration {
 }
 
 impl RabbitMqSourceConfig {
+    /// A configuration for `queue` at `url` with every other field at its default.
+    pub fn new(url: impl Into<String>, queue: impl Into<String>) -> Self {
+        Self {
+            url: SecretUrl::new(url),
+            queue: queue.into(),
+            prefetch: None,
+            declare: None,
+            dlq: None,
+            retry_queue: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            connect_timeout: default_connect_timeout(),
+            confirm_timeout: default_confirm_timeout(),
+            reconnect_initial: default_reconnect_initial(),
+            reconnect_max: default_reconnect_max(),
+        }
+    }
+
+    /// Whether the URL asks for TLS.
+    pub fn is_tls(&self) -> bool {
+        self.url.scheme().as_deref() == Some("amqps")
+    }
+
+    /// The queue delayed requeues go through.
+    pub fn retry_queue_name(&self) -> String {
+        self.retry_queue
+            .clone()
+            .unwrap_or_else(|| format!("{}.qt-retry", self.queue))
+    }
+
     pub fn plaintext_endpoints(&self, path: &str) -> Vec<(String, String)> {
-        if self.url.scheme().as_deref() == Some("amqps") {
+        if self.is_tls() {
             Vec::new()
         } else {
             vec![(join(path, "url"), self.url.masked())]
         }
+    }
+}
+
+fn check_name(problems: &mut ConfigErrors, at: String, name: &str) {
+    if name.len() > MAX_NAME_BYTES {
+        problems.push(
+            at,
+            format!("at most {MAX_NAME_BYTES} bytes (AMQP short string), got {}", name.len()),
+        );
     }
 }
 
@@ -129,25 +203,50 @@ impl Validate for RabbitMqSourceConfig {
                 join(path, "url"),
                 format!("scheme must be amqp:// or amqps://, got {other}://"),
             ),
+            None if self.url.expose().trim().is_empty() => problems.push(join(path, "url"), "required"),
             None => problems.push(join(path, "url"), format!("not a URL: {}", self.url)),
         }
         if self.queue.trim().is_empty() {
             problems.push(join(path, "queue"), "required");
         }
+        check_name(problems, join(path, "queue"), &self.queue);
         if self.prefetch == Some(0) {
             problems.push(join(path, "prefetch"), "must be at least 1 (0 would mean unlimited)");
         }
         if let Some(d) = &self.declare {
+            let declare = join(path, "declare");
+            if let Some(q) = &d.queue {
+                for (key, value) in &q.arguments {
+                    check_name(problems, format!("{declare}.queue.arguments.{key}"), key);
+                    if !(value.is_string() || value.is_number() || value.is_boolean()) {
+                        problems.push(
+                            format!("{declare}.queue.arguments.{key}"),
+                            "must be a string, a number or a boolean",
+                        );
+                    }
+                }
+            }
             for (i, e) in d.exchanges.iter().enumerate() {
                 if e.name.is_empty() {
-                    problems.push(format!("{}.exchanges[{i}].name", join(path, "declare")), "required");
+                    problems.push(format!("{declare}.exchanges[{i}].name"), "required");
                 }
+                check_name(problems, format!("{declare}.exchanges[{i}].name"), &e.name);
                 if !matches!(e.kind.as_str(), "direct" | "fanout" | "topic" | "headers") {
                     problems.push(
-                        format!("{}.exchanges[{i}].kind", join(path, "declare")),
+                        format!("{declare}.exchanges[{i}].kind"),
                         format!("must be direct, fanout, topic or headers, got {:?}", e.kind),
                     );
                 }
+            }
+            for (i, b) in d.bindings.iter().enumerate() {
+                if b.exchange.is_empty() {
+                    problems.push(
+                        format!("{declare}.bindings[{i}].exchange"),
+                        "required (the default exchange cannot be bound)",
+                    );
+                }
+                check_name(problems, format!("{declare}.bindings[{i}].exchange"), &b.exchange);
+                check_name(problems, format!("{declare}.bindings[{i}].routing_key"), &b.routing_key);
             }
         }
         if let Some(dlq) = &self.dlq {
@@ -157,6 +256,50 @@ impl Validate for RabbitMqSourceConfig {
                     "required (the DLQ queue name when exchange is \"\")",
                 );
             }
+            check_name(problems, join(path, "dlq.routing_key"), &dlq.routing_key);
+            check_name(problems, join(path, "dlq.exchange"), &dlq.exchange);
+            if dlq.declare && !dlq.exchange.is_empty() {
+                problems.push(
+                    join(path, "dlq.declare"),
+                    "only with exchange \"\" (qt declares the queue named routing_key); declare and bind \
+                     the DLQ of a named exchange yourself",
+                );
+            }
+            if dlq.exchange.is_empty() && !self.queue.is_empty() && dlq.routing_key == self.queue {
+                problems.push(join(path, "dlq.routing_key"), "must not be the consumed queue itself");
+            }
+        }
+        if let Some(retry) = &self.retry_queue {
+            if retry.trim().is_empty() {
+                problems.push(
+                    join(path, "retry_queue"),
+                    "must not be empty (leave it out for <queue>.qt-retry)",
+                );
+            } else if *retry == self.queue {
+                problems.push(join(path, "retry_queue"), "must not be the consumed queue itself");
+            }
+        }
+        check_name(problems, join(path, "retry_queue"), &self.retry_queue_name());
+        let tls = self.is_tls();
+        for (field, value) in [
+            ("ca_file", &self.ca_file),
+            ("client_cert_file", &self.client_cert_file),
+            ("client_key_file", &self.client_key_file),
+        ] {
+            if value.is_some() && !tls {
+                problems.push(join(path, field), "only used with an amqps:// url");
+            }
+        }
+        match (&self.client_cert_file, &self.client_key_file) {
+            (Some(_), None) => problems.push(join(path, "client_key_file"), "required with client_cert_file"),
+            (None, Some(_)) => problems.push(join(path, "client_cert_file"), "required with client_key_file"),
+            _ => {}
+        }
+        if self.connect_timeout.is_zero() {
+            problems.push(join(path, "connect_timeout"), "must be longer than 0s");
+        }
+        if self.confirm_timeout.is_zero() {
+            problems.push(join(path, "confirm_timeout"), "must be longer than 0s");
         }
         if self.reconnect_initial.is_zero() || self.reconnect_initial > self.reconnect_max {
             problems.push(
@@ -164,5 +307,101 @@ impl Validate for RabbitMqSourceConfig {
                 "must be above 0s and at most reconnect_max",
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(cfg: &RabbitMqSourceConfig) -> Vec<String> {
+        let mut p = ConfigErrors::default();
+        cfg.validate("source", &mut p);
+        p.problems.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_name_the_retry_queue() {
+        let cfg = RabbitMqSourceConfig::new("amqp://guest:guest@localhost:5672/%2f", "orders");
+        assert!(problems(&cfg).is_empty(), "{:?}", problems(&cfg));
+        assert_eq!(cfg.retry_queue_name(), "orders.qt-retry");
+        assert!(!cfg.is_tls());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let mut cfg = RabbitMqSourceConfig::new("amqp://localhost", "");
+        cfg.prefetch = Some(0);
+        cfg.declare = Some(RabbitMqDeclare {
+            queue: Some(QueueDeclaration {
+                durable: true,
+                arguments: [("x-bad".to_owned(), serde_json::json!([1]))].into_iter().collect(),
+            }),
+            exchanges: vec![ExchangeDeclaration {
+                name: String::new(),
+                kind: "fan".into(),
+                durable: true,
+            }],
+            bindings: vec![QueueBinding {
+                exchange: String::new(),
+                routing_key: "k".repeat(300),
+            }],
+        });
+        cfg.dlq = Some(RabbitMqDlq {
+            exchange: "dlx".into(),
+            routing_key: String::new(),
+            declare: true,
+        });
+        cfg.ca_file = Some("/ca.pem".into());
+        cfg.client_cert_file = Some("/c.pem".into());
+        cfg.reconnect_initial = Duration::from_secs(60);
+        let got = problems(&cfg);
+        for path in [
+            "source.queue:",
+            "source.prefetch:",
+            "source.declare.queue.arguments.x-bad:",
+            "source.declare.exchanges[0].name:",
+            "source.declare.exchanges[0].kind:",
+            "source.declare.bindings[0].exchange:",
+            "source.declare.bindings[0].routing_key:",
+            "source.dlq.routing_key:",
+            "source.dlq.declare:",
+            "source.ca_file:",
+            "source.client_cert_file:",
+            "source.client_key_file:",
+            "source.reconnect_initial:",
+        ] {
+            assert!(got.iter().any(|p| p.starts_with(path)), "missing {path} in {got:#?}");
+        }
+    }
+
+    #[test]
+    fn tls_files_need_amqps_and_plaintext_is_reported_masked() {
+        let mut cfg = RabbitMqSourceConfig::new("amqps://u:pw-123456@mq.example.com:5671/prod", "q");
+        cfg.ca_file = Some("/etc/ca.pem".into());
+        cfg.client_cert_file = Some("/etc/c.pem".into());
+        cfg.client_key_file = Some("/etc/k.pem".into());
+        assert!(problems(&cfg).is_empty(), "{:?}", problems(&cfg));
+        assert!(cfg.plaintext_endpoints("source").is_empty());
+
+        let plain = RabbitMqSourceConfig::new("amqp://u:pw-123456@mq.example.com/prod", "q");
+        let endpoints = plain.plaintext_endpoints("source");
+        assert_eq!(endpoints.len(), 1);
+        assert_eq!(endpoints[0].0, "source.url");
+        assert!(!endpoints[0].1.contains("pw-123456"), "{}", endpoints[0].1);
+    }
+
+    #[test]
+    fn dlq_and_retry_queue_may_not_be_the_consumed_queue() {
+        let mut cfg = RabbitMqSourceConfig::new("amqp://localhost", "q");
+        cfg.dlq = Some(RabbitMqDlq {
+            exchange: String::new(),
+            routing_key: "q".into(),
+            declare: false,
+        });
+        cfg.retry_queue = Some("q".into());
+        let got = problems(&cfg);
+        assert!(got.iter().any(|p| p.starts_with("source.dlq.routing_key:")), "{got:#?}");
+        assert!(got.iter().any(|p| p.starts_with("source.retry_queue:")), "{got:#?}");
     }
 }

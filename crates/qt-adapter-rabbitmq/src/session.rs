@@ -1,0 +1,176 @@
+//! One connection's worth of state: the connection, the consuming channel and the channels
+//! used to publish and to query.
+//!
+//! A session never outlives its connection. When the connection or the consuming channel
+//! fails, the session is marked dead and a new one replaces it; handles of messages the dead
+//! session delivered refuse to settle (the broker redelivers those messages), so a delivery
+//! tag is never used on a channel other than the one that issued it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::Stream;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer, Event};
+use qt_core::AdapterError;
+
+use crate::context::Context;
+use crate::describe::lapin_error;
+
+/// How long closing a connection politely may take before it is abandoned.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) struct Session {
+    /// Counts sessions of one adapter, for logs.
+    pub(crate) generation: u64,
+    pub(crate) ctx: Arc<Context>,
+    connection: Connection,
+    consume: Channel,
+    /// Confirm-mode channel for dead letters and delayed requeues, opened on first use and
+    /// reopened after the broker closes it (a refused publish closes only this channel).
+    publish: tokio::sync::Mutex<Option<Channel>>,
+    /// Channel for passive queries (backlog); reopened after an error closes it.
+    query: tokio::sync::Mutex<Option<Channel>>,
+    alive: AtomicBool,
+}
+
+/// What the supervisor needs beside the session itself.
+pub(crate) struct Opened {
+    pub session: Arc<Session>,
+    pub consumer: Option<Consumer>,
+    pub events: std::pin::Pin<Box<dyn Stream<Item = Event> + Send>>,
+}
+
+impl Session {
+    /// Connects, declares/checks the topology, sets the prefetch and, unless `paused`,
+    /// starts consuming.
+    pub(crate) async fn open(ctx: &Arc<Context>, generation: u64, paused: bool) -> Result<Opened, AdapterError> {
+        let connection = ctx.endpoint.connect("consumer").await?;
+        // Registered first so that no connection error can slip by unseen.
+        let events = Box::pin(connection.events_listener());
+        let opened = async {
+            ctx.plan.apply(&connection, &ctx.endpoint.redactor).await?;
+            let consume = connection
+                .create_channel()
+                .await
+                .map_err(|e| ctx.other("opening the consumer channel", &e))?;
+            consume
+                .basic_qos(ctx.prefetch, BasicQosOptions::default())
+                .await
+                .map_err(|e| ctx.other("setting the prefetch (basic.qos)", &e))?;
+            Ok::<_, AdapterError>(consume)
+        }
+        .await;
+        let consume = match opened {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "OK".into())).await;
+                return Err(e);
+            }
+        };
+        let session = Arc::new(Session {
+            generation,
+            ctx: Arc::clone(ctx),
+            connection,
+            consume,
+            publish: tokio::sync::Mutex::new(None),
+            query: tokio::sync::Mutex::new(None),
+            alive: AtomicBool::new(true),
+        });
+        let consumer = if paused {
+            None
+        } else {
+            match session.start_consumer().await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    session.shutdown().await;
+                    return Err(e);
+                }
+            }
+        };
+        Ok(Opened {
+            session,
+            consumer,
+            events,
+        })
+    }
+
+    pub(crate) async fn start_consumer(&self) -> Result<Consumer, AdapterError> {
+        self.consume
+            .basic_consume(
+                self.ctx.plan.queue.as_str().into(),
+                self.ctx.consumer_tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| AdapterError::Receive {
+                queue: self.ctx.plan.queue.clone(),
+                reason: self
+                    .ctx
+                    .endpoint
+                    .redactor
+                    .clean(format!("basic.consume failed: {}", lapin_error(&e))),
+            })
+    }
+
+    /// Cancels the consumer; its stream then yields what the broker had already sent and ends.
+    pub(crate) async fn cancel_consumer(&self) -> Result<(), AdapterError> {
+        self.consume
+            .basic_cancel(self.ctx.consumer_tag.as_str().into(), Default::default())
+            .await
+            .map_err(|e| self.ctx.other("cancelling the consumer (basic.cancel)", &e))
+    }
+
+    /// Whether deliveries of this session can still be settled.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire) && self.connection.status().connected() && self.consume.status().connected()
+    }
+
+    pub(crate) fn mark_dead(&self) {
+        self.alive.store(false, Ordering::Release);
+    }
+
+    /// A live confirm-mode channel for publishing.
+    pub(crate) async fn publish_channel(&self) -> Result<Channel, lapin::Error> {
+        let mut slot = self.publish.lock().await;
+        if let Some(channel) = slot.as_ref().filter(|c| c.status().connected()) {
+            return Ok(channel.clone());
+        }
+        let channel = self.connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        *slot = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// A live channel for passive queries.
+    pub(crate) async fn query_channel(&self) -> Result<Channel, lapin::Error> {
+        let mut slot = self.query.lock().await;
+        if let Some(channel) = slot.as_ref().filter(|c| c.status().connected()) {
+            return Ok(channel.clone());
+        }
+        let channel = self.connection.create_channel().await?;
+        *slot = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// Marks the session dead and closes its connection; the broker then requeues every
+    /// message this session delivered and nobody settled.
+    pub(crate) async fn shutdown(&self) {
+        self.mark_dead();
+        if self.connection.status().connected() {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.connection.close(200, "OK".into())).await;
+        }
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("generation", &self.generation)
+            .field("alive", &self.is_alive())
+            .finish()
+    }
+}

@@ -1,0 +1,37 @@
+//! The agent targets the CLI ships: `command` and `log`.
+
+mod command;
+mod log;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use qt_core::AgentRuntime;
+use qt_core::config::{AgentConfig, TargetConfig};
+
+pub use command::CommandAgent;
+pub use log::LogAgent;
+
+/// One agent per configured target. A command target whose program cannot be found is an
+/// error here, at start, not on the first message.
+pub fn build(config: &AgentConfig) -> anyhow::Result<HashMap<String, Arc<dyn AgentRuntime>>> {
+    let mut out = HashMap::new();
+    let mut problems = Vec::new();
+    for (name, target) in &config.targets {
+        let agent: Arc<dyn AgentRuntime> = match target {
+            TargetConfig::Log => Arc::new(LogAgent::new(name)),
+            TargetConfig::Command(c) => match CommandAgent::new(name, c) {
+                Ok(a) => Arc::new(a),
+                Err(e) => {
+                    problems.push(format!("agent.targets.{name}.program: {e}"));
+                    continue;
+                }
+            },
+        };
+        out.insert(name.clone(), agent);
+    }
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("\n"));
+    }
+    Ok(out)
+}

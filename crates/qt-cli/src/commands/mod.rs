@@ -1,0 +1,34 @@
+//! The subcommands.
+
+mod run;
+mod send;
+mod validate;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use qt_core::config::{Config, load_file};
+
+use crate::cli::{Cli, Command};
+
+/// Exit code for a configuration that cannot be used.
+pub const EXIT_INVALID_CONFIG: u8 = 2;
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run::run(args).await,
+        Command::Validate(args) => validate::validate(&args.config).await,
+        Command::Send(args) => send::send(args).await,
+    }
+}
+
+/// Loads a configuration, printing every problem (with its path) on failure.
+pub fn load_or_report(path: &Path) -> Result<Config, ExitCode> {
+    match load_file(path) {
+        Ok(c) => Ok(c),
+        Err(errors) => {
+            crate::logging::fatal(&format!("{}: {errors}", path.display()));
+            Err(ExitCode::from(EXIT_INVALID_CONFIG))
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! `qt run -c FILE [--until-idle]`.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use qt_engine::{BuildError, QueueTrigger};
+use tracing::{error, info};
+
+use super::{EXIT_INVALID_CONFIG, load_or_report};
+use crate::cli::RunArgs;
+use crate::summary::Summary;
+use crate::{admin, agents, logging, wiring};
+
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let path = &args.config.config;
+    let config = match load_or_report(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    logging::init(&config.observability.log);
+    if args.until_idle && !matches!(config.source, qt_core::config::SourceConfig::Mock(_)) {
+        logging::fatal("--until-idle needs `source.type: mock`: a broker source is never idle for good");
+        return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
+    }
+    let agents = match agents::build(&config.agent) {
+        Ok(a) => a,
+        Err(e) => {
+            logging::fatal(&format!("{}: invalid configuration:\n  - {e}", path.display()));
+            return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
+        }
+    };
+    let source = wiring::source(&config).await.context("cannot set up the source")?;
+    let store = wiring::store(&config).await.context("cannot set up the idempotency store")?;
+    let mut builder = QueueTrigger::builder(config.clone()).adapter(source.adapter.clone());
+    for (name, agent) in agents {
+        builder = builder.agent(name, agent);
+    }
+    if let Some(store) = store {
+        builder = builder.idempotency_store(store);
+    }
+    let trigger = match builder.build() {
+        Ok(t) => t,
+        Err(BuildError::Config(errors)) => {
+            logging::fatal(&format!("{}: {errors}", path.display()));
+            return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    trigger.start().await?;
+    let admin = if config.observability.admin.enabled {
+        match admin::serve(config.observability.admin.listen, trigger.clone(), source.mock.clone()).await {
+            Ok(server) => {
+                info!(addr = %server.addr, "admin server listening (/metrics /healthz /readyz /status)");
+                Some(server)
+            }
+            Err(e) => {
+                let _ = trigger.stop().await;
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
+
+    let reason = match (&source.mock, args.until_idle) {
+        (Some(mock), true) => tokio::select! {
+            () = mock.wait_idle() => "source drained",
+            r = shutdown_signal() => r?,
+        },
+        _ => tokio::select! {
+            () = trigger.wait_source_closed() => "source closed",
+            r = shutdown_signal() => r?,
+        },
+    };
+    info!(reason, "stopping");
+    let report = trigger.stop().await?;
+    if let Some(admin) = admin {
+        admin.shutdown().await;
+    }
+    let summary = Summary::from_metrics(&trigger.metrics());
+    if !report.drained {
+        error!("stopped before every in-flight message finished; those messages were left for redelivery");
+    }
+    if args.until_idle {
+        let title = format!("qt summary ({} source {}):", trigger.adapter().kind(), trigger.adapter().queue());
+        std::io::stdout().lock().write_all(summary.render(&title).as_bytes())?;
+    } else {
+        info!(summary = %serde_json::to_string(&summary)?, "final counts");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM, naming which.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}

@@ -1,0 +1,88 @@
+//! `qt send -c FILE --body ... -H k=v`: publish one message to the configured source.
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use bytes::Bytes;
+use qt_core::config::SourceConfig;
+use qt_core::{Headers, OutgoingMessage};
+
+use super::load_or_report;
+use crate::cli::SendArgs;
+use crate::wiring;
+
+pub async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
+    let config = match load_or_report(&args.config.config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let body: Vec<u8> = match (&args.body, &args.body_file) {
+        (Some(b), _) => b.clone().into_bytes(),
+        (None, Some(p)) if p.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).context("cannot read the body from stdin")?;
+            buf
+        }
+        (None, Some(p)) => std::fs::read(p).with_context(|| format!("cannot read --body-file {}", p.display()))?,
+        (None, None) => bail!("give the message body with --body or --body-file"),
+    };
+    let headers: Headers = args.headers.iter().cloned().collect();
+    let id = match &config.source {
+        SourceConfig::Mock(_) => send_to_running_mock(&config, &args, &body).await?,
+        _ => {
+            let publisher = wiring::publisher(&config).await?;
+            let mut headers = headers;
+            if let Some(id) = &args.id {
+                headers.insert("x-message-id", id.clone());
+            }
+            publisher
+                .publish(OutgoingMessage {
+                    body: Bytes::from(body),
+                    headers,
+                    key: args.key.clone(),
+                    destination: None,
+                    deduplication_id: None,
+                })
+                .await?
+        }
+    };
+    writeln!(std::io::stdout().lock(), "sent {}", id.as_deref().unwrap_or("(the broker gave no id)"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The mock queue lives inside a running `qt run`; its admin server takes the message.
+async fn send_to_running_mock(config: &qt_core::config::Config, args: &SendArgs, body: &[u8]) -> anyhow::Result<Option<String>> {
+    if !config.observability.admin.enabled {
+        bail!("the mock source takes messages through the admin server, which this configuration disables (observability.admin.enabled)");
+    }
+    let mut line = serde_json::json!({
+        "headers": args.headers.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+    });
+    if let Some(id) = &args.id {
+        line["id"] = id.clone().into();
+    }
+    if let Some(key) = &args.key {
+        line["key"] = key.clone().into();
+    }
+    match (serde_json::from_slice::<serde_json::Value>(body), std::str::from_utf8(body)) {
+        (Ok(v), _) => line["json"] = v,
+        (Err(_), Ok(text)) => line["text"] = text.into(),
+        (Err(_), Err(_)) => line["body_base64"] = base64::engine::general_purpose::STANDARD.encode(body).into(),
+    }
+    let url = format!("http://{}/send", config.observability.admin.listen);
+    let response = reqwest::Client::new()
+        .post(&url)
+        .json(&line)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the running `qt run` at {url}; is it running with this configuration?"))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("{url} refused the message ({status}): {text}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    Ok(v.get("message_id").and_then(|m| m.as_str()).map(str::to_owned))
+}

@@ -1,0 +1,105 @@
+//! From configuration to components: the source adapter and its publisher, and the
+//! idempotency store. Broker crates are optional features; a configuration naming one that
+//! is not compiled in fails with the feature to add (requirement 1.5).
+
+#[cfg(feature = "kafka")]
+mod kafka;
+mod mock;
+#[cfg(feature = "rabbitmq")]
+mod rabbitmq;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "sqs")]
+mod sqs;
+
+use std::sync::Arc;
+
+use qt_adapter_mock::MockQueue;
+use qt_core::config::{Config, SourceConfig, StoreConfig};
+use qt_core::{AdapterSettings, IdempotencyStore, Publisher, QueueAdapter};
+
+/// A connected-to-be source.
+pub struct Source {
+    pub adapter: Arc<dyn QueueAdapter>,
+    /// Set for the mock source: the CLI feeds it (`qt send` through the admin server) and
+    /// watches it for `--until-idle`.
+    pub mock: Option<MockQueue>,
+}
+
+pub fn adapter_settings(config: &Config) -> AdapterSettings {
+    let mut s = AdapterSettings::new(
+        config.name.clone(),
+        config.processing.concurrency,
+        config.processing.effective_max_in_flight(),
+    );
+    s.require_tls = config.security.require_tls;
+    s
+}
+
+/// The error for a configuration that needs a crate this binary was built without.
+#[allow(dead_code)]
+fn missing_feature(what: &str, feature: &str, krate: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{what} needs the `{feature}` feature ({krate}), which this qt binary was built without. \
+         Rebuild with it: `cargo install --path crates/qt-cli --features {feature}` \
+         (or `cargo build -p qt-cli --features {feature}`)"
+    )
+}
+
+pub async fn source(config: &Config) -> anyhow::Result<Source> {
+    let settings = adapter_settings(config);
+    match &config.source {
+        SourceConfig::Mock(m) => mock::source(m),
+        #[cfg(feature = "kafka")]
+        SourceConfig::Kafka(k) => kafka::source(k, settings).await,
+        #[cfg(feature = "rabbitmq")]
+        SourceConfig::Rabbitmq(r) => rabbitmq::source(r, settings).await,
+        #[cfg(feature = "sqs")]
+        SourceConfig::Sqs(s) => sqs::source(s, settings).await,
+        #[allow(unreachable_patterns)]
+        other => {
+            let _ = settings;
+            Err(missing_source(other))
+        }
+    }
+}
+
+/// The publisher `qt send` uses for a broker source.
+pub async fn publisher(config: &Config) -> anyhow::Result<Arc<dyn Publisher>> {
+    let settings = adapter_settings(config);
+    match &config.source {
+        SourceConfig::Mock(_) => anyhow::bail!("the mock source publishes through a running `qt run` (see `qt send`)"),
+        #[cfg(feature = "kafka")]
+        SourceConfig::Kafka(k) => kafka::publisher(k, settings).await,
+        #[cfg(feature = "rabbitmq")]
+        SourceConfig::Rabbitmq(r) => rabbitmq::publisher(r, settings).await,
+        #[cfg(feature = "sqs")]
+        SourceConfig::Sqs(s) => sqs::publisher(s, settings).await,
+        #[allow(unreachable_patterns)]
+        other => {
+            let _ = settings;
+            Err(missing_source(other))
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn missing_source(source: &SourceConfig) -> anyhow::Error {
+    let kind = source.kind();
+    missing_feature(&format!("source.type: {kind}"), kind, &format!("qt-adapter-{kind}"))
+}
+
+/// The idempotency store named by `idempotency.store`, or `None` to let the engine build
+/// its in-memory store.
+pub async fn store(config: &Config) -> anyhow::Result<Option<Arc<dyn IdempotencyStore>>> {
+    if !config.idempotency.enabled {
+        return Ok(None);
+    }
+    match &config.idempotency.store {
+        StoreConfig::Memory => Ok(None),
+        #[cfg(feature = "redis")]
+        StoreConfig::Redis(r) => redis::store(r, config).await.map(Some),
+        #[cfg(not(feature = "redis"))]
+        StoreConfig::Redis(_) => Err(missing_feature("idempotency.store.type: redis", "redis", "qt-idempotency-redis")),
+    }
+}

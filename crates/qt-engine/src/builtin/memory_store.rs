@@ -1,0 +1,257 @@
+//! An in-process idempotency store: right for one instance and for tests.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use qt_core::{Claim, ClaimState, ClaimToken, Health, IdempotencyKey, IdempotencyStore, StoreError};
+
+#[derive(Debug)]
+enum Marker {
+    InFlight { token: u64, until: Instant },
+    Done { until: Instant },
+}
+
+impl Marker {
+    fn live(&self, now: Instant) -> bool {
+        match self {
+            Marker::InFlight { until, .. } | Marker::Done { until } => *until > now,
+        }
+    }
+}
+
+const SHARDS: usize = 16;
+/// Expired entries are swept from a shard once it has grown by this many inserts.
+const SWEEP_EVERY: usize = 4096;
+
+#[derive(Debug, Default)]
+struct Shard {
+    entries: HashMap<String, Marker>,
+    inserts_since_sweep: usize,
+}
+
+/// Claims are atomic per key (one lock per shard), leases and windows expire by time.
+#[derive(Debug)]
+pub struct MemoryStore {
+    prefix: String,
+    shards: Vec<Mutex<Shard>>,
+    next_token: AtomicU64,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl MemoryStore {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            next_token: AtomicU64::new(1),
+            hasher: Default::default(),
+        }
+    }
+
+    fn shard(&self, storage_key: &str) -> &Mutex<Shard> {
+        
+        
+        &self.shards[(self.hasher.hash_one(storage_key) as usize) % SHARDS]
+    }
+
+    /// Keys currently remembered (in flight or done), for tests and status.
+    pub fn len(&self) -> usize {
+        let now = Instant::now();
+        self.shards
+            .iter()
+            .map(|s| s.lock().entries.values().filter(|m| m.live(now)).count())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn claim_now(&self, key: &IdempotencyKey, lease: Duration, now: Instant) -> Claim {
+        let storage_key = key.storage_key(&self.prefix);
+        let mut shard = self.shard(&storage_key).lock();
+        if let Some(marker) = shard.entries.get(&storage_key)
+            && marker.live(now) {
+                return match marker {
+                    Marker::InFlight { .. } => Claim::InFlight,
+                    Marker::Done { .. } => Claim::Completed,
+                };
+            }
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        shard.entries.insert(
+            storage_key,
+            Marker::InFlight {
+                token,
+                until: now + lease,
+            },
+        );
+        shard.inserts_since_sweep += 1;
+        if shard.inserts_since_sweep >= SWEEP_EVERY {
+            shard.inserts_since_sweep = 0;
+            shard.entries.retain(|_, m| m.live(now));
+        }
+        Claim::Acquired(ClaimToken {
+            key: key.clone(),
+            token: token.to_string(),
+        })
+    }
+
+    /// Applies `f` to the marker if `token` still holds it.
+    fn with_held(&self, token: &ClaimToken, now: Instant, f: impl FnOnce(&mut Shard, String)) -> ClaimState {
+        let storage_key = token.key.storage_key(&self.prefix);
+        let wanted: Option<u64> = token.token.parse().ok();
+        let mut shard = self.shard(&storage_key).lock();
+        let held = matches!(
+            shard.entries.get(&storage_key),
+            Some(Marker::InFlight { token: t, until }) if *until > now && Some(*t) == wanted
+        );
+        if held {
+            f(&mut shard, storage_key);
+            ClaimState::Held
+        } else {
+            ClaimState::Lost
+        }
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for MemoryStore {
+    async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> Result<Claim, StoreError> {
+        Ok(self.claim_now(key, lease, Instant::now()))
+    }
+
+    async fn claim_batch(&self, keys: &[IdempotencyKey], lease: Duration) -> Result<Vec<Claim>, StoreError> {
+        let now = Instant::now();
+        Ok(keys.iter().map(|k| self.claim_now(k, lease, now)).collect())
+    }
+
+    async fn complete(&self, token: &ClaimToken, window: Duration) -> Result<ClaimState, StoreError> {
+        let now = Instant::now();
+        Ok(self.with_held(token, now, |shard, key| {
+            shard.entries.insert(key, Marker::Done { until: now + window });
+        }))
+    }
+
+    async fn release(&self, token: &ClaimToken) -> Result<ClaimState, StoreError> {
+        Ok(self.with_held(token, Instant::now(), |shard, key| {
+            shard.entries.remove(&key);
+        }))
+    }
+
+    async fn health(&self) -> Health {
+        Health::Healthy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(t: Option<&str>, k: &str) -> IdempotencyKey {
+        IdempotencyKey::new(t, k)
+    }
+
+    #[tokio::test]
+    async fn claim_complete_release_cycle() {
+        let s = MemoryStore::new("p");
+        let Claim::Acquired(tok) = s.claim(&key(None, "a"), Duration::from_secs(5)).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            s.claim(&key(None, "a"), Duration::from_secs(5)).await.unwrap(),
+            Claim::InFlight
+        );
+        assert_eq!(s.release(&tok).await.unwrap(), ClaimState::Held);
+        let Claim::Acquired(tok) = s.claim(&key(None, "a"), Duration::from_secs(5)).await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            s.complete(&tok, Duration::from_secs(5)).await.unwrap(),
+            ClaimState::Held
+        );
+        assert_eq!(
+            s.claim(&key(None, "a"), Duration::from_secs(5)).await.unwrap(),
+            Claim::Completed
+        );
+        // A finished token cannot release the done marker.
+        assert_eq!(s.release(&tok).await.unwrap(), ClaimState::Lost);
+    }
+
+    #[tokio::test]
+    async fn expired_lease_cannot_touch_the_next_claim() {
+        let s = MemoryStore::new("p");
+        let Claim::Acquired(old) = s.claim(&key(None, "a"), Duration::from_millis(20)).await.unwrap() else {
+            panic!()
+        };
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let Claim::Acquired(_new) = s.claim(&key(None, "a"), Duration::from_secs(5)).await.unwrap() else {
+            panic!("lease should have expired")
+        };
+        assert_eq!(
+            s.complete(&old, Duration::from_secs(5)).await.unwrap(),
+            ClaimState::Lost
+        );
+        assert_eq!(s.release(&old).await.unwrap(), ClaimState::Lost);
+        assert_eq!(
+            s.claim(&key(None, "a"), Duration::from_secs(5)).await.unwrap(),
+            Claim::InFlight
+        );
+    }
+
+    #[tokio::test]
+    async fn window_expiry_lets_a_key_run_again() {
+        let s = MemoryStore::new("p");
+        let Claim::Acquired(t) = s.claim(&key(None, "a"), Duration::from_secs(5)).await.unwrap() else {
+            panic!()
+        };
+        s.complete(&t, Duration::from_millis(20)).await.unwrap();
+        assert_eq!(
+            s.claim(&key(None, "a"), Duration::from_secs(5)).await.unwrap(),
+            Claim::Completed
+        );
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(matches!(
+            s.claim(&key(None, "a"), Duration::from_secs(5)).await.unwrap(),
+            Claim::Acquired(_)
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Idempotency: of many concurrent claims of one key exactly one is acquired, and
+        /// tenants never share a key.
+        #[test]
+        fn exactly_one_concurrent_claim_per_tenant_key(claimers in 2usize..16, tenants in prop::collection::btree_set("[a-c]{1,2}", 1..4)) {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+            rt.block_on(async {
+                let s = std::sync::Arc::new(MemoryStore::new("p"));
+                let mut tasks = Vec::new();
+                for t in &tenants {
+                    for _ in 0..claimers {
+                        let s = s.clone();
+                        let t = t.clone();
+                        tasks.push(tokio::spawn(async move {
+                            (t.clone(), s.claim(&IdempotencyKey::new(Some(&t), "same"), Duration::from_secs(5)).await.unwrap())
+                        }));
+                    }
+                }
+                let mut acquired = std::collections::BTreeMap::<String, usize>::new();
+                for task in tasks {
+                    let (t, c) = task.await.unwrap();
+                    if matches!(c, Claim::Acquired(_)) {
+                        *acquired.entry(t).or_default() += 1;
+                    }
+                }
+                prop_assert_eq!(acquired.len(), tenants.len());
+                prop_assert!(acquired.values().all(|n| *n == 1));
+                Ok(())
+            })?;
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The per-message pipeline (DESIGN §4), in three stages joined by channels:
+//!
+//! 1. **intake** (one task): receive a batch, parse and extract, route, claim the batch's
+//!    idempotency keys in one call, dispatch runnable messages;
+//! 2. **workers** (one task per message, `concurrency` agent slots): governance, the agent
+//!    with retries;
+//! 3. **settler** (one task): complete/release claims, write the batch's ledger records,
+//!    and only then settle each message on the broker.
+//!
+//! Every message carries an in-flight permit from intake until it is settled, which bounds
+//! memory and makes "drained" mean "nothing taken and unsettled".
+
+pub(crate) mod intake;
+pub(crate) mod outcome;
+pub(crate) mod settler;
+pub(crate) mod worker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use qt_core::config::Config;
+use qt_core::parse::Parser;
+use qt_core::{AgentRuntime, ClaimToken, Governance, IdempotencyStore, Ledger, TraceId};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::routing::Router;
+use outcome::Outcome;
+
+/// Everything the stages share, fixed at start.
+pub(crate) struct Pipeline {
+    pub config: Config,
+    pub parser: Box<dyn Parser>,
+    pub router: Router,
+    pub agents: HashMap<String, Arc<dyn AgentRuntime>>,
+    /// `None` when `idempotency.enabled: false`.
+    pub store: Option<Arc<dyn IdempotencyStore>>,
+    pub governance: Arc<dyn Governance>,
+    pub ledger: Arc<dyn Ledger>,
+    pub metrics: Arc<Metrics>,
+    /// Agent slots: `processing.concurrency`.
+    pub agent_slots: Arc<Semaphore>,
+    /// Cancelled when a stop's drain timeout passes: runs still going are abandoned and
+    /// their messages left for redelivery.
+    pub abort: CancellationToken,
+    pub adapter_kind: Arc<str>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every ledger record and log line needs to know about a message.
+#[derive(Clone, Debug)]
+pub(crate) struct MessageMeta {
+    pub trace_id: TraceId,
+    pub message_id: String,
+    pub queue: Arc<str>,
+    pub event_name: Option<String>,
+    pub tenant_id: Option<String>,
+    pub dedup_key: Option<String>,
+    pub target: Option<Arc<str>>,
+    pub received_at: DateTime<Utc>,
+    pub started: Instant,
+    pub consume_latency: Option<Duration>,
+    /// Delivery attempt (1 for a first delivery).
+    pub attempt: u32,
+}
+
+/// A message whose outcome is decided, on its way to the settler.
+pub(crate) struct Finished {
+    pub handle: qt_core::AckHandle,
+    pub meta: MessageMeta,
+    pub outcome: Outcome,
+    pub claim: Option<ClaimToken>,
+    pub permit: OwnedSemaphorePermit,
+}
+
+pub(crate) type FinishedTx = mpsc::UnboundedSender<Finished>;
+pub(crate) type FinishedRx = mpsc::UnboundedReceiver<Finished>;

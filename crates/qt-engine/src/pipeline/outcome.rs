@@ -1,0 +1,221 @@
+//! The outcome table of DESIGN §4: for every outcome, how the broker is told, what happens
+//! to the idempotency claim, and what the ledger says.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use qt_core::config::{Config, DenyAction, FailureAction, UnprocessableAction};
+use qt_core::envelope::EnvelopeError;
+use qt_core::ledger::AttemptRecord;
+use qt_core::{AgentError, AgentRun, DeadLetter, ErrorClass, LedgerStatus, Settlement};
+
+use crate::backoff::GiveUpReason;
+use crate::metrics::DlqReason;
+
+/// How a message's processing ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Succeeded {
+        run: AgentRun,
+        attempts: u32,
+        history: Vec<AttemptRecord>,
+    },
+    /// The claim said Completed: already processed within the window.
+    Duplicate,
+    /// Another worker holds the key right now.
+    DuplicateInFlight,
+    ParseFailed(EnvelopeError),
+    Unrouted,
+    Rejected {
+        reason: String,
+        policies: Vec<String>,
+    },
+    /// Governance said not now (or could not answer and fails closed).
+    Deferred {
+        retry_after: Duration,
+        reason: String,
+        policies: Vec<String>,
+    },
+    /// The idempotency store failed and `on_store_error: fail_closed`.
+    StoreUnavailable(String),
+    Failed {
+        error: AgentError,
+        give_up: GiveUpReason,
+        attempts: u32,
+        history: Vec<AttemptRecord>,
+        first_failure: DateTime<Utc>,
+    },
+    /// A stop ran out of drain time mid-run: nothing is recorded or settled, the broker
+    /// redelivers.
+    Abandoned,
+}
+
+/// What happens to the idempotency claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ClaimAction {
+    Complete,
+    Release,
+}
+
+/// The row of the table for one outcome.
+#[derive(Debug)]
+pub(crate) struct Resolution {
+    pub status: LedgerStatus,
+    pub settlement: Settlement,
+    pub claim: ClaimAction,
+    pub dlq_reason: Option<DlqReason>,
+    pub error: Option<String>,
+    pub error_class: Option<ErrorClass>,
+}
+
+fn dead_letter(reason: String, class: Option<ErrorClass>, attempts: u32) -> Settlement {
+    let mut dl = DeadLetter::new(reason);
+    dl.error_class = class;
+    dl.attempts = attempts;
+    Settlement::DeadLetter(dl)
+}
+
+fn unprocessable(action: UnprocessableAction, reason: String, dlq: DlqReason) -> (Settlement, Option<DlqReason>) {
+    match action {
+        UnprocessableAction::Dlq => (dead_letter(reason, None, 0), Some(dlq)),
+        UnprocessableAction::Nack => (Settlement::Nack, None),
+        UnprocessableAction::Ack => (Settlement::Ack, None),
+    }
+}
+
+/// Applies the table. `attempt` is the delivery attempt of the message; a requeue carries
+/// `attempt + 1`. `None` for [`Outcome::Abandoned`].
+pub(crate) fn resolve(outcome: &Outcome, config: &Config, attempt: u32, event: Option<&str>) -> Option<Resolution> {
+    let p = &config.processing;
+    let requeue = |delay: Duration| Settlement::Requeue {
+        delay: Some(delay),
+        attempt: attempt.saturating_add(1),
+    };
+    let row = match outcome {
+        Outcome::Succeeded { .. } => Resolution {
+            status: LedgerStatus::Succeeded,
+            settlement: Settlement::Ack,
+            claim: ClaimAction::Complete,
+            dlq_reason: None,
+            error: None,
+            error_class: None,
+        },
+        Outcome::Duplicate => Resolution {
+            status: LedgerStatus::Duplicate,
+            settlement: Settlement::Ack,
+            claim: ClaimAction::Release,
+            dlq_reason: None,
+            error: None,
+            error_class: None,
+        },
+        Outcome::DuplicateInFlight => Resolution {
+            status: LedgerStatus::Deferred,
+            settlement: requeue(p.duplicate_in_flight_delay),
+            claim: ClaimAction::Release,
+            dlq_reason: None,
+            error: Some("idempotency key is being processed elsewhere".to_owned()),
+            error_class: None,
+        },
+        Outcome::ParseFailed(e) => {
+            let reason = e.to_string();
+            let (settlement, dlq_reason) = unprocessable(p.on_parse_failure, reason.clone(), DlqReason::ParseFailed);
+            Resolution {
+                status: LedgerStatus::ParseFailed,
+                settlement,
+                claim: ClaimAction::Release,
+                dlq_reason,
+                error: Some(reason),
+                error_class: Some(ErrorClass::Permanent),
+            }
+        }
+        Outcome::Unrouted => {
+            let reason = format!("no route for event {:?}", event.unwrap_or_default());
+            let (settlement, dlq_reason) = unprocessable(p.on_unrouted, reason.clone(), DlqReason::Unrouted);
+            Resolution {
+                status: LedgerStatus::Unrouted,
+                settlement,
+                claim: ClaimAction::Release,
+                dlq_reason,
+                error: Some(reason),
+                error_class: None,
+            }
+        }
+        Outcome::Rejected { reason, .. } => {
+            let (settlement, dlq_reason) = match p.on_governance_deny {
+                DenyAction::Ack => (Settlement::Ack, None),
+                DenyAction::Dlq => (
+                    dead_letter(format!("rejected by governance: {reason}"), None, 0),
+                    Some(DlqReason::Rejected),
+                ),
+            };
+            Resolution {
+                status: LedgerStatus::Rejected,
+                settlement,
+                claim: ClaimAction::Release,
+                dlq_reason,
+                error: None,
+                error_class: None,
+            }
+        }
+        Outcome::Deferred {
+            retry_after, reason, ..
+        } => Resolution {
+            status: LedgerStatus::Deferred,
+            settlement: requeue(*retry_after),
+            claim: ClaimAction::Release,
+            dlq_reason: None,
+            error: Some(reason.clone()),
+            error_class: None,
+        },
+        Outcome::StoreUnavailable(reason) => Resolution {
+            status: LedgerStatus::Deferred,
+            settlement: requeue(config.idempotency.store_error_delay),
+            claim: ClaimAction::Release,
+            dlq_reason: None,
+            error: Some(reason.clone()),
+            error_class: None,
+        },
+        Outcome::Failed {
+            error,
+            give_up,
+            attempts,
+            history,
+            first_failure,
+        } => {
+            let reason = format!(
+                "{}: {} after {attempts} attempt(s): {}",
+                give_up.as_str(),
+                error.class,
+                error.message
+            );
+            let (settlement, dlq_reason) = match p.on_failure {
+                FailureAction::Dlq => {
+                    let mut dl = DeadLetter::new(reason.clone());
+                    dl.error_class = Some(error.class);
+                    dl.attempts = *attempts;
+                    dl.first_failure_at = Some(*first_failure);
+                    dl.last_failure_at = history.last().map(|h| h.at).or(Some(*first_failure));
+                    let label = match give_up {
+                        GiveUpReason::Permanent => DlqReason::PermanentFailure,
+                        GiveUpReason::RetriesExhausted => DlqReason::RetriesExhausted,
+                        GiveUpReason::BudgetExhausted => DlqReason::RetryBudgetExhausted,
+                    };
+                    (Settlement::DeadLetter(dl), Some(label))
+                }
+                FailureAction::Nack => (Settlement::Nack, None),
+                FailureAction::Requeue => (requeue(p.requeue_delay), None),
+                FailureAction::Ack => (Settlement::Ack, None),
+            };
+            Resolution {
+                status: LedgerStatus::Failed,
+                settlement,
+                claim: ClaimAction::Release,
+                dlq_reason,
+                error: Some(reason),
+                error_class: Some(error.class),
+            }
+        }
+        Outcome::Abandoned => return None,
+    };
+    Some(row)
+}

@@ -1,0 +1,190 @@
+//! Stage 3: finish claims, make the ledger records durable, then settle on the broker —
+//! in that order, batch by batch, so no message is acked before its record is written.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use qt_core::{AckHandle, ClaimState, ClaimToken, LedgerRecord, Settlement};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, warn};
+
+use super::outcome::{ClaimAction, Outcome, Resolution, resolve};
+use super::{Finished, FinishedRx, Pipeline};
+use crate::metrics::DlqReason;
+
+/// Most messages finished together in one batch.
+const MAX_BATCH: usize = 1024;
+
+/// Runs until every sender is gone, then waits for the settles it started.
+pub(crate) async fn run(pipeline: Arc<Pipeline>, mut rx: FinishedRx) {
+    let settles = TaskTracker::new();
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        finish_batch(&pipeline, std::mem::take(&mut batch), &settles).await;
+    }
+    settles.close();
+    settles.wait().await;
+}
+
+/// One message's settle work, after its record is durable.
+struct Pending {
+    handle: AckHandle,
+    settlement: Settlement,
+    dlq_reason: Option<DlqReason>,
+    trace_id: qt_core::TraceId,
+    message_id: String,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    started: std::time::Instant,
+    status: qt_core::LedgerStatus,
+}
+
+async fn finish_batch(p: &Arc<Pipeline>, batch: Vec<Finished>, settles: &TaskTracker) {
+    let mut completes: Vec<ClaimToken> = Vec::new();
+    let mut releases: Vec<ClaimToken> = Vec::new();
+    let mut records = Vec::with_capacity(batch.len());
+    let mut pending = Vec::with_capacity(batch.len());
+    for f in batch {
+        let Finished {
+            handle,
+            meta,
+            outcome,
+            claim,
+            permit,
+        } = f;
+        let Some(row) = resolve(&outcome, &p.config, meta.attempt, meta.event_name.as_deref()) else {
+            // Abandoned at stop: give the key back and leave the message to redelivery.
+            if let Some(c) = claim {
+                releases.push(c);
+            }
+            debug!(trace_id = %meta.trace_id, message_id = %meta.message_id, "abandoned at stop; the broker will redeliver");
+            p.metrics.left_pipeline();
+            drop((handle, permit));
+            continue;
+        };
+        if let Some(c) = claim {
+            match row.claim {
+                ClaimAction::Complete => completes.push(c),
+                ClaimAction::Release => releases.push(c),
+            }
+        }
+        if matches!(outcome, Outcome::Duplicate) {
+            p.metrics.dedup_hit();
+        }
+        records.push(record(p, &meta, &outcome, &row));
+        pending.push(Pending {
+            handle,
+            settlement: row.settlement,
+            dlq_reason: row.dlq_reason,
+            trace_id: meta.trace_id,
+            message_id: meta.message_id,
+            permit,
+            started: meta.started,
+            status: row.status,
+        });
+    }
+    if let Some(store) = &p.store {
+        let window = p.config.idempotency.window;
+        if !completes.is_empty() {
+            match store.complete_batch(&completes, window).await {
+                Ok(states) => warn_lost(&completes, &states, "complete"),
+                Err(e) => {
+                    p.metrics.idempotency_error(completes.len() as u64);
+                    warn!(error = %e, keys = completes.len(), "could not mark keys done; they will run again once their lease expires");
+                }
+            }
+        }
+        if !releases.is_empty()
+            && let Err(e) = store.release_batch(&releases).await {
+                p.metrics.idempotency_error(releases.len() as u64);
+                warn!(error = %e, keys = releases.len(), "could not release keys; they are free again once their lease expires");
+            }
+    }
+    if records.is_empty() {
+        return;
+    }
+    if let Err(e) = p.ledger.record_batch(records).await {
+        p.metrics.ledger_error();
+        error!(error = %e, messages = pending.len(), "ledger write failed; leaving the batch unacknowledged for redelivery");
+        for m in pending {
+            p.metrics.left_pipeline();
+            drop(m);
+        }
+        return;
+    }
+    let p = p.clone();
+    settles.spawn(async move {
+        let results = futures::future::join_all(pending.into_iter().map(|m| {
+            let p = p.clone();
+            async move {
+                let kind = m.settlement.kind();
+                let result = m.handle.settle(m.settlement).await;
+                match result {
+                    Ok(()) => {
+                        debug!(trace_id = %m.trace_id, message_id = %m.message_id, settlement = kind, "settled");
+                        if let Some(reason) = m.dlq_reason {
+                            p.metrics.dead_lettered(reason);
+                        }
+                    }
+                    Err(e) => {
+                        p.metrics.settle_error();
+                        warn!(trace_id = %m.trace_id, message_id = %m.message_id, settlement = kind, error = %e, "settle failed; the broker will redeliver");
+                    }
+                }
+                p.metrics.processed(m.status);
+                p.metrics.observe_processing(m.started.elapsed());
+                p.metrics.left_pipeline();
+                drop(m.permit);
+            }
+        }))
+        .await;
+        drop(results);
+    });
+}
+
+fn warn_lost(tokens: &[ClaimToken], states: &[ClaimState], operation: &str) {
+    for (t, s) in tokens.iter().zip(states) {
+        if *s == ClaimState::Lost {
+            warn!(key = %t.key.key, tenant = ?t.key.tenant, operation, "idempotency lease had expired: another worker may have run this key too; raise idempotency.lease above the longest run");
+        }
+    }
+}
+
+fn record(p: &Pipeline, meta: &super::MessageMeta, outcome: &Outcome, row: &Resolution) -> LedgerRecord {
+    let (attempts, run_id, llm_calls, history) = match outcome {
+        Outcome::Succeeded { run, attempts, history } => {
+            (*attempts, run.run_id.clone(), run.llm_calls, history.clone())
+        }
+        Outcome::Failed { attempts, history, .. } => (*attempts, None, 0, history.clone()),
+        _ => (0, None, 0, Vec::new()),
+    };
+    let (decision_reason, decision_policies) = match outcome {
+        Outcome::Rejected { reason, policies } | Outcome::Deferred { reason, policies, .. } => {
+            (Some(reason.clone()), policies.clone())
+        }
+        _ => (None, Vec::new()),
+    };
+    LedgerRecord {
+        trace_id: meta.trace_id.to_string(),
+        message_id: meta.message_id.clone(),
+        queue: meta.queue.to_string(),
+        adapter: p.adapter_kind.to_string(),
+        event_name: meta.event_name.clone(),
+        tenant_id: meta.tenant_id.clone(),
+        dedup_key: meta.dedup_key.clone(),
+        target: meta.target.as_ref().map(|t| t.to_string()),
+        status: row.status,
+        settlement: row.settlement.kind().to_owned(),
+        attempts,
+        duration_ms: meta.started.elapsed().as_secs_f64() * 1000.0,
+        consume_latency_ms: meta.consume_latency.map(|d| d.as_secs_f64() * 1000.0),
+        agent_run_id: run_id,
+        llm_calls,
+        error: row.error.clone(),
+        error_class: row.error_class,
+        decision_reason,
+        decision_policies,
+        retries: history,
+        received_at: meta.received_at,
+        finished_at: Utc::now(),
+    }
+}

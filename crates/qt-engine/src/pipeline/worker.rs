@@ -1,0 +1,225 @@
+//! Stage 2: one message's governance check and agent run with retries.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use futures::FutureExt;
+use qt_core::config::OnGovernanceError;
+use qt_core::ledger::AttemptRecord;
+use qt_core::{AgentError, AgentEvent, ClaimToken, Decision, GovernanceContext, MessageEnvelope};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{debug, info, warn};
+
+use super::outcome::Outcome;
+use super::{Finished, FinishedTx, MessageMeta, Pipeline};
+use crate::backoff::{RetryDecision, decide};
+use crate::sequencer::{TurnDone, WaitTurn};
+
+pub(crate) struct Job {
+    pub handle: qt_core::AckHandle,
+    pub meta: MessageMeta,
+    pub envelope: Arc<MessageEnvelope>,
+    pub selected_payload: Option<Arc<serde_json::Value>>,
+    pub target: Arc<str>,
+    pub focus: Option<Arc<str>>,
+    pub claim: Option<ClaimToken>,
+    pub permit: OwnedSemaphorePermit,
+    pub wait: WaitTurn,
+    pub done: TurnDone,
+}
+
+pub(crate) async fn run(pipeline: Arc<Pipeline>, job: Job, finished: FinishedTx) {
+    let Job {
+        handle,
+        meta,
+        envelope,
+        selected_payload,
+        target,
+        focus,
+        claim,
+        permit,
+        wait,
+        done,
+    } = job;
+    wait.wait().await;
+    let outcome = decide_outcome(&pipeline, &meta, envelope, selected_payload, &target, focus).await;
+    // The next message of this ordering key may start once this run is over.
+    drop(done);
+    let _ = finished.send(Finished {
+        handle,
+        meta,
+        outcome,
+        claim,
+        permit,
+    });
+}
+
+async fn decide_outcome(
+    p: &Pipeline,
+    meta: &MessageMeta,
+    envelope: Arc<MessageEnvelope>,
+    selected_payload: Option<Arc<serde_json::Value>>,
+    target: &Arc<str>,
+    focus: Option<Arc<str>>,
+) -> Outcome {
+    let slot = tokio::select! {
+        biased;
+        () = p.abort.cancelled() => return Outcome::Abandoned,
+        s = p.agent_slots.clone().acquire_owned() => s.expect("the agent slot semaphore is never closed"),
+    };
+    let gctx = GovernanceContext {
+        tenant_id: meta.tenant_id.clone(),
+        event_name: meta.event_name.clone().unwrap_or_default(),
+        message_id: meta.message_id.clone(),
+        queue: meta.queue.to_string(),
+        adapter: p.adapter_kind.to_string(),
+        target: target.to_string(),
+    };
+    // `finished` is owed to governance only for its own Allow decisions.
+    let owes_finished = match p.governance.check(&gctx).await {
+        Ok(Decision::Allow) => true,
+        Ok(Decision::Deny { reason, policies }) => {
+            info!(trace_id = %meta.trace_id, message_id = %meta.message_id, tenant = ?meta.tenant_id, %reason, ?policies, "governance denied");
+            return Outcome::Rejected { reason, policies };
+        }
+        Ok(Decision::Defer {
+            retry_after,
+            reason,
+            policies,
+        }) => {
+            debug!(trace_id = %meta.trace_id, message_id = %meta.message_id, %reason, ?retry_after, "governance deferred");
+            return Outcome::Deferred {
+                retry_after,
+                reason,
+                policies,
+            };
+        }
+        Err(e) => match p.config.governance.on_error {
+            OnGovernanceError::FailClosed => {
+                warn!(trace_id = %meta.trace_id, message_id = %meta.message_id, error = %e, "governance unavailable; deferring (fail_closed)");
+                return Outcome::Deferred {
+                    retry_after: p.config.governance.effective_defer_delay(),
+                    reason: e.to_string(),
+                    policies: Vec::new(),
+                };
+            }
+            OnGovernanceError::FailOpen => {
+                warn!(trace_id = %meta.trace_id, message_id = %meta.message_id, error = %e, "governance unavailable; running anyway (fail_open)");
+                false
+            }
+        },
+    };
+    let agent = p
+        .agents
+        .get(&**target)
+        .cloned()
+        .expect("the builder checked that every routed target has an agent");
+    let mut event = AgentEvent {
+        event_name: meta.event_name.clone().unwrap_or_default(),
+        target: target.to_string(),
+        focus: focus.map(|f| f.to_string()),
+        tenant_id: meta.tenant_id.clone(),
+        attempt: 1,
+        envelope,
+        selected_payload,
+    };
+    let first_attempt_at = Instant::now();
+    let mut history: Vec<AttemptRecord> = Vec::new();
+    let mut slot = Some(slot);
+    let outcome = loop {
+        if slot.is_none() {
+            slot = Some(tokio::select! {
+                biased;
+                () = p.abort.cancelled() => break Outcome::Abandoned,
+                s = p.agent_slots.clone().acquire_owned() => s.expect("the agent slot semaphore is never closed"),
+            });
+        }
+        p.metrics.agent_attempt();
+        p.metrics.agent_running(1);
+        let result = tokio::select! {
+            biased;
+            () = p.abort.cancelled() => None,
+            r = AssertUnwindSafe(agent.trigger_event(&event)).catch_unwind() => Some(r),
+        };
+        p.metrics.agent_running(-1);
+        let error = match result {
+            None => break Outcome::Abandoned,
+            Some(Ok(Ok(run))) => {
+                debug!(trace_id = %meta.trace_id, message_id = %meta.message_id, attempt = event.attempt, run_id = ?run.run_id, "agent run succeeded");
+                break Outcome::Succeeded {
+                    run,
+                    attempts: event.attempt,
+                    history,
+                };
+            }
+            Some(Ok(Err(e))) => e,
+            Some(Err(panic)) => AgentError::permanent(format!("agent panicked: {}", panic_message(&panic))),
+        };
+        let decision = decide(
+            &p.config.retry,
+            error.class,
+            event.attempt,
+            first_attempt_at.elapsed(),
+            error.retry_after,
+            rand::random::<f64>(),
+        );
+        let backoff = match decision {
+            RetryDecision::RetryAfter(d) => Some(d),
+            RetryDecision::GiveUp(_) => None,
+        };
+        warn!(
+            trace_id = %meta.trace_id,
+            message_id = %meta.message_id,
+            attempt = event.attempt,
+            class = %error.class,
+            reason = %error.message,
+            next_retry_in = ?backoff,
+            "agent attempt failed"
+        );
+        history.push(AttemptRecord {
+            attempt: event.attempt,
+            class: error.class,
+            reason: error.message.clone(),
+            at: Utc::now(),
+            backoff_ms: backoff.map(|d| d.as_millis() as u64),
+        });
+        match decision {
+            RetryDecision::RetryAfter(delay) => {
+                p.metrics.retry(error.class);
+                // Waiting out a backoff does not occupy an agent slot.
+                slot = None;
+                tokio::select! {
+                    biased;
+                    () = p.abort.cancelled() => break Outcome::Abandoned,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                event.attempt += 1;
+            }
+            RetryDecision::GiveUp(give_up) => {
+                let first_failure = history.first().map_or_else(Utc::now, |h| h.at);
+                break Outcome::Failed {
+                    error,
+                    give_up,
+                    attempts: event.attempt,
+                    history,
+                    first_failure,
+                };
+            }
+        }
+    };
+    if owes_finished {
+        p.governance.finished(&gctx);
+    }
+    drop(slot);
+    outcome
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}

@@ -1,0 +1,222 @@
+//! Lifecycle, health and graceful stop (requirements 2.2-2.4, 8.4).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use proptest::prelude::*;
+use qt_adapter_mock::{MockAdapter, MockQueue};
+use qt_core::{AdapterError, AgentRuntime, Capabilities, Delivery, Health, QueueAdapter};
+use qt_engine::builtin::memory_ledger::MemoryLedger;
+use qt_engine::{QueueTrigger, TriggerState};
+use serde_json::json;
+
+use crate::support::*;
+
+/// A mock whose health a test can flip.
+#[derive(Debug)]
+struct FlakyHealth {
+    inner: MockAdapter,
+    healthy: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl QueueAdapter for FlakyHealth {
+    fn kind(&self) -> &'static str {
+        "mock"
+    }
+    fn queue(&self) -> &str {
+        self.inner.queue()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn connect(&self) -> Result<(), AdapterError> {
+        self.inner.connect().await
+    }
+    async fn receive(&self, max: usize) -> Result<Vec<Delivery>, AdapterError> {
+        self.inner.receive(max).await
+    }
+    async fn pause(&self) -> Result<(), AdapterError> {
+        self.inner.pause().await
+    }
+    async fn resume(&self) -> Result<(), AdapterError> {
+        self.inner.resume().await
+    }
+    async fn health(&self) -> Health {
+        if self.healthy.load(Ordering::SeqCst) {
+            Health::Healthy
+        } else {
+            Health::Unhealthy("broker unreachable".into())
+        }
+    }
+    async fn backlog(&self) -> Result<Option<u64>, AdapterError> {
+        self.inner.backlog().await
+    }
+    async fn close(&self) -> Result<(), AdapterError> {
+        self.inner.close().await
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Start,
+    Pause,
+    Resume,
+    Stop,
+    BreakSource,
+    HealSource,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        Just(Op::Start),
+        Just(Op::Pause),
+        Just(Op::Resume),
+        Just(Op::Stop),
+        Just(Op::BreakSource),
+        Just(Op::HealSource)
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Lifecycle transitions (2.2) and health accuracy (2.4, 8.4): after any sequence of
+    /// operations the state is what the state machine says, invalid transitions are
+    /// refused without changing it, and `ready` is exactly "running and every component
+    /// healthy" while `live` holds until a failure.
+    #[test]
+    fn lifecycle_follows_the_state_machine(ops in prop::collection::vec(op(), 1..12)) {
+        rt().block_on(async {
+            let queue = MockQueue::new("q");
+            let healthy = Arc::new(AtomicBool::new(true));
+            let trigger = QueueTrigger::builder(config())
+                .adapter(Arc::new(FlakyHealth { inner: queue.adapter(), healthy: healthy.clone() }))
+                .ledger(Arc::new(MemoryLedger::new()))
+                .agent("default", ScriptedAgent::new("default") as Arc<dyn AgentRuntime>)
+                .build()
+                .unwrap();
+            let mut model = TriggerState::Created;
+            for op in ops {
+                let result = match op {
+                    Op::Start => trigger.start().await.map(|_| ()),
+                    Op::Pause => trigger.pause().await,
+                    Op::Resume => trigger.resume().await,
+                    Op::Stop => trigger.stop().await.map(|_| ()),
+                    Op::BreakSource => { healthy.store(false, Ordering::SeqCst); Ok(()) }
+                    Op::HealSource => { healthy.store(true, Ordering::SeqCst); Ok(()) }
+                };
+                let (next, ok) = match (op, model) {
+                    (Op::BreakSource | Op::HealSource, s) => (s, true),
+                    (Op::Start, TriggerState::Created) => (TriggerState::Running, true),
+                    (Op::Start, s) => (s, false),
+                    (Op::Pause, TriggerState::Running | TriggerState::Paused) => (TriggerState::Paused, true),
+                    (Op::Pause, s) => (s, false),
+                    (Op::Resume, TriggerState::Running | TriggerState::Paused) => (TriggerState::Running, true),
+                    (Op::Resume, s) => (s, false),
+                    (Op::Stop, _) => (TriggerState::Stopped, true),
+                };
+                prop_assert_eq!(result.is_ok(), ok, "{:?} from {:?}", op, model);
+                model = next;
+                prop_assert_eq!(trigger.state(), model);
+                let h = trigger.health().await;
+                prop_assert_eq!(h.ready, model == TriggerState::Running && healthy.load(Ordering::SeqCst), "{:?}", h);
+                prop_assert!(h.live);
+            }
+            let _ = trigger.stop().await;
+            Ok(())
+        })?;
+    }
+
+    /// Graceful stop loses nothing (2.3): stopping at a random moment with a random drain
+    /// timeout leaves every message either settled with a ledger record or back in the
+    /// queue for redelivery; a second trigger then finishes the rest, and every message
+    /// ends with a record.
+    #[test]
+    fn stop_loses_nothing(n in 1usize..40, stop_after_ms in 0u64..15, drain_ms in 0u64..20, concurrency in 1usize..6) {
+        rt().block_on(async {
+            let queue = MockQueue::new("q");
+            queue.enqueue_all((0..n).map(|i| msg(&format!("m{i}"), &[], json!({"do": "sleep", "ms": 3}))));
+            let ledger = Arc::new(MemoryLedger::new());
+            let build = |ledger: Arc<MemoryLedger>| {
+                let mut c = config();
+                c.processing.concurrency = concurrency;
+                c.processing.drain_timeout = Duration::from_millis(drain_ms);
+                QueueTrigger::builder(c)
+                    .adapter(Arc::new(queue.adapter()))
+                    .ledger(ledger)
+                    .agent("default", ScriptedAgent::new("default") as Arc<dyn AgentRuntime>)
+                    .build()
+                    .unwrap()
+            };
+            let first = build(ledger.clone());
+            first.start().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(stop_after_ms)).await;
+            first.stop().await.unwrap();
+            // Nothing is out for delivery after a stop: settled, or back in the queue.
+            let acked: BTreeSet<String> = queue.acked().into_iter().map(|s| s.message.message_id).collect();
+            let recorded: BTreeSet<String> = ledger.records().into_iter().map(|r| r.message_id).collect();
+            prop_assert!(acked.is_subset(&recorded), "an acked message has no ledger record");
+            prop_assert_eq!(queue.pending() + acked.len(), n, "every message is settled or waiting");
+            let second = build(ledger.clone());
+            second.start().await.unwrap();
+            tokio::time::timeout(Duration::from_secs(20), queue.wait_idle()).await.expect("drains");
+            second.stop().await.unwrap();
+            let acked: BTreeSet<String> = queue.acked().into_iter().map(|s| s.message.message_id).collect();
+            prop_assert_eq!(acked.len(), n);
+            let recorded: BTreeSet<String> = ledger.records().into_iter().map(|r| r.message_id).collect();
+            prop_assert_eq!(recorded.len(), n);
+            Ok(())
+        })?;
+    }
+}
+
+/// A run that outlives the drain timeout is abandoned: its message is not acked and goes
+/// back to the queue, and the stop reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_abandons_unfinished_runs_unacked() {
+    let queue = MockQueue::new("q");
+    queue.enqueue(msg("slow", &[], json!({"do": "sleep", "ms": 5000})));
+    let mut c = config();
+    c.processing.drain_timeout = Duration::from_millis(50);
+    let t = QueueTrigger::builder(c)
+        .adapter(Arc::new(queue.adapter()))
+        .ledger(Arc::new(MemoryLedger::new()))
+        .agent("default", ScriptedAgent::new("default") as Arc<dyn AgentRuntime>)
+        .build()
+        .unwrap();
+    t.start().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let report = t.stop().await.unwrap();
+    assert!(!report.drained);
+    assert!(queue.acked().is_empty());
+    assert_eq!(queue.pending(), 1, "the message is back in the queue");
+    assert_eq!(queue.redeliveries(), 1);
+}
+
+/// Pausing stops intake; resuming picks up where it left off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_stops_intake_and_resume_continues() {
+    let queue = MockQueue::new("q");
+    let agent = ScriptedAgent::new("default");
+    let t = QueueTrigger::builder(config())
+        .adapter(Arc::new(queue.adapter()))
+        .ledger(Arc::new(MemoryLedger::new()))
+        .agent("default", agent.clone() as Arc<dyn AgentRuntime>)
+        .build()
+        .unwrap();
+    t.start().await.unwrap();
+    t.pause().await.unwrap();
+    queue.enqueue(ok("while-paused"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(agent.calls().is_empty(), "nothing runs while paused");
+    t.resume().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), queue.wait_idle())
+        .await
+        .unwrap();
+    assert_eq!(agent.runs_of("while-paused"), 1);
+    t.stop().await.unwrap();
+}

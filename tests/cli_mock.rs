@@ -1,0 +1,285 @@
+//! End-to-end tests that run the built `qt` binary on the mock source.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn qt() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_qt"));
+    c.current_dir(repo_root());
+    c.env_remove("RUST_LOG");
+    c
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("qt runs");
+    eprintln!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn summary(stdout: &str) -> BTreeMap<String, u64> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let (name, n) = l.rsplit_once(' ')?;
+            Some((name.trim().to_owned(), n.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A minimal HTTP/1.0 GET, enough for the admin endpoints.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Acceptance 1: the example reaches every outcome row; the ledger and the DLQ file say
+/// what happened to each message.
+#[test]
+fn the_example_reaches_every_outcome() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = run(qt()
+        .args(["run", "-c", "examples/mock.yaml", "--until-idle"])
+        .env("QT_OUT_DIR", out_dir.path())
+        .env("QT_ADMIN_LISTEN", "127.0.0.1:0"));
+    assert!(out.status.success());
+    let s = summary(&String::from_utf8_lossy(&out.stdout));
+    for row in ["received", "succeeded", "duplicates", "rejected", "deferred", "retried", "dead-lettered", "parse failures"] {
+        assert!(s.get(row).copied().unwrap_or(0) >= 1, "summary row {row} is zero: {s:?}");
+    }
+    assert_eq!(s["succeeded"], 8, "{s:?}");
+    assert_eq!(s["duplicates"], 1);
+    assert_eq!(s["rejected"], 1);
+    assert_eq!(s["parse failures"], 1);
+    assert_eq!(s["dead-lettered"], 4, "parse failure, retries exhausted, permanent, unrouted");
+
+    let ledger = jsonl(&out_dir.path().join("ledger.jsonl"));
+    let mut final_status = BTreeMap::new();
+    for r in &ledger {
+        for field in ["status", "attempts", "duration_ms", "trace_id", "message_id", "queue", "settlement"] {
+            assert!(r.get(field).is_some(), "record without {field}: {r}");
+        }
+        assert_eq!(r["trace_id"].as_str().unwrap().len(), 32);
+        final_status.insert(r["message_id"].as_str().unwrap().to_owned(), r.clone());
+    }
+    let status = |id: &str| final_status[id]["status"].as_str().unwrap().to_owned();
+    assert_eq!(status("ok-1"), "succeeded");
+    assert_eq!(final_status["ok-1"]["tenant_id"], "acme");
+    assert_eq!(final_status["ok-1"]["llm_calls"], 1);
+    assert_eq!(status("dup-1"), "duplicate");
+    assert_eq!(status("other-tenant-1"), "succeeded");
+    assert_eq!(status("bad-json"), "parse_failed");
+    assert_eq!(status("denied-1"), "rejected");
+    assert_eq!(final_status["denied-1"]["decision_policies"][0], "suspended-tenants");
+    for busy in ["busy-1", "busy-2", "busy-3"] {
+        assert_eq!(status(busy), "succeeded");
+    }
+    assert!(ledger.iter().any(|r| r["status"] == "deferred" && r["message_id"].as_str().unwrap().starts_with("busy")));
+    assert_eq!(status("flaky-1"), "succeeded");
+    assert_eq!(final_status["flaky-1"]["attempts"], 3);
+    assert_eq!(status("broken-1"), "failed");
+    assert_eq!(final_status["broken-1"]["attempts"], 3);
+    assert_eq!(final_status["broken-1"]["retries"].as_array().unwrap().len(), 3);
+    assert_eq!(status("invalid-1"), "failed");
+    assert_eq!(final_status["invalid-1"]["attempts"], 1);
+    assert_eq!(status("unrouted-1"), "unrouted");
+
+    let dlq = jsonl(&out_dir.path().join("dlq.jsonl"));
+    let reasons: BTreeMap<String, String> = dlq
+        .iter()
+        .map(|d| (d["id"].as_str().unwrap().to_owned(), d["reason"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(reasons["bad-json"].contains("invalid JSON at line 1"), "{reasons:?}");
+    assert!(reasons["broken-1"].starts_with("retries_exhausted"), "{reasons:?}");
+    assert!(reasons["invalid-1"].starts_with("permanent_failure"), "{reasons:?}");
+    assert!(reasons["unrouted-1"].contains("no route"), "{reasons:?}");
+    let broken = dlq.iter().find(|d| d["id"] == "broken-1").unwrap();
+    assert_eq!(broken["headers"]["x-qt-attempts"], "3");
+    assert_eq!(broken["headers"]["x-qt-error-class"], "retryable");
+    assert_eq!(broken["headers"]["x-tenant-id"], "acme", "original headers are kept");
+}
+
+/// Acceptance 2: five different mistakes are all reported with their paths.
+#[test]
+fn validate_reports_every_mistake() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        r#"
+source:
+  type: kafka
+  brokers: [localhost:9092]
+  topics: [orders]
+  consumer_group: ""
+processing:
+  concurrency: 0
+  on_failure: explode
+retry:
+  backoff: {initial: soon}
+agent:
+  targets: {main: {type: log}}
+  routes: [{event: "order.*", target: missing}]
+observability:
+  admn: {}
+"#,
+    )
+    .unwrap();
+    let out = run(qt().args(["validate", "-c"]).arg(&path));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for path in [
+        "source.consumer_group:",
+        "processing.concurrency:",
+        "processing.on_failure:",
+        "retry.backoff.initial:",
+        "agent.routes[0].target:",
+        "observability.admn:",
+    ] {
+        assert!(err.contains(path), "{path} not reported in:\n{err}");
+    }
+}
+
+/// Acceptance 2: no configured secret appears in any output of any subcommand.
+#[test]
+fn secrets_never_appear_in_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("secret.yaml");
+    let messages = dir.path().join("m.jsonl");
+    std::fs::write(&messages, "{\"id\":\"a\",\"json\":{}}\n{\"id\":\"b\",\"text\":\"not json\"}\n").unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+source: {{type: mock, file: {}}}
+processing: {{on_parse_failure: nack}}
+agent:
+  targets:
+    main:
+      type: command
+      program: /bin/cat
+      env: {{API_TOKEN: "${{QT_TEST_TOKEN}}"}}
+ledger: {{type: jsonl, path: {}}}
+observability: {{admin: {{listen: "127.0.0.1:0"}}, log: {{level: debug}}}}
+"#,
+            messages.display(),
+            dir.path().join("ledger.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let secret = "tok-9f8e7d6c5b4a";
+    let validate = run(qt().args(["validate", "-c"]).arg(&cfg).env("QT_TEST_TOKEN", secret));
+    assert!(validate.status.success());
+    let run_out = run(qt().args(["run", "--until-idle", "-c"]).arg(&cfg).env("QT_TEST_TOKEN", secret));
+    assert!(run_out.status.success());
+    for out in [&validate, &run_out] {
+        assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
+        assert!(!String::from_utf8_lossy(&out.stderr).contains(secret));
+    }
+    assert!(String::from_utf8_lossy(&validate.stdout).contains("API_TOKEN: '***'"), "masked, not dropped");
+}
+
+/// `qt send` publishes into a running `qt run` of the same configuration; SIGTERM drains
+/// and exits cleanly.
+#[test]
+fn send_feeds_a_running_trigger_and_sigterm_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("send.yaml");
+    let ledger = dir.path().join("ledger.jsonl");
+    std::fs::write(
+        &cfg,
+        format!(
+            "source: {{type: mock}}\nagent: {{targets: {{main: {{type: log}}}}}}\nledger: {{type: jsonl, path: {}}}\nobservability: {{admin: {{listen: \"127.0.0.1:{port}\"}}}}\n",
+            ledger.display()
+        ),
+    )
+    .unwrap();
+    let mut child = qt()
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "qt run did not open its admin port");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent = run(qt()
+        .args(["send", "-c"])
+        .arg(&cfg)
+        .args(["--id", "sent-1", "--body", "{\"hello\":\"world\"}", "-H", "x-tenant-id=acme", "-H", "x-event-name=greeting"]));
+    assert!(sent.status.success());
+    assert!(String::from_utf8_lossy(&sent.stdout).contains("sent-1"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let records = std::fs::read_to_string(&ledger).unwrap_or_default();
+        if records.contains("\"sent-1\"") {
+            assert!(records.contains("\"succeeded\""), "{records}");
+            assert!(records.contains("\"greeting\""), "{records}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the sent message never reached the ledger");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = http_get(port, "/metrics");
+    assert!(metrics.lines().next().unwrap_or_default().contains(" 200 "), "{metrics}");
+    assert!(metrics.contains("qt_messages_processed_total{outcome=\"succeeded\"} 1"), "{metrics}");
+    let ready = http_get(port, "/readyz");
+    assert!(ready.lines().next().unwrap_or_default().contains(" 200 "), "{ready}");
+    let status = http_get(port, "/status");
+    assert!(status.contains("\"state\":\"running\""), "{status}");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "graceful stop exits 0");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SIGTERM"));
+}
+
+/// `--until-idle` is refused for broker sources with a reason, and bad input exits
+/// non-zero naming the problem.
+#[test]
+fn until_idle_needs_the_mock_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("kafka.yaml");
+    std::fs::write(
+        &cfg,
+        "source: {type: kafka, brokers: [\"127.0.0.1:1\"], topics: [t], consumer_group: g}\nagent: {targets: {main: {type: log}}}\n",
+    )
+    .unwrap();
+    let out = run(qt().args(["run", "--until-idle", "-c"]).arg(&cfg));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--until-idle needs `source.type: mock`"));
+    let missing = run(qt().args(["run", "-c", "/nonexistent/qt.yaml"]));
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent/qt.yaml"));
+}
