@@ -52,11 +52,17 @@ impl Settle for MockSettle {
                 if inner.keep_history {
                     s.acked.push(Settled { message });
                 }
+                let idle = s.pending() == 0;
+                drop(s);
+                queue.notify_if_idle(idle);
             }
             Settlement::Nack => {
                 let mut s = inner.state.lock();
                 s.outstanding -= 1;
                 s.nacked.push(Settled { message });
+                let idle = s.pending() == 0;
+                drop(s);
+                queue.notify_if_idle(idle);
             }
             Settlement::Requeue { delay, attempt } => {
                 message.headers.insert(qt_core::headers::ATTEMPT, attempt.to_string());
@@ -78,7 +84,6 @@ impl Settle for MockSettle {
                 inner.available.notify_one();
             }
         }
-        inner.changed.notify_waiters();
         Ok(())
     }
 

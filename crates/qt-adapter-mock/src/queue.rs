@@ -102,8 +102,9 @@ pub(crate) struct Inner {
     pub state: Mutex<State>,
     /// Pinged when messages become available or the queue closes.
     pub available: Notify,
-    /// Pinged on every change the idle check cares about.
-    pub changed: Notify,
+    /// Pinged when the queue becomes idle (nothing ready, delayed or unsettled); pinging on
+    /// every settle would wake idle-waiters once per message.
+    pub idle: Notify,
     pub dlq_file: Option<PathBuf>,
     pub keep_history: bool,
 }
@@ -142,7 +143,7 @@ impl MockQueue {
                 name: Arc::from(name),
                 state: Mutex::new(State::default()),
                 available: Notify::new(),
-                changed: Notify::new(),
+                idle: Notify::new(),
                 dlq_file,
                 keep_history,
             }),
@@ -181,14 +182,12 @@ impl MockQueue {
     pub fn enqueue(&self, message: RawMessage) {
         self.inner.state.lock().ready.push_back(message);
         self.inner.available.notify_one();
-        self.inner.changed.notify_waiters();
     }
 
     /// Adds many messages at once.
     pub fn enqueue_all(&self, messages: impl IntoIterator<Item = RawMessage>) {
         self.inner.state.lock().ready.extend(messages);
         self.inner.available.notify_one();
-        self.inner.changed.notify_waiters();
     }
 
     /// Adds a JSON message with headers.
@@ -207,7 +206,6 @@ impl MockQueue {
         self.inner.state.lock().closed = true;
         self.inner.available.notify_waiters();
         self.inner.available.notify_one();
-        self.inner.changed.notify_waiters();
     }
 
     /// Messages ready, delayed, or delivered and not yet settled.
@@ -218,12 +216,12 @@ impl MockQueue {
     /// Waits until nothing is ready, delayed or unsettled.
     pub async fn wait_idle(&self) {
         loop {
-            let changed = self.inner.changed.notified();
+            let idle = self.inner.idle.notified();
             if self.pending() == 0 {
                 return;
             }
-            // Delayed messages become due without anyone pinging; re-check periodically.
-            let _ = tokio::time::timeout(Duration::from_millis(50), changed).await;
+            // The periodic re-check covers any wake-up that raced with registration.
+            let _ = tokio::time::timeout(Duration::from_millis(50), idle).await;
         }
     }
 
@@ -247,6 +245,12 @@ impl MockQueue {
         self.inner.state.lock().dead_lettered.clone()
     }
 
+    pub(crate) fn notify_if_idle(&self, idle: bool) {
+        if idle {
+            self.inner.idle.notify_waiters();
+        }
+    }
+
     /// Returns an unsettled message to the front of the queue as a redelivery.
     pub(crate) fn put_back(&self, mut message: RawMessage) {
         message.source.redelivered = true;
@@ -257,7 +261,6 @@ impl MockQueue {
         s.ready.push_front(message);
         drop(s);
         self.inner.available.notify_one();
-        self.inner.changed.notify_waiters();
     }
 
     /// Messages put back because their handle was dropped unsettled.
@@ -281,8 +284,9 @@ impl MockQueue {
             dead_letter,
             headers,
         });
+        let idle = s.pending() == 0;
         drop(s);
-        self.inner.changed.notify_waiters();
+        self.notify_if_idle(idle);
         Ok(())
     }
 }

@@ -7,16 +7,16 @@ use serde::Serialize;
 
 use crate::health::Health;
 
-/// What governance is asked about.
-#[derive(Clone, Debug, Serialize)]
-pub struct GovernanceContext {
-    pub tenant_id: Option<String>,
-    pub event_name: String,
-    pub message_id: String,
-    pub queue: String,
-    pub adapter: String,
+/// What governance is asked about. Borrowed: asking governance costs no allocation.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct GovernanceContext<'a> {
+    pub tenant_id: Option<&'a str>,
+    pub event_name: &'a str,
+    pub message_id: &'a str,
+    pub queue: &'a str,
+    pub adapter: &'a str,
     /// The agent target the event is routed to.
-    pub target: String,
+    pub target: &'a str,
 }
 
 /// The decision, with enough detail for the ledger (requirement 7.4).
@@ -46,9 +46,9 @@ pub struct GovernanceError {
 /// run ends, so quota-keeping implementations can give the slot back.
 #[async_trait]
 pub trait Governance: Send + Sync + std::fmt::Debug {
-    async fn check(&self, ctx: &GovernanceContext) -> Result<Decision, GovernanceError>;
+    async fn check(&self, ctx: &GovernanceContext<'_>) -> Result<Decision, GovernanceError>;
 
-    fn finished(&self, ctx: &GovernanceContext) {
+    fn finished(&self, ctx: &GovernanceContext<'_>) {
         let _ = ctx;
     }
 

@@ -17,6 +17,10 @@ use qt_core::{
 };
 use qt_engine::QueueTrigger;
 
+// The same allocator as the `qt` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug)]
 struct NoOpAgent;
 
@@ -51,17 +55,17 @@ fn messages(n: usize) -> Vec<RawMessage> {
     (0..n)
         .map(|i| {
             let key = if i % 10 == 9 { i - 5 } else { i };
-            let mut body = format!(
-                r#"{{"type":"order.created","order_id":"{key}","tenant":"t{}","items":[1,2,3],"note":""#,
-                i % 16
-            );
+            // The tenant follows the key, so a repeated key is a duplicate within its tenant.
+            let tenant = key % 16;
+            let mut body =
+                format!(r#"{{"type":"order.created","order_id":"{key}","tenant":"t{tenant}","items":[1,2,3],"note":""#);
             while body.len() < BODY_BYTES - 2 {
                 body.push('x');
             }
             body.push_str("\"}");
             let mut m = RawMessage::new(format!("m{i}"), body.into_bytes(), source.clone());
             m.headers.insert("x-dedup-key", format!("k{key}"));
-            m.headers.insert("x-tenant-id", format!("t{}", i % 16));
+            m.headers.insert("x-tenant-id", format!("t{tenant}"));
             m
         })
         .collect()

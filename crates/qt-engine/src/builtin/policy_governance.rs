@@ -156,9 +156,9 @@ impl PolicyGovernance {
 
 #[async_trait]
 impl Governance for PolicyGovernance {
-    async fn check(&self, ctx: &GovernanceContext) -> Result<Decision, GovernanceError> {
-        let tenant = ctx.tenant_id.as_deref().unwrap_or(NO_TENANT);
-        if let Some(denied) = self.decide_rules(tenant, &ctx.event_name) {
+    async fn check(&self, ctx: &GovernanceContext<'_>) -> Result<Decision, GovernanceError> {
+        let tenant = ctx.tenant_id.unwrap_or(NO_TENANT);
+        if let Some(denied) = self.decide_rules(tenant, ctx.event_name) {
             return Ok(denied);
         }
         if let Some(quota) = self.max_in_flight {
@@ -180,9 +180,9 @@ impl Governance for PolicyGovernance {
         Ok(self.take_tokens(tenant, Instant::now()).unwrap_or(Decision::Allow))
     }
 
-    fn finished(&self, ctx: &GovernanceContext) {
+    fn finished(&self, ctx: &GovernanceContext<'_>) {
         if self.max_in_flight.is_some() {
-            let tenant = ctx.tenant_id.as_deref().unwrap_or(NO_TENANT);
+            let tenant = ctx.tenant_id.unwrap_or(NO_TENANT);
             let mut in_flight = self.in_flight.lock();
             if let Some(n) = in_flight.get_mut(tenant) {
                 *n = n.saturating_sub(1);
@@ -199,14 +199,14 @@ mod tests {
     use super::*;
     use qt_core::config::{GovernanceRule, RateLimitRule};
 
-    fn ctx(tenant: Option<&str>, event: &str) -> GovernanceContext {
+    fn ctx<'a>(tenant: Option<&'a str>, event: &'a str) -> GovernanceContext<'a> {
         GovernanceContext {
-            tenant_id: tenant.map(str::to_owned),
-            event_name: event.to_owned(),
-            message_id: "m".into(),
-            queue: "q".into(),
-            adapter: "mock".into(),
-            target: "t".into(),
+            tenant_id: tenant,
+            event_name: event,
+            message_id: "m",
+            queue: "q",
+            adapter: "mock",
+            target: "t",
         }
     }
 

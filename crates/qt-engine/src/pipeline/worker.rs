@@ -70,12 +70,12 @@ async fn decide_outcome(
         s = p.agent_slots.clone().acquire_owned() => s.expect("the agent slot semaphore is never closed"),
     };
     let gctx = GovernanceContext {
-        tenant_id: meta.tenant_id.clone(),
-        event_name: meta.event_name.clone().unwrap_or_default(),
-        message_id: meta.message_id.clone(),
-        queue: meta.queue.to_string(),
-        adapter: p.adapter_kind.to_string(),
-        target: target.to_string(),
+        tenant_id: meta.tenant_id.as_deref(),
+        event_name: meta.event_name.as_deref().unwrap_or_default(),
+        message_id: &meta.message_id,
+        queue: &meta.queue,
+        adapter: &p.adapter_kind,
+        target,
     };
     // `finished` is owed to governance only for its own Allow decisions.
     let owes_finished = match p.governance.check(&gctx).await {

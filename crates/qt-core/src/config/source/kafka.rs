@@ -499,6 +499,19 @@ impl Validate for KafkaSourceConfig {
                 "qt reads health and backlog from librdkafka statistics; use a positive interval (default 1000)",
             );
         }
+        if let Some(max_poll) = self
+            .options
+            .get("max.poll.interval.ms")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            && self.revoke_drain_timeout >= Duration::from_millis(max_poll)
+        {
+            problems.push(
+                join(path, "revoke_drain_timeout"),
+                format!(
+                    "must be shorter than options.max.poll.interval.ms ({max_poll}ms): the group would drop this member while it drains"
+                ),
+            );
+        }
         self.validate_options(path, "options", &self.options, CONSUMER_OWNED_KEYS, problems);
         self.validate_options(
             path,
@@ -559,7 +572,7 @@ sasl: {mechanism: PLAIN, username: "", password: ""}
 ssl: {key_location: /k.pem}
 commit_interval: 0s
 redelivery_delay: 0s
-options: {group.id: x, enable.auto.commit: "true", sasl.password: p, fetch.min.bytes: "1"}
+options: {group.id: x, enable.auto.commit: "true", sasl.password: p, fetch.min.bytes: "1", statistics.interval.ms: "0", max.poll.interval.ms: "5000"}
 producer_options: {message.timeout.ms: "5", linger.ms: "5"}
 "#;
         let got = problems(&parse(yaml));
@@ -578,6 +591,8 @@ producer_options: {message.timeout.ms: "5", linger.ms: "5"}
             "source.options.enable.auto.commit:",
             "source.options.sasl.password: set by qt; use source.sasl.password instead",
             "source.producer_options.message.timeout.ms:",
+            "source.options.statistics.interval.ms:",
+            "source.revoke_drain_timeout: must be shorter than options.max.poll.interval.ms (5000ms)",
         ];
         for e in expect {
             assert!(got.iter().any(|p| p.starts_with(e)), "missing {e} in {got:#?}");

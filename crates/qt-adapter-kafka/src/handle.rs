@@ -1,0 +1,197 @@
+//! Settling one Kafka message: every outcome ends in "this offset is finished" (which lets
+//! the partition's committed offset move past it once everything before it is finished),
+//! except a failure, which rewinds the partition so the message is delivered again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use qt_core::headers::{ATTEMPT, dead_letter};
+use qt_core::{DeadLetter, Headers, Settle, SettleError, Settlement, SourceInfo};
+
+use crate::publisher::KafkaPublisher;
+use crate::record::{self, NOT_BEFORE};
+use crate::state::{Completion, Failure, Origin, Shared};
+
+/// What every handle of one adapter shares.
+#[derive(Debug)]
+pub struct SettleContext {
+    pub shared: Arc<Shared>,
+    pub publisher: KafkaPublisher,
+    pub dlq_topic: Option<String>,
+    pub retry_topic: Option<String>,
+    pub redelivery_delay: Duration,
+}
+
+impl SettleContext {
+    fn complete(&self, origin: &Origin) -> Completion {
+        let c = self.shared.lock().complete(origin);
+        self.shared.notify_settled();
+        c
+    }
+
+    /// The message stays unfinished and is delivered again.
+    fn fail(&self, origin: &Origin, why: &str) {
+        let f = self.shared.lock().fail(origin, Instant::now(), self.redelivery_delay);
+        self.shared.notify_settled();
+        match f {
+            Failure::Rewinding { target } => tracing::warn!(
+                message_id = %origin.message_id,
+                partition = %origin.tp,
+                rewind_to = target,
+                delay = ?self.redelivery_delay,
+                "{why}; the partition is read again from the first unfinished offset"
+            ),
+            Failure::LeftToBroker => tracing::info!(
+                message_id = %origin.message_id,
+                partition = %origin.tp,
+                "{why}; the message stays uncommitted and the broker delivers it again"
+            ),
+        }
+    }
+
+    fn stale(origin: &Origin) -> SettleError {
+        SettleError::ConnectionLost {
+            message_id: origin.message_id.clone(),
+        }
+    }
+}
+
+/// The settle side of one delivered Kafka message.
+pub struct KafkaSettle {
+    ctx: Arc<SettleContext>,
+    origin: Origin,
+}
+
+impl KafkaSettle {
+    pub fn new(ctx: Arc<SettleContext>, origin: Origin) -> Self {
+        Self { ctx, origin }
+    }
+
+    async fn requeue(&self, delay: Option<Duration>, attempt: u32) -> Result<(), SettleError> {
+        let o = &self.origin;
+        let topic = self.ctx.retry_topic.as_deref().unwrap_or(&o.tp.topic);
+        let attempt = attempt.to_string();
+        let mut extra = vec![(ATTEMPT, attempt)];
+        if let Some(d) = delay.filter(|d| !d.is_zero()) {
+            extra.push((NOT_BEFORE, record::not_before_value(d)));
+        }
+        let headers = record::outgoing_headers(&o.headers, &[ATTEMPT, NOT_BEFORE], extra);
+        self.ctx
+            .publisher
+            .produce(topic, o.key.as_deref(), o.payload.as_deref(), headers)
+            .await
+            .map(|_| ())
+            .map_err(|reason| SettleError::Broker {
+                operation: "requeue",
+                queue: topic.to_owned(),
+                message_id: o.message_id.clone(),
+                reason,
+            })
+    }
+
+    async fn dead_letter(&self, dl: &DeadLetter) -> Result<(), SettleError> {
+        let o = &self.origin;
+        let Some(topic) = self.ctx.dlq_topic.as_deref() else {
+            return Err(SettleError::Unsupported {
+                adapter: "kafka",
+                operation: "dead-lettering without source.dlq_topic (the message stays uncommitted)",
+            });
+        };
+        let mut source = SourceInfo::new("kafka", o.tp.topic.clone());
+        source.partition = Some(o.tp.partition);
+        source.offset = Some(o.offset);
+        let added = dl.headers_for(&Headers::new(), &source, &o.message_id);
+        let headers = record::outgoing_headers(&o.headers, &DEAD_LETTER_HEADERS, added.iter());
+        self.ctx
+            .publisher
+            .produce(topic, o.key.as_deref(), o.payload.as_deref(), headers)
+            .await
+            .map(|_| ())
+            .map_err(|reason| SettleError::Broker {
+                operation: "dead-letter",
+                queue: topic.to_owned(),
+                message_id: o.message_id.clone(),
+                reason,
+            })
+    }
+}
+
+impl KafkaSettle {
+    fn finish(&self) -> Result<(), SettleError> {
+        match self.ctx.complete(&self.origin) {
+            Completion::Counted => Ok(()),
+            Completion::Stale => Err(SettleContext::stale(&self.origin)),
+        }
+    }
+
+    /// A copy produced for a partition this consumer no longer owns would duplicate the
+    /// redelivery its new owner is about to process.
+    fn check_current(&self) -> Result<(), SettleError> {
+        if self.ctx.shared.lock().is_current(&self.origin) {
+            Ok(())
+        } else {
+            Err(SettleContext::stale(&self.origin))
+        }
+    }
+
+    /// The original is finished only once its copy is confirmed.
+    fn after_produce(&self, what: &str, produced: Result<(), SettleError>) -> Result<(), SettleError> {
+        match produced {
+            Ok(()) => {
+                if self.ctx.complete(&self.origin) == Completion::Stale {
+                    tracing::debug!(
+                        message_id = %self.origin.message_id,
+                        "{what} written, but the partition was revoked meanwhile; the original is delivered again"
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.ctx.fail(&self.origin, &format!("{what} failed: {e}"));
+                Err(e)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Settle for KafkaSettle {
+    async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), SettleError> {
+        match settlement {
+            Settlement::Ack => self.finish(),
+            Settlement::Nack => {
+                tracing::debug!(message_id = %self.origin.message_id, "nack: Kafka has no reject, the message is dropped");
+                self.finish()
+            }
+            Settlement::Requeue { delay, attempt } => {
+                self.check_current()?;
+                let produced = self.requeue(delay, attempt).await;
+                self.after_produce("requeue", produced)
+            }
+            Settlement::DeadLetter(dl) => {
+                self.check_current()?;
+                let produced = self.dead_letter(&dl).await;
+                self.after_produce("dead-letter", produced)
+            }
+        }
+    }
+
+    fn abandon(self: Box<Self>) {
+        self.ctx.fail(&self.origin, "handle dropped unsettled");
+    }
+}
+
+/// Header names a dead letter replaces on the original, so a message dead-lettered again
+/// (after a replay) carries one set of reasons.
+const DEAD_LETTER_HEADERS: [&str; 9] = [
+    dead_letter::REASON,
+    dead_letter::ERROR_CLASS,
+    dead_letter::ATTEMPTS,
+    dead_letter::ORIGINAL_QUEUE,
+    dead_letter::ORIGINAL_PARTITION,
+    dead_letter::ORIGINAL_OFFSET,
+    dead_letter::ORIGINAL_MESSAGE_ID,
+    dead_letter::FIRST_FAILURE_AT,
+    dead_letter::LAST_FAILURE_AT,
+];
