@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::envelope::MessageEnvelope;
+use crate::envelope::{MessageEnvelope, Payload};
 use crate::error_class::ErrorClass;
 use crate::health::Health;
 
@@ -38,13 +38,30 @@ pub struct AgentEventJson<'a> {
     pub context: AgentContextJson<'a>,
 }
 
+/// The payload as written into an agent's JSON: a JSON body's own text (not re-encoded),
+/// a selected sub-document, text as a string, binary as base64.
+#[derive(Debug)]
+pub enum PayloadRef<'a> {
+    Payload(&'a Payload),
+    Selected(&'a serde_json::Value),
+}
+
+impl Serialize for PayloadRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            PayloadRef::Payload(p) => p.serialize(serializer),
+            PayloadRef::Selected(v) => v.serialize(serializer),
+        }
+    }
+}
+
 /// The message and its origin, as the agent sees them.
 #[derive(Debug, Serialize)]
 pub struct AgentContextJson<'a> {
     pub message_id: &'a str,
-    pub trace_id: String,
+    pub trace_id: crate::trace::TraceId,
     pub payload_format: &'static str,
-    pub payload: serde_json::Value,
+    pub payload: PayloadRef<'a>,
     pub headers: &'a crate::headers::Headers,
     pub received_at: chrono::DateTime<chrono::Utc>,
     pub source: &'a crate::message::SourceInfo,
@@ -72,13 +89,16 @@ impl AgentEvent {
             attempt: self.attempt,
             context: AgentContextJson {
                 message_id: &env.message_id,
-                trace_id: env.trace_id.to_string(),
+                trace_id: env.trace_id,
                 payload_format: if self.selected_payload.is_some() {
                     "json"
                 } else {
                     env.payload.format()
                 },
-                payload: self.payload_json(),
+                payload: match &self.selected_payload {
+                    Some(v) => PayloadRef::Selected(v),
+                    None => PayloadRef::Payload(&env.payload),
+                },
                 headers: &env.headers,
                 received_at: env.received_at,
                 source: &env.source,

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::extract::{Extracted, ExtractionError, ExtractionRules};
 use crate::headers::{Headers, TRACEPARENT};
+use crate::json_payload::JsonPayload;
 use crate::message::{RawMessage, SourceInfo};
 use crate::parse::{ParseError, Parser};
 use crate::trace::TraceId;
@@ -14,7 +15,7 @@ use crate::trace::TraceId;
 /// A parsed body.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Payload {
-    Json(serde_json::Value),
+    Json(JsonPayload),
     Text(String),
     Binary(Bytes),
 }
@@ -28,9 +29,15 @@ impl Payload {
         }
     }
 
+    /// A JSON payload from a value (tests, publishers).
+    pub fn json(value: serde_json::Value) -> Self {
+        Payload::Json(JsonPayload::from_value(value))
+    }
+
+    /// The JSON document as a value tree (built on first use).
     pub fn as_json(&self) -> Option<&serde_json::Value> {
         match self {
-            Payload::Json(v) => Some(v),
+            Payload::Json(v) => Some(v.value()),
             _ => None,
         }
     }
@@ -39,7 +46,7 @@ impl Payload {
     /// base64 string (the context's `payload_format` says which).
     pub fn to_json_value(&self) -> serde_json::Value {
         match self {
-            Payload::Json(v) => v.clone(),
+            Payload::Json(v) => v.value().clone(),
             Payload::Text(s) => serde_json::Value::String(s.clone()),
             Payload::Binary(b) => serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
         }
@@ -256,7 +263,7 @@ mod tests {
                     prop_assert_eq!(&env.trace_id.to_string(), tp);
                 }
             match (format, env.payload) {
-                (PayloadFormat::Json, Payload::Json(v)) => prop_assert_eq!(v, serde_json::json!({"text": text})),
+                (PayloadFormat::Json, Payload::Json(v)) => prop_assert_eq!(v.value(), &serde_json::json!({"text": text})),
                 (PayloadFormat::Text, Payload::Text(s)) => prop_assert_eq!(s, text),
                 (PayloadFormat::Binary, Payload::Binary(b)) => prop_assert_eq!(&b[..], &body[..]),
                 (f, p) => prop_assert!(false, "format {:?} gave {:?}", f, p),

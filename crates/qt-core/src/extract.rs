@@ -210,7 +210,7 @@ impl ExtractionRules {
             agent_payload: None,
         };
         if let Some(pointer) = &self.payload_pointer {
-            let Payload::Json(doc) = payload else {
+            let Some(doc) = payload.as_json() else {
                 return Err(ExtractionError::PayloadNotJson {
                     pointer: pointer.clone(),
                     format: payload.format(),
@@ -299,7 +299,7 @@ mod tests {
         let rules: ExtractionRules =
             serde_yaml_ng::from_str("event_name:\n  - header: x-type\n  - pointer: /type\n  - value: fallback\n")
                 .unwrap();
-        let payload = Payload::Json(json!({"type": "order.created"}));
+        let payload = Payload::json(json!({"type": "order.created"}));
         let mut headers = Headers::new();
         assert_eq!(
             rules.extract(&headers, &payload, &src()).unwrap().event_name.as_deref(),
@@ -310,7 +310,7 @@ mod tests {
             rules.extract(&headers, &payload, &src()).unwrap().event_name.as_deref(),
             Some("from-header")
         );
-        let empty = Payload::Json(json!({}));
+        let empty = Payload::json(json!({}));
         assert_eq!(
             rules
                 .extract(&Headers::new(), &empty, &src())
@@ -325,11 +325,11 @@ mod tests {
     fn numbers_become_strings_objects_are_refused() {
         let rules: ExtractionRules = serde_yaml_ng::from_str("dedup_key: [{pointer: /id}]\n").unwrap();
         let ok = rules
-            .extract(&Headers::new(), &Payload::Json(json!({"id": 42})), &src())
+            .extract(&Headers::new(), &Payload::json(json!({"id": 42})), &src())
             .unwrap();
         assert_eq!(ok.dedup_key.as_deref(), Some("42"));
         let err = rules
-            .extract(&Headers::new(), &Payload::Json(json!({"id": {"a": 1}})), &src())
+            .extract(&Headers::new(), &Payload::json(json!({"id": {"a": 1}})), &src())
             .unwrap_err();
         assert!(err.to_string().contains("dedup_key"), "{err}");
     }
@@ -340,14 +340,14 @@ mod tests {
         let got = rules
             .extract(
                 &Headers::new(),
-                &Payload::Json(json!({"data": {"x": 1}, "noise": 2})),
+                &Payload::json(json!({"data": {"x": 1}, "noise": 2})),
                 &src(),
             )
             .unwrap();
         assert_eq!(got.agent_payload, Some(json!({"x": 1})));
         assert!(
             rules
-                .extract(&Headers::new(), &Payload::Json(json!({})), &src())
+                .extract(&Headers::new(), &Payload::json(json!({})), &src())
                 .is_err()
         );
         assert!(
@@ -361,7 +361,7 @@ mod tests {
     fn required_fields_must_resolve() {
         let rules: ExtractionRules = serde_yaml_ng::from_str("required: [tenant_id]\n").unwrap();
         let err = rules
-            .extract(&Headers::new(), &Payload::Json(json!({})), &src())
+            .extract(&Headers::new(), &Payload::json(json!({})), &src())
             .unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -374,7 +374,7 @@ mod tests {
         let mut s = src();
         s.key = Some("k1".into());
         let got = ExtractionRules::default()
-            .extract(&Headers::new(), &Payload::Json(json!({})), &s)
+            .extract(&Headers::new(), &Payload::json(json!({})), &s)
             .unwrap();
         assert_eq!(got.ordering_key.as_deref(), Some("k1"));
     }

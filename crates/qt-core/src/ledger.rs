@@ -1,5 +1,7 @@
 //! The audit ledger: one record for every outcome (requirement 7.2).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -46,13 +48,35 @@ pub struct AttemptRecord {
     pub backoff_ms: Option<u64>,
 }
 
-/// What happened to one message.
+/// How the broker was told, as recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SettlementKind {
+    Ack,
+    Nack,
+    Requeue,
+    DeadLetter,
+}
+
+impl From<&crate::delivery::Settlement> for SettlementKind {
+    fn from(s: &crate::delivery::Settlement) -> Self {
+        match s {
+            crate::delivery::Settlement::Ack => SettlementKind::Ack,
+            crate::delivery::Settlement::Nack => SettlementKind::Nack,
+            crate::delivery::Settlement::Requeue { .. } => SettlementKind::Requeue,
+            crate::delivery::Settlement::DeadLetter(_) => SettlementKind::DeadLetter,
+        }
+    }
+}
+
+/// What happened to one message. Names shared by many records (queue, adapter, target) are
+/// reference-counted rather than copied per record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LedgerRecord {
-    pub trace_id: String,
+    pub trace_id: crate::trace::TraceId,
     pub message_id: String,
-    pub queue: String,
-    pub adapter: String,
+    pub queue: Arc<str>,
+    pub adapter: Arc<str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,10 +84,10 @@ pub struct LedgerRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
+    pub target: Option<Arc<str>>,
     pub status: LedgerStatus,
-    /// How the broker was told: ack, nack, requeue, dead_letter.
-    pub settlement: String,
+    /// How the broker was told.
+    pub settlement: SettlementKind,
     /// Agent attempts made (0 when the agent was never called).
     pub attempts: u32,
     pub duration_ms: f64,

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Payload;
+use crate::json_payload::JsonPayload;
 
 /// Which parser a trigger uses (`processing.parser`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,7 +75,7 @@ impl Parser for JsonParser {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(ParseError::EmptyBody);
         }
-        serde_json::from_slice(body).map(Payload::Json).map_err(|e| {
+        JsonPayload::parse(body).map(Payload::Json).map_err(|e| {
             // serde_json reports "expected value" for non-UTF-8 input; say what it is.
             if let Err(utf8) = std::str::from_utf8(body) {
                 let offset = utf8.valid_up_to();
@@ -234,7 +235,7 @@ mod tests {
         #[test]
         fn json_round_trip(value in arb_json()) {
             let body = Bytes::from(serde_json::to_vec(&value).unwrap());
-            prop_assert_eq!(json().parse(&body).unwrap(), Payload::Json(value));
+            prop_assert_eq!(json().parse(&body).unwrap(), Payload::json(value));
         }
 
         /// Parsing round trip, text: any UTF-8 string comes back unchanged.

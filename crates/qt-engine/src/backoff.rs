@@ -72,9 +72,10 @@ pub fn decide(
     }
     let delay = retry_after.unwrap_or_else(|| jittered_delay(&policy, retries_done + 1, unit));
     if let Some(budget) = config.total_budget
-        && elapsed + delay > budget {
-            return RetryDecision::GiveUp(GiveUpReason::BudgetExhausted);
-        }
+        && elapsed + delay > budget
+    {
+        return RetryDecision::GiveUp(GiveUpReason::BudgetExhausted);
+    }
     RetryDecision::RetryAfter(delay)
 }
 

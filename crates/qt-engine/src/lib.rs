@@ -11,7 +11,6 @@ pub mod builtin;
 pub mod metrics;
 mod pipeline;
 pub mod routing;
-pub mod sequencer;
 mod trigger;
 
 pub use metrics::{DlqReason, MetricsSnapshot};

@@ -181,7 +181,7 @@ impl TriggerBuilder {
         } else {
             match (self.store, &c.idempotency.store) {
                 (Some(s), _) => Some(s),
-                (None, StoreConfig::Memory) => Some(Arc::new(MemoryStore::new(c.idempotency.key_prefix.clone()))),
+                (None, StoreConfig::Memory) => Some(Arc::new(MemoryStore::new())),
                 (None, StoreConfig::Redis(_)) => return Err(BuildError::StoreNotGiven("redis")),
             }
         };
@@ -191,7 +191,6 @@ impl TriggerBuilder {
             (None, LedgerConfig::Jsonl(j)) => Arc::new(JsonlLedger::open(&j.path, j.fsync)?),
         };
         let max_in_flight = c.processing.effective_max_in_flight();
-        let concurrency = c.processing.concurrency;
         let pipeline = Pipeline {
             parser: parser_for(c.processing.parser, c.processing.max_message_bytes),
             router: router.expect("checked above"),
@@ -200,7 +199,8 @@ impl TriggerBuilder {
             governance: governance.expect("checked above"),
             ledger,
             metrics: Arc::new(Metrics::new()),
-            agent_slots: Arc::new(Semaphore::new(concurrency)),
+            agent_slots: Semaphore::new(c.processing.concurrency),
+            sequencer: parking_lot::Mutex::new(crate::pipeline::order::Sequencer::new(max_in_flight)),
             abort: CancellationToken::new(),
             adapter_kind: Arc::from(adapter.kind()),
             config: c,
@@ -224,7 +224,8 @@ impl TriggerBuilder {
 struct Running {
     stop_intake: CancellationToken,
     intake: JoinHandle<&'static str>,
-    workers: TaskTracker,
+    /// The batch tasks: a stop waits for them (the drain).
+    batches: TaskTracker,
     settler: JoinHandle<()>,
     backlog_poller: JoinHandle<()>,
 }
@@ -355,14 +356,14 @@ impl QueueTrigger {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let settler = tokio::spawn(settler::run(p.clone(), rx));
-        let workers = TaskTracker::new();
+        let batches = TaskTracker::new();
         let stop_intake = CancellationToken::new();
         let intake = Intake {
             pipeline: p.clone(),
             adapter: s.adapter.clone(),
             in_flight: s.in_flight.clone(),
             finished: tx,
-            workers: workers.clone(),
+            batches: batches.clone(),
             stop: stop_intake.clone(),
             state: s.state.subscribe(),
             source_error: s.source_error.clone(),
@@ -382,7 +383,7 @@ impl QueueTrigger {
         *running = Some(Running {
             stop_intake,
             intake,
-            workers,
+            batches,
             settler,
             backlog_poller,
         });
@@ -498,9 +499,9 @@ impl QueueTrigger {
         running.stop_intake.cancel();
         let _ = running.intake.await;
         running.backlog_poller.abort();
-        running.workers.close();
+        running.batches.close();
         let drain = p.config.processing.drain_timeout;
-        let drained = tokio::time::timeout(drain, running.workers.wait()).await.is_ok();
+        let drained = tokio::time::timeout(drain, running.batches.wait()).await.is_ok();
         if !drained {
             warn!(
                 timeout = ?drain,
@@ -508,7 +509,7 @@ impl QueueTrigger {
                 "drain timeout passed; abandoning runs still in progress (their messages will be redelivered)"
             );
             p.abort.cancel();
-            running.workers.wait().await;
+            running.batches.wait().await;
         }
         // Every sender is gone now, so the settler finishes what is queued and returns.
         let _ = running.settler.await;
@@ -566,11 +567,11 @@ impl QueueTrigger {
             if matches!(
                 p.config.idempotency.on_store_error,
                 qt_core::config::OnStoreError::FailOpen
-            )
-                && let Health::Unhealthy(reason) = h {
-                    // fail_open keeps processing without dedup: degraded, not down.
-                    h = Health::Degraded(format!("running without dedup: {reason}"));
-                }
+            ) && let Health::Unhealthy(reason) = h
+            {
+                // fail_open keeps processing without dedup: degraded, not down.
+                h = Health::Degraded(format!("running without dedup: {reason}"));
+            }
             components.push(ComponentHealth {
                 component: "idempotency".to_owned(),
                 health: h,

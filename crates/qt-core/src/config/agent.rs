@@ -124,11 +124,12 @@ impl Validate for AgentConfig {
             }
         }
         if let Some(t) = &self.default_target
-            && !self.targets.contains_key(t) {
-                problems.push(
-                    join(path, "default_target"),
-                    format!("no target named {t:?} in {}", join(path, "targets")),
-                );
-            }
+            && !self.targets.contains_key(t)
+        {
+            problems.push(
+                join(path, "default_target"),
+                format!("no target named {t:?} in {}", join(path, "targets")),
+            );
+        }
     }
 }

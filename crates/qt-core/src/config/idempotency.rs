@@ -32,7 +32,6 @@ pub enum StoreConfig {
     Redis(RedisStoreConfig),
 }
 
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdempotencyConfig {

@@ -40,8 +40,9 @@ impl Default for LedgerConfig {
 impl Validate for LedgerConfig {
     fn validate(&self, path: &str, problems: &mut ConfigErrors) {
         if let LedgerConfig::Jsonl(j) = self
-            && j.path.as_os_str().is_empty() {
-                problems.push(join(path, "path"), "required");
-            }
+            && j.path.as_os_str().is_empty()
+        {
+            problems.push(join(path, "path"), "required");
+        }
     }
 }

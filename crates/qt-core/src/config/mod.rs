@@ -104,12 +104,13 @@ impl Validate for Config {
                 problems.push(at, format!("security.require_tls is set but {endpoint} is not TLS"));
             }
             if let StoreConfig::Redis(r) = &self.idempotency.store
-                && !r.is_tls() {
-                    problems.push(
-                        join(path, "idempotency.store.url"),
-                        format!("security.require_tls is set but {} is not TLS (use rediss://)", r.url),
-                    );
-                }
+                && !r.is_tls()
+            {
+                problems.push(
+                    join(path, "idempotency.store.url"),
+                    format!("security.require_tls is set but {} is not TLS (use rediss://)", r.url),
+                );
+            }
         }
     }
 }

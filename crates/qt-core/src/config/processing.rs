@@ -182,12 +182,13 @@ impl Validate for ProcessingConfig {
             );
         }
         if let Some(m) = self.max_in_flight
-            && m < self.concurrency {
-                problems.push(
-                    join(path, "max_in_flight"),
-                    format!("must be at least concurrency ({}), got {m}", self.concurrency),
-                );
-            }
+            && m < self.concurrency
+        {
+            problems.push(
+                join(path, "max_in_flight"),
+                format!("must be at least concurrency ({}), got {m}", self.concurrency),
+            );
+        }
         let ex = join(path, "extraction");
         for (field, rules) in [
             ("event_name", &self.extraction.event_name),

@@ -139,26 +139,29 @@ fn check_backoff(
     problems: &mut ConfigErrors,
 ) {
     if let Some(m) = multiplier
-        && !(1.0..=100.0).contains(&m) {
-            problems.push(
-                join(path, "multiplier"),
-                format!("must be between 1.0 and 100.0, got {m}"),
-            );
-        }
+        && !(1.0..=100.0).contains(&m)
+    {
+        problems.push(
+            join(path, "multiplier"),
+            format!("must be between 1.0 and 100.0, got {m}"),
+        );
+    }
     if let Some(j) = jitter
-        && !(0.0..=1.0).contains(&j) {
-            problems.push(
-                join(path, "jitter"),
-                format!("must be a fraction between 0 and 1, got {j}"),
-            );
-        }
+        && !(0.0..=1.0).contains(&j)
+    {
+        problems.push(
+            join(path, "jitter"),
+            format!("must be a fraction between 0 and 1, got {j}"),
+        );
+    }
     if let (Some(i), Some(m)) = (initial, max)
-        && i > m {
-            problems.push(
-                join(path, "max"),
-                format!("must be at least initial ({})", humantime::format_duration(i)),
-            );
-        }
+        && i > m
+    {
+        problems.push(
+            join(path, "max"),
+            format!("must be at least initial ({})", humantime::format_duration(i)),
+        );
+    }
 }
 
 impl Validate for RetryConfig {

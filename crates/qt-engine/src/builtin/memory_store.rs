@@ -27,35 +27,43 @@ const SHARDS: usize = 16;
 /// Expired entries are swept from a shard once it has grown by this many inserts.
 const SWEEP_EVERY: usize = 4096;
 
+/// Keys are hashed on every claim and completion; foldhash, seeded per process, is several
+/// times cheaper than the default SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 struct Shard {
-    entries: HashMap<String, Marker>,
+    entries: FastMap<IdempotencyKey, Marker>,
     inserts_since_sweep: usize,
 }
 
-/// Claims are atomic per key (one lock per shard), leases and windows expire by time.
+/// Claims are atomic per key (one lock per shard), leases and windows expire by time. Keys
+/// are (tenant, key) pairs, so tenants never share one; a key prefix has no use inside one
+/// process.
 #[derive(Debug)]
 pub struct MemoryStore {
-    prefix: String,
     shards: Vec<Mutex<Shard>>,
     next_token: AtomicU64,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl MemoryStore {
-    pub fn new(prefix: impl Into<String>) -> Self {
+    pub fn new() -> Self {
         Self {
-            prefix: prefix.into(),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             next_token: AtomicU64::new(1),
             hasher: Default::default(),
         }
     }
 
-    fn shard(&self, storage_key: &str) -> &Mutex<Shard> {
-        
-        
-        &self.shards[(self.hasher.hash_one(storage_key) as usize) % SHARDS]
+    fn shard(&self, key: &IdempotencyKey) -> &Mutex<Shard> {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
     /// Keys currently remembered (in flight or done), for tests and status.
@@ -72,18 +80,18 @@ impl MemoryStore {
     }
 
     fn claim_now(&self, key: &IdempotencyKey, lease: Duration, now: Instant) -> Claim {
-        let storage_key = key.storage_key(&self.prefix);
-        let mut shard = self.shard(&storage_key).lock();
-        if let Some(marker) = shard.entries.get(&storage_key)
-            && marker.live(now) {
-                return match marker {
-                    Marker::InFlight { .. } => Claim::InFlight,
-                    Marker::Done { .. } => Claim::Completed,
-                };
-            }
+        let mut shard = self.shard(key).lock();
+        if let Some(marker) = shard.entries.get(key)
+            && marker.live(now)
+        {
+            return match marker {
+                Marker::InFlight { .. } => Claim::InFlight,
+                Marker::Done { .. } => Claim::Completed,
+            };
+        }
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         shard.entries.insert(
-            storage_key,
+            key.clone(),
             Marker::InFlight {
                 token,
                 until: now + lease,
@@ -101,16 +109,15 @@ impl MemoryStore {
     }
 
     /// Applies `f` to the marker if `token` still holds it.
-    fn with_held(&self, token: &ClaimToken, now: Instant, f: impl FnOnce(&mut Shard, String)) -> ClaimState {
-        let storage_key = token.key.storage_key(&self.prefix);
+    fn with_held(&self, token: &ClaimToken, now: Instant, f: impl FnOnce(&mut Shard, &IdempotencyKey)) -> ClaimState {
         let wanted: Option<u64> = token.token.parse().ok();
-        let mut shard = self.shard(&storage_key).lock();
+        let mut shard = self.shard(&token.key).lock();
         let held = matches!(
-            shard.entries.get(&storage_key),
+            shard.entries.get(&token.key),
             Some(Marker::InFlight { token: t, until }) if *until > now && Some(*t) == wanted
         );
         if held {
-            f(&mut shard, storage_key);
+            f(&mut shard, &token.key);
             ClaimState::Held
         } else {
             ClaimState::Lost
@@ -132,13 +139,15 @@ impl IdempotencyStore for MemoryStore {
     async fn complete(&self, token: &ClaimToken, window: Duration) -> Result<ClaimState, StoreError> {
         let now = Instant::now();
         Ok(self.with_held(token, now, |shard, key| {
-            shard.entries.insert(key, Marker::Done { until: now + window });
+            if let Some(m) = shard.entries.get_mut(key) {
+                *m = Marker::Done { until: now + window };
+            }
         }))
     }
 
     async fn release(&self, token: &ClaimToken) -> Result<ClaimState, StoreError> {
         Ok(self.with_held(token, Instant::now(), |shard, key| {
-            shard.entries.remove(&key);
+            shard.entries.remove(key);
         }))
     }
 
@@ -158,7 +167,7 @@ mod tests {
 
     #[tokio::test]
     async fn claim_complete_release_cycle() {
-        let s = MemoryStore::new("p");
+        let s = MemoryStore::new();
         let Claim::Acquired(tok) = s.claim(&key(None, "a"), Duration::from_secs(5)).await.unwrap() else {
             panic!()
         };
@@ -184,7 +193,7 @@ mod tests {
 
     #[tokio::test]
     async fn expired_lease_cannot_touch_the_next_claim() {
-        let s = MemoryStore::new("p");
+        let s = MemoryStore::new();
         let Claim::Acquired(old) = s.claim(&key(None, "a"), Duration::from_millis(20)).await.unwrap() else {
             panic!()
         };
@@ -205,7 +214,7 @@ mod tests {
 
     #[tokio::test]
     async fn window_expiry_lets_a_key_run_again() {
-        let s = MemoryStore::new("p");
+        let s = MemoryStore::new();
         let Claim::Acquired(t) = s.claim(&key(None, "a"), Duration::from_secs(5)).await.unwrap() else {
             panic!()
         };
@@ -230,7 +239,7 @@ mod tests {
         fn exactly_one_concurrent_claim_per_tenant_key(claimers in 2usize..16, tenants in prop::collection::btree_set("[a-c]{1,2}", 1..4)) {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
             rt.block_on(async {
-                let s = std::sync::Arc::new(MemoryStore::new("p"));
+                let s = std::sync::Arc::new(MemoryStore::new());
                 let mut tasks = Vec::new();
                 for t in &tenants {
                     for _ in 0..claimers {

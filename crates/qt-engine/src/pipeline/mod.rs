@@ -2,18 +2,20 @@
 //!
 //! 1. **intake** (one task): receive a batch, parse and extract, route, claim the batch's
 //!    idempotency keys in one call, dispatch runnable messages;
-//! 2. **workers** (one task per message, `concurrency` agent slots): governance, the agent
-//!    with retries;
+//! 2. **workers** (a pool of `concurrency` tasks; per-key order kept by the dispatcher):
+//!    governance, the agent with retries (backoffs wait on timers, not in workers);
 //! 3. **settler** (one task): complete/release claims, write the batch's ledger records,
 //!    and only then settle each message on the broker.
 //!
 //! Every message carries an in-flight permit from intake until it is settled, which bounds
 //! memory and makes "drained" mean "nothing taken and unsettled".
 
+pub(crate) mod batch;
 pub(crate) mod intake;
+pub(crate) mod order;
 pub(crate) mod outcome;
+pub(crate) mod run;
 pub(crate) mod settler;
-pub(crate) mod worker;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,7 +44,9 @@ pub(crate) struct Pipeline {
     pub ledger: Arc<dyn Ledger>,
     pub metrics: Arc<Metrics>,
     /// Agent slots: `processing.concurrency`.
-    pub agent_slots: Arc<Semaphore>,
+    pub agent_slots: Semaphore,
+    /// Per-key chains for `ordering: key` / `partition`.
+    pub sequencer: parking_lot::Mutex<order::Sequencer>,
     /// Cancelled when a stop's drain timeout passes: runs still going are abandoned and
     /// their messages left for redelivery.
     pub abort: CancellationToken,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use qt_core::{AckHandle, ClaimState, ClaimToken, LedgerRecord, Settlement};
+use qt_core::{AckHandle, ClaimState, ClaimToken, LedgerRecord, Settlement, SettlementKind};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
@@ -43,6 +43,7 @@ async fn finish_batch(p: &Arc<Pipeline>, batch: Vec<Finished>, settles: &TaskTra
     let mut releases: Vec<ClaimToken> = Vec::new();
     let mut records = Vec::with_capacity(batch.len());
     let mut pending = Vec::with_capacity(batch.len());
+    let now = Utc::now();
     for f in batch {
         let Finished {
             handle,
@@ -70,17 +71,17 @@ async fn finish_batch(p: &Arc<Pipeline>, batch: Vec<Finished>, settles: &TaskTra
         if matches!(outcome, Outcome::Duplicate) {
             p.metrics.dedup_hit();
         }
-        records.push(record(p, &meta, &outcome, &row));
         pending.push(Pending {
             handle,
-            settlement: row.settlement,
             dlq_reason: row.dlq_reason,
             trace_id: meta.trace_id,
-            message_id: meta.message_id,
+            message_id: meta.message_id.clone(),
             permit,
             started: meta.started,
             status: row.status,
+            settlement: row.settlement.clone(),
         });
+        records.push(record(p, meta, outcome, row, now));
     }
     if let Some(store) = &p.store {
         let window = p.config.idempotency.window;
@@ -94,10 +95,11 @@ async fn finish_batch(p: &Arc<Pipeline>, batch: Vec<Finished>, settles: &TaskTra
             }
         }
         if !releases.is_empty()
-            && let Err(e) = store.release_batch(&releases).await {
-                p.metrics.idempotency_error(releases.len() as u64);
-                warn!(error = %e, keys = releases.len(), "could not release keys; they are free again once their lease expires");
-            }
+            && let Err(e) = store.release_batch(&releases).await
+        {
+            p.metrics.idempotency_error(releases.len() as u64);
+            warn!(error = %e, keys = releases.len(), "could not release keys; they are free again once their lease expires");
+        }
     }
     if records.is_empty() {
         return;
@@ -113,32 +115,28 @@ async fn finish_batch(p: &Arc<Pipeline>, batch: Vec<Finished>, settles: &TaskTra
     }
     let p = p.clone();
     settles.spawn(async move {
-        let results = futures::future::join_all(pending.into_iter().map(|m| {
-            let p = p.clone();
-            async move {
-                let kind = m.settlement.kind();
-                let result = m.handle.settle(m.settlement).await;
-                match result {
-                    Ok(()) => {
-                        debug!(trace_id = %m.trace_id, message_id = %m.message_id, settlement = kind, "settled");
-                        if let Some(reason) = m.dlq_reason {
-                            p.metrics.dead_lettered(reason);
-                        }
-                    }
-                    Err(e) => {
-                        p.metrics.settle_error();
-                        warn!(trace_id = %m.trace_id, message_id = %m.message_id, settlement = kind, error = %e, "settle failed; the broker will redeliver");
-                    }
-                }
-                p.metrics.processed(m.status);
-                p.metrics.observe_processing(m.started.elapsed());
-                p.metrics.left_pipeline();
-                drop(m.permit);
-            }
-        }))
-        .await;
-        drop(results);
+        futures::future::join_all(pending.into_iter().map(|m| settle_one(&p, m))).await;
     });
+}
+
+async fn settle_one(p: &Pipeline, m: Pending) {
+    let kind = m.settlement.kind();
+    match m.handle.settle(m.settlement).await {
+        Ok(()) => {
+            debug!(trace_id = %m.trace_id, message_id = %m.message_id, settlement = kind, "settled");
+            if let Some(reason) = m.dlq_reason {
+                p.metrics.dead_lettered(reason);
+            }
+        }
+        Err(e) => {
+            p.metrics.settle_error();
+            warn!(trace_id = %m.trace_id, message_id = %m.message_id, settlement = kind, error = %e, "settle failed; the broker will redeliver");
+        }
+    }
+    p.metrics.processed(m.status);
+    p.metrics.observe_processing(m.started.elapsed());
+    p.metrics.left_pipeline();
+    drop(m.permit);
 }
 
 fn warn_lost(tokens: &[ClaimToken], states: &[ClaimState], operation: &str) {
@@ -149,8 +147,16 @@ fn warn_lost(tokens: &[ClaimToken], states: &[ClaimState], operation: &str) {
     }
 }
 
-fn record(p: &Pipeline, meta: &super::MessageMeta, outcome: &Outcome, row: &Resolution) -> LedgerRecord {
-    let (attempts, run_id, llm_calls, history) = match outcome {
+/// The ledger record of one outcome; takes the message's strings instead of copying them.
+fn record(
+    p: &Pipeline,
+    meta: super::MessageMeta,
+    outcome: Outcome,
+    row: Resolution,
+    now: chrono::DateTime<Utc>,
+) -> LedgerRecord {
+    let settlement = SettlementKind::from(&row.settlement);
+    let (attempts, run_id, llm_calls, history) = match &outcome {
         Outcome::Succeeded { run, attempts, history } => {
             (*attempts, run.run_id.clone(), run.llm_calls, history.clone())
         }
@@ -158,33 +164,31 @@ fn record(p: &Pipeline, meta: &super::MessageMeta, outcome: &Outcome, row: &Reso
         _ => (0, None, 0, Vec::new()),
     };
     let (decision_reason, decision_policies) = match outcome {
-        Outcome::Rejected { reason, policies } | Outcome::Deferred { reason, policies, .. } => {
-            (Some(reason.clone()), policies.clone())
-        }
+        Outcome::Rejected { reason, policies } | Outcome::Deferred { reason, policies, .. } => (Some(reason), policies),
         _ => (None, Vec::new()),
     };
     LedgerRecord {
-        trace_id: meta.trace_id.to_string(),
-        message_id: meta.message_id.clone(),
-        queue: meta.queue.to_string(),
-        adapter: p.adapter_kind.to_string(),
-        event_name: meta.event_name.clone(),
-        tenant_id: meta.tenant_id.clone(),
-        dedup_key: meta.dedup_key.clone(),
-        target: meta.target.as_ref().map(|t| t.to_string()),
+        trace_id: meta.trace_id,
+        message_id: meta.message_id,
+        queue: meta.queue,
+        adapter: p.adapter_kind.clone(),
+        event_name: meta.event_name,
+        tenant_id: meta.tenant_id,
+        dedup_key: meta.dedup_key,
+        target: meta.target,
         status: row.status,
-        settlement: row.settlement.kind().to_owned(),
+        settlement,
         attempts,
         duration_ms: meta.started.elapsed().as_secs_f64() * 1000.0,
         consume_latency_ms: meta.consume_latency.map(|d| d.as_secs_f64() * 1000.0),
         agent_run_id: run_id,
         llm_calls,
-        error: row.error.clone(),
+        error: row.error,
         error_class: row.error_class,
         decision_reason,
         decision_policies,
         retries: history,
         received_at: meta.received_at,
-        finished_at: Utc::now(),
+        finished_at: now,
     }
 }

@@ -71,7 +71,7 @@ proptest! {
         // delivery leaves a ledger record: a line's trace id must be one of its message's.
         let mut traces: std::collections::HashMap<String, std::collections::HashSet<String>> = Default::default();
         for r in ran.records() {
-            traces.entry(r.message_id).or_default().insert(r.trace_id);
+            traces.entry(r.message_id).or_default().insert(r.trace_id.to_string());
         }
         let text = String::from_utf8(capture.0.lock().clone()).unwrap();
         let mut per_message_lines = 0;

@@ -82,8 +82,8 @@ proptest! {
             for (i, k) in kinds.iter().enumerate() {
                 let id = format!("m{i}");
                 let r = &finals[&id];
-                prop_assert_eq!(r.trace_id.len(), 32);
-                prop_assert_eq!(&r.queue, "q");
+                prop_assert_eq!(r.trace_id.to_string().len(), 32);
+                prop_assert_eq!(&*r.queue, "q");
                 prop_assert!(r.duration_ms >= 0.0);
                 let expected_status = match k {
                     Kind::Ok => LedgerStatus::Succeeded,

@@ -31,8 +31,9 @@ impl Validate for MockSourceConfig {
             problems.push(join(path, "queue"), "must not be empty");
         }
         if let Some(f) = &self.file
-            && f.as_os_str().is_empty() {
-                problems.push(join(path, "file"), "must not be empty");
-            }
+            && f.as_os_str().is_empty()
+        {
+            problems.push(join(path, "file"), "must not be empty");
+        }
     }
 }

@@ -108,9 +108,10 @@ impl SqsSourceConfig {
             ("dlq_queue_url", self.dlq_queue_url.as_deref()),
         ] {
             if let Some(v) = value
-                && v.trim().to_ascii_lowercase().starts_with("http://") {
-                    out.push((join(path, field), crate::secret::mask_url_credentials(v)));
-                }
+                && v.trim().to_ascii_lowercase().starts_with("http://")
+            {
+                out.push((join(path, field), crate::secret::mask_url_credentials(v)));
+            }
         }
         out
     }
@@ -132,7 +133,10 @@ fn check_queue_ref(value: &str, at: String, problems: &mut ConfigErrors) {
                 format!("not a URL ({e}): {}", crate::secret::mask_url_credentials(value)),
             ),
         }
-    } else if !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+    } else if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
         problems.push(
             at,
             "must be a queue URL or a queue name (letters, digits, '-', '_', optional .fifo suffix)",
@@ -273,7 +277,10 @@ mod tests {
             "source.max_visibility_extension:",
             "source.nack_delay: SQS takes whole seconds",
         ] {
-            assert!(problems.iter().any(|p| p.starts_with(path)), "{path} missing in {problems:#?}");
+            assert!(
+                problems.iter().any(|p| p.starts_with(path)),
+                "{path} missing in {problems:#?}"
+            );
         }
         assert_eq!(problems.len(), 10, "{problems:#?}");
     }

@@ -1,10 +1,11 @@
 //! Per-key ordering (`ordering: key` / `partition`): two messages with the same key never
 //! run at once and run in arrival order; different keys run in parallel.
 //!
-//! Each dispatched message gets a link in its key's chain: it waits for its predecessor's
+//! Each runnable message gets a link in its key's chain: it waits for its predecessor's
 //! signal and signals its successor when its run ends (by dropping its sender, so a
-//! panicking or cancelled run releases the chain too). The sequencer is owned by the single
-//! intake task, so it needs no lock.
+//! panicking or cancelled run releases the chain too). A waiting message holds no agent
+//! slot, so waiting can never starve the message it waits for. Batches link their messages
+//! one batch at a time, in arrival order (see `pipeline::batch`).
 
 use std::collections::HashMap;
 
@@ -12,7 +13,7 @@ use tokio::sync::oneshot;
 
 /// Waits for the previous message of the same key.
 #[derive(Debug)]
-pub struct WaitTurn(Option<oneshot::Receiver<()>>);
+pub(crate) struct WaitTurn(Option<oneshot::Receiver<()>>);
 
 impl WaitTurn {
     pub fn none() -> Self {
@@ -29,7 +30,7 @@ impl WaitTurn {
 
 /// Held while a message runs; dropping it lets the next message of the key start.
 #[derive(Debug)]
-pub struct TurnDone(#[allow(dead_code)] Option<oneshot::Sender<()>>);
+pub(crate) struct TurnDone(#[allow(dead_code)] Option<oneshot::Sender<()>>);
 
 impl TurnDone {
     pub fn none() -> Self {
@@ -38,7 +39,7 @@ impl TurnDone {
 }
 
 #[derive(Debug)]
-pub struct Sequencer {
+pub(crate) struct Sequencer {
     tails: HashMap<String, oneshot::Receiver<()>>,
     prune_above: usize,
 }
@@ -68,12 +69,9 @@ impl Sequencer {
             .retain(|_, rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.tails.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tails.is_empty()
     }
 }
 

@@ -1,4 +1,5 @@
-//! Stage 2: one message's governance check and agent run with retries.
+//! One message's run: wait for its turn (per-key order), take an agent slot, ask
+//! governance, run the agent with retries. A backoff gives the slot back while it waits.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -9,14 +10,15 @@ use futures::FutureExt;
 use qt_core::config::OnGovernanceError;
 use qt_core::ledger::AttemptRecord;
 use qt_core::{AgentError, AgentEvent, ClaimToken, Decision, GovernanceContext, MessageEnvelope};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, SemaphorePermit};
 use tracing::{debug, info, warn};
 
+use super::order::{TurnDone, WaitTurn};
 use super::outcome::Outcome;
-use super::{Finished, FinishedTx, MessageMeta, Pipeline};
+use super::{Finished, MessageMeta, Pipeline};
 use crate::backoff::{RetryDecision, decide};
-use crate::sequencer::{TurnDone, WaitTurn};
 
+/// A message that passed parsing, routing and its idempotency claim.
 pub(crate) struct Job {
     pub handle: qt_core::AckHandle,
     pub meta: MessageMeta,
@@ -30,7 +32,8 @@ pub(crate) struct Job {
     pub done: TurnDone,
 }
 
-pub(crate) async fn run(pipeline: Arc<Pipeline>, job: Job, finished: FinishedTx) {
+/// Runs one message to its outcome.
+pub(crate) async fn run(p: &Pipeline, job: Job) -> Finished {
     let Job {
         handle,
         meta,
@@ -44,16 +47,25 @@ pub(crate) async fn run(pipeline: Arc<Pipeline>, job: Job, finished: FinishedTx)
         done,
     } = job;
     wait.wait().await;
-    let outcome = decide_outcome(&pipeline, &meta, envelope, selected_payload, &target, focus).await;
+    let outcome = decide_outcome(p, &meta, envelope, selected_payload, &target, focus).await;
     // The next message of this ordering key may start once this run is over.
     drop(done);
-    let _ = finished.send(Finished {
+    Finished {
         handle,
         meta,
         outcome,
         claim,
         permit,
-    });
+    }
+}
+
+/// An agent slot, or `None` when a stop abandons the wait.
+async fn slot(p: &Pipeline) -> Option<SemaphorePermit<'_>> {
+    tokio::select! {
+        biased;
+        () = p.abort.cancelled() => None,
+        s = p.agent_slots.acquire() => Some(s.expect("the agent slot semaphore is never closed")),
+    }
 }
 
 async fn decide_outcome(
@@ -64,10 +76,8 @@ async fn decide_outcome(
     target: &Arc<str>,
     focus: Option<Arc<str>>,
 ) -> Outcome {
-    let slot = tokio::select! {
-        biased;
-        () = p.abort.cancelled() => return Outcome::Abandoned,
-        s = p.agent_slots.clone().acquire_owned() => s.expect("the agent slot semaphore is never closed"),
+    let Some(slot_held) = slot(p).await else {
+        return Outcome::Abandoned;
     };
     let gctx = GovernanceContext {
         tenant_id: meta.tenant_id.as_deref(),
@@ -114,12 +124,11 @@ async fn decide_outcome(
     let agent = p
         .agents
         .get(&**target)
-        .cloned()
         .expect("the builder checked that every routed target has an agent");
     let mut event = AgentEvent {
         event_name: meta.event_name.clone().unwrap_or_default(),
         target: target.to_string(),
-        focus: focus.map(|f| f.to_string()),
+        focus: focus.as_deref().map(str::to_owned),
         tenant_id: meta.tenant_id.clone(),
         attempt: 1,
         envelope,
@@ -127,14 +136,13 @@ async fn decide_outcome(
     };
     let first_attempt_at = Instant::now();
     let mut history: Vec<AttemptRecord> = Vec::new();
-    let mut slot = Some(slot);
+    let mut slot_held = Some(slot_held);
     let outcome = loop {
-        if slot.is_none() {
-            slot = Some(tokio::select! {
-                biased;
-                () = p.abort.cancelled() => break Outcome::Abandoned,
-                s = p.agent_slots.clone().acquire_owned() => s.expect("the agent slot semaphore is never closed"),
-            });
+        if slot_held.is_none() {
+            match slot(p).await {
+                Some(s) => slot_held = Some(s),
+                None => break Outcome::Abandoned,
+            }
         }
         p.metrics.agent_attempt();
         p.metrics.agent_running(1);
@@ -189,7 +197,7 @@ async fn decide_outcome(
             RetryDecision::RetryAfter(delay) => {
                 p.metrics.retry(error.class);
                 // Waiting out a backoff does not occupy an agent slot.
-                slot = None;
+                slot_held = None;
                 tokio::select! {
                     biased;
                     () = p.abort.cancelled() => break Outcome::Abandoned,
@@ -212,7 +220,7 @@ async fn decide_outcome(
     if owes_finished {
         p.governance.finished(&gctx);
     }
-    drop(slot);
+    drop(slot_held);
     outcome
 }
 

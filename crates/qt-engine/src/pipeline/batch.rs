@@ -1,0 +1,250 @@
+//! One received batch, from raw deliveries to outcomes: parse and route every message,
+//! claim the batch's idempotency keys in one call, link runnable messages into their
+//! ordering chains, then run them side by side. Each batch is its own task, so batches are
+//! prepared and run on every core while intake keeps receiving.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use qt_core::config::{OnStoreError, Ordering};
+use qt_core::envelope::{Built, build_envelope};
+use qt_core::{AckHandle, Claim, ClaimToken, Delivery, IdempotencyKey};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tracing::{Instrument, debug, warn};
+
+use super::order::{TurnDone, WaitTurn};
+use super::outcome::Outcome;
+use super::run::{Job, run};
+use super::{Finished, FinishedTx, MessageMeta, Pipeline};
+
+/// This batch's place in the order batches link their messages: it links after the batch
+/// before it has linked, and lets the next one go when done.
+pub(crate) struct LinkTurn {
+    pub after: Option<oneshot::Receiver<()>>,
+    pub done: oneshot::Sender<()>,
+}
+
+/// A message that passed parsing and routing, waiting for its claim.
+struct Runnable {
+    handle: AckHandle,
+    meta: MessageMeta,
+    built: Built,
+    target: Arc<str>,
+    focus: Option<Arc<str>>,
+    permit: OwnedSemaphorePermit,
+}
+
+pub(crate) async fn process(
+    p: Arc<Pipeline>,
+    deliveries: Vec<Delivery>,
+    permits: Vec<OwnedSemaphorePermit>,
+    finished: FinishedTx,
+    link: LinkTurn,
+) {
+    let finish = |handle, meta, outcome, permit| {
+        let _ = finished.send(Finished {
+            handle,
+            meta,
+            outcome,
+            claim: None,
+            permit,
+        });
+    };
+    let runnable = prepare(&p, deliveries, permits, &finish);
+    let claimed = claim(&p, runnable, &finish).await;
+    let jobs = link_in_order(&p, claimed, link).await;
+    let mut runs: FuturesUnordered<_> = jobs
+        .into_iter()
+        .map(|job| {
+            let span = tracing::info_span!("message", trace_id = %job.meta.trace_id, message_id = %job.meta.message_id);
+            run(&p, job).instrument(span)
+        })
+        .collect();
+    while let Some(done) = runs.next().await {
+        let _ = finished.send(done);
+    }
+}
+
+/// Parses, extracts and routes; messages that cannot run go straight to the settler.
+fn prepare(
+    p: &Pipeline,
+    deliveries: Vec<Delivery>,
+    permits: Vec<OwnedSemaphorePermit>,
+    finish: &impl Fn(AckHandle, MessageMeta, Outcome, OwnedSemaphorePermit),
+) -> Vec<Runnable> {
+    let mut runnable = Vec::with_capacity(deliveries.len());
+    for (Delivery { message, handle }, permit) in deliveries.into_iter().zip(permits) {
+        let started = Instant::now();
+        let consume_latency = message.consume_latency();
+        if let Some(lag) = consume_latency {
+            p.metrics.observe_consume_lag(lag);
+        }
+        let queue = message.source.queue.clone();
+        let received_at = message.received_at;
+        match build_envelope(message, p.parser.as_ref(), &p.config.processing.extraction) {
+            Err(unparseable) => {
+                let raw = &unparseable.raw;
+                let meta = MessageMeta {
+                    trace_id: unparseable.trace_id,
+                    message_id: raw.message_id.clone(),
+                    queue,
+                    event_name: None,
+                    tenant_id: raw.headers.get(qt_core::headers::TENANT_ID).map(str::to_owned),
+                    dedup_key: None,
+                    target: None,
+                    received_at,
+                    started,
+                    consume_latency,
+                    attempt: raw.attempt(),
+                };
+                warn!(trace_id = %meta.trace_id, message_id = %meta.message_id, queue = %meta.queue, error = %unparseable.error, "message cannot be parsed");
+                finish(handle, meta, Outcome::ParseFailed(unparseable.error), permit);
+            }
+            Ok(built) => {
+                let env = &built.envelope;
+                debug!(trace_id = %env.trace_id, message_id = %env.message_id, queue = %env.source.queue, "consumed and parsed");
+                let event_name = env.event_name.clone().unwrap_or_else(|| env.source.queue.to_string());
+                let route = p.router.route(&event_name);
+                let meta = MessageMeta {
+                    trace_id: env.trace_id,
+                    message_id: env.message_id.clone(),
+                    queue,
+                    event_name: Some(event_name),
+                    tenant_id: env.tenant_id.clone(),
+                    dedup_key: env.dedup_key.clone(),
+                    target: route.as_ref().map(|r| r.target.clone()),
+                    received_at,
+                    started,
+                    consume_latency,
+                    attempt: env.attempt,
+                };
+                match route {
+                    None => {
+                        warn!(trace_id = %meta.trace_id, message_id = %meta.message_id, event = meta.event_name.as_deref().unwrap_or(""), "no route for event");
+                        finish(handle, meta, Outcome::Unrouted, permit);
+                    }
+                    Some(route) => runnable.push(Runnable {
+                        handle,
+                        meta,
+                        built,
+                        target: route.target,
+                        focus: route.focus,
+                        permit,
+                    }),
+                }
+            }
+        }
+    }
+    runnable
+}
+
+/// Claims every key of the batch in one store call; duplicates and store failures are
+/// settled by policy, the rest go on with their claim token.
+async fn claim(
+    p: &Pipeline,
+    runnable: Vec<Runnable>,
+    finish: &impl Fn(AckHandle, MessageMeta, Outcome, OwnedSemaphorePermit),
+) -> Vec<(Runnable, Option<ClaimToken>)> {
+    let Some(store) = &p.store else {
+        return runnable.into_iter().map(|r| (r, None)).collect();
+    };
+    if runnable.is_empty() {
+        return Vec::new();
+    }
+    let keys: Vec<IdempotencyKey> = runnable
+        .iter()
+        .map(|r| {
+            IdempotencyKey::new(
+                r.built.envelope.tenant_id.as_deref(),
+                r.built.envelope.idempotency_key(),
+            )
+        })
+        .collect();
+    match store.claim_batch(&keys, p.config.idempotency.lease).await {
+        Ok(claims) if claims.len() == runnable.len() => {
+            let mut out = Vec::with_capacity(runnable.len());
+            for (r, claim) in runnable.into_iter().zip(claims) {
+                match claim {
+                    Claim::Acquired(token) => out.push((r, Some(token))),
+                    Claim::Completed => {
+                        debug!(trace_id = %r.meta.trace_id, message_id = %r.meta.message_id, "duplicate: already processed");
+                        finish(r.handle, r.meta, Outcome::Duplicate, r.permit);
+                    }
+                    Claim::InFlight => {
+                        debug!(trace_id = %r.meta.trace_id, message_id = %r.meta.message_id, "duplicate: in flight elsewhere");
+                        finish(r.handle, r.meta, Outcome::DuplicateInFlight, r.permit);
+                    }
+                }
+            }
+            out
+        }
+        other => {
+            let reason = match other {
+                Err(e) => e.to_string(),
+                Ok(c) => format!("store answered {} claims for {} keys", c.len(), keys.len()),
+            };
+            p.metrics.idempotency_error(runnable.len() as u64);
+            match p.config.idempotency.on_store_error {
+                OnStoreError::FailOpen => {
+                    warn!(error = %reason, messages = runnable.len(), "idempotency store failed; running without dedup (fail_open)");
+                    runnable.into_iter().map(|r| (r, None)).collect()
+                }
+                OnStoreError::FailClosed => {
+                    warn!(error = %reason, messages = runnable.len(), "idempotency store failed; requeueing (fail_closed)");
+                    for r in runnable {
+                        finish(r.handle, r.meta, Outcome::StoreUnavailable(reason.clone()), r.permit);
+                    }
+                    Vec::new()
+                }
+            }
+        }
+    }
+}
+
+/// Links the batch's messages into their keys' chains, after the previous batch did, so
+/// chains follow arrival order across batches.
+async fn link_in_order(p: &Pipeline, claimed: Vec<(Runnable, Option<ClaimToken>)>, link: LinkTurn) -> Vec<Job> {
+    let ordering = p.config.processing.ordering;
+    let keyed = ordering != Ordering::None;
+    if keyed && let Some(after) = link.after {
+        // Err means the previous batch ended without linking (it had nothing to link, or
+        // its task ended): either way its turn is over.
+        let _ = after.await;
+    }
+    let mut sequencer = keyed.then(|| p.sequencer.lock());
+    let jobs = claimed
+        .into_iter()
+        .map(|(r, claim)| {
+            let env = &r.built.envelope;
+            let order_key = match ordering {
+                Ordering::None => None,
+                Ordering::Key => env.ordering_key.clone(),
+                Ordering::Partition => match env.source.partition {
+                    Some(partition) => Some(format!("{}/{partition}", env.source.queue)),
+                    None => env.source.key.clone(),
+                },
+            };
+            let (wait, done) = match (order_key, sequencer.as_mut()) {
+                (Some(k), Some(seq)) => seq.link(k),
+                _ => (WaitTurn::none(), TurnDone::none()),
+            };
+            Job {
+                handle: r.handle,
+                meta: r.meta,
+                envelope: Arc::new(r.built.envelope),
+                selected_payload: r.built.agent_payload.map(Arc::new),
+                target: r.target,
+                focus: r.focus,
+                claim,
+                permit: r.permit,
+                wait,
+                done,
+            }
+        })
+        .collect();
+    drop(sequencer);
+    drop(link.done);
+    jobs
+}
