@@ -145,6 +145,32 @@ impl IdempotencyStore for MemoryStore {
         }))
     }
 
+    async fn complete_batch(&self, tokens: &[ClaimToken], window: Duration) -> Result<Vec<ClaimState>, StoreError> {
+        let now = Instant::now();
+        Ok(tokens
+            .iter()
+            .map(|token| {
+                self.with_held(token, now, |shard, key| {
+                    if let Some(m) = shard.entries.get_mut(key) {
+                        *m = Marker::Done { until: now + window };
+                    }
+                })
+            })
+            .collect())
+    }
+
+    async fn release_batch(&self, tokens: &[ClaimToken]) -> Result<Vec<ClaimState>, StoreError> {
+        let now = Instant::now();
+        Ok(tokens
+            .iter()
+            .map(|token| {
+                self.with_held(token, now, |shard, key| {
+                    shard.entries.remove(key);
+                })
+            })
+            .collect())
+    }
+
     async fn release(&self, token: &ClaimToken) -> Result<ClaimState, StoreError> {
         Ok(self.with_held(token, Instant::now(), |shard, key| {
             shard.entries.remove(key);

@@ -61,6 +61,9 @@ pub(crate) async fn run(p: &Pipeline, job: Job) -> Finished {
 
 /// An agent slot, or `None` when a stop abandons the wait.
 async fn slot(p: &Pipeline) -> Option<SemaphorePermit<'_>> {
+    if let Ok(free) = p.agent_slots.try_acquire() {
+        return Some(free);
+    }
     tokio::select! {
         biased;
         () = p.abort.cancelled() => None,
@@ -146,11 +149,17 @@ async fn decide_outcome(
         }
         p.metrics.agent_attempt();
         p.metrics.agent_running(1);
-        let result = tokio::select! {
-            biased;
-            () = p.abort.cancelled() => None,
-            r = AssertUnwindSafe(agent.trigger_event(&event)).catch_unwind() => Some(r),
+        // Only a run that does not finish at once needs to watch for an abandoning stop.
+        let mut call = AssertUnwindSafe(agent.trigger_event(&event)).catch_unwind();
+        let result = match futures::poll!(&mut call) {
+            std::task::Poll::Ready(r) => Some(r),
+            std::task::Poll::Pending => tokio::select! {
+                biased;
+                () = p.abort.cancelled() => None,
+                r = &mut call => Some(r),
+            },
         };
+        drop(call);
         p.metrics.agent_running(-1);
         let error = match result {
             None => break Outcome::Abandoned,

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use chrono::Utc;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use qt_core::{AckHandle, ClaimState, ClaimToken, LedgerRecord, Settlement, SettlementKind};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
@@ -20,7 +22,7 @@ pub(crate) async fn run(pipeline: Arc<Pipeline>, mut rx: FinishedRx) {
     let settles = TaskTracker::new();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        finish_batch(&pipeline, std::mem::take(&mut batch), &settles).await;
+        finish_batch(&pipeline, &mut batch, &settles).await;
     }
     settles.close();
     settles.wait().await;
@@ -38,13 +40,14 @@ struct Pending {
     status: qt_core::LedgerStatus,
 }
 
-async fn finish_batch(p: &Arc<Pipeline>, batch: Vec<Finished>, settles: &TaskTracker) {
-    let mut completes: Vec<ClaimToken> = Vec::new();
+/// Finishes (and empties) one batch; the vector keeps its capacity for the next.
+async fn finish_batch(p: &Arc<Pipeline>, batch: &mut Vec<Finished>, settles: &TaskTracker) {
+    let mut completes: Vec<ClaimToken> = Vec::with_capacity(batch.len());
     let mut releases: Vec<ClaimToken> = Vec::new();
     let mut records = Vec::with_capacity(batch.len());
     let mut pending = Vec::with_capacity(batch.len());
     let now = Utc::now();
-    for f in batch {
+    for f in batch.drain(..) {
         let Finished {
             handle,
             meta,
@@ -115,7 +118,16 @@ async fn finish_batch(p: &Arc<Pipeline>, batch: Vec<Finished>, settles: &TaskTra
     }
     let p = p.clone();
     settles.spawn(async move {
-        futures::future::join_all(pending.into_iter().map(|m| settle_one(&p, m))).await;
+        // Most settlements finish on their first poll (an ack is queued, not awaited);
+        // only those still waiting (a dead letter awaiting its publish confirm) are kept.
+        let mut waiting = FuturesUnordered::new();
+        for m in pending {
+            let mut settle = Box::pin(settle_one(&p, m));
+            if futures::poll!(settle.as_mut()).is_pending() {
+                waiting.push(settle);
+            }
+        }
+        while waiting.next().await.is_some() {}
     });
 }
 
