@@ -12,6 +12,7 @@
 mod bench;
 mod ci;
 mod cmd;
+mod deny;
 mod services;
 
 use anyhow::Result;
@@ -26,8 +27,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Format check, clippy (warnings denied), services, all tests, doc build.
+    /// Format check, clippy (warnings denied), dependency policy, services, all tests, doc build.
     Ci,
+    /// Check licenses, bans and sources against deny.toml (offline).
+    Deny,
     /// Manage the local services integration tests use.
     Services {
         #[command(subcommand)]
@@ -46,6 +49,7 @@ fn main() -> Result<()> {
     cmd::enter_workspace_root()?;
     match cli.command {
         Command::Ci => ci::run(),
+        Command::Deny => deny::check(),
         Command::Services { action } => services::run(action),
         Command::Bench { which } => bench::run(which),
     }
