@@ -288,3 +288,57 @@ agent:
         assert!(got.iter().any(|p| p.starts_with("idempotency.store.url:")), "{got:#?}");
     }
 }
+
+#[cfg(test)]
+mod applied {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::load_str;
+    use crate::config::{FailureAction, Ordering};
+    use crate::parse::PayloadFormat;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Config applied (2.1): whatever valid values a file gives, the loaded
+        /// configuration carries exactly those values, through env substitution too.
+        #[test]
+        fn every_value_in_the_file_is_the_value_loaded(
+            concurrency in 1usize..500,
+            max_retries in 0u32..50,
+            initial_ms in 1u64..5_000,
+            multiplier in 1.0f64..10.0,
+            window_s in 1u64..100_000,
+            parser in prop_oneof![Just(PayloadFormat::Json), Just(PayloadFormat::Text), Just(PayloadFormat::Binary)],
+            ordering in prop_oneof![Just(Ordering::None), Just(Ordering::Key), Just(Ordering::Partition)],
+            on_failure in prop_oneof![Just(FailureAction::Dlq), Just(FailureAction::Nack), Just(FailureAction::Requeue), Just(FailureAction::Ack)],
+            queue in "[a-z][a-z0-9_.-]{0,20}",
+            dedup in any::<bool>(),
+        ) {
+            let yaml = format!(
+                "source: {{type: mock, queue: \"${{QUEUE}}\"}}\n\
+                 processing: {{concurrency: {concurrency}, parser: {}, ordering: {}, ack_policy: {}}}\n\
+                 retry: {{max_retries: {max_retries}, backoff: {{base: {initial_ms}ms, multiplier: {multiplier}, max: 10m}}}}\n\
+                 idempotency: {{enable_dedup: {dedup}, idempotency_window: {window_s}s}}\n\
+                 agent: {{targets: {{a: {{type: log}}}}}}\n",
+                parser.as_str(),
+                serde_json::to_value(ordering).unwrap().as_str().unwrap(),
+                serde_json::to_value(on_failure).unwrap().as_str().unwrap(),
+            );
+            let c = load_str(&yaml, |n| (n == "QUEUE").then(|| queue.clone())).unwrap();
+            prop_assert_eq!(c.processing.concurrency, concurrency);
+            prop_assert_eq!(c.processing.parser, parser);
+            prop_assert_eq!(c.processing.ordering, ordering);
+            prop_assert_eq!(c.processing.on_failure, on_failure);
+            prop_assert_eq!(c.retry.max_retries, max_retries);
+            prop_assert_eq!(c.retry.backoff.initial, Duration::from_millis(initial_ms));
+            prop_assert!((c.retry.backoff.multiplier - multiplier).abs() < 1e-9);
+            prop_assert_eq!(c.idempotency.enabled, dedup);
+            prop_assert_eq!(c.idempotency.window, Duration::from_secs(window_s));
+            let crate::config::SourceConfig::Mock(m) = &c.source else { panic!("mock source") };
+            prop_assert_eq!(&m.queue, &queue);
+        }
+    }
+}

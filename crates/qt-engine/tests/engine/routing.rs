@@ -109,7 +109,34 @@ proptest! {
     }
 }
 
-/// Config applied (2.1): concurrency bounds simultaneous agent runs.
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Config applied (2.1, 3.3): for any concurrency and parser, simultaneous runs never
+    /// exceed the concurrency and the agent sees payloads of the configured format.
+    #[test]
+    fn configuration_is_applied(concurrency in 1usize..6, text in any::<bool>(), batch_size in 1usize..8) {
+        rt().block_on(async {
+            let mut c = config();
+            c.processing.concurrency = concurrency;
+            c.processing.batch_size = batch_size;
+            c.processing.parser = if text { qt_core::parse::PayloadFormat::Text } else { qt_core::parse::PayloadFormat::Json };
+            let agent = ScriptedAgent::new("default");
+            let messages = (0..10).map(|i| msg(&format!("m{i}"), &[], json!({"do": "sleep", "ms": 2}))).collect();
+            run_to_idle(c, &[("default", agent.clone() as Arc<dyn AgentRuntime>)], messages).await;
+            prop_assert!(agent.max_running.load(std::sync::atomic::Ordering::SeqCst) <= concurrency);
+            let calls = agent.calls();
+            prop_assert_eq!(calls.len(), 10);
+            for call in calls {
+                prop_assert_eq!(call.event.envelope.payload.format(), if text { "text" } else { "json" });
+            }
+            Ok(())
+        })?;
+    }
+}
+
+/// Config applied (2.1): concurrency bounds simultaneous agent runs, and enough slow
+/// messages fill every slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_bounds_agent_runs() {
     for concurrency in [1, 3, 8] {
