@@ -11,13 +11,12 @@ use crate::error_class::ErrorClass;
 use crate::health::Health;
 
 /// What an agent receives: the routed event name, the focus that narrows what it may use
-/// (requirement 4.4), the tenant, and the message with its origin as context (4.2).
+/// (requirement 4.4), the tenant, and the message with its origin as context (4.2). Names
+/// are shared with the router and the envelope rather than copied per message.
 #[derive(Clone, Debug)]
 pub struct AgentEvent {
-    pub event_name: String,
-    pub target: String,
-    pub focus: Option<String>,
-    pub tenant_id: Option<String>,
+    pub target: Arc<str>,
+    pub focus: Option<Arc<str>>,
     /// 1-based attempt number of this trigger within qt's retry loop.
     pub attempt: u32,
     pub envelope: Arc<MessageEnvelope>,
@@ -71,6 +70,22 @@ pub struct AgentContextJson<'a> {
 }
 
 impl AgentEvent {
+    /// The event name: the extracted one, or the queue's name when none was extracted.
+    pub fn event_name(&self) -> &str {
+        self.envelope
+            .event_name
+            .as_deref()
+            .unwrap_or(&self.envelope.source.queue)
+    }
+
+    pub fn tenant_id(&self) -> Option<&str> {
+        self.envelope.tenant_id.as_deref()
+    }
+
+    pub fn focus(&self) -> Option<&str> {
+        self.focus.as_deref()
+    }
+
     /// The payload the agent should use: the selected sub-document, or the whole payload.
     pub fn payload_json(&self) -> serde_json::Value {
         match &self.selected_payload {
@@ -82,10 +97,10 @@ impl AgentEvent {
     pub fn to_json(&self) -> AgentEventJson<'_> {
         let env = &self.envelope;
         AgentEventJson {
-            event_name: &self.event_name,
+            event_name: self.event_name(),
             target: &self.target,
             focus: self.focus.as_deref(),
-            tenant_id: self.tenant_id.as_deref(),
+            tenant_id: self.tenant_id(),
             attempt: self.attempt,
             context: AgentContextJson {
                 message_id: &env.message_id,

@@ -100,6 +100,12 @@ async fn run_once(concurrency: usize, n: usize) -> serde_json::Value {
     }));
     config.processing.concurrency = concurrency;
     config.processing.batch_size = 256;
+    if let Some(m) = std::env::var("QT_BENCH_MAX_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.processing.max_in_flight = Some(m);
+    }
     config.ledger = LedgerConfig::Memory;
     let queue = MockQueue::counting_only("bench");
     queue.enqueue_all(messages(n));

@@ -226,7 +226,7 @@ struct Running {
     intake: JoinHandle<&'static str>,
     /// The batch tasks: a stop waits for them (the drain).
     batches: TaskTracker,
-    settler: JoinHandle<()>,
+    settlers: Vec<JoinHandle<()>>,
     backlog_poller: JoinHandle<()>,
 }
 
@@ -354,15 +354,22 @@ impl QueueTrigger {
                 s.adapter.queue()
             )));
         }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let settler = tokio::spawn(settler::run(p.clone(), rx));
+        // One settler per core: each finishes the batches routed to it, so finishing is
+        // not a single-task bottleneck.
+        let settler_count = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+        let (senders, settlers): (Vec<_>, Vec<_>) = (0..settler_count)
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (tx, tokio::spawn(settler::run(p.clone(), rx)))
+            })
+            .unzip();
         let batches = TaskTracker::new();
         let stop_intake = CancellationToken::new();
         let intake = Intake {
             pipeline: p.clone(),
             adapter: s.adapter.clone(),
             in_flight: s.in_flight.clone(),
-            finished: tx,
+            finished: senders,
             batches: batches.clone(),
             stop: stop_intake.clone(),
             state: s.state.subscribe(),
@@ -384,7 +391,7 @@ impl QueueTrigger {
             stop_intake,
             intake,
             batches,
-            settler,
+            settlers,
             backlog_poller,
         });
         Ok(())
@@ -511,8 +518,10 @@ impl QueueTrigger {
             p.abort.cancel();
             running.batches.wait().await;
         }
-        // Every sender is gone now, so the settler finishes what is queued and returns.
-        let _ = running.settler.await;
+        // Every sender is gone now, so the settlers finish what is queued and return.
+        for settler in running.settlers {
+            let _ = settler.await;
+        }
         if let Err(e) = p.ledger.flush().await {
             warn!(error = %e, "ledger flush at stop failed");
         }

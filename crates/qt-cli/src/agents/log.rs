@@ -32,9 +32,9 @@ impl AgentRuntime for LogAgent {
             trace_id = %event.envelope.trace_id,
             message_id = %event.envelope.message_id,
             target = %self.target,
-            event = %event.event_name,
-            tenant = event.tenant_id.as_deref().unwrap_or(""),
-            focus = event.focus.as_deref().unwrap_or(""),
+            event = %event.event_name(),
+            tenant = event.tenant_id().unwrap_or(""),
+            focus = event.focus().unwrap_or(""),
             attempt = event.attempt,
             payload = %shown,
             "event"

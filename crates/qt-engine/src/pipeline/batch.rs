@@ -9,7 +9,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use qt_core::config::{OnStoreError, Ordering};
-use qt_core::envelope::{Built, build_envelope};
+use qt_core::envelope::build_envelope;
 use qt_core::{AckHandle, Claim, ClaimToken, Delivery, IdempotencyKey};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tracing::{Instrument, debug, warn};
@@ -17,7 +17,7 @@ use tracing::{Instrument, debug, warn};
 use super::order::{TurnDone, WaitTurn};
 use super::outcome::Outcome;
 use super::run::{Job, run};
-use super::{Finished, FinishedTx, MessageMeta, Pipeline};
+use super::{Finished, FinishedTx, Identity, MessageMeta, Pipeline};
 
 /// This batch's place in the order batches link their messages: it links after the batch
 /// before it has linked, and lets the next one go when done.
@@ -30,7 +30,8 @@ pub(crate) struct LinkTurn {
 struct Runnable {
     handle: AckHandle,
     meta: MessageMeta,
-    built: Built,
+    envelope: Arc<qt_core::MessageEnvelope>,
+    agent_payload: Option<serde_json::Value>,
     target: Arc<str>,
     focus: Option<Arc<str>>,
     permit: OwnedSemaphorePermit,
@@ -58,7 +59,8 @@ pub(crate) async fn process(
     let mut runs: FuturesUnordered<_> = jobs
         .into_iter()
         .map(|job| {
-            let span = tracing::info_span!("message", trace_id = %job.meta.trace_id, message_id = %job.meta.message_id);
+            let span =
+                tracing::info_span!("message", trace_id = %job.meta.trace_id, message_id = %job.meta.message_id());
             run(&p, job).instrument(span)
         })
         .collect();
@@ -85,50 +87,51 @@ fn prepare(
         let received_at = message.received_at;
         match build_envelope(message, p.parser.as_ref(), &p.config.processing.extraction) {
             Err(unparseable) => {
-                let raw = &unparseable.raw;
+                let qt_core::envelope::Unparseable { raw, trace_id, error } = *unparseable;
+                let attempt = raw.attempt();
+                let tenant_id = raw.headers.get(qt_core::headers::TENANT_ID).map(str::to_owned);
                 let meta = MessageMeta {
-                    trace_id: unparseable.trace_id,
-                    message_id: raw.message_id.clone(),
+                    trace_id,
+                    identity: Identity::Unparsed {
+                        message_id: raw.message_id,
+                        tenant_id,
+                    },
                     queue,
-                    event_name: None,
-                    tenant_id: raw.headers.get(qt_core::headers::TENANT_ID).map(str::to_owned),
-                    dedup_key: None,
                     target: None,
                     received_at,
                     started,
                     consume_latency,
-                    attempt: raw.attempt(),
+                    attempt,
                 };
-                warn!(trace_id = %meta.trace_id, message_id = %meta.message_id, queue = %meta.queue, error = %unparseable.error, "message cannot be parsed");
-                finish(handle, meta, Outcome::ParseFailed(unparseable.error), permit);
+                warn!(trace_id = %meta.trace_id, message_id = %meta.message_id(), queue = %meta.queue, error = %error, "message cannot be parsed");
+                finish(handle, meta, Outcome::ParseFailed(error), permit);
             }
             Ok(built) => {
-                let env = &built.envelope;
-                debug!(trace_id = %env.trace_id, message_id = %env.message_id, queue = %env.source.queue, "consumed and parsed");
-                let event_name = env.event_name.clone().unwrap_or_else(|| env.source.queue.to_string());
-                let route = p.router.route(&event_name);
+                let envelope = Arc::new(built.envelope);
+                debug!(trace_id = %envelope.trace_id, message_id = %envelope.message_id, queue = %envelope.source.queue, "consumed and parsed");
+                let event_name = envelope.event_name.as_deref().unwrap_or(&envelope.source.queue);
+                let route = p.router.route(event_name);
                 let meta = MessageMeta {
-                    trace_id: env.trace_id,
-                    message_id: env.message_id.clone(),
+                    trace_id: envelope.trace_id,
+                    identity: Identity::Parsed(envelope.clone()),
                     queue,
-                    event_name: Some(event_name),
-                    tenant_id: env.tenant_id.clone(),
-                    dedup_key: env.dedup_key.clone(),
                     target: route.as_ref().map(|r| r.target.clone()),
                     received_at,
                     started,
                     consume_latency,
-                    attempt: env.attempt,
+                    attempt: envelope.attempt,
                 };
                 match route {
                     None => {
-                        warn!(trace_id = %meta.trace_id, message_id = %meta.message_id, event = meta.event_name.as_deref().unwrap_or(""), "no route for event");
+                        warn!(trace_id = %meta.trace_id, message_id = %meta.message_id(), event = meta.event_name().unwrap_or(""), "no route for event");
+                        drop(envelope);
                         finish(handle, meta, Outcome::Unrouted, permit);
                     }
                     Some(route) => runnable.push(Runnable {
                         handle,
                         meta,
-                        built,
+                        envelope,
+                        agent_payload: built.agent_payload,
                         target: route.target,
                         focus: route.focus,
                         permit,
@@ -155,12 +158,7 @@ async fn claim(
     }
     let keys: Vec<IdempotencyKey> = runnable
         .iter()
-        .map(|r| {
-            IdempotencyKey::new(
-                r.built.envelope.tenant_id.as_deref(),
-                r.built.envelope.idempotency_key(),
-            )
-        })
+        .map(|r| IdempotencyKey::new(r.envelope.tenant_id.as_deref(), r.envelope.idempotency_key()))
         .collect();
     match store.claim_batch(&keys, p.config.idempotency.lease).await {
         Ok(claims) if claims.len() == runnable.len() => {
@@ -169,11 +167,11 @@ async fn claim(
                 match claim {
                     Claim::Acquired(token) => out.push((r, Some(token))),
                     Claim::Completed => {
-                        debug!(trace_id = %r.meta.trace_id, message_id = %r.meta.message_id, "duplicate: already processed");
+                        debug!(trace_id = %r.meta.trace_id, message_id = %r.meta.message_id(), "duplicate: already processed");
                         finish(r.handle, r.meta, Outcome::Duplicate, r.permit);
                     }
                     Claim::InFlight => {
-                        debug!(trace_id = %r.meta.trace_id, message_id = %r.meta.message_id, "duplicate: in flight elsewhere");
+                        debug!(trace_id = %r.meta.trace_id, message_id = %r.meta.message_id(), "duplicate: in flight elsewhere");
                         finish(r.handle, r.meta, Outcome::DuplicateInFlight, r.permit);
                     }
                 }
@@ -217,7 +215,7 @@ async fn link_in_order(p: &Pipeline, claimed: Vec<(Runnable, Option<ClaimToken>)
     let jobs = claimed
         .into_iter()
         .map(|(r, claim)| {
-            let env = &r.built.envelope;
+            let env = &r.envelope;
             let order_key = match ordering {
                 Ordering::None => None,
                 Ordering::Key => env.ordering_key.clone(),
@@ -233,8 +231,8 @@ async fn link_in_order(p: &Pipeline, claimed: Vec<(Runnable, Option<ClaimToken>)
             Job {
                 handle: r.handle,
                 meta: r.meta,
-                envelope: Arc::new(r.built.envelope),
-                selected_payload: r.built.agent_payload.map(Arc::new),
+                envelope: r.envelope,
+                selected_payload: r.agent_payload.map(Arc::new),
                 target: r.target,
                 focus: r.focus,
                 claim,

@@ -21,7 +21,8 @@ pub(crate) struct Intake {
     pub pipeline: Arc<Pipeline>,
     pub adapter: Arc<dyn QueueAdapter>,
     pub in_flight: Arc<Semaphore>,
-    pub finished: FinishedTx,
+    /// One sender per settler; batches are spread over them in turn.
+    pub finished: Vec<FinishedTx>,
     /// Batch tasks; a stop drains them.
     pub batches: TaskTracker,
     pub stop: CancellationToken,
@@ -35,6 +36,7 @@ impl Intake {
         let batch_size = self.pipeline.config.processing.batch_size;
         let mut receive_backoff = Duration::from_millis(100);
         let mut previous_link: Option<oneshot::Receiver<()>> = None;
+        let mut batch_number: usize = 0;
         loop {
             if !self.wait_until_running().await {
                 return "stopped";
@@ -90,9 +92,10 @@ impl Intake {
                 self.pipeline.clone(),
                 deliveries,
                 permits,
-                self.finished.clone(),
+                self.finished[batch_number % self.finished.len()].clone(),
                 link,
             ));
+            batch_number = batch_number.wrapping_add(1);
         }
     }
 

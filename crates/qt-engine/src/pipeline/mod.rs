@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use qt_core::config::Config;
 use qt_core::parse::Parser;
-use qt_core::{AgentRuntime, ClaimToken, Governance, IdempotencyStore, Ledger, TraceId};
+use qt_core::{AgentRuntime, ClaimToken, Governance, IdempotencyStore, Ledger, MessageEnvelope, TraceId};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -61,21 +61,83 @@ impl std::fmt::Debug for Pipeline {
     }
 }
 
+/// Who a message is: its envelope once parsed (shared, not copied), or what could be read
+/// of it when it could not be parsed.
+#[derive(Clone, Debug)]
+pub(crate) enum Identity {
+    Parsed(Arc<MessageEnvelope>),
+    Unparsed {
+        message_id: String,
+        tenant_id: Option<String>,
+    },
+}
+
+/// The strings a ledger record owns.
+pub(crate) struct OwnedIdentity {
+    pub message_id: String,
+    pub event_name: Option<String>,
+    pub tenant_id: Option<String>,
+    pub dedup_key: Option<String>,
+}
+
 /// What every ledger record and log line needs to know about a message.
 #[derive(Clone, Debug)]
 pub(crate) struct MessageMeta {
     pub trace_id: TraceId,
-    pub message_id: String,
+    pub identity: Identity,
     pub queue: Arc<str>,
-    pub event_name: Option<String>,
-    pub tenant_id: Option<String>,
-    pub dedup_key: Option<String>,
     pub target: Option<Arc<str>>,
     pub received_at: DateTime<Utc>,
     pub started: Instant,
     pub consume_latency: Option<Duration>,
     /// Delivery attempt (1 for a first delivery).
     pub attempt: u32,
+}
+
+impl MessageMeta {
+    pub fn message_id(&self) -> &str {
+        match &self.identity {
+            Identity::Parsed(env) => &env.message_id,
+            Identity::Unparsed { message_id, .. } => message_id,
+        }
+    }
+
+    pub fn tenant_id(&self) -> Option<&str> {
+        match &self.identity {
+            Identity::Parsed(env) => env.tenant_id.as_deref(),
+            Identity::Unparsed { tenant_id, .. } => tenant_id.as_deref(),
+        }
+    }
+
+    /// The event name (the queue's name when none was extracted); none before parsing.
+    pub fn event_name(&self) -> Option<&str> {
+        match &self.identity {
+            Identity::Parsed(env) => Some(env.event_name.as_deref().unwrap_or(&env.source.queue)),
+            Identity::Unparsed { .. } => None,
+        }
+    }
+
+    /// The identity strings, moved out of the envelope when nothing else holds it any
+    /// more (the usual case once the run is over), copied otherwise.
+    pub fn into_owned_identity(identity: Identity, queue: &str) -> OwnedIdentity {
+        match identity {
+            Identity::Unparsed { message_id, tenant_id } => OwnedIdentity {
+                message_id,
+                event_name: None,
+                tenant_id,
+                dedup_key: None,
+            },
+            Identity::Parsed(env) => {
+                let env = Arc::try_unwrap(env).unwrap_or_else(|shared| (*shared).clone());
+                OwnedIdentity {
+                    message_id: env.message_id,
+                    event_name: Some(env.event_name.unwrap_or_else(|| queue.to_owned())),
+                    tenant_id: env.tenant_id,
+                    dedup_key: env.dedup_key,
+                }
+            }
+        }
+    }
 }
 
 /// A message whose outcome is decided, on its way to the settler.

@@ -83,9 +83,9 @@ async fn decide_outcome(
         return Outcome::Abandoned;
     };
     let gctx = GovernanceContext {
-        tenant_id: meta.tenant_id.as_deref(),
-        event_name: meta.event_name.as_deref().unwrap_or_default(),
-        message_id: &meta.message_id,
+        tenant_id: meta.tenant_id(),
+        event_name: meta.event_name().unwrap_or_default(),
+        message_id: meta.message_id(),
         queue: &meta.queue,
         adapter: &p.adapter_kind,
         target,
@@ -94,7 +94,7 @@ async fn decide_outcome(
     let owes_finished = match p.governance.check(&gctx).await {
         Ok(Decision::Allow) => true,
         Ok(Decision::Deny { reason, policies }) => {
-            info!(trace_id = %meta.trace_id, message_id = %meta.message_id, tenant = ?meta.tenant_id, %reason, ?policies, "governance denied");
+            info!(trace_id = %meta.trace_id, message_id = %meta.message_id(), tenant = ?meta.tenant_id(), %reason, ?policies, "governance denied");
             return Outcome::Rejected { reason, policies };
         }
         Ok(Decision::Defer {
@@ -102,7 +102,7 @@ async fn decide_outcome(
             reason,
             policies,
         }) => {
-            debug!(trace_id = %meta.trace_id, message_id = %meta.message_id, %reason, ?retry_after, "governance deferred");
+            debug!(trace_id = %meta.trace_id, message_id = %meta.message_id(), %reason, ?retry_after, "governance deferred");
             return Outcome::Deferred {
                 retry_after,
                 reason,
@@ -111,7 +111,7 @@ async fn decide_outcome(
         }
         Err(e) => match p.config.governance.on_error {
             OnGovernanceError::FailClosed => {
-                warn!(trace_id = %meta.trace_id, message_id = %meta.message_id, error = %e, "governance unavailable; deferring (fail_closed)");
+                warn!(trace_id = %meta.trace_id, message_id = %meta.message_id(), error = %e, "governance unavailable; deferring (fail_closed)");
                 return Outcome::Deferred {
                     retry_after: p.config.governance.effective_defer_delay(),
                     reason: e.to_string(),
@@ -119,7 +119,7 @@ async fn decide_outcome(
                 };
             }
             OnGovernanceError::FailOpen => {
-                warn!(trace_id = %meta.trace_id, message_id = %meta.message_id, error = %e, "governance unavailable; running anyway (fail_open)");
+                warn!(trace_id = %meta.trace_id, message_id = %meta.message_id(), error = %e, "governance unavailable; running anyway (fail_open)");
                 false
             }
         },
@@ -129,10 +129,8 @@ async fn decide_outcome(
         .get(&**target)
         .expect("the builder checked that every routed target has an agent");
     let mut event = AgentEvent {
-        event_name: meta.event_name.clone().unwrap_or_default(),
-        target: target.to_string(),
-        focus: focus.as_deref().map(str::to_owned),
-        tenant_id: meta.tenant_id.clone(),
+        target: target.clone(),
+        focus,
         attempt: 1,
         envelope,
         selected_payload,
@@ -164,7 +162,7 @@ async fn decide_outcome(
         let error = match result {
             None => break Outcome::Abandoned,
             Some(Ok(Ok(run))) => {
-                debug!(trace_id = %meta.trace_id, message_id = %meta.message_id, attempt = event.attempt, run_id = ?run.run_id, "agent run succeeded");
+                debug!(trace_id = %meta.trace_id, message_id = %meta.message_id(), attempt = event.attempt, run_id = ?run.run_id, "agent run succeeded");
                 break Outcome::Succeeded {
                     run,
                     attempts: event.attempt,
@@ -188,7 +186,7 @@ async fn decide_outcome(
         };
         warn!(
             trace_id = %meta.trace_id,
-            message_id = %meta.message_id,
+            message_id = %meta.message_id(),
             attempt = event.attempt,
             class = %error.class,
             reason = %error.message,

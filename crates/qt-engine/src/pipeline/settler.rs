@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
 use super::outcome::{ClaimAction, Outcome, Resolution, resolve};
-use super::{Finished, FinishedRx, Pipeline};
+use super::{Finished, FinishedRx, MessageMeta, Pipeline};
 use crate::metrics::DlqReason;
 
 /// Most messages finished together in one batch.
@@ -55,12 +55,12 @@ async fn finish_batch(p: &Arc<Pipeline>, batch: &mut Vec<Finished>, settles: &Ta
             claim,
             permit,
         } = f;
-        let Some(row) = resolve(&outcome, &p.config, meta.attempt, meta.event_name.as_deref()) else {
+        let Some(row) = resolve(&outcome, &p.config, meta.attempt, meta.event_name()) else {
             // Abandoned at stop: give the key back and leave the message to redelivery.
             if let Some(c) = claim {
                 releases.push(c);
             }
-            debug!(trace_id = %meta.trace_id, message_id = %meta.message_id, "abandoned at stop; the broker will redeliver");
+            debug!(trace_id = %meta.trace_id, message_id = %meta.message_id(), "abandoned at stop; the broker will redeliver");
             p.metrics.left_pipeline();
             drop((handle, permit));
             continue;
@@ -78,7 +78,7 @@ async fn finish_batch(p: &Arc<Pipeline>, batch: &mut Vec<Finished>, settles: &Ta
             handle,
             dlq_reason: row.dlq_reason,
             trace_id: meta.trace_id,
-            message_id: meta.message_id.clone(),
+            message_id: meta.message_id().to_owned(),
             permit,
             started: meta.started,
             status: row.status,
@@ -179,14 +179,15 @@ fn record(
         Outcome::Rejected { reason, policies } | Outcome::Deferred { reason, policies, .. } => (Some(reason), policies),
         _ => (None, Vec::new()),
     };
+    let identity = MessageMeta::into_owned_identity(meta.identity, &meta.queue);
     LedgerRecord {
         trace_id: meta.trace_id,
-        message_id: meta.message_id,
+        message_id: identity.message_id,
         queue: meta.queue,
         adapter: p.adapter_kind.clone(),
-        event_name: meta.event_name,
-        tenant_id: meta.tenant_id,
-        dedup_key: meta.dedup_key,
+        event_name: identity.event_name,
+        tenant_id: identity.tenant_id,
+        dedup_key: identity.dedup_key,
         target: meta.target,
         status: row.status,
         settlement,

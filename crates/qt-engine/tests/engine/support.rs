@@ -79,10 +79,10 @@ impl AgentRuntime for ScriptedAgent {
             calls.push(Call {
                 message_id: event.envelope.message_id.clone(),
                 attempt: event.attempt,
-                event_name: event.event_name.clone(),
-                target: event.target.clone(),
-                focus: event.focus.clone(),
-                tenant_id: event.tenant_id.clone(),
+                event_name: event.event_name().to_owned(),
+                target: event.target.to_string(),
+                focus: event.focus().map(str::to_owned),
+                tenant_id: event.tenant_id().map(str::to_owned),
                 payload: payload.clone(),
                 event: event.clone(),
             });
