@@ -20,6 +20,8 @@ pub enum Operation {
     CompleteBatch,
     Release,
     ReleaseBatch,
+    /// Paying completions and releases Redis did not confirm earlier ([`crate::debts`]).
+    Repay,
 }
 
 /// Which part of an operation ran out of time.
@@ -60,6 +62,7 @@ operation_labels! {
     CompleteBatch => "complete_batch",
     Release => "release",
     ReleaseBatch => "release_batch",
+    Repay => "repay of unconfirmed completions and releases",
 }
 
 /// Scrubs credentials out of text before it reaches an error or a log line: URL passwords

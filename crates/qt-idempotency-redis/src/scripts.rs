@@ -5,55 +5,87 @@
 //! script compares the stored token with the caller's, so a worker whose lease ran out can
 //! neither complete nor release a claim that another worker holds now.
 //!
+//! Each script takes a whole batch of keys (`KEYS[i]` with its token in `ARGV[i + 1]`) and
+//! answers one code per key, in order: Redis's cost per script call is many times its cost
+//! per key, so one call per batch is what lets a single Redis keep up with the engine. The
+//! keys of one call are handled one after the other, atomically, so the same key twice in
+//! a batch behaves as two claims in a row. The codes come back as one string of digits
+//! rather than an array of integers: one bulk reply is far cheaper for both sides to encode
+//! and parse than hundreds of integer replies.
+//!
 //! Each script answers the same way when sent twice with the same token (a claim that finds
-//! its own `inflight:<token>` is acquired, a complete that finds its own `done:<token>` held),
-//! so resending a command after `NOSCRIPT` can never turn one worker's claim against itself.
+//! its own `inflight:<token>` is acquired, a complete that finds its own `done:<token>` held,
+//! a release that finds nothing lost), so resending a call whose answer never arrived (after
+//! `NOSCRIPT`, or a connection lost mid-reply) can never turn one worker's claim against
+//! itself.
 
 use redis::{Cmd, Script};
 
 const CLAIM: &str = r"
--- KEYS[1]: claim key. ARGV[1]: fencing token. ARGV[2]: lease in milliseconds.
--- 1: acquired, 0: another claim holds it, 2: completed within the window.
-local mine = 'inflight:' .. ARGV[1]
-if redis.call('SET', KEYS[1], mine, 'NX', 'PX', ARGV[2]) then
-  return 1
+-- KEYS[i]: claim key. ARGV[1]: lease in milliseconds. ARGV[i + 1]: fencing token of KEYS[i].
+-- Answers one character per key: 1 acquired, 0 another claim holds it, 2 completed within
+-- the window, 3 the key holds a value qt did not write.
+local lease = ARGV[1]
+local out = {}
+for i, key in ipairs(KEYS) do
+  local mine = 'inflight:' .. ARGV[i + 1]
+  if redis.call('SET', key, mine, 'NX', 'PX', lease) then
+    out[i] = '1'
+  else
+    -- pcall: a key of another type answers WRONGTYPE, which must not abort the batch.
+    local held = redis.pcall('GET', key)
+    if type(held) == 'table' then
+      out[i] = '3'
+    elseif held == mine then
+      out[i] = '1'
+    elseif held == false or string.sub(held, 1, 9) == 'inflight:' then
+      out[i] = '0'
+    elseif string.sub(held, 1, 5) == 'done:' then
+      out[i] = '2'
+    else
+      out[i] = '3'
+    end
+  end
 end
-local held = redis.call('GET', KEYS[1])
-if held == mine then
-  return 1
-end
-if held == false or string.sub(held, 1, 9) == 'inflight:' then
-  return 0
-end
-if string.sub(held, 1, 5) == 'done:' then
-  return 2
-end
-return redis.error_reply('qt-idempotency: ' .. KEYS[1] ..
-  ' holds a value qt did not write; delete the key or use another idempotency.key_prefix')
+return table.concat(out)
 ";
 
 const COMPLETE: &str = r"
--- KEYS[1]: claim key. ARGV[1]: fencing token. ARGV[2]: idempotency window in milliseconds.
--- 1: the token held the claim, which is now done for the window. 0: it did not; untouched.
-local held = redis.call('GET', KEYS[1])
-if held == 'inflight:' .. ARGV[1] then
-  redis.call('SET', KEYS[1], 'done:' .. ARGV[1], 'PX', ARGV[2])
-  return 1
+-- KEYS[i]: claim key. ARGV[1]: idempotency window in milliseconds. ARGV[i + 1]: fencing
+-- token of KEYS[i].
+-- Answers one character per key: 1 the token held the claim, which is now done for the
+-- window; 0 it did not (expired, another claim, or a value qt did not write): untouched.
+local window = ARGV[1]
+local out = {}
+for i, key in ipairs(KEYS) do
+  local token = ARGV[i + 1]
+  local held = redis.pcall('GET', key)
+  if held == 'inflight:' .. token then
+    redis.call('SET', key, 'done:' .. token, 'PX', window)
+    out[i] = '1'
+  elseif held == 'done:' .. token then
+    out[i] = '1'
+  else
+    out[i] = '0'
+  end
 end
-if held == 'done:' .. ARGV[1] then
-  return 1
-end
-return 0
+return table.concat(out)
 ";
 
 const RELEASE: &str = r"
--- KEYS[1]: claim key. ARGV[1]: fencing token.
--- 1: the token held the claim, which is now deleted. 0: it did not; untouched.
-if redis.call('GET', KEYS[1]) == 'inflight:' .. ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return 1
+-- KEYS[i]: claim key. ARGV[i]: fencing token of KEYS[i].
+-- Answers one character per key: 1 the token held the claim, which is now deleted; 0 it did
+-- not: untouched.
+local out = {}
+for i, key in ipairs(KEYS) do
+  if redis.pcall('GET', key) == 'inflight:' .. ARGV[i] then
+    redis.call('DEL', key)
+    out[i] = '1'
+  else
+    out[i] = '0'
+  end
 end
-return 0
+return table.concat(out)
 ";
 
 /// One of the scripts: its source (for `SCRIPT LOAD`) and its SHA-1 (for `EVALSHA`).
@@ -77,12 +109,23 @@ impl LuaScript {
         self.name
     }
 
-    /// `EVALSHA <sha> 1 <key> <args...>`.
-    pub fn call(&self, key: &str, args: &[&str]) -> Cmd {
+    /// `EVALSHA <sha> <n> <key 1..n> [<shared>] <token 1..n>`: one call for `pairs`
+    /// (claim key, token), with `shared` (lease or window) first among the arguments.
+    pub fn call<'a>(
+        &self,
+        shared: Option<&str>,
+        pairs: impl ExactSizeIterator<Item = (&'a str, &'a str)> + Clone,
+    ) -> Cmd {
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&self.sha).arg(1).arg(key);
-        for a in args {
-            cmd.arg(*a);
+        cmd.arg(&self.sha).arg(pairs.len());
+        for (key, _) in pairs.clone() {
+            cmd.arg(key);
+        }
+        if let Some(shared) = shared {
+            cmd.arg(shared);
+        }
+        for (_, token) in pairs {
+            cmd.arg(token);
         }
         cmd
     }
@@ -93,6 +136,37 @@ impl LuaScript {
         cmd.arg("LOAD").arg(self.source);
         cmd
     }
+}
+
+/// Most keys in one script call. One call runs atomically and holds Redis for its whole
+/// duration, so very large batches are split to keep other clients' latency low.
+pub const KEYS_PER_CALL: usize = 256;
+
+/// One script call of an exchange with Redis.
+#[derive(Debug)]
+pub struct Call<'s> {
+    pub script: &'s LuaScript,
+    pub cmd: Cmd,
+    /// Keys in the call: the codes its reply must hold.
+    pub keys: usize,
+}
+
+/// Calls of `script` for `items`, each giving a (claim key, token) pair, at most
+/// [`KEYS_PER_CALL`] keys per call.
+pub fn calls<'s, T>(
+    script: &'s LuaScript,
+    shared: Option<&str>,
+    items: &[T],
+    pair: impl Fn(&T) -> (&str, &str),
+) -> Vec<Call<'s>> {
+    items
+        .chunks(KEYS_PER_CALL)
+        .map(|chunk| Call {
+            script,
+            cmd: script.call(shared, chunk.iter().map(&pair)),
+            keys: chunk.len(),
+        })
+        .collect()
 }
 
 /// All three, hashed once per store.
@@ -117,30 +191,36 @@ impl Scripts {
     }
 }
 
-/// What the claim script answered.
+/// A script's answer: one ASCII digit per key, in order.
+pub type Codes = Vec<u8>;
+
+/// What the claim script answered for one key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClaimReply {
     Acquired,
     InFlight,
     Completed,
+    /// The key holds something qt did not write.
+    Foreign,
 }
 
 impl ClaimReply {
-    pub fn decode(code: i64) -> Option<Self> {
+    pub fn decode(code: u8) -> Option<Self> {
         match code {
-            1 => Some(Self::Acquired),
-            0 => Some(Self::InFlight),
-            2 => Some(Self::Completed),
+            b'1' => Some(Self::Acquired),
+            b'0' => Some(Self::InFlight),
+            b'2' => Some(Self::Completed),
+            b'3' => Some(Self::Foreign),
             _ => None,
         }
     }
 }
 
 /// Whether a complete or release script found the caller's token.
-pub fn decode_held(code: i64) -> Option<bool> {
+pub fn decode_held(code: u8) -> Option<bool> {
     match code {
-        1 => Some(true),
-        0 => Some(false),
+        b'1' => Some(true),
+        b'0' => Some(false),
         _ => None,
     }
 }
@@ -155,15 +235,37 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[test]
-    fn evalsha_carries_one_key_and_the_arguments() {
-        let scripts = Scripts::new();
-        let cmd = scripts.claim.call("p:t:k", &["tok", "1500"]);
+    fn parts(cmd: &Cmd) -> Vec<String> {
         let packed = String::from_utf8(cmd.get_packed_command()).expect("ascii");
-        let parts: Vec<&str> = packed.split("\r\n").filter(|p| !p.starts_with(['*', '$'])).collect();
+        packed
+            .split("\r\n")
+            .filter(|p| !p.is_empty() && !p.starts_with(['*', '$']))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn evalsha_carries_the_keys_then_the_shared_argument_then_the_tokens() {
+        let scripts = Scripts::new();
+        let pairs = [("p:t:a", "tok-a"), ("p:t:b", "tok-b")];
+        let cmd = scripts.claim.call(Some("1500"), pairs.iter().copied());
         assert_eq!(
-            parts[..6],
-            ["EVALSHA", scripts.claim.sha.as_str(), "1", "p:t:k", "tok", "1500"]
+            parts(&cmd),
+            [
+                "EVALSHA",
+                scripts.claim.sha.as_str(),
+                "2",
+                "p:t:a",
+                "p:t:b",
+                "1500",
+                "tok-a",
+                "tok-b"
+            ]
+        );
+        let cmd = scripts.release.call(None, pairs[..1].iter().copied());
+        assert_eq!(
+            parts(&cmd),
+            ["EVALSHA", scripts.release.sha.as_str(), "1", "p:t:a", "tok-a"]
         );
         assert_eq!(scripts.claim.sha, Script::new(CLAIM).get_hash());
         assert_eq!(scripts.claim.sha.len(), 40);
@@ -178,13 +280,15 @@ mod tests {
 
     #[test]
     fn replies_decode_and_unknown_codes_do_not() {
-        assert_eq!(ClaimReply::decode(1), Some(ClaimReply::Acquired));
-        assert_eq!(ClaimReply::decode(0), Some(ClaimReply::InFlight));
-        assert_eq!(ClaimReply::decode(2), Some(ClaimReply::Completed));
-        assert_eq!(ClaimReply::decode(3), None);
-        assert_eq!(decode_held(1), Some(true));
-        assert_eq!(decode_held(0), Some(false));
-        assert_eq!(decode_held(-1), None);
+        assert_eq!(ClaimReply::decode(b'1'), Some(ClaimReply::Acquired));
+        assert_eq!(ClaimReply::decode(b'0'), Some(ClaimReply::InFlight));
+        assert_eq!(ClaimReply::decode(b'2'), Some(ClaimReply::Completed));
+        assert_eq!(ClaimReply::decode(b'3'), Some(ClaimReply::Foreign));
+        assert_eq!(ClaimReply::decode(b'4'), None);
+        assert_eq!(ClaimReply::decode(1), None, "digits, not numbers");
+        assert_eq!(decode_held(b'1'), Some(true));
+        assert_eq!(decode_held(b'0'), Some(false));
+        assert_eq!(decode_held(b'-'), None);
     }
 
     #[test]

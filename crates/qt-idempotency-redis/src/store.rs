@@ -1,7 +1,7 @@
 //! [`RedisStore`]: the [`IdempotencyStore`] shared by every qt process pointed at one Redis.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,14 +13,22 @@ use redis::aio::MultiplexedConnection;
 use redis::{Cmd, RedisResult};
 
 use crate::connection::{self, Manager};
+use crate::debts::{Debt, Debts, PAID_AHEAD, PAID_IN_BACKGROUND, Paid, Repayment, Settle};
 use crate::errors::{Operation, Phase, PoolTimeouts, Redactor, is_noscript, must_discard};
 use crate::keys::redis_key;
-use crate::scripts::{ClaimReply, LuaScript, Scripts, decode_held, millis};
+use crate::scripts::{Call, ClaimReply, Codes, LuaScript, Scripts, calls, decode_held, millis};
 use crate::token::new_token;
 
 /// Where `connect` reports configuration problems; the store is configured there in the
 /// `qt` YAML file.
 const CONFIG_PATH: &str = "idempotency.store";
+
+/// First pause of the background payer of debts, doubled after each failure up to
+/// [`REPAY_MAX_DELAY`].
+const REPAY_FIRST_DELAY: Duration = Duration::from_millis(200);
+const REPAY_MAX_DELAY: Duration = Duration::from_secs(5);
+
+const FOREIGN_VALUE: &str = "holds a value qt did not write; delete the key or use another idempotency.key_prefix";
 
 /// Claims in Redis, shared across processes. Cheap to share behind an `Arc`; every method
 /// takes `&self`.
@@ -31,12 +39,18 @@ const CONFIG_PATH: &str = "idempotency.store";
 /// operation; any other failure [`StoreError::Unavailable`] saying what failed. Errors and
 /// `Debug` show the URL with its password masked and never a configured password.
 pub struct RedisStore {
+    core: Arc<Core>,
+    prefix: String,
+}
+
+/// What the store shares with its background payer of debts ([`crate::debts`]).
+struct Core {
     pool: Pool<Manager>,
     scripts: Arc<Scripts>,
-    prefix: String,
     redactor: Redactor,
     command_timeout: Duration,
     pool_timeouts: PoolTimeouts,
+    debts: Debts,
 }
 
 impl RedisStore {
@@ -106,16 +120,19 @@ impl RedisStore {
             .map_err(|e| redactor.unavailable(format!("cannot build the connection pool: {e}")))?;
 
         let store = Self {
-            pool,
-            scripts,
+            core: Arc::new(Core {
+                pool,
+                scripts,
+                redactor,
+                command_timeout: cfg.command_timeout,
+                pool_timeouts,
+                debts: Debts::default(),
+            }),
             prefix: key_prefix.to_owned(),
-            redactor,
-            command_timeout: cfg.command_timeout,
-            pool_timeouts,
         };
         // Boxed: opening a connection is a large future, and `connect` is awaited inline.
-        Box::pin(store.ping(Operation::Connect)).await?;
-        tracing::debug!(store = %store.redactor.endpoint(), prefix = %store.prefix, "connected to Redis");
+        Box::pin(store.core.ping(Operation::Connect)).await?;
+        tracing::debug!(store = %store.endpoint(), prefix = %store.prefix, "connected to Redis");
         Ok(store)
     }
 
@@ -130,20 +147,202 @@ impl RedisStore {
 
     /// The URL with its password masked.
     pub fn endpoint(&self) -> &str {
-        self.redactor.endpoint()
+        self.core.redactor.endpoint()
     }
 
     /// Connections currently open (idle or in use), at most `pool_size`.
     pub fn open_connections(&self) -> usize {
-        self.pool.status().size
+        self.core.pool.status().size
+    }
+
+    /// Completions and releases Redis has not confirmed yet ([`crate::debts`]): non-zero
+    /// while Redis is unreachable after operations failed, zero again once it is back.
+    pub fn owed(&self) -> usize {
+        self.core.debts.len()
     }
 
     /// Closes the pool: later operations fail with `Unavailable`, open connections close as
     /// they are returned.
     pub fn close(&self) {
-        self.pool.close();
+        self.core.pool.close();
     }
 
+    /// Runs `calls` in one pipeline, preceded by (the oldest) debts owed to Redis so that
+    /// what follows sees them settled, and returns one reply per call of `calls`. When the
+    /// whole exchange fails (connection, timeout) the debts stay owed; an error reply to one
+    /// call stays in its slot.
+    async fn run(&self, op: Operation, calls: Vec<Call<'_>>) -> Result<Vec<RedisResult<Codes>>, Failed> {
+        let core = &*self.core;
+        if core.debts.is_empty() {
+            return core.exchange(op, calls).await;
+        }
+        let mut repayment = Repayment::new(&core.scripts, core.debts.oldest(PAID_AHEAD));
+        let mut all = repayment.take_calls();
+        let owed_calls = all.len();
+        all.extend(calls);
+        let mut replies = core.exchange(op, all).await?;
+        let mine = replies.split_off(owed_calls);
+        core.settled(&repayment.settle(replies));
+        Ok(mine)
+    }
+
+    /// Records work Redis may not have done and makes sure a background task pays it.
+    fn owe(&self, op: Operation, debts: Vec<Debt>) {
+        if debts.is_empty() {
+            return;
+        }
+        let keys = debts.len();
+        let added = self.core.debts.add(debts);
+        let owed = self.core.debts.len();
+        // One warning per outage; the engine logs each failed operation already.
+        if added.first {
+            tracing::warn!(
+                store = %self.endpoint(),
+                operation = op.name(),
+                keys,
+                "Redis did not confirm completions or releases; they are kept and sent again until Redis answers, so the keys do not stay claimed until their lease ends"
+            );
+        } else {
+            tracing::debug!(store = %self.endpoint(), operation = op.name(), keys, owed, "more work kept for Redis");
+        }
+        if added.dropped > 0 {
+            tracing::warn!(
+                store = %self.endpoint(),
+                dropped = added.dropped,
+                "too many unconfirmed completions and releases; the oldest are dropped and their keys stay claimed until their lease ends"
+            );
+        }
+        Core::ensure_repaying(&self.core);
+    }
+
+    async fn claim_many(
+        &self,
+        op: Operation,
+        keys: &[IdempotencyKey],
+        lease: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lease_ms = millis(lease);
+        let planned: Vec<(String, String)> = keys.iter().map(|k| (self.redis_key(k), new_token())).collect();
+        let calls = calls(&self.core.scripts.claim, Some(&lease_ms), &planned, |(k, t)| (k, t));
+        let sizes: Vec<usize> = calls.iter().map(|c| c.keys).collect();
+        let replies = match self.run(op, calls).await {
+            Ok(r) => r,
+            Err(failed) => {
+                if failed.sent {
+                    // Redis may have taken some of these claims before the exchange failed,
+                    // and nobody will ever hold their tokens: release them once it answers.
+                    self.owe(op, release_debts(planned));
+                }
+                return Err(failed.error);
+            }
+        };
+
+        let mut claims = Vec::with_capacity(keys.len());
+        let mut failures = Failures::default();
+        let mut unknown = Vec::new();
+        for ((key, (rk, token)), reply) in keys.iter().zip(planned).zip(per_key(replies, &sizes)) {
+            match reply.map(ClaimReply::decode) {
+                Ok(Some(ClaimReply::Acquired)) => claims.push(Claim::Acquired(ClaimToken {
+                    key: key.clone(),
+                    token,
+                })),
+                Ok(Some(ClaimReply::InFlight)) => claims.push(Claim::InFlight),
+                Ok(Some(ClaimReply::Completed)) => claims.push(Claim::Completed),
+                Ok(Some(ClaimReply::Foreign)) => failures.add(&rk, FOREIGN_VALUE),
+                Ok(None) => failures.add(&rk, "unexpected reply from the claim script"),
+                Err(reason) => {
+                    failures.add(&rk, &reason);
+                    unknown.push((rk, token));
+                }
+            }
+        }
+        if failures.is_empty() {
+            return Ok(claims);
+        }
+        self.owe(op, release_debts(unknown));
+        // The caller gets no tokens from a failed batch, so give back what this batch took
+        // rather than leaving those keys blocked until their leases run out.
+        let acquired: Vec<ClaimToken> = claims
+            .into_iter()
+            .filter_map(|c| match c {
+                Claim::Acquired(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        if let Err(e) = self.settle_many(Operation::ReleaseBatch, &acquired, None).await {
+            tracing::warn!(
+                store = %self.endpoint(),
+                error = %e,
+                claims = acquired.len(),
+                "could not release the claims of a failed batch yet; retrying in the background"
+            );
+        }
+        Err(self.core.redactor.unavailable(failures.describe(op, keys.len())))
+    }
+
+    /// Completes (`window` given) or releases (`None`) every token, one script call per
+    /// [`crate::scripts::KEYS_PER_CALL`] keys, all in one round trip. Whatever Redis did not
+    /// confirm is owed ([`crate::debts`]).
+    async fn settle_many(
+        &self,
+        op: Operation,
+        tokens: &[ClaimToken],
+        window: Option<Duration>,
+    ) -> Result<Vec<ClaimState>, StoreError> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (script, settle) = match window {
+            Some(w) => (&self.core.scripts.complete, Settle::Complete { window_ms: millis(w) }),
+            None => (&self.core.scripts.release, Settle::Release),
+        };
+        let shared = match &settle {
+            Settle::Complete { window_ms } => Some(window_ms.as_str()),
+            Settle::Release => None,
+        };
+        let keys: Vec<(String, &ClaimToken)> = tokens.iter().map(|t| (self.redis_key(&t.key), t)).collect();
+        let debt = |(redis_key, t): (String, &ClaimToken)| Debt {
+            redis_key,
+            token: t.token.clone(),
+            settle: settle.clone(),
+        };
+        let calls = calls(script, shared, &keys, |(k, t)| (k, &t.token));
+        let sizes: Vec<usize> = calls.iter().map(|c| c.keys).collect();
+        let replies = match self.run(op, calls).await {
+            Ok(r) => r,
+            Err(failed) => {
+                self.owe(op, keys.into_iter().map(debt).collect());
+                return Err(failed.error);
+            }
+        };
+
+        let mut states = Vec::with_capacity(tokens.len());
+        let mut failures = Failures::default();
+        let mut unknown = Vec::new();
+        for (key, reply) in keys.into_iter().zip(per_key(replies, &sizes)) {
+            match reply.map(decode_held) {
+                Ok(Some(true)) => states.push(ClaimState::Held),
+                Ok(Some(false)) => states.push(ClaimState::Lost),
+                Ok(None) => failures.add(&key.0, &format!("unexpected reply from the {} script", script.name())),
+                Err(reason) => {
+                    failures.add(&key.0, &reason);
+                    unknown.push(debt(key));
+                }
+            }
+        }
+        self.owe(op, unknown);
+        if failures.is_empty() {
+            Ok(states)
+        } else {
+            Err(self.core.redactor.unavailable(failures.describe(op, tokens.len())))
+        }
+    }
+}
+
+impl Core {
     async fn checkout(&self, op: Operation) -> Result<Object<Manager>, StoreError> {
         self.pool
             .get()
@@ -173,158 +372,187 @@ impl RedisStore {
         }
     }
 
-    /// Runs `calls` (invocations of `script`) in one pipeline and returns one reply per call.
-    /// An error of the whole exchange (connection, timeout) is a `StoreError`; an error reply
-    /// to one call stays in its slot.
-    async fn run(
-        &self,
-        op: Operation,
-        script: &LuaScript,
-        calls: Vec<Cmd>,
-    ) -> Result<Vec<RedisResult<i64>>, StoreError> {
+    /// Sends `calls` in one pipeline on one pooled connection, bounded by the command
+    /// timeout, and returns one reply per call.
+    async fn exchange(&self, op: Operation, calls: Vec<Call<'_>>) -> Result<Vec<RedisResult<Codes>>, Failed> {
         if calls.is_empty() {
             return Ok(Vec::new());
         }
         let expected = calls.len();
-        let mut conn = self.checkout(op).await?;
-        let outcome = tokio::time::timeout(self.command_timeout, eval_all(&mut conn, script, calls)).await;
+        let mut conn = self.checkout(op).await.map_err(Failed::unsent)?;
+        let outcome = tokio::time::timeout(self.command_timeout, eval_all(&mut conn, calls)).await;
         match outcome {
             Err(_) => {
                 // The replies may still arrive on this connection; never reuse it.
                 discard(conn);
-                Err(self.redactor.timeout(op, Phase::Command, self.command_timeout))
+                Err(Failed::sent(self.redactor.timeout(
+                    op,
+                    Phase::Command,
+                    self.command_timeout,
+                )))
             }
             Ok(Err(e)) => {
                 if must_discard(&e) {
                     discard(conn);
                 }
-                Err(self.redactor.redis(op, &e, self.command_timeout))
+                Err(Failed::sent(self.redactor.redis(op, &e, self.command_timeout)))
             }
             Ok(Ok(replies)) => {
                 if replies.iter().any(|r| r.as_ref().is_err_and(must_discard)) {
                     discard(conn);
                 }
                 if replies.len() != expected {
-                    return Err(self.redactor.unavailable(format!(
+                    return Err(Failed::sent(self.redactor.unavailable(format!(
                         "{}: Redis sent {} replies to {expected} commands",
                         op.name(),
                         replies.len()
-                    )));
+                    ))));
                 }
                 Ok(replies)
             }
         }
     }
 
-    async fn claim_many(
-        &self,
-        op: Operation,
-        keys: &[IdempotencyKey],
-        lease: Duration,
-    ) -> Result<Vec<Claim>, StoreError> {
-        let lease_ms = millis(lease);
-        let planned: Vec<(String, String)> = keys.iter().map(|k| (self.redis_key(k), new_token())).collect();
-        let calls = planned
-            .iter()
-            .map(|(rk, token)| self.scripts.claim.call(rk, &[token, &lease_ms]))
-            .collect();
-        let replies = self.run(op, &self.scripts.claim, calls).await?;
-
-        let mut claims = Vec::with_capacity(keys.len());
-        let mut failures = Failures::default();
-        for ((key, (rk, token)), reply) in keys.iter().zip(planned).zip(replies) {
-            let decoded = reply.map_err(|e| e.to_string()).and_then(|code| {
-                ClaimReply::decode(code).ok_or_else(|| format!("unexpected reply {code} from the claim script"))
-            });
-            match decoded {
-                Ok(ClaimReply::Acquired) => claims.push(Claim::Acquired(ClaimToken {
-                    key: key.clone(),
-                    token,
-                })),
-                Ok(ClaimReply::InFlight) => claims.push(Claim::InFlight),
-                Ok(ClaimReply::Completed) => claims.push(Claim::Completed),
-                Err(reason) => failures.add(&rk, &reason),
-            }
+    /// Pays the oldest debts in one exchange; returns how many Redis resolved.
+    async fn repay(&self) -> Result<usize, Failed> {
+        let mut repayment = Repayment::new(&self.scripts, self.debts.oldest(PAID_IN_BACKGROUND));
+        if repayment.is_empty() {
+            return Ok(0);
         }
-        if failures.is_empty() {
-            return Ok(claims);
-        }
-        // The caller gets no tokens from a failed batch, so give back what this batch took
-        // rather than leaving those keys blocked until their leases run out.
-        let acquired: Vec<ClaimToken> = claims
-            .into_iter()
-            .filter_map(|c| match c {
-                Claim::Acquired(t) => Some(t),
-                _ => None,
-            })
-            .collect();
-        if let Err(e) = self.settle_many(Operation::ReleaseBatch, &acquired, None).await {
-            tracing::warn!(
-                store = %self.redactor.endpoint(),
-                error = %e,
-                claims = acquired.len(),
-                "could not release the claims of a failed batch; they expire with their lease"
-            );
-        }
-        Err(self.redactor.unavailable(failures.describe(op, keys.len())))
+        let calls = repayment.take_calls();
+        let replies = self.exchange(Operation::Repay, calls).await?;
+        Ok(self.settled(&repayment.settle(replies)))
     }
 
-    /// Completes (`window` given) or releases (`None`) every token in one round trip.
-    async fn settle_many(
-        &self,
-        op: Operation,
-        tokens: &[ClaimToken],
-        window: Option<Duration>,
-    ) -> Result<Vec<ClaimState>, StoreError> {
-        let (script, window_ms) = match window {
-            Some(w) => (&self.scripts.complete, Some(millis(w))),
-            None => (&self.scripts.release, None),
-        };
-        let keys: Vec<String> = tokens.iter().map(|t| self.redis_key(&t.key)).collect();
-        let calls = keys
-            .iter()
-            .zip(tokens)
-            .map(|(rk, t)| match &window_ms {
-                Some(ms) => script.call(rk, &[&t.token, ms]),
-                None => script.call(rk, &[&t.token]),
-            })
-            .collect();
-        let replies = self.run(op, script, calls).await?;
-
-        let mut states = Vec::with_capacity(tokens.len());
-        let mut failures = Failures::default();
-        for (rk, reply) in keys.iter().zip(replies) {
-            let decoded = reply.map_err(|e| e.to_string()).and_then(|code| {
-                decode_held(code).ok_or_else(|| format!("unexpected reply {code} from the {} script", script.name()))
-            });
-            match decoded {
-                Ok(true) => states.push(ClaimState::Held),
-                Ok(false) => states.push(ClaimState::Lost),
-                Err(reason) => failures.add(rk, &reason),
-            }
+    /// Forgets the debts Redis answered and says what came of them; returns how many
+    /// were still owed (another sender may have paid the same ones meanwhile).
+    fn settled(&self, paid: &Paid) -> usize {
+        let settled = self.debts.forget(paid.settled.iter().map(String::as_str));
+        let already_free = self.debts.forget(paid.nothing_to_release.iter().map(String::as_str));
+        let expired = self.debts.forget(paid.expired_completions.iter().map(String::as_str));
+        if settled > 0 || already_free > 0 {
+            tracing::info!(
+                store = %self.redactor.endpoint(),
+                settled,
+                already_free,
+                owed = self.debts.len(),
+                "Redis confirmed completions and releases owed since it stopped answering"
+            );
         }
-        if failures.is_empty() {
-            Ok(states)
-        } else {
-            Err(self.redactor.unavailable(failures.describe(op, tokens.len())))
+        if expired > 0 {
+            tracing::warn!(
+                store = %self.redactor.endpoint(),
+                keys = expired,
+                "completions owed since Redis stopped answering came too late: the claims had expired (or Redis lost them in a restart without persistence), so these keys may run again"
+            );
+        }
+        if paid.unpaid > 0 {
+            tracing::debug!(
+                store = %self.redactor.endpoint(),
+                keys = paid.unpaid,
+                "Redis refused to settle some owed completions and releases; they stay owed"
+            );
+        }
+        settled + already_free + expired
+    }
+
+    /// Starts the background payer unless one runs. It holds only a weak reference, so a
+    /// dropped store stops it.
+    fn ensure_repaying(core: &Arc<Core>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Without a runtime the debts are still paid ahead of the next operation.
+            return;
+        };
+        if core.debts.start_repaying() {
+            runtime.spawn(repay_in_background(Arc::downgrade(core)));
         }
     }
 }
 
+/// Pays debts while there are any, backing off while Redis stays away.
+async fn repay_in_background(core: Weak<Core>) {
+    let mut delay = REPAY_FIRST_DELAY;
+    loop {
+        // A large backlog is paid bite by bite without pausing; a failure backs off.
+        if delay > Duration::ZERO {
+            tokio::time::sleep(delay).await;
+        }
+        let Some(core) = core.upgrade() else { return };
+        if core.pool.is_closed() {
+            core.debts.stop_repaying();
+            return;
+        }
+        match core.repay().await {
+            Ok(resolved) if resolved > 0 => delay = Duration::ZERO,
+            // Redis answers but refuses (an error reply): do not hammer it.
+            Ok(_) => delay = (delay * 2).clamp(REPAY_FIRST_DELAY, REPAY_MAX_DELAY),
+            Err(failed) => {
+                tracing::debug!(error = %failed.error, owed = core.debts.len(), "Redis still does not answer; debts kept");
+                delay = (delay * 2).clamp(REPAY_FIRST_DELAY, REPAY_MAX_DELAY);
+            }
+        }
+        if core.debts.is_empty() && !core.debts.stop_repaying() {
+            return;
+        }
+    }
+}
+
+/// An exchange that failed as a whole.
+struct Failed {
+    error: StoreError,
+    /// Whether the commands went out, so that Redis may have run some of them.
+    sent: bool,
+}
+
+impl Failed {
+    fn unsent(error: StoreError) -> Self {
+        Self { error, sent: false }
+    }
+
+    fn sent(error: StoreError) -> Self {
+        Self { error, sent: true }
+    }
+}
+
+fn release_debts(pairs: Vec<(String, String)>) -> Vec<Debt> {
+    pairs
+        .into_iter()
+        .map(|(redis_key, token)| Debt {
+            redis_key,
+            token,
+            settle: Settle::Release,
+        })
+        .collect()
+}
+
+/// One code per key from the replies to calls of `sizes` keys each, or why there is none.
+/// A call's error reply applies to each of its keys.
+fn per_key(replies: Vec<RedisResult<Codes>>, sizes: &[usize]) -> Vec<Result<u8, String>> {
+    let mut out = Vec::with_capacity(sizes.iter().sum());
+    for (reply, &keys) in replies.into_iter().zip(sizes) {
+        match reply {
+            Ok(codes) if codes.len() == keys => out.extend(codes.into_iter().map(Ok)),
+            Ok(codes) => {
+                let reason = format!("Redis answered {} codes for {keys} keys", codes.len());
+                out.extend(std::iter::repeat_n(Err(reason), keys));
+            }
+            Err(e) => out.extend(std::iter::repeat_n(Err(e.to_string()), keys)),
+        }
+    }
+    out
+}
+
 /// Runs the calls in one pipeline. Calls answered `NOSCRIPT` (Redis restarted, failed over
-/// or flushed its script cache since the connection loaded the scripts) did not run; the
-/// script is loaded again and just those calls are resent.
-async fn eval_all(
-    conn: &mut MultiplexedConnection,
-    script: &LuaScript,
-    calls: Vec<Cmd>,
-) -> RedisResult<Vec<RedisResult<i64>>> {
+/// or flushed its script cache since the connection loaded the scripts) did not run; their
+/// scripts are loaded again and just those calls are resent.
+async fn eval_all(conn: &mut MultiplexedConnection, calls: Vec<Call<'_>>) -> RedisResult<Vec<RedisResult<Codes>>> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
+    let scripts: Vec<&LuaScript> = calls.iter().map(|c| c.script).collect();
     for call in calls {
-        pipe.add_command(call);
+        pipe.add_command(call.cmd);
     }
-    let mut replies: Vec<RedisResult<i64>> = pipe.query_async(conn).await?;
+    let mut replies: Vec<RedisResult<Codes>> = pipe.query_async(conn).await?;
     let missing: Vec<usize> = replies
         .iter()
         .enumerate()
@@ -334,19 +562,26 @@ async fn eval_all(
     if missing.is_empty() {
         return Ok(replies);
     }
+    let mut reload: Vec<&LuaScript> = missing.iter().map(|&i| scripts[i]).collect();
+    reload.sort_by_key(|s| s.name());
+    reload.dedup_by_key(|s| s.name());
     tracing::info!(
-        script = script.name(),
+        scripts = ?reload.iter().map(|s| s.name()).collect::<Vec<_>>(),
         calls = missing.len(),
-        "Redis no longer has the script (restart, failover or SCRIPT FLUSH); loading it again"
+        "Redis no longer has the scripts (restart, failover or SCRIPT FLUSH); loading them again"
     );
-    script.load().query_async::<()>(conn).await?;
+    let mut load = redis::pipe();
+    for script in reload {
+        load.add_command(script.load()).ignore();
+    }
+    load.query_async::<()>(conn).await?;
     let mut again = redis::pipe();
     again.ignore_errors();
     let sent: Vec<&Cmd> = pipe.cmd_iter().collect();
     for &i in &missing {
         again.add_command(sent[i].clone());
     }
-    let retried: Vec<RedisResult<i64>> = again.query_async(conn).await?;
+    let retried: Vec<RedisResult<Codes>> = again.query_async(conn).await?;
     for (i, reply) in missing.into_iter().zip(retried) {
         replies[i] = reply;
     }
@@ -427,7 +662,7 @@ impl IdempotencyStore for RedisStore {
     /// `PING` on a pooled connection, bounded like every operation: `Unhealthy` with the
     /// reason while Redis cannot be reached.
     async fn health(&self) -> Health {
-        match self.ping(Operation::Health).await {
+        match self.core.ping(Operation::Health).await {
             Ok(()) => Health::Healthy,
             Err(e) => Health::Unhealthy(e.to_string()),
         }
@@ -436,14 +671,15 @@ impl IdempotencyStore for RedisStore {
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let status = self.pool.status();
+        let status = self.core.pool.status();
         f.debug_struct("RedisStore")
-            .field("endpoint", &self.redactor.endpoint())
+            .field("endpoint", &self.endpoint())
             .field("prefix", &self.prefix)
             .field("connections", &status.size)
             .field("idle", &status.available)
             .field("max_connections", &status.max_size)
-            .field("command_timeout", &self.command_timeout)
+            .field("command_timeout", &self.core.command_timeout)
+            .field("owed", &self.core.debts.len())
             .finish()
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use qt_core::{Claim, ClaimState, Health, IdempotencyKey, IdempotencyStore, StoreError};
 use qt_idempotency_redis::RedisStore;
 
-use crate::support::{PrivateRedis, assert_unavailable_or_timeout, bounded, eventually, raw, test_config};
+use crate::support::{PrivateRedis, assert_unavailable_or_timeout, bounded, eventually, get, raw, test_config};
 
 const LEASE: Duration = Duration::from_secs(30);
 const WINDOW: Duration = Duration::from_secs(60);
@@ -177,4 +177,71 @@ async fn connect_fails_fast_when_redis_is_not_there() {
     let text = err.to_string();
     assert!(text.contains("connect"), "{text}");
     assert!(text.contains("is Redis running"), "{text}");
+}
+
+fn acquired(claim: Claim) -> qt_core::ClaimToken {
+    match claim {
+        Claim::Acquired(t) => t,
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}
+
+/// Completions and releases that fail while Redis does not answer, and claims whose answer
+/// was lost, are settled once it answers again: no key stays claimed until its lease ends,
+/// and no completed key can run again.
+#[tokio::test]
+async fn what_redis_missed_during_an_outage_is_settled_when_it_returns() {
+    let server = PrivateRedis::start();
+    bounded(60, async {
+        let store = connect(&server).await;
+        let mut conn = raw(&server.url()).await;
+        let done = acquired(store.claim(&key("done-while-away"), LEASE).await.unwrap());
+        let freed = acquired(store.claim(&key("freed-while-away"), LEASE).await.unwrap());
+
+        server.pause();
+        // Sent on a live connection, never answered: Redis runs it when it resumes and takes
+        // claims whose tokens nobody holds.
+        let lost = [key("lost-1"), key("lost-2")];
+        assert_unavailable_or_timeout(&store.claim_batch(&lost, LEASE).await, "claim_batch while paused");
+        assert_unavailable_or_timeout(&store.complete(&done, WINDOW).await, "complete while paused");
+        assert_unavailable_or_timeout(&store.release(&freed).await, "release while paused");
+        assert_eq!(
+            store.owed(),
+            4,
+            "two releases of lost claims, one completion, one release"
+        );
+
+        server.resume();
+        // No further operation on this store: its background task settles everything.
+        eventually(Duration::from_secs(10), "the owed work to be settled", || async {
+            (store.owed() == 0).then_some(())
+        })
+        .await;
+        assert_eq!(
+            get(&mut conn, &store.redis_key(&key("done-while-away"))).await,
+            Some(format!("done:{}", done.token))
+        );
+        assert_eq!(get(&mut conn, &store.redis_key(&key("freed-while-away"))).await, None);
+        for k in &lost {
+            assert_eq!(get(&mut conn, &store.redis_key(k)).await, None, "{k:?} was given back");
+        }
+        assert!(matches!(
+            store.claim(&lost[0], LEASE).await.unwrap(),
+            Claim::Acquired(_)
+        ));
+        assert_eq!(
+            store.claim(&key("done-while-away"), LEASE).await.unwrap(),
+            Claim::Completed
+        );
+
+        // A claim made as soon as Redis is back sees a completion it missed: the owed work
+        // travels ahead of the claim in the same pipeline.
+        let ahead = acquired(store.claim(&key("ahead"), LEASE).await.unwrap());
+        server.pause();
+        assert_unavailable_or_timeout(&store.complete(&ahead, WINDOW).await, "complete while paused");
+        server.resume();
+        assert_eq!(store.claim(&key("ahead"), LEASE).await.unwrap(), Claim::Completed);
+        assert_eq!(store.owed(), 0);
+    })
+    .await;
 }
