@@ -276,6 +276,7 @@ impl QueueAdapter for KafkaAdapter {
                 if !st.buffer.is_empty() {
                     let taken = st.take(max);
                     drop(st);
+                    self.shared.notify_room();
                     return Ok(taken
                         .into_iter()
                         .map(|p| {
@@ -363,6 +364,7 @@ impl QueueAdapter for KafkaAdapter {
         self.shared.ready.notify_waiters();
         self.shared.ready.notify_one();
         self.shared.notify_settled();
+        self.shared.notify_room();
         let poller = self.poller.lock().take();
         let unconnected = self.consumer.lock().take();
         let joined = tokio::task::spawn_blocking(move || {

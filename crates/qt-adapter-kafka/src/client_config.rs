@@ -81,15 +81,18 @@ pub fn consumer(cfg: &KafkaSourceConfig, settings: &AdapterSettings) -> ClientCo
     c.set("enable.auto.offset.store", "false");
     let interval_ms = cfg.commit_interval.as_millis().clamp(1, i32::MAX as u128);
     c.set("auto.commit.interval.ms", interval_ms.to_string());
-    // Defaults qt prefers; an operator's `options` override them.
-    let prefetch = settings.max_in_flight.clamp(1, 1_000_000).max(1_000) * 2;
+    // Defaults qt prefers; an operator's `options` override them. librdkafka's prefetch
+    // (`queued.min.messages`, `queued.max.messages.kbytes`) keeps its defaults: qt's own
+    // buffer is what max_in_flight bounds. A small `queued.min.messages` starves the
+    // consumer, because librdkafka backs off a partition's next fetch for
+    // `fetch.queue.backoff.ms` (1s) whenever one response filled its queue past it; lower
+    // both together when memory matters more than throughput.
     let defaults = [
         // A new group reads a topic from its start: a trigger should not skip events that
         // arrived before its first deployment.
-        ("auto.offset.reset", "earliest".to_owned()),
+        ("auto.offset.reset", "earliest"),
         // Statistics feed health (broker connection states) and backlog (consumer lag).
-        ("statistics.interval.ms", "1000".to_owned()),
-        ("queued.min.messages", prefetch.to_string()),
+        ("statistics.interval.ms", "1000"),
     ];
     for (k, v) in defaults {
         if !cfg.options.contains_key(k) {

@@ -1,13 +1,19 @@
-//! The consumer thread: one OS thread owns the librdkafka consumer and polls it without
-//! pause, so heartbeats, rebalances, statistics and `max.poll.interval.ms` are served even
-//! while the engine is busy. Flow control and `pause()` pause the assigned partitions at the
-//! consumer instead of not polling.
+//! The consumer thread: one OS thread owns the librdkafka consumer and polls it, so
+//! rebalances, statistics and `max.poll.interval.ms` are served even while the engine is
+//! busy (heartbeats run on librdkafka's own thread).
+//!
+//! Flow control: while the engine is taking messages, a full buffer only makes the thread
+//! wait for room (briefly, without polling) — librdkafka keeps prefetching meanwhile, so
+//! nothing is fetched twice. Pausing the partitions at the consumer throws librdkafka's
+//! prefetched messages away and fetches them again on resume, which costs a fetch round
+//! trip each time; it is kept for when the engine takes nothing for [`FLOW_STALL`] (long
+//! handlers), for too many held delayed requeues, and for `pause()`, so the thread can go on
+//! polling without taking messages.
 //!
 //! Rebalance callbacks run on this thread too, inside `poll`: on revocation it stops taking
 //! messages from the revoked partitions, waits (bounded) for the engine to settle what it
 //! holds of them, commits the completed prefix and lets them go.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -25,6 +31,10 @@ use crate::state::{Shared, TopicPartition};
 /// Longest a single `poll` blocks, which bounds how late pause/resume, rewinds, held
 /// messages and commits are acted on.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How long a full buffer may go without the engine taking anything before the partitions
+/// are paused at the consumer. Until then the thread waits for room without polling, which
+/// delays rebalance callbacks by at most this long.
+const FLOW_STALL: Duration = Duration::from_secs(1);
 /// Most messages taken from librdkafka per lock of the shared state.
 const MAX_BATCH: usize = 1_024;
 /// Delayed requeues held at least, whatever max_in_flight is.
@@ -230,8 +240,13 @@ pub struct PollLoop {
     pub held_capacity: usize,
     pub commit_interval: Duration,
     pub redelivery_delay: Duration,
-    topics: HashMap<String, Arc<str>>,
+    /// Interned topic names (a consumer reads a handful of topics: a scan beats hashing).
+    topics: Vec<Arc<str>>,
+    /// `kafka`, shared by every message's source.
+    adapter_kind: Arc<str>,
     flow_paused: bool,
+    /// Since when the buffer has been full without the engine taking anything.
+    full_since: Option<Instant>,
 }
 
 impl PollLoop {
@@ -251,8 +266,10 @@ impl PollLoop {
             held_capacity: (capacity * 4).max(MIN_HELD),
             commit_interval,
             redelivery_delay,
-            topics: HashMap::new(),
+            topics: Vec::new(),
+            adapter_kind: Arc::from("kafka"),
             flow_paused: false,
+            full_since: None,
         }
     }
 
@@ -271,7 +288,7 @@ impl PollLoop {
                 break;
             }
             let now = Instant::now();
-            self.apply_pauses();
+            let intake_paused = self.apply_pauses(now);
             self.rewind_due(now);
             let released = self.shared.lock().release_due(now);
             if released > 0 {
@@ -284,6 +301,16 @@ impl PollLoop {
             let mut timeout = IDLE_POLL.min(next_store.saturating_duration_since(now));
             if let Some(due) = self.shared.lock().next_due() {
                 timeout = timeout.min(due.saturating_duration_since(now));
+            }
+            if !intake_paused && self.full_since.is_some() {
+                // The engine is expected to take messages soon: wait for room rather than
+                // pause (see the module docs). Bounded, so stores, rewinds and the stall
+                // check still run on time.
+                let until_stall = self
+                    .full_since
+                    .map_or(FLOW_STALL, |t| (t + FLOW_STALL).saturating_duration_since(now));
+                self.shared.wait_room(self.capacity, now + timeout.min(until_stall));
+                continue;
             }
             if let Err(fatal) = self.poll_batch(timeout) {
                 tracing::error!(error = %fatal, "the Kafka consumer failed for good and stops");
@@ -306,23 +333,35 @@ impl PollLoop {
             .capacity
             .saturating_sub(self.shared.lock().buffer.len())
             .clamp(1, MAX_BATCH);
-        let Self { consumer, topics, .. } = &mut *self;
+        let Self {
+            consumer,
+            topics,
+            adapter_kind,
+            ..
+        } = &mut *self;
         let mut batch = Vec::new();
         let mut wait = timeout;
-        let wall = SystemTime::now();
+        // Taken when the first message arrived: one clock reading per batch.
+        let mut times: Option<record::Batch> = None;
         while batch.len() < room {
             match consumer.poll(wait) {
                 None => break,
                 Some(Ok(msg)) => {
-                    let topic = match topics.get(msg.topic()) {
+                    let topic = match topics.iter().find(|t| ***t == *msg.topic()) {
                         Some(t) => t.clone(),
                         None => {
                             let t: Arc<str> = Arc::from(msg.topic());
-                            topics.insert(msg.topic().to_owned(), t.clone());
+                            topics.push(t.clone());
                             t
                         }
                     };
-                    batch.push(record::from_kafka(&msg, topic, wall));
+                    let times = times.get_or_insert_with(|| record::Batch {
+                        adapter: adapter_kind.clone(),
+                        received_at: chrono::Utc::now(),
+                        now_wall: SystemTime::now(),
+                        now: Instant::now(),
+                    });
+                    batch.push(record::from_kafka(&msg, topic, times));
                     wait = Duration::ZERO;
                 }
                 Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
@@ -351,13 +390,21 @@ impl PollLoop {
     }
 
     /// Pauses or resumes partitions so the consumer's state matches: paused by the engine,
-    /// paused while too much is waiting to be received, paused while rewinding.
-    fn apply_pauses(&mut self) {
+    /// paused while the engine has taken nothing from a full buffer for [`FLOW_STALL`] or
+    /// too many delayed requeues are held, paused while rewinding. Returns whether every
+    /// partition is paused now (so polling takes no messages).
+    fn apply_pauses(&mut self, now: Instant) -> bool {
         let user = self.control.user_paused.load(Ordering::SeqCst);
         let (to_pause, to_resume) = {
             let mut st = self.shared.lock();
             let (buffered, held) = (st.buffer.len(), st.held.len());
-            if !self.flow_paused && (buffered >= self.capacity || held >= self.held_capacity) {
+            if buffered >= self.capacity {
+                self.full_since.get_or_insert(now);
+            } else {
+                self.full_since = None;
+            }
+            let stalled = self.full_since.is_some_and(|t| now.duration_since(t) >= FLOW_STALL);
+            if !self.flow_paused && (stalled || held >= self.held_capacity) {
                 self.flow_paused = true;
                 tracing::debug!(buffered, held, "intake paused until the engine catches up");
             } else if self.flow_paused && buffered <= self.capacity / 2 && held <= self.held_capacity / 2 {
@@ -383,6 +430,7 @@ impl PollLoop {
             *applied = user;
             changed
         });
+        user || self.flow_paused
     }
 
     fn rewind_due(&mut self, now: Instant) {

@@ -34,16 +34,18 @@ impl SettleContext {
     fn fail(&self, origin: &Origin, why: &str) {
         let f = self.shared.lock().fail(origin, Instant::now(), self.redelivery_delay);
         self.shared.notify_settled();
+        // A rewind drops the partition's buffered messages.
+        self.shared.notify_room();
         match f {
             Failure::Rewinding { target } => tracing::warn!(
-                message_id = %origin.message_id,
+                message_id = %origin.message_id(),
                 partition = %origin.tp,
                 rewind_to = target,
                 delay = ?self.redelivery_delay,
                 "{why}; the partition is read again from the first unfinished offset"
             ),
             Failure::LeftToBroker => tracing::info!(
-                message_id = %origin.message_id,
+                message_id = %origin.message_id(),
                 partition = %origin.tp,
                 "{why}; the message stays uncommitted and the broker delivers it again"
             ),
@@ -52,7 +54,7 @@ impl SettleContext {
 
     fn stale(origin: &Origin) -> SettleError {
         SettleError::ConnectionLost {
-            message_id: origin.message_id.clone(),
+            message_id: origin.message_id(),
         }
     }
 }
@@ -76,16 +78,16 @@ impl KafkaSettle {
         if let Some(d) = delay.filter(|d| !d.is_zero()) {
             extra.push((NOT_BEFORE, record::not_before_value(d)));
         }
-        let headers = record::outgoing_headers(&o.headers, &[ATTEMPT, NOT_BEFORE], extra);
+        let headers = record::outgoing_headers(o.record.headers(), &[ATTEMPT, NOT_BEFORE], extra);
         self.ctx
             .publisher
-            .produce(topic, o.key.as_deref(), o.payload.as_deref(), headers)
+            .produce(topic, o.record.key(), o.record.payload(), headers)
             .await
             .map(|_| ())
             .map_err(|reason| SettleError::Broker {
                 operation: "requeue",
                 queue: topic.to_owned(),
-                message_id: o.message_id.clone(),
+                message_id: o.message_id(),
                 reason,
             })
     }
@@ -101,17 +103,17 @@ impl KafkaSettle {
         let mut source = SourceInfo::new("kafka", o.tp.topic.clone());
         source.partition = Some(o.tp.partition);
         source.offset = Some(o.offset);
-        let added = dl.headers_for(&Headers::new(), &source, &o.message_id);
-        let headers = record::outgoing_headers(&o.headers, &DEAD_LETTER_HEADERS, added.iter());
+        let added = dl.headers_for(&Headers::new(), &source, &o.message_id());
+        let headers = record::outgoing_headers(o.record.headers(), &DEAD_LETTER_HEADERS, added.iter());
         self.ctx
             .publisher
-            .produce(topic, o.key.as_deref(), o.payload.as_deref(), headers)
+            .produce(topic, o.record.key(), o.record.payload(), headers)
             .await
             .map(|_| ())
             .map_err(|reason| SettleError::Broker {
                 operation: "dead-letter",
                 queue: topic.to_owned(),
-                message_id: o.message_id.clone(),
+                message_id: o.message_id(),
                 reason,
             })
     }
@@ -141,7 +143,7 @@ impl KafkaSettle {
             Ok(()) => {
                 if self.ctx.complete(&self.origin) == Completion::Stale {
                     tracing::debug!(
-                        message_id = %self.origin.message_id,
+                        message_id = %self.origin.message_id(),
                         "{what} written, but the partition was revoked meanwhile; the original is delivered again"
                     );
                 }
@@ -161,7 +163,7 @@ impl Settle for KafkaSettle {
         match settlement {
             Settlement::Ack => self.finish(),
             Settlement::Nack => {
-                tracing::debug!(message_id = %self.origin.message_id, "nack: Kafka has no reject, the message is dropped");
+                tracing::debug!(message_id = %self.origin.message_id(), "nack: Kafka has no reject, the message is dropped");
                 self.finish()
             }
             Settlement::Requeue { delay, attempt } => {

@@ -123,7 +123,7 @@ impl KafkaPublisher {
                 field: "destination".to_owned(),
                 reason: "no destination topic given and the source has no topics".to_owned(),
             })?;
-        let headers = record::outgoing_headers(&[], &[], message.headers.iter());
+        let headers = record::outgoing_headers(std::iter::empty(), &[], message.headers.iter());
         let produced = self
             .produce(
                 topic,

@@ -1,6 +1,14 @@
 //! Kafka records in and out: a consumed record becomes a [`RawMessage`] plus the exact
-//! bytes needed to re-produce it; an outgoing record is built from those bytes.
+//! bytes needed to re-produce it ([`RecordBytes`]); an outgoing record is built from those
+//! bytes.
+//!
+//! A consumed record is copied out of librdkafka once, into one buffer holding its key,
+//! value and headers; the message body handed to the engine is a slice of that buffer.
+//! Allocation per message is what bounds the consumer thread's throughput, so the few
+//! allocations left are the ones qt-core's types need (header strings, ids).
 
+use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,82 +26,273 @@ pub const NOT_BEFORE: &str = "x-qt-not-before";
 
 /// The stable message id of a Kafka record.
 pub fn message_id(topic: &str, partition: i32, offset: i64) -> String {
-    format!("{topic}/{partition}/{offset}")
+    let mut id = String::with_capacity(topic.len() + 24);
+    id.push_str(topic);
+    id.push('/');
+    push_int(&mut id, i64::from(partition));
+    id.push('/');
+    push_int(&mut id, offset);
+    id
+}
+
+/// Appends the decimal form of `n` without going through `fmt`.
+fn push_int(out: &mut String, n: i64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        out.push('-');
+    }
+    out.extend(digits[i..].iter().map(|d| char::from(*d)));
+}
+
+/// A record's key, value and headers byte for byte (keys and values may be null, values
+/// need not be UTF-8), in one buffer. Headers are stored as `key length (u32 LE), key,
+/// value length (i32 LE, -1 for null), value`.
+#[derive(Clone, Default)]
+pub struct RecordBytes {
+    data: Bytes,
+    key: Option<Range<usize>>,
+    payload: Option<Range<usize>>,
+    headers: Range<usize>,
+}
+
+impl RecordBytes {
+    /// Builds the buffer from a key, a payload and headers.
+    #[cfg(test)]
+    pub fn new<'a>(
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+    ) -> Self {
+        let headers = headers.into_iter();
+        let mut b = RecordBuilder::new(key, payload, headers.size_hint().0);
+        for (k, v) in headers {
+            b.header(k, v);
+        }
+        b.finish()
+    }
+
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key.clone().map(|r| &self.data[r])
+    }
+
+    /// `None` for a tombstone (null value), which is re-produced as null.
+    pub fn payload(&self) -> Option<&[u8]> {
+        self.payload.clone().map(|r| &self.data[r])
+    }
+
+    /// The payload sharing this buffer (empty for a tombstone).
+    pub fn payload_bytes(&self) -> Bytes {
+        self.payload.clone().map_or_else(Bytes::new, |r| self.data.slice(r))
+    }
+
+    /// The headers in record order.
+    pub fn headers(&self) -> HeaderIter<'_> {
+        HeaderIter {
+            rest: &self.data[self.headers.clone()],
+        }
+    }
+}
+
+impl fmt::Debug for RecordBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordBytes")
+            .field("key", &self.key().map(String::from_utf8_lossy))
+            .field("payload_len", &self.payload().map(<[u8]>::len))
+            .field("headers", &self.headers().map(|(k, _)| k).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Fills a [`RecordBytes`] in one pass: key and payload first, then each header.
+pub struct RecordBuilder {
+    buf: Vec<u8>,
+    key: Option<Range<usize>>,
+    payload: Option<Range<usize>>,
+    headers_start: usize,
+}
+
+impl RecordBuilder {
+    /// `headers` is how many headers will follow, to size the buffer.
+    pub fn new(key: Option<&[u8]>, payload: Option<&[u8]>, headers: usize) -> Self {
+        // Headers are small; a guess per header saves most regrowth.
+        let guess = key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len) + headers * 48;
+        let mut buf = Vec::with_capacity(guess);
+        let mut put = |bytes: Option<&[u8]>| {
+            bytes.map(|b| {
+                let start = buf.len();
+                buf.extend_from_slice(b);
+                start..buf.len()
+            })
+        };
+        let key = put(key);
+        let payload = put(payload);
+        let headers_start = buf.len();
+        Self {
+            buf,
+            key,
+            payload,
+            headers_start,
+        }
+    }
+
+    pub fn header(&mut self, key: &str, value: Option<&[u8]>) {
+        self.buf.extend_from_slice(&len_u32(key.len()).to_le_bytes());
+        self.buf.extend_from_slice(key.as_bytes());
+        match value {
+            Some(v) => {
+                self.buf.extend_from_slice(&len_i32(v.len()).to_le_bytes());
+                self.buf.extend_from_slice(v);
+            }
+            None => self.buf.extend_from_slice(&(-1i32).to_le_bytes()),
+        }
+    }
+
+    pub fn finish(self) -> RecordBytes {
+        let headers = self.headers_start..self.buf.len();
+        RecordBytes {
+            data: Bytes::from(self.buf),
+            key: self.key,
+            payload: self.payload,
+            headers,
+        }
+    }
+}
+
+impl fmt::Debug for RecordBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordBuilder").field("len", &self.buf.len()).finish()
+    }
+}
+
+/// Iterates the headers of a [`RecordBytes`].
+#[derive(Debug, Clone)]
+pub struct HeaderIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for HeaderIter<'a> {
+    type Item = (&'a str, Option<&'a [u8]>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        fn split<'b>(rest: &mut &'b [u8], n: usize) -> &'b [u8] {
+            let (head, tail) = rest.split_at(n);
+            *rest = tail;
+            head
+        }
+        if self.rest.is_empty() {
+            return None;
+        }
+        let key_len = u32::from_le_bytes(split(&mut self.rest, 4).try_into().expect("4 bytes")) as usize;
+        // Keys were written from `&str`.
+        let key = std::str::from_utf8(split(&mut self.rest, key_len)).expect("header keys are UTF-8");
+        let value_len = i32::from_le_bytes(split(&mut self.rest, 4).try_into().expect("4 bytes"));
+        let value = usize::try_from(value_len).ok().map(|n| split(&mut self.rest, n));
+        Some((key, value))
+    }
+}
+
+fn len_u32(n: usize) -> u32 {
+    u32::try_from(n).expect("a Kafka header key is shorter than 4 GiB")
+}
+
+fn len_i32(n: usize) -> i32 {
+    i32::try_from(n).expect("a Kafka header value is shorter than 2 GiB")
+}
+
+/// Lossless when `bytes` is UTF-8 (the usual case), lossy otherwise.
+fn text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+/// What every record of one poll batch shares.
+#[derive(Debug)]
+pub struct Batch {
+    /// `kafka`, shared by every message's source.
+    pub adapter: Arc<str>,
+    pub received_at: DateTime<Utc>,
+    pub now_wall: SystemTime,
+    pub now: Instant,
 }
 
 /// Converts a consumed record. `topic` is the interned topic name. Returns the pending
 /// message and, for a requeued message whose delay has not passed, when it is due.
-pub fn from_kafka(msg: &BorrowedMessage<'_>, topic: Arc<str>, now_wall: SystemTime) -> (Pending, Option<Instant>) {
+pub fn from_kafka(msg: &BorrowedMessage<'_>, topic: Arc<str>, batch: &Batch) -> (Pending, Option<Instant>) {
     let partition = msg.partition();
     let offset = msg.offset();
-    let key = msg.key().map(Bytes::copy_from_slice);
-    let payload = msg.payload().map(Bytes::copy_from_slice);
-
-    let mut raw_headers = Vec::new();
-    let mut headers = Headers::new();
-    if let Some(hs) = msg.headers() {
-        raw_headers.reserve(hs.count());
-        headers = Headers::with_capacity(hs.count());
-        for h in hs.iter() {
-            let value = h.value.map(Bytes::copy_from_slice);
-            let text = value
-                .as_deref()
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default();
-            headers.append(h.key, text);
-            raw_headers.push((h.key.to_owned(), value));
-        }
+    let raw_headers = msg.headers();
+    let count = raw_headers.map_or(0, |hs| hs.count());
+    let mut builder = RecordBuilder::new(msg.key(), msg.payload(), count);
+    let mut headers = Headers::with_capacity(count);
+    for h in raw_headers.iter().flat_map(|hs| hs.iter()) {
+        builder.header(h.key, h.value);
+        headers.append(h.key, h.value.map(text).unwrap_or_default());
     }
-
-    let id = message_id(&topic, partition, offset);
-    let mut source = SourceInfo::new("kafka", topic.clone());
-    source.partition = Some(partition);
-    source.offset = Some(offset);
-    source.key = key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned());
+    let bytes = builder.finish();
 
     let not_before = headers
         .get(NOT_BEFORE)
         .and_then(|v| v.trim().parse::<u64>().ok())
         .and_then(|ms| {
             let due = UNIX_EPOCH + Duration::from_millis(ms);
-            due.duration_since(now_wall).ok().filter(|d| !d.is_zero())
+            due.duration_since(batch.now_wall).ok().filter(|d| !d.is_zero())
         })
-        .map(|wait| Instant::now() + wait);
+        .map(|wait| batch.now + wait);
 
-    let mut message = RawMessage::new(id.clone(), payload.clone().unwrap_or_default(), source).with_headers(headers);
-    message.broker_timestamp = msg
-        .timestamp()
-        .to_millis()
-        .and_then(DateTime::<Utc>::from_timestamp_millis);
-
+    let source = SourceInfo {
+        adapter: batch.adapter.clone(),
+        queue: topic.clone(),
+        partition: Some(partition),
+        offset: Some(offset),
+        key: bytes.key().map(text),
+        delivery_count: None,
+        redelivered: false,
+    };
+    let message = RawMessage {
+        message_id: message_id(&topic, partition, offset),
+        body: bytes.payload_bytes(),
+        headers,
+        broker_timestamp: msg
+            .timestamp()
+            .to_millis()
+            .and_then(DateTime::<Utc>::from_timestamp_millis),
+        received_at: batch.received_at,
+        source,
+    };
     let origin = Origin {
         tp: TopicPartition { topic, partition },
         offset,
         epoch: 0,
-        message_id: id,
-        key,
-        payload,
-        headers: raw_headers,
+        record: bytes,
     };
     (Pending { message, origin }, not_before)
 }
 
 /// Builds librdkafka headers from the original headers minus `replaced` names (compared
 /// without ASCII case), followed by `extra`.
-pub fn outgoing_headers<K: AsRef<str>, V: AsRef<str>>(
-    original: &[(String, Option<Bytes>)],
+pub fn outgoing_headers<'a, K: AsRef<str>, V: AsRef<str>>(
+    original: impl Iterator<Item = (&'a str, Option<&'a [u8]>)>,
     replaced: &[&str],
     extra: impl IntoIterator<Item = (K, V)>,
 ) -> OwnedHeaders {
-    let mut out = OwnedHeaders::new_with_capacity(original.len() + 4);
+    let mut out = OwnedHeaders::new_with_capacity(original.size_hint().0 + 4);
     for (k, v) in original {
         if replaced.iter().any(|r| r.eq_ignore_ascii_case(k)) {
             continue;
         }
-        out = out.insert(Header {
-            key: k.as_str(),
-            value: v.as_deref(),
-        });
+        out = out.insert(Header { key: k, value: v });
     }
     for (k, v) in extra {
         out = out.insert(Header {
@@ -111,4 +310,62 @@ pub fn not_before_value(delay: Duration) -> String {
         .unwrap_or_default()
         .as_millis()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn message_ids_are_topic_partition_offset() {
+        assert_eq!(message_id("orders", 3, 42), "orders/3/42");
+        assert_eq!(message_id("t", 0, 0), "t/0/0");
+        assert_eq!(
+            message_id("t", i32::MAX, i64::MAX),
+            format!("t/{}/{}", i32::MAX, i64::MAX)
+        );
+        assert_eq!(message_id("t", -1, i64::MIN), format!("t/-1/{}", i64::MIN));
+    }
+
+    #[test]
+    fn nulls_and_empties_survive() {
+        let r = RecordBytes::new(None, None, [("a", None), ("", Some(&b""[..]))]);
+        assert_eq!(r.key(), None);
+        assert_eq!(r.payload(), None);
+        assert!(r.payload_bytes().is_empty());
+        assert_eq!(r.headers().collect::<Vec<_>>(), vec![("a", None), ("", Some(&b""[..]))]);
+        let empty = RecordBytes::new(Some(b""), Some(b""), std::iter::empty());
+        assert_eq!(empty.key(), Some(&b""[..]));
+        assert_eq!(empty.payload(), Some(&b""[..]));
+        assert_eq!(empty.headers().count(), 0);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the key, value and headers (null, empty, not UTF-8), the buffer gives
+        /// them back byte for byte and in order, and the body shares the buffer.
+        #[test]
+        fn record_bytes_round_trip(
+            key in prop::option::of(prop::collection::vec(any::<u8>(), 0..40)),
+            payload in prop::option::of(prop::collection::vec(any::<u8>(), 0..300)),
+            headers in prop::collection::vec(
+                ("[a-zA-Z0-9_.-]{0,12}", prop::option::of(prop::collection::vec(any::<u8>(), 0..30))),
+                0..8,
+            ),
+        ) {
+            let r = RecordBytes::new(
+                key.as_deref(),
+                payload.as_deref(),
+                headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
+            );
+            prop_assert_eq!(r.key(), key.as_deref());
+            prop_assert_eq!(r.payload(), payload.as_deref());
+            prop_assert_eq!(&r.payload_bytes()[..], payload.as_deref().unwrap_or_default());
+            let back: Vec<(String, Option<Vec<u8>>)> =
+                r.headers().map(|(k, v)| (k.to_owned(), v.map(<[u8]>::to_vec))).collect();
+            prop_assert_eq!(back, headers);
+        }
+    }
 }

@@ -11,11 +11,15 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use qt_core::RawMessage;
 
 use crate::offsets::OffsetTracker;
+use crate::record::{self, RecordBytes};
+
+/// Partition lookups happen several times per message; the topic name is hashed each time,
+/// so the hasher is a fast one (the keys are broker-assigned, not attacker-chosen).
+pub type PartitionMap<V> = HashMap<TopicPartition, V, foldhash::fast::RandomState>;
 
 /// A partition of a topic.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,12 +50,14 @@ pub struct Origin {
     pub tp: TopicPartition,
     pub offset: i64,
     pub epoch: u64,
-    pub message_id: String,
-    pub key: Option<Bytes>,
-    /// `None` for a tombstone (null value), which is re-produced as null.
-    pub payload: Option<Bytes>,
-    /// Headers byte for byte (values may be null or not UTF-8).
-    pub headers: Vec<(String, Option<Bytes>)>,
+    pub record: RecordBytes,
+}
+
+impl Origin {
+    /// The message id (`topic/partition/offset`), for logs and errors.
+    pub fn message_id(&self) -> String {
+        record::message_id(&self.tp.topic, self.tp.partition, self.offset)
+    }
 }
 
 /// A message taken from the broker, not yet handed to the engine.
@@ -149,7 +155,7 @@ pub enum Failure {
 
 #[derive(Debug, Default)]
 pub struct State {
-    pub partitions: HashMap<TopicPartition, PartitionState>,
+    pub partitions: PartitionMap<PartitionState>,
     pub buffer: VecDeque<Pending>,
     pub held: BinaryHeap<Held>,
     next_epoch: u64,
@@ -224,15 +230,15 @@ impl State {
     /// partition is being rewound or revoked, or it duplicates a tracked offset; either way
     /// the offset stays uncommitted or is already accounted for, so nothing is lost.
     pub fn admit(&mut self, mut pending: Pending, not_before: Option<Instant>) -> bool {
-        let tp = pending.origin.tp.clone();
-        if !self.partitions.contains_key(&tp) {
+        let tp = &pending.origin.tp;
+        if !self.partitions.contains_key(tp) {
             // Messages only arrive for assigned partitions; if the assignment callback was
             // not seen (a protocol corner), track the partition rather than lose the message.
             tracing::debug!(partition = %tp, "message for a partition without an assignment callback; tracking it");
             let epoch = self.fresh_epoch();
             self.partitions.insert(tp.clone(), PartitionState::new(epoch));
         }
-        let p = self.partitions.get_mut(&tp).expect("inserted above");
+        let p = self.partitions.get_mut(tp).expect("inserted above");
         if p.rewind.is_some() || p.revoking {
             return false;
         }
@@ -457,6 +463,8 @@ pub struct Shared {
     settled: Condvar,
     /// Signalled when messages become available to `receive` (or the consumer stops).
     pub ready: tokio::sync::Notify,
+    /// Signalled when `receive` took messages from the buffer (or the consumer stops).
+    room: Condvar,
 }
 
 impl Shared {
@@ -471,6 +479,22 @@ impl Shared {
     /// Wakes a revoke drain waiting for settles.
     pub fn notify_settled(&self) {
         self.settled.notify_all();
+    }
+
+    /// Wakes the consumer thread waiting for room in the buffer.
+    pub fn notify_room(&self) {
+        self.room.notify_one();
+    }
+
+    /// Waits until the buffer holds fewer than `capacity` messages, the consumer is closing,
+    /// or `deadline` passes.
+    pub fn wait_room(&self, capacity: usize, deadline: Instant) {
+        let mut st = self.state.lock();
+        while st.buffer.len() >= capacity && !st.closing {
+            if self.room.wait_until(&mut st, deadline).timed_out() {
+                return;
+            }
+        }
     }
 
     /// Waits until the engine holds no message of `tps`, or until `deadline`. Returns how
@@ -499,15 +523,12 @@ mod tests {
         source.partition = Some(tp.partition);
         source.offset = Some(offset);
         Pending {
-            message: RawMessage::new(format!("{tp}/{offset}"), Bytes::new(), source),
+            message: RawMessage::new(format!("{tp}/{offset}"), bytes::Bytes::new(), source),
             origin: Origin {
                 tp: tp.clone(),
                 offset,
                 epoch: 0,
-                message_id: format!("{tp}/{offset}"),
-                key: None,
-                payload: None,
-                headers: Vec::new(),
+                record: RecordBytes::default(),
             },
         }
     }
