@@ -476,6 +476,7 @@ async fn next_delivery(consumer: &mut Option<Consumer>) -> Option<lapin::Result<
 
 fn incoming(session: &Arc<Session>, delivery: lapin::message::Delivery) -> Incoming {
     let lapin::message::Delivery {
+        delivery_tag,
         routing_key,
         redelivered,
         properties,
@@ -483,6 +484,7 @@ fn incoming(session: &Arc<Session>, delivery: lapin::message::Delivery) -> Incom
         acker,
         ..
     } = delivery;
+    session.acks.delivered(delivery_tag);
     let body = Bytes::from(data);
     let message = raw_message(
         &session.ctx.queue,
@@ -496,7 +498,13 @@ fn incoming(session: &Arc<Session>, delivery: lapin::message::Delivery) -> Incom
         body,
         source: message.source.clone(),
     };
-    let settle = RabbitMqSettle::new(Arc::clone(session), acker, message.message_id.clone(), original);
+    let settle = RabbitMqSettle::new(
+        Arc::clone(session),
+        acker,
+        delivery_tag,
+        message.message_id.clone(),
+        original,
+    );
     Incoming {
         delivery: Delivery::new(message, AckHandle::new(settle)),
         session: Arc::clone(session),

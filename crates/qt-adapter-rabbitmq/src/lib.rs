@@ -17,16 +17,21 @@
 //!
 //! | settlement | on RabbitMQ |
 //! |---|---|
-//! | ack | `basic.ack` |
+//! | ack | `basic.ack`; acks of neighbouring deliveries that form a run are sent as one `basic.ack(multiple=true)` |
 //! | nack | `basic.nack`, no requeue: the queue's dead-letter exchange applies if it has one, otherwise the broker drops the message |
 //! | requeue | `basic.nack` with requeue |
 //! | requeue with a delay | a copy goes to the retry queue (`<queue>.qt-retry`: `x-dead-letter-exchange ""`, `x-dead-letter-routing-key <queue>`) with `expiration` = the delay and `x-qt-attempt` = the attempt; after the broker confirms it, the original is acked |
 //! | dead letter | a copy with the original headers plus the `x-qt-*` dead-letter headers goes to `source.dlq` (exchange, routing key); after the broker confirms it, the original is acked. Without `source.dlq`, the settle fails with [`qt_core::SettleError::Unsupported`] |
 //!
-//! Each message is acked on its own (no `multiple` batching). A settle that fails leaves the
-//! original unacknowledged, so the adapter returns it to the queue (`basic.nack(requeue)`)
-//! one second later rather than let it sit on the channel; a handle dropped unsettled is
-//! returned at once. The retry queue is a classic queue with per-message TTL: a message
+//! Acks that arrive together are coalesced: the longest run of unsettled delivery tags,
+//! from the lowest up, that are all being acked goes out as one `basic.ack(multiple=true)`;
+//! the other acks of the round go out singly, so a slow message never holds back the acks
+//! of later ones. A run never covers a message that is still being processed, nacked,
+//! requeued or dead-lettered.
+//!
+//! A settle that fails leaves the original unacknowledged, so the adapter returns it to the
+//! queue (`basic.nack(requeue)`) one second later rather than let it sit on the channel; a
+//! handle dropped unsettled is returned at once. The retry queue is a classic queue with per-message TTL: a message
 //! expires only when it reaches the head of that queue, so a long delay can hold back a
 //! shorter one queued behind it. A delayed message never comes back early, but may come back
 //! late when delays are mixed.
@@ -67,6 +72,7 @@
 //! exchange); `configure` on the retry queue unless it already exists, and on whatever
 //! `declare` lists (bindings also need `write` on the queue and `read` on the exchange).
 
+mod acks;
 mod adapter;
 mod amqp_value;
 mod backoff;

@@ -16,6 +16,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer, Event};
 use qt_core::AdapterError;
 
+use crate::acks::AckBatcher;
 use crate::context::Context;
 use crate::describe::lapin_error;
 
@@ -28,6 +29,8 @@ pub(crate) struct Session {
     pub(crate) ctx: Arc<Context>,
     connection: Connection,
     consume: Channel,
+    /// Sends the consuming channel's acks, coalescing runs into `basic.ack(multiple)`.
+    pub(crate) acks: Arc<AckBatcher>,
     /// Confirm-mode channel for dead letters and delayed requeues, opened on first use and
     /// reopened after the broker closes it (a refused publish closes only this channel).
     publish: tokio::sync::Mutex<Option<Channel>>,
@@ -74,6 +77,7 @@ impl Session {
             generation,
             ctx: Arc::clone(ctx),
             connection,
+            acks: AckBatcher::start(consume.clone()),
             consume,
             publish: tokio::sync::Mutex::new(None),
             query: tokio::sync::Mutex::new(None),
@@ -131,6 +135,7 @@ impl Session {
 
     pub(crate) fn mark_dead(&self) {
         self.alive.store(false, Ordering::Release);
+        self.acks.close();
     }
 
     /// A live confirm-mode channel for publishing.

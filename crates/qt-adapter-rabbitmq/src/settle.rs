@@ -2,7 +2,7 @@
 //!
 //! | settlement | broker operations |
 //! |---|---|
-//! | ack | `basic.ack` |
+//! | ack | `basic.ack`, coalesced with the acks of neighbouring deliveries into `basic.ack(multiple)` where they form a run (see [`crate::acks`]) |
 //! | nack | `basic.nack(requeue=false)`: the queue's dead-letter exchange applies if it has one, otherwise the broker drops the message |
 //! | requeue, no delay | `basic.nack(requeue=true)`: back to the queue at once; `x-qt-attempt` is not rewritten (quorum queues count returns in `x-delivery-count`) |
 //! | requeue with delay | publish a copy to the retry queue with `expiration` = delay and `x-qt-attempt` = attempt, wait for the confirm, then `basic.ack` the original; the retry queue dead-letters the copy back to the queue when it expires |
@@ -19,10 +19,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicNackOptions;
 use lapin::{Acker, BasicProperties};
 use qt_core::{DeadLetter, Headers, Settle, SettleError, Settlement, SourceInfo};
 
+use crate::acks::AckFailure;
 use crate::amqp_value::{BROKER_DELIVERY_HEADERS, headers_from_table, table_for};
 use crate::describe::{is_connection_loss, lapin_error};
 use crate::publish::{Publication, PublishFailure, copy_properties, publish_confirmed};
@@ -42,16 +43,26 @@ pub(crate) struct Original {
 
 pub(crate) struct RabbitMqSettle {
     session: Arc<Session>,
+    /// Rejects and requeues go through the delivery's own acker; acks go through the
+    /// session's [`crate::acks::AckBatcher`] by delivery tag.
     acker: Acker,
+    delivery_tag: u64,
     message_id: String,
     original: Original,
 }
 
 impl RabbitMqSettle {
-    pub(crate) fn new(session: Arc<Session>, acker: Acker, message_id: String, original: Original) -> Self {
+    pub(crate) fn new(
+        session: Arc<Session>,
+        acker: Acker,
+        delivery_tag: u64,
+        message_id: String,
+        original: Original,
+    ) -> Self {
         Self {
             session,
             acker,
+            delivery_tag,
             message_id,
             original,
         }
@@ -84,8 +95,18 @@ impl RabbitMqSettle {
     }
 
     async fn ack(&self) -> Result<(), SettleError> {
-        let outcome = self.acker.ack(BasicAckOptions::default()).await;
-        self.acked("ack", outcome)
+        match self.session.acks.ack(self.delivery_tag).await {
+            Ok(()) => Ok(()),
+            Err(AckFailure::Closed) => Err(self.lost()),
+            Err(AckFailure::Broker(e)) => self.acked("ack", Err(e)),
+            Err(AckFailure::UnknownTag) => Err(self.broker_error(
+                "ack",
+                format!(
+                    "delivery tag {} is not awaiting settlement on this channel; the message is left to the broker",
+                    self.delivery_tag
+                ),
+            )),
+        }
     }
 
     async fn nack(&self, requeue: bool) -> Result<(), SettleError> {
@@ -94,6 +115,8 @@ impl RabbitMqSettle {
             requeue,
         };
         let outcome = self.acker.nack(options).await;
+        // Sent (or the channel is gone): a later multiple ack may now run past this tag.
+        self.session.acks.settled_otherwise(self.delivery_tag);
         self.acked(if requeue { "requeue" } else { "nack" }, outcome)
     }
 
@@ -228,6 +251,7 @@ impl RabbitMqSettle {
         };
         let RabbitMqSettle {
             acker,
+            delivery_tag,
             message_id,
             session,
             ..
@@ -244,7 +268,9 @@ impl RabbitMqSettle {
                 requeue: true,
             };
             let queue = &session.ctx.plan.queue;
-            match acker.nack(options).await {
+            let outcome = acker.nack(options).await;
+            session.acks.settled_otherwise(delivery_tag);
+            match outcome {
                 Ok(_) => tracing::debug!(%message_id, %queue, "{why}; message returned to the queue"),
                 Err(e) => tracing::debug!(
                     %message_id,
