@@ -1,5 +1,8 @@
 //! End-to-end tests that run the built `qt` binary on the mock source.
 
+// The commands' output is printed for `cargo test` to show when a test fails.
+#![allow(clippy::print_stderr)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -15,12 +18,19 @@ fn qt() -> Command {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("qt runs");
-    eprintln!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -55,7 +65,11 @@ fn http_get(port: u16, path: &str) -> String {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Acceptance 1: the example reaches every outcome row; the ledger and the DLQ file say
@@ -69,19 +83,42 @@ fn the_example_reaches_every_outcome() {
         .env("QT_ADMIN_LISTEN", "127.0.0.1:0"));
     assert!(out.status.success());
     let s = summary(&String::from_utf8_lossy(&out.stdout));
-    for row in ["received", "succeeded", "duplicates", "rejected", "deferred", "retried", "dead-lettered", "parse failures"] {
-        assert!(s.get(row).copied().unwrap_or(0) >= 1, "summary row {row} is zero: {s:?}");
+    for row in [
+        "received",
+        "succeeded",
+        "duplicates",
+        "rejected",
+        "deferred",
+        "retried",
+        "dead-lettered",
+        "parse failures",
+    ] {
+        assert!(
+            s.get(row).copied().unwrap_or(0) >= 1,
+            "summary row {row} is zero: {s:?}"
+        );
     }
     assert_eq!(s["succeeded"], 8, "{s:?}");
     assert_eq!(s["duplicates"], 1);
     assert_eq!(s["rejected"], 1);
     assert_eq!(s["parse failures"], 1);
-    assert_eq!(s["dead-lettered"], 4, "parse failure, retries exhausted, permanent, unrouted");
+    assert_eq!(
+        s["dead-lettered"], 4,
+        "parse failure, retries exhausted, permanent, unrouted"
+    );
 
     let ledger = jsonl(&out_dir.path().join("ledger.jsonl"));
     let mut final_status = BTreeMap::new();
     for r in &ledger {
-        for field in ["status", "attempts", "duration_ms", "trace_id", "message_id", "queue", "settlement"] {
+        for field in [
+            "status",
+            "attempts",
+            "duration_ms",
+            "trace_id",
+            "message_id",
+            "queue",
+            "settlement",
+        ] {
             assert!(r.get(field).is_some(), "record without {field}: {r}");
         }
         assert_eq!(r["trace_id"].as_str().unwrap().len(), 32);
@@ -99,7 +136,11 @@ fn the_example_reaches_every_outcome() {
     for busy in ["busy-1", "busy-2", "busy-3"] {
         assert_eq!(status(busy), "succeeded");
     }
-    assert!(ledger.iter().any(|r| r["status"] == "deferred" && r["message_id"].as_str().unwrap().starts_with("busy")));
+    assert!(
+        ledger
+            .iter()
+            .any(|r| r["status"] == "deferred" && r["message_id"].as_str().unwrap().starts_with("busy"))
+    );
     assert_eq!(status("flaky-1"), "succeeded");
     assert_eq!(final_status["flaky-1"]["attempts"], 3);
     assert_eq!(status("broken-1"), "failed");
@@ -112,7 +153,12 @@ fn the_example_reaches_every_outcome() {
     let dlq = jsonl(&out_dir.path().join("dlq.jsonl"));
     let reasons: BTreeMap<String, String> = dlq
         .iter()
-        .map(|d| (d["id"].as_str().unwrap().to_owned(), d["reason"].as_str().unwrap().to_owned()))
+        .map(|d| {
+            (
+                d["id"].as_str().unwrap().to_owned(),
+                d["reason"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     assert_eq!(reasons.len(), 4, "{reasons:?}");
     assert!(reasons["bad-json"].contains("invalid JSON at line 1"), "{reasons:?}");
@@ -172,7 +218,11 @@ fn secrets_never_appear_in_output() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("secret.yaml");
     let messages = dir.path().join("m.jsonl");
-    std::fs::write(&messages, "{\"id\":\"a\",\"json\":{}}\n{\"id\":\"b\",\"text\":\"not json\"}\n").unwrap();
+    std::fs::write(
+        &messages,
+        "{\"id\":\"a\",\"json\":{}}\n{\"id\":\"b\",\"text\":\"not json\"}\n",
+    )
+    .unwrap();
     std::fs::write(
         &cfg,
         format!(
@@ -196,13 +246,19 @@ observability: {{admin: {{listen: "127.0.0.1:0"}}, log: {{level: debug}}}}
     let secret = "tok-9f8e7d6c5b4a";
     let validate = run(qt().args(["validate", "-c"]).arg(&cfg).env("QT_TEST_TOKEN", secret));
     assert!(validate.status.success());
-    let run_out = run(qt().args(["run", "--until-idle", "-c"]).arg(&cfg).env("QT_TEST_TOKEN", secret));
+    let run_out = run(qt()
+        .args(["run", "--until-idle", "-c"])
+        .arg(&cfg)
+        .env("QT_TEST_TOKEN", secret));
     assert!(run_out.status.success());
     for out in [&validate, &run_out] {
         assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
         assert!(!String::from_utf8_lossy(&out.stderr).contains(secret));
     }
-    assert!(String::from_utf8_lossy(&validate.stdout).contains("API_TOKEN: '***'"), "masked, not dropped");
+    assert!(
+        String::from_utf8_lossy(&validate.stdout).contains("API_TOKEN: '***'"),
+        "masked, not dropped"
+    );
 }
 
 /// `qt send` publishes into a running `qt run` of the same configuration; SIGTERM drains
@@ -221,7 +277,7 @@ fn send_feeds_a_running_trigger_and_sigterm_drains() {
         ),
     )
     .unwrap();
-    let mut child = qt()
+    let child = qt()
         .args(["run", "-c"])
         .arg(&cfg)
         .stdout(Stdio::piped())
@@ -233,10 +289,16 @@ fn send_feeds_a_running_trigger_and_sigterm_drains() {
         assert!(Instant::now() < deadline, "qt run did not open its admin port");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let sent = run(qt()
-        .args(["send", "-c"])
-        .arg(&cfg)
-        .args(["--id", "sent-1", "--body", "{\"hello\":\"world\"}", "-H", "x-tenant-id=acme", "-H", "x-event-name=greeting"]));
+    let sent = run(qt().args(["send", "-c"]).arg(&cfg).args([
+        "--id",
+        "sent-1",
+        "--body",
+        "{\"hello\":\"world\"}",
+        "-H",
+        "x-tenant-id=acme",
+        "-H",
+        "x-event-name=greeting",
+    ]));
     assert!(sent.status.success());
     assert!(String::from_utf8_lossy(&sent.stdout).contains("sent-1"));
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -251,8 +313,14 @@ fn send_feeds_a_running_trigger_and_sigterm_drains() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let metrics = http_get(port, "/metrics");
-    assert!(metrics.lines().next().unwrap_or_default().contains(" 200 "), "{metrics}");
-    assert!(metrics.contains("qt_messages_processed_total{outcome=\"succeeded\"} 1"), "{metrics}");
+    assert!(
+        metrics.lines().next().unwrap_or_default().contains(" 200 "),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("qt_messages_processed_total{outcome=\"succeeded\"} 1"),
+        "{metrics}"
+    );
     let ready = http_get(port, "/readyz");
     assert!(ready.lines().next().unwrap_or_default().contains(" 200 "), "{ready}");
     let status = http_get(port, "/status");

@@ -57,7 +57,10 @@ pub async fn serve(addr: SocketAddr, trigger: QueueTrigger, mock: Option<MockQue
 
 async fn metrics(State(s): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         crate::prometheus::render(s.trigger.metrics()),
     )
         .into_response()
@@ -65,13 +68,21 @@ async fn metrics(State(s): State<AppState>) -> Response {
 
 async fn healthz(State(s): State<AppState>) -> Response {
     let h = s.trigger.health().await;
-    let code = if h.live { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if h.live {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(h)).into_response()
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
     let h = s.trigger.health().await;
-    let code = if h.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if h.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(h)).into_response()
 }
 

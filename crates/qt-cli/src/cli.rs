@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "qt", version, about = "qt: a queue trigger runtime — consume, de-duplicate, govern, run agents, settle, audit")]
+#[command(
+    name = "qt",
+    version,
+    about = "qt: a queue trigger runtime — consume, de-duplicate, govern, run agents, settle, audit"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

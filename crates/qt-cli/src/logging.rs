@@ -42,7 +42,9 @@ impl Drop for MaskingWriter {
 impl<'a> MakeWriter<'a> for MaskingStderr {
     type Writer = MaskingWriter;
     fn make_writer(&'a self) -> Self::Writer {
-        MaskingWriter { buf: Vec::with_capacity(256) }
+        MaskingWriter {
+            buf: Vec::with_capacity(256),
+        }
     }
 }
 
@@ -51,7 +53,9 @@ pub fn init(config: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(MaskingStderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(MaskingStderr);
     let _ = match config.format {
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
         LogFormat::Text => builder.with_ansi(false).try_init(),

@@ -13,6 +13,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// The pipeline allocates per message on several threads; mimalloc keeps that cheap.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

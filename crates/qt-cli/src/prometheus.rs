@@ -4,14 +4,16 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use qt_engine::metrics::HistogramSnapshot;
 use qt_engine::MetricsSnapshot;
+use qt_engine::metrics::HistogramSnapshot;
 
 #[derive(Debug)]
 struct Snapshot(MetricsSnapshot);
 
 fn counter(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> std::fmt::Result {
-    encoder.encode_descriptor(name, help, None, MetricType::Counter)?.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&value, None)
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Counter)?
+        .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&value, None)
 }
 
 fn labelled_counter(
@@ -32,7 +34,9 @@ fn labelled_counter(
 }
 
 fn gauge(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: i64) -> std::fmt::Result {
-    encoder.encode_descriptor(name, help, None, MetricType::Gauge)?.encode_gauge(&value)
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&value)
 }
 
 fn histogram(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, h: &HistogramSnapshot) -> std::fmt::Result {
@@ -52,25 +56,87 @@ fn histogram(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, h: &Hi
 impl Collector for Snapshot {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> std::fmt::Result {
         let m = &self.0;
-        counter(&mut e, "qt_messages_received", "Messages taken from the source.", m.received)?;
-        labelled_counter(&mut e, "qt_messages_processed", "Messages settled, by outcome.", "outcome", &m.processed)?;
-        labelled_counter(&mut e, "qt_retries", "Agent retries, by error class.", "class", &m.retries)?;
-        counter(&mut e, "qt_dedup_hits", "Messages skipped as already processed.", m.dedup_hits)?;
+        counter(
+            &mut e,
+            "qt_messages_received",
+            "Messages taken from the source.",
+            m.received,
+        )?;
+        labelled_counter(
+            &mut e,
+            "qt_messages_processed",
+            "Messages settled, by outcome.",
+            "outcome",
+            &m.processed,
+        )?;
+        labelled_counter(
+            &mut e,
+            "qt_retries",
+            "Agent retries, by error class.",
+            "class",
+            &m.retries,
+        )?;
+        counter(
+            &mut e,
+            "qt_dedup_hits",
+            "Messages skipped as already processed.",
+            m.dedup_hits,
+        )?;
         labelled_counter(&mut e, "qt_dlq", "Messages dead-lettered, by reason.", "reason", &m.dlq)?;
-        counter(&mut e, "qt_idempotency_errors", "Idempotency store operations that failed.", m.idempotency_errors)?;
-        counter(&mut e, "qt_settle_errors", "Broker settlements that failed (left for redelivery).", m.settle_errors)?;
-        counter(&mut e, "qt_ledger_errors", "Ledger batch writes that failed.", m.ledger_errors)?;
-        counter(&mut e, "qt_agent_attempts", "Agent runs started, retries included.", m.agent_attempts)?;
-        histogram(&mut e, "qt_processing_seconds", "Receive to outcome, per message.", &m.processing_seconds)?;
-        histogram(&mut e, "qt_consume_lag_seconds", "Broker timestamp to receive, per message.", &m.consume_lag_seconds)?;
+        counter(
+            &mut e,
+            "qt_idempotency_errors",
+            "Idempotency store operations that failed.",
+            m.idempotency_errors,
+        )?;
+        counter(
+            &mut e,
+            "qt_settle_errors",
+            "Broker settlements that failed (left for redelivery).",
+            m.settle_errors,
+        )?;
+        counter(
+            &mut e,
+            "qt_ledger_errors",
+            "Ledger batch writes that failed.",
+            m.ledger_errors,
+        )?;
+        counter(
+            &mut e,
+            "qt_agent_attempts",
+            "Agent runs started, retries included.",
+            m.agent_attempts,
+        )?;
+        histogram(
+            &mut e,
+            "qt_processing_seconds",
+            "Receive to outcome, per message.",
+            &m.processing_seconds,
+        )?;
+        histogram(
+            &mut e,
+            "qt_consume_lag_seconds",
+            "Broker timestamp to receive, per message.",
+            &m.consume_lag_seconds,
+        )?;
         gauge(
             &mut e,
             "qt_backlog_messages",
             "Messages waiting at the broker (-1 when the adapter cannot tell).",
             m.backlog.map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
         )?;
-        gauge(&mut e, "qt_inflight", "Messages taken from the source and not yet settled.", m.inflight as i64)?;
-        gauge(&mut e, "qt_agent_runs_active", "Agent runs in progress.", m.running as i64)?;
+        gauge(
+            &mut e,
+            "qt_inflight",
+            "Messages taken from the source and not yet settled.",
+            m.inflight as i64,
+        )?;
+        gauge(
+            &mut e,
+            "qt_agent_runs_active",
+            "Agent runs in progress.",
+            m.running as i64,
+        )?;
         Ok(())
     }
 }
@@ -102,7 +168,10 @@ mod tests {
         };
         let text = render(s);
         assert!(text.contains("qt_messages_received_total 5"), "{text}");
-        assert!(text.contains("qt_messages_processed_total{outcome=\"succeeded\"} 3"), "{text}");
+        assert!(
+            text.contains("qt_messages_processed_total{outcome=\"succeeded\"} 3"),
+            "{text}"
+        );
         assert!(text.contains("qt_processing_seconds_bucket{le=\"0.1\"} 2"), "{text}");
         assert!(text.contains("qt_processing_seconds_bucket{le=\"1.0\"} 4"), "{text}");
         assert!(text.contains("qt_processing_seconds_bucket{le=\"+Inf\"} 5"), "{text}");

@@ -66,7 +66,11 @@ impl CommandAgent {
             cmd.current_dir(dir);
         }
         let mut child = cmd.spawn().map_err(|e| {
-            AgentError::retryable(format!("cannot start {} for target {}: {e}", self.program.display(), self.target))
+            AgentError::retryable(format!(
+                "cannot start {} for target {}: {e}",
+                self.program.display(),
+                self.target
+            ))
         })?;
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let mut stdout = child.stdout.take().expect("stdout is piped");
@@ -93,7 +97,8 @@ impl CommandAgent {
                 )));
             }
         };
-        let status = status.map_err(|e| AgentError::retryable(format!("waiting for {} failed: {e}", self.program.display())))?;
+        let status =
+            status.map_err(|e| AgentError::retryable(format!("waiting for {} failed: {e}", self.program.display())))?;
         let report: ProgramReport = serde_json::from_slice(out.trim_ascii()).unwrap_or_default();
         match status.code() {
             Some(0) => Ok(AgentRun {

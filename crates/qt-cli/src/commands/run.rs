@@ -31,7 +31,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let source = wiring::source(&config).await.context("cannot set up the source")?;
-    let store = wiring::store(&config).await.context("cannot set up the idempotency store")?;
+    let store = wiring::store(&config)
+        .await
+        .context("cannot set up the idempotency store")?;
     let mut builder = QueueTrigger::builder(config.clone()).adapter(source.adapter.clone());
     for (name, agent) in agents {
         builder = builder.agent(name, agent);
@@ -83,7 +85,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         error!("stopped before every in-flight message finished; those messages were left for redelivery");
     }
     if args.until_idle {
-        let title = format!("qt summary ({} source {}):", trigger.adapter().kind(), trigger.adapter().queue());
+        let title = format!(
+            "qt summary ({} source {}):",
+            trigger.adapter().kind(),
+            trigger.adapter().queue()
+        );
         std::io::stdout().lock().write_all(summary.render(&title).as_bytes())?;
     } else {
         info!(summary = %serde_json::to_string(&summary)?, "final counts");

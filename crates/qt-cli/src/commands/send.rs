@@ -22,7 +22,9 @@ pub async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
         (Some(b), _) => b.clone().into_bytes(),
         (None, Some(p)) if p.as_os_str() == "-" => {
             let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf).context("cannot read the body from stdin")?;
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read the body from stdin")?;
             buf
         }
         (None, Some(p)) => std::fs::read(p).with_context(|| format!("cannot read --body-file {}", p.display()))?,
@@ -48,14 +50,24 @@ pub async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
                 .await?
         }
     };
-    writeln!(std::io::stdout().lock(), "sent {}", id.as_deref().unwrap_or("(the broker gave no id)"))?;
+    writeln!(
+        std::io::stdout().lock(),
+        "sent {}",
+        id.as_deref().unwrap_or("(the broker gave no id)")
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// The mock queue lives inside a running `qt run`; its admin server takes the message.
-async fn send_to_running_mock(config: &qt_core::config::Config, args: &SendArgs, body: &[u8]) -> anyhow::Result<Option<String>> {
+async fn send_to_running_mock(
+    config: &qt_core::config::Config,
+    args: &SendArgs,
+    body: &[u8],
+) -> anyhow::Result<Option<String>> {
     if !config.observability.admin.enabled {
-        bail!("the mock source takes messages through the admin server, which this configuration disables (observability.admin.enabled)");
+        bail!(
+            "the mock source takes messages through the admin server, which this configuration disables (observability.admin.enabled)"
+        );
     }
     let mut line = serde_json::json!({
         "headers": args.headers.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
@@ -66,7 +78,10 @@ async fn send_to_running_mock(config: &qt_core::config::Config, args: &SendArgs,
     if let Some(key) = &args.key {
         line["key"] = key.clone().into();
     }
-    match (serde_json::from_slice::<serde_json::Value>(body), std::str::from_utf8(body)) {
+    match (
+        serde_json::from_slice::<serde_json::Value>(body),
+        std::str::from_utf8(body),
+    ) {
         (Ok(v), _) => line["json"] = v,
         (Err(_), Ok(text)) => line["text"] = text.into(),
         (Err(_), Err(_)) => line["body_base64"] = base64::engine::general_purpose::STANDARD.encode(body).into(),
@@ -77,7 +92,9 @@ async fn send_to_running_mock(config: &qt_core::config::Config, args: &SendArgs,
         .json(&line)
         .send()
         .await
-        .with_context(|| format!("cannot reach the running `qt run` at {url}; is it running with this configuration?"))?;
+        .with_context(|| {
+            format!("cannot reach the running `qt run` at {url}; is it running with this configuration?")
+        })?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     if !status.is_success() {

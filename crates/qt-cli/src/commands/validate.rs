@@ -17,7 +17,11 @@ pub async fn validate(path: &Path) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "# {}: valid. Effective configuration (secrets masked):", path.display())?;
+    writeln!(
+        out,
+        "# {}: valid. Effective configuration (secrets masked):",
+        path.display()
+    )?;
     out.write_all(config.to_masked_yaml().as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }

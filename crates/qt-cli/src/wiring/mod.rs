@@ -100,6 +100,10 @@ pub async fn store(config: &Config) -> anyhow::Result<Option<Arc<dyn Idempotency
         #[cfg(feature = "redis")]
         StoreConfig::Redis(r) => redis::store(r, config).await.map(Some),
         #[cfg(not(feature = "redis"))]
-        StoreConfig::Redis(_) => Err(missing_feature("idempotency.store.type: redis", "redis", "qt-idempotency-redis")),
+        StoreConfig::Redis(_) => Err(missing_feature(
+            "idempotency.store.type: redis",
+            "redis",
+            "qt-idempotency-redis",
+        )),
     }
 }

@@ -1,0 +1,1111 @@
+//! End-to-end tests that run the built `qt` binary against the local SQS emulator (moto).
+//!
+//! The emulator is `QT_TEST_SQS_ENDPOINT` (default `http://127.0.0.1:4566`; `cargo xtask
+//! services up` starts it). `qt` gets dummy static credentials through the standard AWS
+//! environment variables, region us-east-1, and the emulator as `source.endpoint_url`;
+//! everything else that could point the SDK elsewhere (profiles, config files, endpoint
+//! variables) is cleared from its environment.
+//!
+//! moto handles tens of messages per second, so the tests use few messages. Every test uses
+//! randomly named queues (deleted when it ends), bounds each wait, and kills the processes
+//! it started on every path (a guard kills the `qt` process group on drop).
+
+// The commands' output is printed for `cargo test` to show when a test fails.
+#![allow(clippy::print_stderr)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::{Credentials, SharedCredentialsProvider};
+use aws_sdk_sqs::types::{
+    Message, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
+};
+use qt_core::config::SqsSourceConfig;
+use serde_json::Value;
+
+const REGION: &str = "us-east-1";
+const ACCESS_KEY_ID: &str = "AKIAQTE2ETESTKEY0001";
+/// Must never appear in anything qt prints.
+const SECRET_ACCESS_KEY: &str = "qt-e2e-sqs-secret-never-printed-91c4d2";
+
+fn endpoint() -> String {
+    std::env::var("QT_TEST_SQS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned())
+}
+
+/// `qt-e2e-<what>-<pid><nanos>`: unique across parallel tests and repeated runs, and a
+/// valid SQS queue name.
+fn unique(what: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    format!("qt-e2e-{what}-{:x}{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `qt` binary with an environment that reaches the emulator and nothing else: static
+/// credentials, no profile, no config files, no endpoint overrides, no instance metadata.
+fn qt(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_qt"));
+    c.env_remove("RUST_LOG");
+    for var in [
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_SQS",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ] {
+        c.env_remove(var);
+    }
+    // Empty files rather than none: the SDK warns about a configured file that is missing.
+    let (config_file, credentials_file) = (dir.join("aws-config"), dir.join("aws-credentials"));
+    for file in [&config_file, &credentials_file] {
+        if !file.exists() {
+            File::create(file).unwrap();
+        }
+    }
+    c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
+        .env("AWS_CONFIG_FILE", config_file)
+        .env("AWS_SHARED_CREDENTIALS_FILE", credentials_file)
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    c
+}
+
+/// The command line of `cmd`, without its environment (which holds the test credentials).
+fn command_line(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Output of a `qt` command that must end within `within`.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `cmd` to completion (output through files, so a chatty child cannot block on a
+/// full pipe), killing it if it runs longer than `within`.
+fn run_bounded(cmd: &mut Command, dir: &Path, within: Duration) -> Finished {
+    let name = unique("out");
+    let out_path = dir.join(format!("{name}.stdout"));
+    let err_path = dir.join(format!("{name}.stderr"));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).unwrap())
+        .stderr(File::create(&err_path).unwrap())
+        .spawn()
+        .expect("the qt binary runs");
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{} did not finish within {within:?}; stderr:\n{}",
+                command_line(cmd),
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let done = Finished {
+        status,
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+    };
+    eprintln!(
+        "$ {} -> {status}\nstdout:\n{}\nstderr:\n{}",
+        command_line(cmd),
+        done.stdout,
+        done.stderr
+    );
+    assert_no_secret(&done.stdout);
+    assert_no_secret(&done.stderr);
+    done
+}
+
+fn assert_no_secret(text: &str) {
+    assert!(
+        !text.contains(SECRET_ACCESS_KEY),
+        "the secret access key appears in:\n{text}"
+    );
+}
+
+/// Polls `done` every 100ms until it holds; fails after `within` with `context()`.
+fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool, context: impl Fn() -> String) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached within {within:?}\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A minimal HTTP/1.0 GET on the admin server: (status code, body), `None` when nothing
+/// listens yet.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    Some((code, body))
+}
+
+/// The ledger's records; a line still being written (or cut by a SIGKILL) is left out.
+fn ledger(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Every record of each message id, in ledger order.
+fn by_message(records: &[Value]) -> BTreeMap<String, Vec<Value>> {
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for r in records {
+        out.entry(r["message_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(r.clone());
+    }
+    out
+}
+
+fn status_of(record: &Value) -> &str {
+    record["status"].as_str().unwrap_or_default()
+}
+
+/// Message ids with a succeeded record in the ledger at `path`.
+fn succeeded(path: &Path) -> BTreeSet<String> {
+    by_message(&ledger(path))
+        .into_iter()
+        .filter(|(_, rs)| rs.iter().any(|r| status_of(r) == "succeeded"))
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// An SDK client on the emulator for setting up and inspecting queues, with a runtime of its
+/// own so the tests stay synchronous.
+struct Sqs {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+}
+
+impl Sqs {
+    fn connect() -> Self {
+        let endpoint = endpoint();
+        let host_port = endpoint.split("://").nth(1).unwrap_or(&endpoint).trim_end_matches('/');
+        let reachable = std::net::ToSocketAddrs::to_socket_addrs(host_port)
+            .ok()
+            .into_iter()
+            .flatten()
+            .any(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok());
+        assert!(
+            reachable,
+            "the SQS emulator is not reachable at {endpoint} (QT_TEST_SQS_ENDPOINT): start it with \
+             `cargo xtask services up`"
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let cfg = SqsSourceConfig {
+            queue_url: "qt-e2e-admin".into(),
+            region: REGION.into(),
+            endpoint_url: Some(endpoint),
+            ..SqsSourceConfig::default()
+        };
+        let credentials = Credentials::new(ACCESS_KEY_ID, SECRET_ACCESS_KEY, None, None, "qt-e2e");
+        let client = runtime
+            .block_on(qt_adapter_sqs::client::sdk_client(
+                &cfg,
+                false,
+                Some(SharedCredentialsProvider::new(credentials)),
+            ))
+            .expect("an SDK client for the emulator");
+        Self { runtime, client }
+    }
+
+    /// Creates a uniquely named standard queue; returns its URL.
+    fn create_queue(&self, what: &str) -> String {
+        let name = unique(what);
+        self.runtime
+            .block_on(self.client.create_queue().queue_name(&name).send())
+            .unwrap_or_else(|e| panic!("CreateQueue {name}: {e:?}"))
+            .queue_url
+            .expect("CreateQueue returns the URL")
+    }
+
+    /// Creates a uniquely named FIFO queue (no content-based deduplication); returns its URL.
+    fn create_fifo_queue(&self, what: &str) -> String {
+        let name = format!("{}.fifo", unique(what));
+        self.runtime
+            .block_on(
+                self.client
+                    .create_queue()
+                    .queue_name(&name)
+                    .attributes(QueueAttributeName::FifoQueue, "true")
+                    .send(),
+            )
+            .unwrap_or_else(|e| panic!("CreateQueue {name}: {e:?}"))
+            .queue_url
+            .expect("CreateQueue returns the URL")
+    }
+
+    fn delete_queue(&self, url: &str) {
+        let _ = self.runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), self.client.delete_queue().queue_url(url).send()).await
+        });
+    }
+
+    /// Sends the bodies (ten per SendMessageBatch), each with its attributes; returns the
+    /// MessageIds SQS assigned, in order.
+    fn send_all(&self, url: &str, messages: &[(String, Vec<(&str, String)>)]) -> Vec<String> {
+        let mut ids = Vec::with_capacity(messages.len());
+        for chunk in messages.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (body, attributes))| {
+                    let mut entry = SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(body);
+                    for (name, value) in attributes {
+                        entry = entry.message_attributes(*name, text(value));
+                    }
+                    entry.build().unwrap()
+                })
+                .collect();
+            let out = self
+                .runtime
+                .block_on(
+                    self.client
+                        .send_message_batch()
+                        .queue_url(url)
+                        .set_entries(Some(entries))
+                        .send(),
+                )
+                .unwrap_or_else(|e| panic!("SendMessageBatch to {url}: {e:?}"));
+            assert!(
+                out.failed().is_empty(),
+                "SendMessageBatch refused entries: {:?}",
+                out.failed()
+            );
+            let by_entry: HashMap<&str, &str> = out.successful().iter().map(|s| (s.id(), s.message_id())).collect();
+            ids.extend((0..chunk.len()).map(|i| by_entry[i.to_string().as_str()].to_owned()));
+        }
+        ids
+    }
+
+    /// (visible, in flight, delayed) messages of `url`.
+    fn counts(&self, url: &str) -> (u64, u64, u64) {
+        let out = self
+            .runtime
+            .block_on(
+                self.client
+                    .get_queue_attributes()
+                    .queue_url(url)
+                    .attribute_names(QueueAttributeName::All)
+                    .send(),
+            )
+            .unwrap_or_else(|e| panic!("GetQueueAttributes {url}: {e:?}"));
+        let attributes = out.attributes().cloned().unwrap_or_default();
+        let get = |name: QueueAttributeName| attributes.get(&name).and_then(|v| v.parse().ok()).unwrap_or(0);
+        (
+            get(QueueAttributeName::ApproximateNumberOfMessages),
+            get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+        )
+    }
+
+    /// Receives (and deletes) messages of `url` until `n` arrived or `within` passed.
+    fn take(&self, url: &str, n: usize, within: Duration) -> Vec<Message> {
+        let deadline = Instant::now() + within;
+        let mut out = Vec::new();
+        while out.len() < n && Instant::now() < deadline {
+            let got = self
+                .runtime
+                .block_on(
+                    self.client
+                        .receive_message()
+                        .queue_url(url)
+                        .max_number_of_messages(10)
+                        .wait_time_seconds(1)
+                        .message_attribute_names("All")
+                        .message_system_attribute_names(MessageSystemAttributeName::All)
+                        .send(),
+                )
+                .unwrap_or_else(|e| panic!("ReceiveMessage {url}: {e:?}"))
+                .messages
+                .unwrap_or_default();
+            for m in got {
+                let receipt = m.receipt_handle().expect("receipt handle").to_owned();
+                self.runtime
+                    .block_on(
+                        self.client
+                            .delete_message()
+                            .queue_url(url)
+                            .receipt_handle(receipt)
+                            .send(),
+                    )
+                    .unwrap_or_else(|e| panic!("DeleteMessage {url}: {e:?}"));
+                out.push(m);
+            }
+        }
+        out
+    }
+}
+
+fn text(value: &str) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .unwrap()
+}
+
+fn attribute(message: &Message, name: &str) -> Option<String> {
+    message
+        .message_attributes()
+        .and_then(|a| a.get(name))
+        .and_then(|v| v.string_value())
+        .map(str::to_owned)
+}
+
+/// Deletes the queues when dropped, also when the test panics.
+struct Queues<'a> {
+    sqs: &'a Sqs,
+    urls: Vec<String>,
+}
+
+impl Drop for Queues<'_> {
+    fn drop(&mut self) {
+        for url in &self.urls {
+            self.sqs.delete_queue(url);
+        }
+    }
+}
+
+/// A running `qt run`, in a process group of its own so that the agent programs it
+/// started die with it. Dropping it kills the whole group.
+struct QtRun {
+    child: Option<Child>,
+    log: PathBuf,
+    admin_port: u16,
+}
+
+impl QtRun {
+    fn start(dir: &Path, config: &Path, log: &Path, admin_port: u16, env: &[(&str, &str)]) -> Self {
+        let child = qt(dir)
+            .args(["run", "-c"])
+            .arg(config)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(log).unwrap())
+            .process_group(0)
+            .spawn()
+            .expect("qt run starts");
+        Self {
+            child: Some(child),
+            log: log.to_owned(),
+            admin_port,
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `/readyz` answers 200 (a receive from SQS succeeded).
+    fn wait_ready(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("qt run exited ({status}) before it was ready:\n{}", self.logs());
+            }
+            if matches!(http_get(self.admin_port, "/readyz"), Some((200, _))) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "qt run not ready within {within:?}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn in_flight(&self) -> u64 {
+        let (code, body) = http_get(self.admin_port, "/status").expect("the admin server answers");
+        assert_eq!(code, 200, "{body}");
+        let status: Value = serde_json::from_str(&body).unwrap();
+        status["status"]["metrics"]["inflight"]
+            .as_u64()
+            .expect("status.metrics.inflight")
+    }
+
+    /// SIGTERM, then waits (bounded) for the graceful exit.
+    fn terminate(mut self, within: Duration) -> ExitStatus {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                kill_group(&pid);
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "qt run did not stop within {within:?} of SIGTERM:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL to the `qt` process alone (no chance to drain, ack, release or close
+    /// anything), then SIGKILL to the agent programs it left behind.
+    fn kill_hard(mut self) {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id().to_string();
+        child.kill().expect("SIGKILL qt");
+        child.wait().unwrap();
+        kill_group(&pid);
+    }
+}
+
+fn kill_group(pid: &str) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .stderr(Stdio::null())
+        .status();
+}
+
+impl Drop for QtRun {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_group(&child.id().to_string());
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Where and how `qt run` consumes in these tests.
+struct Setup<'a> {
+    queue_url: &'a str,
+    dlq_url: &'a str,
+    /// Run through `/bin/sh`, so no freshly written file is executed (which can fail with
+    /// ETXTBSY while another test forks).
+    agent: &'a Path,
+    /// The JSONL ledger path; may be `${VAR}`.
+    ledger: &'a str,
+    admin_port: u16,
+    visibility_timeout: Duration,
+    processing: &'a str,
+}
+
+fn config(s: &Setup<'_>) -> String {
+    format!(
+        r#"name: e2e-sqs
+source:
+  type: sqs
+  queue_url: "{queue_url}"
+  region: {REGION}
+  endpoint_url: "{endpoint}"
+  dlq_queue_url: "{dlq_url}"
+  wait_time: 1s
+  visibility_timeout: {visibility}s
+processing: {processing}
+idempotency: {{enabled: true, window: 1h, lease: 5m, store: {{type: memory}}}}
+agent:
+  targets:
+    main: {{type: command, program: /bin/sh, args: ["{agent}"], timeout: 60s}}
+ledger: {{type: jsonl, path: "{ledger}"}}
+observability:
+  admin: {{listen: "127.0.0.1:{admin_port}"}}
+  log: {{level: info}}
+"#,
+        queue_url = s.queue_url,
+        dlq_url = s.dlq_url,
+        endpoint = endpoint(),
+        visibility = s.visibility_timeout.as_secs(),
+        processing = s.processing,
+        agent = s.agent.display(),
+        ledger = s.ledger,
+        admin_port = s.admin_port,
+    )
+}
+
+/// `qt validate` shows an sqs configuration valid and refuses a plaintext endpoint under
+/// `security.require_tls`, also one that comes from `AWS_ENDPOINT_URL` (the adapter's own
+/// check, reached through `AdapterSettings::require_tls`). `qt send` publishes through the
+/// SQS publisher into a running `qt run`, and each outcome row lands where it should:
+/// success deleted, a duplicate deleted without running, a permanent agent failure and an
+/// unparseable body in the DLQ queue with the failure details as message attributes.
+#[test]
+fn validate_send_and_every_outcome_on_sqs() {
+    let sqs = Sqs::connect();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = sqs.create_queue("send");
+    let dlq = sqs.create_queue("send-dlq");
+    let _queues = Queues {
+        sqs: &sqs,
+        urls: vec![queue.clone(), dlq.clone()],
+    };
+    let events = dir.path().join("events");
+    std::fs::create_dir(&events).unwrap();
+    let agent = dir.path().join("agent.sh");
+    std::fs::write(
+        &agent,
+        format!(
+            "body=$(cat)\n\
+             printf '%s' \"$body\" > {events}/\"$QT_MESSAGE_ID\".json\n\
+             case \"$body\" in *'\"fail\":true'*) echo 'refusing this order on purpose' >&2; exit 3;; esac\n",
+            events = events.display()
+        ),
+    )
+    .unwrap();
+    let ledger_path = dir.path().join("ledger.jsonl");
+    let port = free_port();
+    let ledger_arg = ledger_path.display().to_string();
+    let yaml = config(&Setup {
+        queue_url: &queue,
+        dlq_url: &dlq,
+        agent: &agent,
+        ledger: &ledger_arg,
+        admin_port: port,
+        visibility_timeout: Duration::from_secs(30),
+        processing: "{concurrency: 4}",
+    });
+    let cfg = dir.path().join("qt.yaml");
+    std::fs::write(&cfg, &yaml).unwrap();
+
+    let validate = run_bounded(
+        qt(dir.path()).args(["validate", "-c"]).arg(&cfg),
+        dir.path(),
+        Duration::from_secs(30),
+    );
+    assert!(validate.status.success(), "{}", validate.stderr);
+    assert!(validate.stdout.contains("valid"), "{}", validate.stdout);
+    assert!(validate.stdout.contains("type: sqs"), "{}", validate.stdout);
+    assert!(validate.stdout.contains(&queue), "{}", validate.stdout);
+    assert!(validate.stdout.contains(&dlq), "{}", validate.stdout);
+
+    // A plaintext endpoint in the file: the configuration itself is refused.
+    let tls_cfg = dir.path().join("tls.yaml");
+    std::fs::write(&tls_cfg, format!("{yaml}security: {{require_tls: true}}\n")).unwrap();
+    for subcommand in [&["validate", "-c"][..], &["send", "--body", "{}", "-c"][..]] {
+        let refused = run_bounded(
+            qt(dir.path()).args(subcommand).arg(&tls_cfg),
+            dir.path(),
+            Duration::from_secs(30),
+        );
+        assert_eq!(refused.status.code(), Some(2), "{subcommand:?}: {}", refused.stderr);
+        assert!(
+            refused.stderr.contains("source.endpoint_url") && refused.stderr.contains("require_tls"),
+            "{subcommand:?}: {}",
+            refused.stderr
+        );
+    }
+    // The queue by name and the endpoint from the environment: the file is valid, and the
+    // adapter and publisher refuse the plaintext endpoint the SDK would use.
+    let queue_name = queue.rsplit('/').next().unwrap();
+    let env_cfg = dir.path().join("env-endpoint.yaml");
+    std::fs::write(
+        &env_cfg,
+        format!(
+            "source: {{type: sqs, queue_url: {queue_name}, region: {REGION}}}\n\
+             agent: {{targets: {{main: {{type: log}}}}}}\n\
+             observability: {{admin: {{listen: \"127.0.0.1:0\"}}}}\n\
+             security: {{require_tls: true}}\n"
+        ),
+    )
+    .unwrap();
+    let valid = run_bounded(
+        qt(dir.path()).args(["validate", "-c"]).arg(&env_cfg),
+        dir.path(),
+        Duration::from_secs(30),
+    );
+    assert!(valid.status.success(), "{}", valid.stderr);
+    for subcommand in [&["send", "--body", "{}", "-c"][..], &["run", "-c"][..]] {
+        let refused = run_bounded(
+            qt(dir.path())
+                .args(subcommand)
+                .arg(&env_cfg)
+                .env("AWS_ENDPOINT_URL", endpoint()),
+            dir.path(),
+            Duration::from_secs(30),
+        );
+        assert!(!refused.status.success(), "{subcommand:?} must fail");
+        assert!(
+            refused.stderr.contains("AWS_ENDPOINT_URL") && refused.stderr.contains("require_tls"),
+            "{subcommand:?}: {}",
+            refused.stderr
+        );
+    }
+    assert_eq!(sqs.counts(&queue), (0, 0, 0), "nothing was sent under require_tls");
+
+    let mut run = QtRun::start(dir.path(), &cfg, &dir.path().join("qt.log"), port, &[]);
+    run.wait_ready(Duration::from_secs(30));
+
+    let send = |args: &[&str]| {
+        let out = run_bounded(
+            qt(dir.path()).args(["send", "-c"]).arg(&cfg).args(args),
+            dir.path(),
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "qt send {args:?}: {}", out.stderr);
+        out.stdout
+            .trim()
+            .strip_prefix("sent ")
+            .expect("qt send prints `sent <id>`")
+            .to_owned()
+    };
+    let ok = send(&[
+        "--id",
+        "order-1",
+        "--body",
+        r#"{"order_id":"o-1","total":42}"#,
+        "-H",
+        "x-tenant-id=acme",
+        "-H",
+        "x-dedup-key=o-1",
+    ]);
+    // Same dedup key, another message: the idempotency store absorbs it.
+    let duplicate = send(&[
+        "--body",
+        r#"{"order_id":"o-1"}"#,
+        "-H",
+        "x-dedup-key=o-1",
+        "-H",
+        "x-tenant-id=acme",
+    ]);
+    let failing = send(&[
+        "--body",
+        r#"{"order_id":"o-2","fail":true}"#,
+        "-H",
+        "x-tenant-id=acme",
+        "-H",
+        "x-dedup-key=o-2",
+    ]);
+    let unparseable = send(&["--body", "not json at all", "-H", "x-tenant-id=acme"]);
+    let ids = [ok.as_str(), duplicate.as_str(), failing.as_str(), unparseable.as_str()];
+    for id in ids {
+        assert_eq!(id.len(), 36, "qt send prints the MessageId SQS assigned: {id}");
+    }
+
+    wait_until(
+        "a ledger record for every sent message",
+        Duration::from_secs(60),
+        || {
+            let seen = by_message(&ledger(&ledger_path));
+            ids.iter().all(|id| seen.contains_key(*id))
+        },
+        || format!("ledger:\n{:#?}\nqt log:\n{}", ledger(&ledger_path), run.logs()),
+    );
+    let records = by_message(&ledger(&ledger_path));
+    let only = |id: &str| {
+        let r = &records[id];
+        assert_eq!(r.len(), 1, "{id}: {r:#?}");
+        r[0].clone()
+    };
+    let r = only(&ok);
+    assert_eq!(status_of(&r), "succeeded", "{r}");
+    assert_eq!(r["adapter"], "sqs");
+    assert_eq!(r["queue"], queue.as_str());
+    assert_eq!(r["tenant_id"], "acme");
+    assert_eq!(r["dedup_key"], "o-1");
+    assert_eq!(r["settlement"], "ack");
+    let r = only(&duplicate);
+    assert_eq!(status_of(&r), "duplicate", "{r}");
+    assert_eq!(r["settlement"], "ack");
+    let r = only(&failing);
+    assert_eq!(status_of(&r), "failed", "{r}");
+    assert_eq!(r["settlement"], "dead_letter");
+    assert_eq!(r["error_class"], "permanent", "{r}");
+    let r = only(&unparseable);
+    assert_eq!(status_of(&r), "parse_failed", "{r}");
+    assert_eq!(r["settlement"], "dead_letter");
+
+    // What the agent saw: body and headers as sent, the SQS origin, and the send id.
+    let event: Value =
+        serde_json::from_str(&std::fs::read_to_string(events.join(format!("{ok}.json"))).unwrap()).unwrap();
+    assert_eq!(event["context"]["message_id"], ok.as_str());
+    assert_eq!(event["context"]["payload"]["total"], 42);
+    assert_eq!(event["context"]["headers"]["x-tenant-id"], "acme");
+    assert_eq!(
+        event["context"]["headers"]["x-message-id"], "order-1",
+        "qt send --id travels as x-message-id"
+    );
+    assert_eq!(event["context"]["source"]["adapter"], "sqs");
+    assert_eq!(event["context"]["source"]["queue"], queue.as_str());
+    assert_eq!(event["context"]["delivery_attempt"], 1);
+    assert!(
+        !events.join(format!("{duplicate}.json")).exists(),
+        "the duplicate never reached the agent"
+    );
+    assert!(
+        events.join(format!("{failing}.json")).exists(),
+        "the failing order reached the agent"
+    );
+
+    // Settled on SQS: nothing left in the queue; the DLQ holds the two failures with their
+    // details. The ledger record is written before the settle, so wait for both.
+    wait_until(
+        "the source queue empty",
+        Duration::from_secs(30),
+        || sqs.counts(&queue) == (0, 0, 0),
+        || format!("counts {:?}\nqt log:\n{}", sqs.counts(&queue), run.logs()),
+    );
+    let dead = sqs.take(&dlq, 2, Duration::from_secs(20));
+    assert_eq!(dead.len(), 2, "{dead:#?}");
+    let dead: HashMap<String, &Message> = dead
+        .iter()
+        .map(|m| {
+            (
+                attribute(m, "x-qt-original-message-id").expect("original message id"),
+                m,
+            )
+        })
+        .collect();
+    let failed_copy = dead[&failing];
+    assert_eq!(failed_copy.body(), Some(r#"{"order_id":"o-2","fail":true}"#));
+    assert_eq!(attribute(failed_copy, "x-qt-error-class").as_deref(), Some("permanent"));
+    assert_eq!(attribute(failed_copy, "x-qt-attempts").as_deref(), Some("1"));
+    assert_eq!(
+        attribute(failed_copy, "x-qt-original-queue").as_deref(),
+        Some(queue.as_str())
+    );
+    assert_eq!(attribute(failed_copy, "x-tenant-id").as_deref(), Some("acme"));
+    assert_eq!(attribute(failed_copy, "x-dedup-key").as_deref(), Some("o-2"));
+    let reason = attribute(failed_copy, "x-qt-dlq-reason").expect("a reason");
+    assert!(
+        reason.contains("refusing this order on purpose") || reason.contains("exit"),
+        "{reason}"
+    );
+    let parse_copy = dead[&unparseable];
+    assert_eq!(parse_copy.body(), Some("not json at all"));
+    let reason = attribute(parse_copy, "x-qt-dlq-reason").expect("a reason");
+    assert!(reason.contains("JSON"), "{reason}");
+    assert_eq!(sqs.counts(&dlq), (0, 0, 0));
+
+    let logs = run.logs();
+    let status = run.terminate(Duration::from_secs(40));
+    assert!(status.success(), "graceful stop exits 0 ({status}):\n{logs}");
+    let logs = std::fs::read_to_string(dir.path().join("qt.log")).unwrap();
+    assert!(logs.contains("consuming from SQS"), "{logs}");
+    assert_no_secret(&logs);
+    assert!(
+        !logs.contains(ACCESS_KEY_ID),
+        "the access key id appears in the log:\n{logs}"
+    );
+}
+
+/// `qt send` to a FIFO queue: `--key` is the MessageGroupId and `--id` the
+/// MessageDeduplicationId (and the `x-message-id` attribute), so a second send of the same id
+/// is dropped by SQS itself; without `--key` the send is refused with the reason.
+#[test]
+fn qt_send_to_a_fifo_queue_uses_key_and_id() {
+    let sqs = Sqs::connect();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = sqs.create_fifo_queue("fifo");
+    let _queues = Queues {
+        sqs: &sqs,
+        urls: vec![queue.clone()],
+    };
+    let cfg = dir.path().join("qt.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "source: {{type: sqs, queue_url: \"{queue}\", region: {REGION}, endpoint_url: \"{}\"}}\n\
+             agent: {{targets: {{main: {{type: log}}}}}}\n",
+            endpoint()
+        ),
+    )
+    .unwrap();
+    let send = |args: &[&str]| {
+        run_bounded(
+            qt(dir.path()).args(["send", "-c"]).arg(&cfg).args(args),
+            dir.path(),
+            Duration::from_secs(30),
+        )
+    };
+    let args = [
+        "--key",
+        "customer-7",
+        "--id",
+        "order-7",
+        "--body",
+        r#"{"order_id":"o-7"}"#,
+    ];
+    let first = send(&args);
+    assert!(first.status.success(), "{}", first.stderr);
+    let again = send(&args);
+    assert!(again.status.success(), "{}", again.stderr);
+    let refused = send(&["--id", "order-8", "--body", "{}"]);
+    assert!(!refused.status.success());
+    assert!(refused.stderr.contains("MessageGroupId"), "{}", refused.stderr);
+
+    let got = sqs.take(&queue, 2, Duration::from_secs(3));
+    assert_eq!(got.len(), 1, "SQS dropped the second send of order-7: {got:#?}");
+    let m = &got[0];
+    assert_eq!(m.body(), Some(r#"{"order_id":"o-7"}"#));
+    let system = m.attributes().expect("system attributes");
+    assert_eq!(
+        system
+            .get(&MessageSystemAttributeName::MessageGroupId)
+            .map(String::as_str),
+        Some("customer-7")
+    );
+    assert_eq!(
+        system
+            .get(&MessageSystemAttributeName::MessageDeduplicationId)
+            .map(String::as_str),
+        Some("order-7")
+    );
+    assert_eq!(attribute(m, "x-message-id").as_deref(), Some("order-7"));
+    assert_eq!(sqs.counts(&queue), (0, 0, 0));
+}
+
+/// An agent run through `/bin/sh`: appends `<message id> <delivery attempt>` to `runs` when
+/// it starts, then sleeps `$AGENT_SLEEP` seconds.
+fn counting_agent(dir: &Path, runs: &Path) -> PathBuf {
+    let script = dir.join("agent.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "attempt=$(grep -o '\"delivery_attempt\":[0-9]*' | head -n 1 | cut -d ':' -f 2)\n\
+             echo \"$QT_MESSAGE_ID $attempt\" >> {runs}\n\
+             sleep \"${{AGENT_SLEEP:-0}}\"\n",
+            runs = runs.display()
+        ),
+    )
+    .unwrap();
+    script
+}
+
+/// `(message id, delivery attempt)` of every agent run, in order.
+fn agent_runs(runs: &Path) -> Vec<(String, u32)> {
+    std::fs::read_to_string(runs)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(id, attempt)| Some((id.to_owned(), attempt.trim().parse().ok()?)))
+        .collect()
+}
+
+/// `qt run` is killed with SIGKILL while slow agents hold messages: nothing settles them,
+/// releases them or extends their visibility any more, so SQS makes them visible again once
+/// their visibility timeout (4s) ends, and the next `qt run` processes them. Every message
+/// ends with a succeeded record in one ledger or the other.
+#[test]
+fn sigkill_mid_run_unacked_messages_return_after_the_visibility_timeout() {
+    const N: usize = 16;
+    const VISIBILITY: Duration = Duration::from_secs(4);
+    let sqs = Sqs::connect();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = sqs.create_queue("sigkill");
+    let dlq = sqs.create_queue("sigkill-dlq");
+    let _queues = Queues {
+        sqs: &sqs,
+        urls: vec![queue.clone(), dlq.clone()],
+    };
+    let runs = dir.path().join("runs.log");
+    let agent = counting_agent(dir.path(), &runs);
+    let port = free_port();
+    let cfg = dir.path().join("qt.yaml");
+    // Four agents of 3s each and up to eight messages held: when the first run is killed, a
+    // few messages are done, four are running and more wait for an agent, all invisible.
+    // The 3s runs outlast half the visibility timeout, so the heartbeat extends them.
+    std::fs::write(
+        &cfg,
+        config(&Setup {
+            queue_url: &queue,
+            dlq_url: &dlq,
+            agent: &agent,
+            ledger: "${QT_E2E_LEDGER}",
+            admin_port: port,
+            visibility_timeout: VISIBILITY,
+            processing: "{concurrency: 4, max_in_flight: 8, batch_size: 4}",
+        }),
+    )
+    .unwrap();
+    let ledger1 = dir.path().join("ledger-1.jsonl");
+    let ledger2 = dir.path().join("ledger-2.jsonl");
+    let messages: Vec<_> = (0..N)
+        .map(|i| {
+            (
+                format!(r#"{{"order_id":"o-{i:02}"}}"#),
+                vec![("x-dedup-key", format!("o-{i:02}")), ("x-tenant-id", "acme".to_owned())],
+            )
+        })
+        .collect();
+    let ids: BTreeSet<String> = sqs.send_all(&queue, &messages).into_iter().collect();
+    assert_eq!(ids.len(), N);
+
+    let mut first = QtRun::start(
+        dir.path(),
+        &cfg,
+        &dir.path().join("qt-1.log"),
+        port,
+        &[("AGENT_SLEEP", "3"), ("QT_E2E_LEDGER", ledger1.to_str().unwrap())],
+    );
+    first.wait_ready(Duration::from_secs(30));
+    wait_until(
+        "some messages done and more running",
+        Duration::from_secs(60),
+        || {
+            let done = succeeded(&ledger1).len();
+            done >= 2 && agent_runs(&runs).len() >= done + 2 && first.in_flight() >= 4
+        },
+        || {
+            format!(
+                "ledger: {:#?}\nruns: {:?}\nqt log:\n{}",
+                ledger(&ledger1),
+                agent_runs(&runs),
+                first.logs()
+            )
+        },
+    );
+    first.kill_hard();
+    let killed_at = Instant::now();
+
+    let first_runs = agent_runs(&runs);
+    let finished_first = succeeded(&ledger1);
+    let interrupted: BTreeSet<String> = first_runs
+        .iter()
+        .map(|(id, _)| id.clone())
+        .filter(|id| !finished_first.contains(id))
+        .collect();
+    assert!(
+        !interrupted.is_empty() && finished_first.len() < N,
+        "no agent run was cut short by the kill; the test proves nothing (finished {finished_first:?})"
+    );
+    let (_, invisible, _) = sqs.counts(&queue);
+    assert!(
+        invisible >= interrupted.len() as u64,
+        "SQS holds the killed run's messages in flight ({invisible} of {} interrupted)",
+        interrupted.len()
+    );
+
+    // Nobody released them: they stay invisible until the visibility timeout of their last
+    // receipt or heartbeat extension runs out (the heartbeat extends with half the timeout
+    // left, so that is between 2s and 4s after the kill), then SQS hands them out again.
+    wait_until(
+        "the killed run's messages visible again",
+        VISIBILITY + Duration::from_secs(10),
+        || sqs.counts(&queue).1 == 0,
+        || format!("counts {:?}", sqs.counts(&queue)),
+    );
+    let back_after = killed_at.elapsed();
+    assert!(
+        back_after >= VISIBILITY / 2 - Duration::from_millis(500),
+        "the messages were visible again {back_after:?} after the kill, before their visibility timeout ended"
+    );
+    let (visible, _, _) = sqs.counts(&queue);
+    assert!(
+        visible >= interrupted.len() as u64,
+        "{visible} visible, {} interrupted",
+        interrupted.len()
+    );
+
+    let mut second = QtRun::start(
+        dir.path(),
+        &cfg,
+        &dir.path().join("qt-2.log"),
+        port,
+        &[("AGENT_SLEEP", "0"), ("QT_E2E_LEDGER", ledger2.to_str().unwrap())],
+    );
+    second.wait_ready(Duration::from_secs(30));
+    let all_done = || {
+        finished_first
+            .union(&succeeded(&ledger2))
+            .cloned()
+            .collect::<BTreeSet<_>>()
+    };
+    wait_until(
+        "every message succeeded in one run or the other",
+        Duration::from_secs(60),
+        || all_done() == ids,
+        || {
+            format!(
+                "done: {} of {N}\nsecond ledger: {:#?}\nqt log:\n{}",
+                all_done().len(),
+                ledger(&ledger2),
+                second.logs()
+            )
+        },
+    );
+    wait_until(
+        "the queue empty",
+        Duration::from_secs(30),
+        || sqs.counts(&queue) == (0, 0, 0) && second.in_flight() == 0,
+        || format!("counts {:?}\nqt log:\n{}", sqs.counts(&queue), second.logs()),
+    );
+    let status = second.terminate(Duration::from_secs(40));
+    assert!(status.success(), "graceful stop exits 0 ({status})");
+
+    // The interrupted messages came back as second deliveries.
+    let second_runs: BTreeMap<String, u32> = agent_runs(&runs).into_iter().skip(first_runs.len()).collect();
+    for id in &interrupted {
+        let attempt = second_runs
+            .get(id)
+            .unwrap_or_else(|| panic!("{id} was cut short by the kill and never ran again: {second_runs:?}"));
+        assert!(*attempt >= 2, "{id} came back as delivery {attempt}");
+    }
+    for (id, rs) in by_message(&ledger(&ledger2)) {
+        assert!(ids.contains(&id), "unknown message {id}");
+        for r in &rs {
+            assert!(matches!(status_of(r), "succeeded" | "duplicate"), "{id}: {r}");
+        }
+    }
+    for (id, rs) in by_message(&ledger(&ledger1)) {
+        for r in &rs {
+            assert_eq!(status_of(r), "succeeded", "{id}: {r}");
+            assert_eq!(r["settlement"], "ack");
+        }
+    }
+    assert_eq!(sqs.counts(&dlq), (0, 0, 0), "nothing dead-lettered");
+    for log in ["qt-1.log", "qt-2.log"] {
+        assert_no_secret(&std::fs::read_to_string(dir.path().join(log)).unwrap());
+    }
+    eprintln!(
+        "{N} messages: {} finished by the first run, {} cut short by SIGKILL, visible again {back_after:?} after it",
+        finished_first.len(),
+        interrupted.len()
+    );
+}
