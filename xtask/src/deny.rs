@@ -18,7 +18,10 @@ fn ensure_installed() -> Result<PathBuf> {
     let bin = root.join("bin").join("cargo-deny");
     let installed = crate::cmd::output(bin.to_string_lossy().as_ref(), &["--version"]).unwrap_or_default();
     if !installed.contains(CARGO_DENY_VERSION) {
-        eprintln!("xtask: building cargo-deny {CARGO_DENY_VERSION} into {} (once per machine)", root.display());
+        eprintln!(
+            "xtask: building cargo-deny {CARGO_DENY_VERSION} into {} (once per machine)",
+            root.display()
+        );
         run(
             "cargo",
             &[
@@ -39,5 +42,9 @@ fn ensure_installed() -> Result<PathBuf> {
 pub fn check() -> Result<()> {
     let bin_dir = ensure_installed()?;
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
-    run_with_env("cargo", &["deny", "--offline", "check", "licenses", "bans", "sources"], &[("PATH", &path)])
+    run_with_env(
+        "cargo",
+        &["deny", "--offline", "check", "licenses", "bans", "sources"],
+        &[("PATH", &path)],
+    )
 }

@@ -273,10 +273,11 @@ impl MockQueue {
     pub(crate) fn record_dead_letter(&self, message: RawMessage, dead_letter: DeadLetter) -> Result<(), FileError> {
         let headers = dead_letter.headers_for(&message.headers, &message.source, &message.message_id);
         if let Some(path) = &self.inner.dlq_file
-            && let Err(e) = append_dead_letter(path, &message, &dead_letter, &headers) {
-                self.put_back(message);
-                return Err(e);
-            }
+            && let Err(e) = append_dead_letter(path, &message, &dead_letter, &headers)
+        {
+            self.put_back(message);
+            return Err(e);
+        }
         let mut s = self.inner.state.lock();
         s.outstanding -= 1;
         s.dead_lettered.push(DeadLettered {

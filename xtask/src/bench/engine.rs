@@ -6,7 +6,10 @@ use serde_json::Value;
 use super::{machine_description, record_section};
 
 pub fn run() -> Result<()> {
-    let stdout = crate::cmd::output("cargo", &["bench", "--locked", "-p", "qt-engine", "--bench", "throughput"])?;
+    let stdout = crate::cmd::output(
+        "cargo",
+        &["bench", "--locked", "-p", "qt-engine", "--bench", "throughput"],
+    )?;
     let rows: Vec<Value> = stdout
         .lines()
         .filter(|l| l.trim_start().starts_with('{'))
@@ -25,9 +28,13 @@ pub fn run() -> Result<()> {
     for r in &rows {
         body.push_str(&format!(
             "| {} | {} | {:.2} | {:.0} | {} | {:.3} | {:.3} |\n",
-            r["concurrency"], r["messages"], r["seconds"].as_f64().unwrap_or(0.0),
-            r["messages_per_second"].as_f64().unwrap_or(0.0), r["duplicates"],
-            r["p50_ms"].as_f64().unwrap_or(0.0), r["p99_ms"].as_f64().unwrap_or(0.0),
+            r["concurrency"],
+            r["messages"],
+            r["seconds"].as_f64().unwrap_or(0.0),
+            r["messages_per_second"].as_f64().unwrap_or(0.0),
+            r["duplicates"],
+            r["p50_ms"].as_f64().unwrap_or(0.0),
+            r["p99_ms"].as_f64().unwrap_or(0.0),
         ));
         eprintln!("{r}");
     }

@@ -2,6 +2,10 @@
 //! report in its own section of `docs/benchmarks.md`.
 
 mod engine;
+mod kafka;
+mod rabbitmq;
+mod redis;
+mod sqs;
 
 use std::path::Path;
 
@@ -10,13 +14,25 @@ use clap::ValueEnum;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Which {
+    /// Consume throughput on RabbitMQ: qt (engine + adapter, no-op agent) next to plain lapin.
+    Rabbitmq,
+    /// Consume-process-commit on Kafka: qt (engine + adapter, no-op agent) next to plain rdkafka.
+    Kafka,
     /// Engine throughput and latency: mock source, no-op agent, in-memory dedup and ledger.
     Engine,
+    /// Engine throughput with the Redis idempotency store beside the in-memory one.
+    Redis,
+    /// Consume throughput on SQS (moto): qt (engine + adapter, no-op agent) next to plain aws-sdk-sqs.
+    Sqs,
 }
 
 pub fn run(which: Which) -> Result<()> {
     match which {
+        Which::Rabbitmq => rabbitmq::run(),
         Which::Engine => engine::run(),
+        Which::Kafka => kafka::run(),
+        Which::Redis => redis::run(),
+        Which::Sqs => sqs::run(),
     }
 }
 

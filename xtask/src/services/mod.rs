@@ -30,7 +30,10 @@ pub struct Service {
 }
 
 pub fn all() -> Vec<Service> {
-    local::services().into_iter().chain([moto::service(), nisshi::service()]).collect()
+    local::services()
+        .into_iter()
+        .chain([moto::service(), nisshi::service()])
+        .collect()
 }
 
 pub fn run(action: Action) -> Result<()> {

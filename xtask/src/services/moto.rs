@@ -55,7 +55,10 @@ fn install(venv: &Path) -> Result<()> {
     }
     let pip = venv.join("bin").join("pip");
     let requirement = format!("moto[server]=={MOTO_VERSION}");
-    run(&pip.to_string_lossy(), &["install", "--quiet", "--disable-pip-version-check", &requirement])?;
+    run(
+        &pip.to_string_lossy(),
+        &["install", "--quiet", "--disable-pip-version-check", &requirement],
+    )?;
     fs::write(version_marker(venv), MOTO_VERSION)
         .with_context(|| format!("cannot write {}", version_marker(venv).display()))
 }
@@ -66,7 +69,11 @@ fn start() -> Result<()> {
     let log_path = cache_dir().join("moto.log");
     let log = File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
     let server = venv.join("bin").join("moto_server");
-    eprintln!("$ {} -H {HOST} -p {PORT} (log: {})", server.display(), log_path.display());
+    eprintln!(
+        "$ {} -H {HOST} -p {PORT} (log: {})",
+        server.display(),
+        log_path.display()
+    );
     // Its own process group keeps the server alive after xtask exits and out of reach of
     // a Ctrl-C meant for the command that started it.
     Command::new(&server)

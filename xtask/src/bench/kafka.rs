@@ -1,0 +1,91 @@
+//! `cargo xtask bench kafka`: the measuring code is
+//! `crates/qt-adapter-kafka/benches/throughput.rs`; it needs the Kafka-protocol broker
+//! (Nisshi), which this starts when it is not running.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use super::{machine_description, record_section};
+use crate::services;
+
+pub fn run() -> Result<()> {
+    let broker = services::all()
+        .into_iter()
+        .find(|s| s.env.0 == "QT_TEST_KAFKA_BROKERS")
+        .context("no Kafka broker among the services")?;
+    if !services::reachable(broker.addr) {
+        eprintln!("xtask: starting {} on {}", broker.name, broker.addr);
+        (broker.ensure)()?;
+        services::wait_reachable(broker.name, broker.addr, std::time::Duration::from_secs(60))?;
+    }
+    let args = ["bench", "--locked", "-p", "qt-adapter-kafka", "--bench", "throughput"];
+    eprintln!("$ {}={} cargo {}", broker.env.0, broker.env.1, args.join(" "));
+    // Progress lines (stderr) stay visible; the JSON results come on stdout.
+    let out = Command::new("cargo")
+        .args(args)
+        .env(broker.env.0, broker.env.1)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot start `cargo bench`")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("the kafka benchmark failed ({}):\n{stdout}", out.status);
+    }
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with('{'))
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("the kafka benchmark printed a line that is not JSON")?;
+    let (summaries, rows): (Vec<&Value>, Vec<&Value>) = lines.iter().partition(|v| v.get("summary").is_some());
+    let summary = summaries
+        .last()
+        .with_context(|| format!("the kafka benchmark printed no summary:\n{stdout}"))?;
+    anyhow::ensure!(!rows.is_empty(), "the kafka benchmark printed no runs:\n{stdout}");
+    let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    let mut body = format!(
+        "## Kafka\n\n\
+         Consume-process-commit of a topic pre-filled with {messages} ~200-byte JSON messages (key, \
+         dedup key and tenant headers) in {partitions} partitions, on the local Kafka-protocol broker \
+         (Nisshi, in-memory storage), which shares the machine. **qt**: the engine with the Kafka \
+         adapter, a no-op agent, the in-memory idempotency store (every message claimed and \
+         completed) and the in-memory ledger; concurrency {concurrency}, batch size {batch}, max in \
+         flight {in_flight}; offsets committed every second once finished. **rdkafka**: the minimal \
+         hand-written at-least-once consumer, a `BaseConsumer` that parses each body as JSON and \
+         stores its offset (`enable.auto.offset.store=false`, auto-commit every second). Each drain \
+         reads the whole topic in a consumer group of its own and is timed from its first message \
+         to its last finished one (the group join before is the broker's, alike for both); every \
+         drain is checked to have committed the end of every partition. The two sides take turns, \
+         {rounds} rounds.\n\n\
+         | round | consumer | seconds | messages/s |\n|---:|---|---:|---:|\n",
+        messages = summary["messages"],
+        partitions = summary["partitions"],
+        concurrency = summary["concurrency"],
+        batch = summary["batch_size"],
+        in_flight = summary["max_in_flight"],
+        rounds = summary["rounds"],
+    );
+    for r in &rows {
+        body.push_str(&format!(
+            "| {} | {} | {:.2} | {:.0} |\n",
+            r["round"],
+            r["side"].as_str().unwrap_or("?"),
+            num(r, "seconds"),
+            num(r, "messages_per_second"),
+        ));
+        eprintln!("{r}");
+    }
+    body.push_str(&format!(
+        "\nMedian: qt {:.0} messages/s, plain rdkafka {:.0} messages/s, **ratio {:.2}** (goal: at least 0.7).\n\n\
+         Command: `cargo xtask bench kafka` (release profile). Machine: {}.\n",
+        num(summary, "qt_median_messages_per_second"),
+        num(summary, "rdkafka_median_messages_per_second"),
+        num(summary, "ratio"),
+        machine_description()
+    ));
+    eprintln!("{summary}");
+    record_section("kafka", &body)
+}
