@@ -18,8 +18,8 @@ use crate::context::QtClientContext;
 use crate::handle::{KafkaSettle, SettleContext};
 use crate::health::BrokerHealth;
 use crate::publisher::KafkaPublisher;
-use crate::redact::Redactor;
 use crate::state::Shared;
+use qt_core::redact::Redactor;
 
 const NOTES: &[&str] = &[
     "ack commits the offset once every earlier message of the partition is finished too; commits are batched every commit_interval",
@@ -74,7 +74,7 @@ impl KafkaAdapter {
     /// Nothing is contacted until [`QueueAdapter::connect`].
     pub fn new(cfg: &KafkaSourceConfig, settings: AdapterSettings) -> Result<Self, AdapterError> {
         client_config::check(cfg, &settings)?;
-        let redactor = Redactor::from_config(cfg);
+        let redactor = crate::redact::for_config(cfg);
         let shared = Arc::new(Shared::new());
         let client = QtClientContext::new("consumer", redactor.clone());
         let ctx = ConsumerCtx {
@@ -88,7 +88,7 @@ impl KafkaAdapter {
                     field: format!("{SOURCE_PATH}.options"),
                     reason: format!(
                         "librdkafka refused the consumer settings: {}",
-                        redactor.redact(&e.to_string())
+                        redactor.redact(&e)
                     ),
                 }
             })?;
@@ -152,7 +152,7 @@ impl KafkaAdapter {
         }
     }
 
-    fn redact(&self, text: &str) -> String {
+    fn redact(&self, text: impl std::fmt::Display) -> String {
         self.client.redactor().redact(text)
     }
 
@@ -233,7 +233,7 @@ impl QueueAdapter for KafkaAdapter {
         if let Err(e) = consumer.subscribe(&topics) {
             let err = AdapterError::Connect {
                 endpoint: self.brokers.clone(),
-                reason: format!("subscribing to {} failed: {}", self.queue, self.redact(&e.to_string())),
+                reason: format!("subscribing to {} failed: {}", self.queue, self.redact(&e)),
             };
             *self.consumer.lock() = Some(consumer);
             return Err(err);
@@ -411,7 +411,7 @@ impl CheckTopics {
                     reason: format!(
                         "no metadata for topic {topic} within {:?}: {}{}",
                         self.timeout,
-                        self.redactor.redact(&e.to_string()),
+                        self.redactor.redact(&e),
                         self.health
                             .last_error()
                             .map(|last| format!("; last client error: {last}"))

@@ -18,7 +18,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::client_config;
 use crate::context::QtClientContext;
-use crate::redact::Redactor;
+use qt_core::redact::Redactor;
 
 impl ConsumerContext for QtClientContext {}
 
@@ -36,7 +36,7 @@ impl KafkaAdmin {
     /// An admin client for the brokers and security of a source section (its topics and
     /// group are not needed).
     pub fn new(cfg: &KafkaSourceConfig) -> Result<Self, AdapterError> {
-        let redactor = Redactor::from_config(cfg);
+        let redactor = crate::redact::for_config(cfg);
         let context = QtClientContext::new("admin", redactor.clone());
         let admin =
             AdminClient::from_config_and_context(&client_config::helper(cfg, "qt-admin"), context).map_err(|e| {
@@ -44,7 +44,7 @@ impl KafkaAdmin {
                     field: "source".to_owned(),
                     reason: format!(
                         "cannot create a Kafka admin client: {}",
-                        redactor.redact(&e.to_string())
+                        redactor.redact(&e)
                     ),
                 }
             })?;
@@ -68,7 +68,7 @@ impl KafkaAdmin {
     fn err(&self, what: String, e: impl fmt::Display) -> AdapterError {
         AdapterError::Other {
             what,
-            reason: self.redactor.redact(&e.to_string()),
+            reason: self.redactor.redact(&e),
         }
     }
 

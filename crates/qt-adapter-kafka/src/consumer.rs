@@ -78,7 +78,7 @@ fn describe(tps: &[TopicPartition]) -> String {
 }
 
 impl ConsumerCtx {
-    fn redact(&self, text: &str) -> String {
+    fn redact(&self, text: impl std::fmt::Display) -> String {
         self.client.redactor().redact(text)
     }
 
@@ -127,7 +127,7 @@ impl ConsumerCtx {
                 Ok(()) => tracing::debug!(partitions = %describe(tps), "committed revoked partitions"),
                 Err(e) => tracing::warn!(
                     partitions = %describe(tps),
-                    error = %self.redact(&e.to_string()),
+                    error = %self.redact(&e),
                     "committing revoked partitions failed; the next owner starts from the previous commit"
                 ),
             }
@@ -158,7 +158,7 @@ impl ConsumerContext for ConsumerCtx {
             Rebalance::Error(e) => {
                 // rdkafka unassigns everything after a rebalance error, without a revoke.
                 let all = self.shared.lock().assignment();
-                tracing::warn!(error = %self.redact(&e.to_string()), "rebalance failed; dropping the assignment");
+                tracing::warn!(error = %self.redact(e), "rebalance failed; dropping the assignment");
                 let mut st = self.shared.lock();
                 st.revoke_begin(&all);
                 st.revoke_finish(&all);
@@ -185,7 +185,7 @@ impl ConsumerContext for ConsumerCtx {
             return;
         }
         let reason = match &result {
-            Err(e) => self.redact(&e.to_string()),
+            Err(e) => self.redact(e),
             Ok(()) => "partition errors".to_owned(),
         };
         // The stored offsets stay ahead of the committed ones, so librdkafka's next
@@ -273,7 +273,7 @@ impl PollLoop {
         }
     }
 
-    fn redact(&self, text: &str) -> String {
+    fn redact(&self, text: impl std::fmt::Display) -> String {
         self.consumer.context().client.redactor().redact(text)
     }
 
@@ -369,7 +369,7 @@ impl PollLoop {
                 }
                 // Already reported through the context's error callback.
                 Some(Err(e)) => {
-                    tracing::trace!(error = %consumer.context().client.redactor().redact(&e.to_string()), "consumer poll error");
+                    tracing::trace!(error = %consumer.context().client.redactor().redact(&e), "consumer poll error");
                     wait = Duration::ZERO;
                 }
             }
@@ -416,13 +416,13 @@ impl PollLoop {
         if !to_pause.is_empty()
             && let Err(e) = self.consumer.pause(&tpl_of(&to_pause))
         {
-            tracing::warn!(partitions = %describe(&to_pause), error = %self.redact(&e.to_string()), "pausing failed; retrying");
+            tracing::warn!(partitions = %describe(&to_pause), error = %self.redact(&e), "pausing failed; retrying");
             self.shared.lock().pause_failed(&to_pause, true);
         }
         if !to_resume.is_empty()
             && let Err(e) = self.consumer.resume(&tpl_of(&to_resume))
         {
-            tracing::warn!(partitions = %describe(&to_resume), error = %self.redact(&e.to_string()), "resuming failed; retrying");
+            tracing::warn!(partitions = %describe(&to_resume), error = %self.redact(&e), "resuming failed; retrying");
             self.shared.lock().pause_failed(&to_resume, false);
         }
         self.control.applied_pause.send_if_modified(|applied| {
@@ -445,7 +445,7 @@ impl PollLoop {
                     self.shared.lock().rewind_done(&tp, Ok(()));
                 }
                 Err(e) => {
-                    tracing::warn!(partition = %tp, offset = target, error = %self.redact(&e.to_string()), "seeking for a rewind failed; retrying");
+                    tracing::warn!(partition = %tp, offset = target, error = %self.redact(&e), "seeking for a rewind failed; retrying");
                     self.shared.lock().rewind_done(&tp, Err(now + self.redelivery_delay));
                 }
             }
@@ -462,7 +462,7 @@ impl PollLoop {
         let result = commit_list(&stores).and_then(|tpl| self.consumer.store_offsets(&tpl));
         if let Err(e) = result {
             let tps: Vec<TopicPartition> = stores.into_iter().map(|(tp, _)| tp).collect();
-            tracing::debug!(partitions = %describe(&tps), error = %self.redact(&e.to_string()), "storing offsets failed; retrying");
+            tracing::debug!(partitions = %describe(&tps), error = %self.redact(&e), "storing offsets failed; retrying");
             let mut st = self.shared.lock();
             for tp in &tps {
                 st.store_failed(tp);
@@ -487,7 +487,7 @@ impl PollLoop {
             self.consumer.commit(&tpl, CommitMode::Sync)
         });
         if let Err(e) = result {
-            tracing::warn!(error = %self.redact(&e.to_string()), "the final offset commit failed; messages since the previous commit are delivered again");
+            tracing::warn!(error = %self.redact(&e), "the final offset commit failed; messages since the previous commit are delivered again");
         }
     }
 

@@ -11,7 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 
 use crate::health::BrokerHealth;
-use crate::redact::Redactor;
+use qt_core::redact::Redactor;
 
 /// Callbacks common to every client qt creates.
 #[derive(Clone, Debug)]
@@ -70,7 +70,7 @@ impl ClientContext for QtClientContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         let reason = self.redactor.redact(reason);
-        let error_text = self.redactor.redact(&error.to_string());
+        let error_text = self.redactor.redact(&error);
         self.health.on_error(&error_text, error.rdkafka_error_code(), &reason);
         tracing::warn!(target: "librdkafka", client = self.role, error = %error_text, "{reason}");
     }

@@ -17,7 +17,7 @@ use rdkafka::util::Timeout;
 use crate::client_config::{self, SOURCE_PATH};
 use crate::context::QtClientContext;
 use crate::record;
-use crate::redact::Redactor;
+use qt_core::redact::Redactor;
 
 /// How many messages [`KafkaPublisher::publish_many`] keeps awaiting acknowledgement at once.
 const PUBLISH_WINDOW: usize = 4_096;
@@ -50,7 +50,7 @@ impl KafkaPublisher {
     /// a destination go to the first of its `topics`.
     pub fn new(cfg: &KafkaSourceConfig, settings: &AdapterSettings) -> Result<Self, AdapterError> {
         check_connection_settings(cfg, settings)?;
-        Self::build(cfg, settings, Redactor::from_config(cfg))
+        Self::build(cfg, settings, crate::redact::for_config(cfg))
     }
 
     /// For the adapter, which has validated the whole section already.
@@ -66,7 +66,7 @@ impl KafkaPublisher {
                 field: format!("{SOURCE_PATH}.producer_options"),
                 reason: format!(
                     "librdkafka refused the producer settings: {}",
-                    context.redactor().redact(&e.to_string())
+                    context.redactor().redact(&e)
                 ),
             }
         })?;
@@ -110,7 +110,7 @@ impl KafkaPublisher {
                     offset: d.offset,
                 })
             }
-            Err((e, _)) => Err(self.inner.context.redactor().redact(&e.to_string())),
+            Err((e, _)) => Err(self.inner.context.redactor().redact(&e)),
         }
     }
 
@@ -161,7 +161,7 @@ impl KafkaPublisher {
             })?
             .map_err(|e| AdapterError::Publish {
                 destination: self.inner.brokers.clone(),
-                reason: self.inner.context.redactor().redact(&e.to_string()),
+                reason: self.inner.context.redactor().redact(&e),
             })
     }
 

@@ -106,8 +106,8 @@ impl Inner {
         self.ctx.endpoint.masked()
     }
 
-    fn clean(&self, text: impl std::fmt::Display) -> String {
-        self.ctx.endpoint.redactor.clean(text)
+    fn redact(&self, text: impl std::fmt::Display) -> String {
+        self.ctx.endpoint.redactor.redact(text)
     }
 }
 
@@ -264,7 +264,7 @@ impl QueueAdapter for RabbitMqAdapter {
         };
         let fail = |e: lapin::Error| AdapterError::Other {
             what: format!("reading the backlog of queue {:?}", inner.ctx.plan.queue),
-            reason: inner.clean(lapin_error(&e)),
+            reason: inner.redact(lapin_error(&e)),
         };
         let channel = session.query_channel().await.map_err(fail)?;
         let ready = ready_messages(&channel, &inner.ctx.plan.queue).await.map_err(fail)?;
@@ -355,7 +355,7 @@ async fn supervise(inner: Arc<Inner>, mut opened: Opened, tx: mpsc::UnboundedSen
                 Ok(opened) => break opened,
                 Err(e) => {
                     attempt = attempt.saturating_add(1);
-                    let reason = inner.clean(&e);
+                    let reason = inner.redact(&e);
                     tracing::warn!(
                         queue = %inner.ctx.plan.queue,
                         attempt,
@@ -400,10 +400,10 @@ async fn run_session(inner: &Inner, opened: &mut Opened, tx: &mpsc::UnboundedSen
                 // lapin reports channel closures here too: a refused passive check or publish
                 // closes only its own channel, which is not a reason to drop the connection.
                 Some(Event::Error(e)) if is_connection_loss(&e) || !session.is_alive() => {
-                    return SessionEnd::Lost(inner.clean(lapin_error(&e)));
+                    return SessionEnd::Lost(inner.redact(lapin_error(&e)));
                 }
                 Some(Event::Error(e)) => {
-                    tracing::debug!(queue = %inner.ctx.plan.queue, error = %inner.clean(lapin_error(&e)), "a channel was closed by the broker");
+                    tracing::debug!(queue = %inner.ctx.plan.queue, error = %inner.redact(lapin_error(&e)), "a channel was closed by the broker");
                 }
                 Some(Event::ConnectionBlocked(reason)) => {
                     tracing::warn!(queue = %inner.ctx.plan.queue, %reason, "the broker blocked this connection");
@@ -445,7 +445,7 @@ async fn run_session(inner: &Inner, opened: &mut Opened, tx: &mpsc::UnboundedSen
                         return SessionEnd::Closed;
                     }
                 }
-                Some(Err(e)) => return SessionEnd::Lost(inner.clean(lapin_error(&e))),
+                Some(Err(e)) => return SessionEnd::Lost(inner.redact(lapin_error(&e))),
                 None if cancelling => {
                     cancelling = false;
                     opened.consumer = None;

@@ -61,7 +61,7 @@ impl Context {
     pub(crate) fn other(&self, what: &str, e: &lapin::Error) -> AdapterError {
         AdapterError::Other {
             what: format!("{what} on queue {:?}", self.plan.queue),
-            reason: self.endpoint.redactor.clean(lapin_error(e)),
+            reason: self.endpoint.redactor.redact(lapin_error(e)),
         }
     }
 }

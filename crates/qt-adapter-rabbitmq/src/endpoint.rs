@@ -10,7 +10,7 @@ use lapin::{Connect, Connection, ConnectionProperties};
 use qt_core::config::RabbitMqSourceConfig;
 use qt_core::{AdapterError, AdapterSettings};
 
-use crate::redact::Redactor;
+use qt_core::redact::Redactor;
 
 /// Everything needed to open a connection, with the credentials kept out of `Debug`.
 #[derive(Clone)]
@@ -27,14 +27,14 @@ impl Endpoint {
     /// Checks the URL and reads the TLS files. Fails on a plaintext URL when
     /// `settings.require_tls` is set.
     pub(crate) fn new(cfg: &RabbitMqSourceConfig, settings: &AdapterSettings) -> Result<Self, AdapterError> {
-        let redactor = Redactor::for_url(cfg.url.expose());
-        let masked = redactor.clean(cfg.url.masked());
+        let redactor = crate::redact::for_url(cfg.url.expose());
+        let masked = redactor.redact(cfg.url.masked());
         let uri: AMQPUri = cfg.url.expose().parse().map_err(|e: String| AdapterError::Config {
             field: "source.url".into(),
             reason: format!(
                 "{} is not an AMQP URL ({}); expected amqp://user:pass@host:5672/vhost or amqps://",
                 masked,
-                redactor.clean(e)
+                redactor.redact(e)
             ),
         })?;
         let tls_url = matches!(uri.scheme, AMQPScheme::AMQPS);
@@ -113,7 +113,7 @@ impl Endpoint {
     fn connect_error(&self, e: &lapin::Error) -> AdapterError {
         AdapterError::Connect {
             endpoint: self.masked.clone(),
-            reason: self.redactor.clean(crate::describe::lapin_error(e)),
+            reason: self.redactor.redact(crate::describe::lapin_error(e)),
         }
     }
 }

@@ -80,7 +80,7 @@ impl RabbitMqPublisher {
             reason: self
                 .endpoint
                 .redactor
-                .clean(format!("cannot open a confirm channel: {}", lapin_error(&e))),
+                .redact(format!("cannot open a confirm channel: {}", lapin_error(&e))),
         })?;
         *link = Some((connection, channel.clone()));
         Ok(channel)
@@ -113,7 +113,7 @@ impl Publisher for RabbitMqPublisher {
         let destination = describe_destination(exchange, routing_key);
         let fail = |reason: String| AdapterError::Publish {
             destination: destination.clone(),
-            reason: self.endpoint.redactor.clean(reason),
+            reason: self.endpoint.redactor.redact(reason),
         };
         let message_id = message
             .deduplication_id

@@ -2,63 +2,31 @@
 //!
 //! URL masking alone is not enough: lapin and the URI parser echo the URL in some errors
 //! (`Invalid URL: '...'`) and the password can surface percent-decoded, outside any URL
-//! shape. So every text that leaves this crate goes through [`Redactor::clean`], which masks
+//! shape. So every text that leaves this crate goes through a [`Redactor`], which masks
 //! URLs and then removes the password itself in both its encoded and decoded forms.
 
-use std::fmt;
+use qt_core::redact::Redactor;
 
-use qt_core::secret::{REDACTED, mask_url_credentials};
-
-#[derive(Clone, Default)]
-pub(crate) struct Redactor {
-    /// The password as written in the URL and percent-decoded; longest first so a form that
-    /// contains the other is removed whole.
-    secrets: Vec<String>,
-}
-
-impl Redactor {
-    /// A redactor for the credentials embedded in `url`.
-    pub(crate) fn for_url(url: &str) -> Self {
-        let mut secrets = Vec::new();
-        if let Ok(parsed) = url::Url::parse(url) {
-            // A password equal to the user name is shown with the user name anyway; masking
-            // it everywhere would only hide the user (`guest:guest` in development).
-            if let Some(raw) = parsed.password().filter(|p| *p != parsed.username()) {
-                secrets.push(raw.to_owned());
-                if let Some(decoded) = percent_decode(raw) {
-                    secrets.push(decoded);
-                }
+/// A redactor for the credentials embedded in `url`: the password as written and
+/// percent-decoded.
+pub(crate) fn for_url(url: &str) -> Redactor {
+    let mut r = Redactor::default();
+    if let Ok(parsed) = url::Url::parse(url) {
+        // A password equal to the user name is shown with the user name anyway; masking
+        // it everywhere would only hide the user (`guest:guest` in development).
+        if let Some(raw) = parsed.password().filter(|p| *p != parsed.username()) {
+            r.add(raw);
+            if let Some(decoded) = percent_decode(raw) {
+                r.add(decoded);
             }
         }
-        if let Some((user, raw)) = userinfo(url)
-            && raw != user
-        {
-            secrets.push(raw.to_owned());
-        }
-        secrets.retain(|s| !s.is_empty());
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        secrets.dedup();
-        Self { secrets }
     }
-
-    /// `text` with URL credentials masked and every occurrence of the password replaced.
-    pub(crate) fn clean(&self, text: impl fmt::Display) -> String {
-        let mut out = mask_url_credentials(&text.to_string());
-        for secret in &self.secrets {
-            if out.contains(secret.as_str()) {
-                out = out.replace(secret.as_str(), REDACTED);
-            }
-        }
-        out
+    if let Some((user, raw)) = userinfo(url)
+        && raw != user
+    {
+        r.add(raw);
     }
-}
-
-impl fmt::Debug for Redactor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Redactor")
-            .field("secrets", &self.secrets.len())
-            .finish()
-    }
+    r
 }
 
 /// User and password exactly as written in `url`, which the URL parser may have re-encoded.
@@ -93,9 +61,9 @@ mod tests {
 
     #[test]
     fn masks_urls_and_bare_passwords_encoded_or_not() {
-        let r = Redactor::for_url("amqp://app:p%40ss%2Fw0rd@mq.internal:5672/prod");
+        let r = for_url("amqp://app:p%40ss%2Fw0rd@mq.internal:5672/prod");
         let text = "Invalid URL: 'amqp://app:p%40ss%2Fw0rd@mq.internal:5672/prod'; auth p@ss/w0rd refused";
-        let cleaned = r.clean(text);
+        let cleaned = r.redact(text);
         assert!(!cleaned.contains("p%40ss%2Fw0rd"), "{cleaned}");
         assert!(!cleaned.contains("p@ss/w0rd"), "{cleaned}");
         assert!(cleaned.contains("mq.internal:5672"), "{cleaned}");
@@ -103,17 +71,17 @@ mod tests {
 
     #[test]
     fn a_password_equal_to_the_user_name_leaves_the_user_visible() {
-        let r = Redactor::for_url("amqp://guest:guest@localhost:5672/%2f");
+        let r = for_url("amqp://guest:guest@localhost:5672/%2f");
         assert_eq!(
-            r.clean("cannot reach amqp://guest:guest@localhost:5672/%2f as guest"),
+            r.redact("cannot reach amqp://guest:guest@localhost:5672/%2f as guest"),
             "cannot reach amqp://guest:***@localhost:5672/%2f as guest"
         );
     }
 
     #[test]
     fn without_a_password_text_is_kept() {
-        let r = Redactor::for_url("amqp://localhost:5672/%2f");
-        assert_eq!(r.clean("queue orders not found"), "queue orders not found");
+        let r = for_url("amqp://localhost:5672/%2f");
+        assert_eq!(r.redact("queue orders not found"), "queue orders not found");
     }
 
     proptest! {
@@ -129,13 +97,13 @@ mod tests {
         ) {
             prop_assume!(password != "user");
             let url = format!("amqp://user:{password}@host:5672/vh");
-            let r = Redactor::for_url(&url);
+            let r = for_url(&url);
             for text in [
                 format!("{before}{url}{after}"),
                 format!("{before}{password}{after}"),
                 format!("Invalid URL: '{url}'"),
             ] {
-                let cleaned = r.clean(&text);
+                let cleaned = r.redact(&text);
                 prop_assert!(!cleaned.contains(&password), "{cleaned} leaks {password}");
             }
         }

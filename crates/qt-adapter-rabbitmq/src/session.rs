@@ -116,7 +116,7 @@ impl Session {
                     .ctx
                     .endpoint
                     .redactor
-                    .clean(format!("basic.consume failed: {}", lapin_error(&e))),
+                    .redact(format!("basic.consume failed: {}", lapin_error(&e))),
             })
     }
 

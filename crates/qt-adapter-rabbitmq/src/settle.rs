@@ -79,7 +79,7 @@ impl RabbitMqSettle {
             operation,
             queue: self.session.ctx.plan.queue.clone(),
             message_id: self.message_id.clone(),
-            reason: self.session.ctx.endpoint.redactor.clean(reason),
+            reason: self.session.ctx.endpoint.redactor.redact(reason),
         }
     }
 
@@ -275,7 +275,7 @@ impl RabbitMqSettle {
                 Err(e) => tracing::debug!(
                     %message_id,
                     %queue,
-                    error = %session.ctx.endpoint.redactor.clean(lapin_error(&e)),
+                    error = %session.ctx.endpoint.redactor.redact(lapin_error(&e)),
                     "{why}; returning the message failed, the broker redelivers it when the channel closes"
                 ),
             }

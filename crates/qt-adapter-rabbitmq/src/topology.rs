@@ -14,7 +14,7 @@ use qt_core::config::RabbitMqSourceConfig;
 
 use crate::amqp_value::arguments_from_config;
 use crate::describe::{is_not_found, lapin_error, soft_error};
-use crate::redact::Redactor;
+use qt_core::redact::Redactor;
 
 #[derive(Clone, Debug)]
 struct ExchangePlan {
@@ -121,7 +121,7 @@ impl TopologyPlan {
         let vhost = connection.status().vhost();
         let fail = |what: String, e: &lapin::Error, hint: &str| AdapterError::Other {
             what,
-            reason: redactor.clean(format!("{}{hint}", lapin_error(e))),
+            reason: redactor.redact(format!("{}{hint}", lapin_error(e))),
         };
         let channel = open(connection, redactor).await?;
         for e in &self.exchanges {
@@ -256,7 +256,7 @@ impl TopologyPlan {
             Ok(_) => {
                 tracing::info!(
                     retry_queue = %self.retry_queue,
-                    reason = %redactor.clean(lapin_error(&refused)),
+                    reason = %redactor.redact(lapin_error(&refused)),
                     "using the existing retry queue as it is; it must dead-letter to exchange \"\" with routing key {:?}",
                     self.queue
                 );
@@ -269,7 +269,7 @@ impl TopologyPlan {
     fn retry_queue_error(&self, e: &lapin::Error, redactor: &Redactor) -> AdapterError {
         AdapterError::Other {
             what: format!("declaring retry queue {:?}", self.retry_queue),
-            reason: redactor.clean(format!(
+            reason: redactor.redact(format!(
                 "{}; qt needs it for delayed requeues: grant the user configure permission on it, or create it \
                  (durable, x-dead-letter-exchange \"\", x-dead-letter-routing-key {:?}), or name an existing one \
                  in source.retry_queue",
@@ -335,7 +335,7 @@ impl TopologyPlan {
             } else {
                 AdapterError::Other {
                     what: format!("checking the dead-letter {kind} {name:?}"),
-                    reason: redactor.clean(lapin_error(&e)),
+                    reason: redactor.redact(lapin_error(&e)),
                 }
             }
         })
@@ -360,7 +360,7 @@ async fn passive_queue(channel: &Channel, queue: &str) -> Result<lapin::Queue, l
 async fn open(connection: &Connection, redactor: &Redactor) -> Result<Channel, AdapterError> {
     connection.create_channel().await.map_err(|e| AdapterError::Other {
         what: "opening a channel".into(),
-        reason: redactor.clean(lapin_error(&e)),
+        reason: redactor.redact(lapin_error(&e)),
     })
 }
 

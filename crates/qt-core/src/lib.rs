@@ -20,6 +20,7 @@ pub mod json_payload;
 pub mod ledger;
 pub mod message;
 pub mod parse;
+pub mod redact;
 pub mod secret;
 pub mod trace;
 

@@ -5,7 +5,6 @@ use std::fmt;
 use std::time::Duration;
 
 use deadpool::managed::{PoolError, TimeoutType};
-use qt_core::secret::{REDACTED, Secret, mask_url_credentials};
 use qt_core::{SecretUrl, StoreError};
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
@@ -71,7 +70,7 @@ operation_labels! {
 #[derive(Clone)]
 pub struct Redactor {
     endpoint: String,
-    secrets: Vec<Secret>,
+    scrubber: qt_core::redact::Redactor,
 }
 
 /// Shorter values are not scrubbed literally: replacing every `ab` in a message would
@@ -82,13 +81,13 @@ impl Redactor {
     pub fn new(url: &SecretUrl) -> Self {
         Self {
             endpoint: url.masked(),
-            secrets: Vec::new(),
+            scrubber: qt_core::redact::Redactor::default(),
         }
     }
 
     pub fn add_secret(&mut self, secret: &str) {
-        if secret.len() >= MIN_SCRUBBED_LEN && !self.secrets.iter().any(|s| s.expose() == secret) {
-            self.secrets.push(Secret::new(secret));
+        if secret.len() >= MIN_SCRUBBED_LEN {
+            self.scrubber.add(secret);
         }
     }
 
@@ -98,13 +97,7 @@ impl Redactor {
     }
 
     pub fn clean(&self, text: &str) -> String {
-        let mut out = mask_url_credentials(text);
-        for s in &self.secrets {
-            if out.contains(s.expose()) {
-                out = out.replace(s.expose(), REDACTED);
-            }
-        }
-        out
+        self.scrubber.redact(text)
     }
 
     pub fn unavailable(&self, reason: impl fmt::Display) -> StoreError {
@@ -159,7 +152,7 @@ impl fmt::Debug for Redactor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Redactor")
             .field("endpoint", &self.endpoint)
-            .field("secrets", &self.secrets.len())
+            .field("scrubber", &self.scrubber)
             .finish()
     }
 }
