@@ -4,85 +4,33 @@
 #![allow(clippy::print_stderr)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::Value;
+mod support;
 
-fn qt() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_qt"));
-    c.current_dir(repo_root());
-    c.env_remove("RUST_LOG");
-    c
-}
+use support::files::jsonl;
+use support::free_port;
+use support::http::http_get;
+use support::process::{QtRun, qt, run_bounded, summary};
+use support::wait::wait_until;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("qt runs");
-    eprintln!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn summary(stdout: &str) -> BTreeMap<String, u64> {
-    stdout
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let (name, n) = l.rsplit_once(' ')?;
-            Some((name.trim().to_owned(), n.parse().ok()?))
-        })
-        .collect()
-}
-
-/// A minimal HTTP/1.0 GET, enough for the admin endpoints.
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// Long enough for any of these commands on a loaded machine; they take about a second.
+const BOUND: Duration = Duration::from_secs(60);
 
 /// Acceptance 1: the example reaches every outcome row; the ledger and the DLQ file say
 /// what happened to each message.
 #[test]
 fn the_example_reaches_every_outcome() {
     let out_dir = tempfile::tempdir().unwrap();
-    let out = run(qt()
-        .args(["run", "-c", "examples/mock.yaml", "--until-idle"])
-        .env("QT_OUT_DIR", out_dir.path())
-        .env("QT_ADMIN_LISTEN", "127.0.0.1:0"));
+    let out = run_bounded(
+        qt().args(["run", "-c", "examples/mock.yaml", "--until-idle"])
+            .env("QT_OUT_DIR", out_dir.path())
+            .env("QT_ADMIN_LISTEN", "127.0.0.1:0"),
+        out_dir.path(),
+        BOUND,
+    );
     assert!(out.status.success());
-    let s = summary(&String::from_utf8_lossy(&out.stdout));
+    let s = summary(&out.stdout);
     for row in [
         "received",
         "succeeded",
@@ -197,9 +145,9 @@ observability:
 "#,
     )
     .unwrap();
-    let out = run(qt().args(["validate", "-c"]).arg(&path));
+    let out = run_bounded(qt().args(["validate", "-c"]).arg(&path), dir.path(), BOUND);
     assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = &out.stderr;
     for path in [
         "source.consumer_group:",
         "processing.concurrency:",
@@ -244,21 +192,25 @@ observability: {{admin: {{listen: "127.0.0.1:0"}}, log: {{level: debug}}}}
     )
     .unwrap();
     let secret = "tok-9f8e7d6c5b4a";
-    let validate = run(qt().args(["validate", "-c"]).arg(&cfg).env("QT_TEST_TOKEN", secret));
+    let validate = run_bounded(
+        qt().args(["validate", "-c"]).arg(&cfg).env("QT_TEST_TOKEN", secret),
+        dir.path(),
+        BOUND,
+    );
     assert!(validate.status.success());
-    let run_out = run(qt()
-        .args(["run", "--until-idle", "-c"])
-        .arg(&cfg)
-        .env("QT_TEST_TOKEN", secret));
+    let run_out = run_bounded(
+        qt().args(["run", "--until-idle", "-c"])
+            .arg(&cfg)
+            .env("QT_TEST_TOKEN", secret),
+        dir.path(),
+        BOUND,
+    );
     assert!(run_out.status.success());
     for out in [&validate, &run_out] {
-        assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
-        assert!(!String::from_utf8_lossy(&out.stderr).contains(secret));
+        assert!(!out.stdout.contains(secret));
+        assert!(!out.stderr.contains(secret));
     }
-    assert!(
-        String::from_utf8_lossy(&validate.stdout).contains("API_TOKEN: '***'"),
-        "masked, not dropped"
-    );
+    assert!(validate.stdout.contains("API_TOKEN: '***'"), "masked, not dropped");
 }
 
 /// `qt send` publishes into a running `qt run` of the same configuration; SIGTERM drains
@@ -277,60 +229,51 @@ fn send_feeds_a_running_trigger_and_sigterm_drains() {
         ),
     )
     .unwrap();
-    let child = qt()
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "qt run did not open its admin port");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let sent = run(qt().args(["send", "-c"]).arg(&cfg).args([
-        "--id",
-        "sent-1",
-        "--body",
-        "{\"hello\":\"world\"}",
-        "-H",
-        "x-tenant-id=acme",
-        "-H",
-        "x-event-name=greeting",
-    ]));
-    assert!(sent.status.success());
-    assert!(String::from_utf8_lossy(&sent.stdout).contains("sent-1"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let records = std::fs::read_to_string(&ledger).unwrap_or_default();
-        if records.contains("\"sent-1\"") {
-            assert!(records.contains("\"succeeded\""), "{records}");
-            assert!(records.contains("\"greeting\""), "{records}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the sent message never reached the ledger");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let metrics = http_get(port, "/metrics");
-    assert!(
-        metrics.lines().next().unwrap_or_default().contains(" 200 "),
-        "{metrics}"
+    let mut run = QtRun::start(&cfg, &dir.path().join("qt.log"), port, &[]);
+    run.wait_ready(Duration::from_secs(20));
+    let sent = run_bounded(
+        qt().args(["send", "-c"]).arg(&cfg).args([
+            "--id",
+            "sent-1",
+            "--body",
+            "{\"hello\":\"world\"}",
+            "-H",
+            "x-tenant-id=acme",
+            "-H",
+            "x-event-name=greeting",
+        ]),
+        dir.path(),
+        BOUND,
     );
+    assert!(sent.status.success());
+    assert!(sent.stdout.contains("sent-1"));
+    let records = || std::fs::read_to_string(&ledger).unwrap_or_default();
+    wait_until(
+        "the sent message in the ledger",
+        Duration::from_secs(20),
+        || records().contains("\"sent-1\""),
+        || run.logs(),
+    );
+    let records = records();
+    assert!(records.contains("\"succeeded\""), "{records}");
+    assert!(records.contains("\"greeting\""), "{records}");
+    let get = |path: &str| {
+        let (code, body) = http_get(port, path).expect("the admin server answers");
+        assert_eq!(code, 200, "{path}: {body}");
+        body
+    };
+    let metrics = get("/metrics");
     assert!(
         metrics.contains("qt_messages_processed_total{outcome=\"succeeded\"} 1"),
         "{metrics}"
     );
-    let ready = http_get(port, "/readyz");
-    assert!(ready.lines().next().unwrap_or_default().contains(" 200 "), "{ready}");
-    let status = http_get(port, "/status");
+    get("/readyz");
+    let status = get("/status");
     assert!(status.contains("\"state\":\"running\""), "{status}");
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let out = child.wait_with_output().unwrap();
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "graceful stop exits 0");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("SIGTERM"));
+    let status = run.terminate(Duration::from_secs(20));
+    let logs = run.logs();
+    assert!(status.success(), "graceful stop exits 0 ({status}):\n{logs}");
+    assert!(logs.contains("SIGTERM"), "{logs}");
 }
 
 /// `--until-idle` is refused for broker sources with a reason, and bad input exits
@@ -344,10 +287,10 @@ fn until_idle_needs_the_mock_source() {
         "source: {type: kafka, brokers: [\"127.0.0.1:1\"], topics: [t], consumer_group: g}\nagent: {targets: {main: {type: log}}}\n",
     )
     .unwrap();
-    let out = run(qt().args(["run", "--until-idle", "-c"]).arg(&cfg));
+    let out = run_bounded(qt().args(["run", "--until-idle", "-c"]).arg(&cfg), dir.path(), BOUND);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--until-idle needs `source.type: mock`"));
-    let missing = run(qt().args(["run", "-c", "/nonexistent/qt.yaml"]));
+    assert!(out.stderr.contains("--until-idle needs `source.type: mock`"));
+    let missing = run_bounded(qt().args(["run", "-c", "/nonexistent/qt.yaml"]), dir.path(), BOUND);
     assert_eq!(missing.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent/qt.yaml"));
+    assert!(missing.stderr.contains("cannot read /nonexistent/qt.yaml"));
 }

@@ -13,12 +13,8 @@
 #![allow(clippy::print_stderr)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::net::{TcpStream, ToSocketAddrs};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use qt_adapter_kafka::{KafkaAdmin, KafkaPublisher};
 use qt_core::config::KafkaSourceConfig;
@@ -28,6 +24,13 @@ use rdkafka::message::{Headers as _, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 
+mod support;
+
+use support::files::{by_message, ledger, status_of};
+use support::process::{QtRun, qt, run_bounded};
+use support::wait::wait_until;
+use support::{free_port, reachable, runtime, unique};
+
 // ---------------------------------------------------------------------------------------
 // The broker
 // ---------------------------------------------------------------------------------------
@@ -35,24 +38,12 @@ use serde_json::Value;
 fn brokers() -> String {
     let brokers = std::env::var("QT_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
     for b in brokers.split(',') {
-        let reachable = b
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
         assert!(
-            reachable,
+            reachable(b, Duration::from_secs(2)),
             "the Kafka broker at {b} (QT_TEST_KAFKA_BROKERS) is not reachable; start it with `cargo xtask services up`"
         );
     }
     brokers
-}
-
-/// `qt-e2e-<what>-<pid><nanos>`: unique across parallel tests and repeated runs, and a valid
-/// topic and group name.
-fn unique(what: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    format!("qt-e2e-{what}-{:x}{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
 }
 
 /// Admin and producer clients on a runtime of their own (the tests themselves are plain
@@ -68,11 +59,7 @@ struct Kafka {
 impl Kafka {
     fn connect() -> Self {
         let brokers = brokers();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = runtime();
         let cfg = KafkaSourceConfig {
             brokers: brokers.split(',').map(str::to_owned).collect(),
             delivery_timeout: Duration::from_secs(20),
@@ -225,264 +212,36 @@ fn position(id: &str) -> (i32, i64) {
 // The qt binary
 // ---------------------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn qt() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_qt"));
-    c.env_remove("RUST_LOG");
-    c
-}
-
-/// Output of a `qt` command that had to end within a bound.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `cmd` to completion (output through files, so a chatty child cannot block on a
-/// full pipe), killing it if it runs longer than `within`.
-fn run_bounded(cmd: &mut Command, dir: &Path, within: Duration) -> Finished {
-    let name = unique("out");
-    let out_path = dir.join(format!("{name}.stdout"));
-    let err_path = dir.join(format!("{name}.stderr"));
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(File::create(&out_path).unwrap())
-        .stderr(File::create(&err_path).unwrap())
-        .spawn()
-        .expect("the qt binary runs");
-    let deadline = Instant::now() + within;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{cmd:?} did not finish within {within:?}; stderr:\n{}",
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let done = Finished {
-        status,
-        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
-    };
-    eprintln!(
-        "$ {cmd:?} -> {status}\nstdout:\n{}\nstderr:\n{}",
-        done.stdout, done.stderr
-    );
-    done
-}
-
-/// Polls `done` every 100ms until it holds; fails after `within` with `context()`.
-fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool, context: impl Fn() -> String) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not reached within {within:?}\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A minimal HTTP/1.0 GET on the admin server: (status code, body), `None` when nothing
-/// listens yet.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let code = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    Some((code, body))
-}
-
-/// The ledger's records; a line cut short by a SIGKILL is left out.
-fn ledger(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-/// Every record of each message id, in ledger order.
-fn by_message(records: &[Value]) -> BTreeMap<String, Vec<Value>> {
-    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for r in records {
-        out.entry(r["message_id"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(r.clone());
-    }
-    out
-}
-
-fn status_of(record: &Value) -> &str {
-    record["status"].as_str().unwrap_or_default()
-}
-
-/// A running `qt run`, in a process group of its own so that the agent programs it started
-/// die with it. Dropping it kills the whole group.
-struct QtRun {
-    child: Option<Child>,
-    log: PathBuf,
-    admin_port: u16,
-}
-
-impl QtRun {
-    fn start(config: &Path, log: &Path, admin_port: u16, env: &[(&str, &str)]) -> Self {
-        let child = qt()
-            .args(["run", "-c"])
-            .arg(config)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(log).unwrap())
-            .process_group(0)
-            .spawn()
-            .expect("qt run starts");
-        Self {
-            child: Some(child),
-            log: log.to_owned(),
-            admin_port,
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The JSON log lines (the configurations here log as JSON).
-    fn log_lines(&self) -> Vec<Value> {
-        self.logs()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    /// The partitions this process holds now, from its "partitions assigned" and
-    /// "partitions revoked" log lines, and how many such lines there were.
-    fn assignment(&self) -> (BTreeSet<i32>, usize) {
-        let mut held = BTreeSet::new();
-        let mut events = 0;
-        for line in self.log_lines() {
-            let fields = &line["fields"];
-            let assigned = match fields["message"].as_str() {
-                Some("partitions assigned") => true,
-                Some("partitions revoked") => false,
-                _ => continue,
-            };
-            events += 1;
-            // `topic[0], topic[1]`
-            let partitions = fields["partitions"].as_str().unwrap_or_default();
-            for tp in partitions.split(", ").filter(|s| !s.is_empty()) {
-                let p: i32 = tp
-                    .rsplit_once('[')
-                    .and_then(|(_, rest)| rest.strip_suffix(']'))
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or_else(|| panic!("unexpected partition {tp:?} in {line}"));
-                if assigned {
-                    held.insert(p);
-                } else {
-                    held.remove(&p);
-                }
+/// The partitions a `qt run` holds now, from its "partitions assigned" and "partitions
+/// revoked" log lines (the configurations here log as JSON), and how many such lines there
+/// were.
+fn assignment(run: &QtRun) -> (BTreeSet<i32>, usize) {
+    let mut held = BTreeSet::new();
+    let mut events = 0;
+    for line in run.logs().lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+        let fields = &line["fields"];
+        let assigned = match fields["message"].as_str() {
+            Some("partitions assigned") => true,
+            Some("partitions revoked") => false,
+            _ => continue,
+        };
+        events += 1;
+        // `topic[0], topic[1]`
+        let partitions = fields["partitions"].as_str().unwrap_or_default();
+        for tp in partitions.split(", ").filter(|s| !s.is_empty()) {
+            let p: i32 = tp
+                .rsplit_once('[')
+                .and_then(|(_, rest)| rest.strip_suffix(']'))
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected partition {tp:?} in {line}"));
+            if assigned {
+                held.insert(p);
+            } else {
+                held.remove(&p);
             }
         }
-        (held, events)
     }
-
-    /// Waits until `/readyz` answers 200 (connected and consuming).
-    fn wait_ready(&mut self, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("qt run exited ({status}) before it was ready:\n{}", self.logs());
-            }
-            if matches!(http_get(self.admin_port, "/readyz"), Some((200, _))) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "qt run not ready within {within:?}:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// `/status` as JSON.
-    fn status(&self) -> Value {
-        let (code, body) = http_get(self.admin_port, "/status").expect("the admin server answers");
-        assert_eq!(code, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("still running").id()
-    }
-
-    /// SIGTERM, then waits (bounded) for the graceful exit.
-    fn terminate(mut self, within: Duration) -> ExitStatus {
-        let pid = self.pid().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let child = self.child.as_mut().unwrap();
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                kill_group(&pid);
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "qt run did not stop within {within:?} of SIGTERM:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGKILL to the `qt` process alone (no chance to drain, commit or leave the group),
-    /// then SIGKILL to the agent programs it left behind.
-    fn kill_hard(mut self) {
-        let mut child = self.child.take().unwrap();
-        let pid = child.id().to_string();
-        child.kill().expect("SIGKILL qt");
-        child.wait().unwrap();
-        kill_group(&pid);
-    }
-}
-
-fn kill_group(pid: &str) {
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pid}")])
-        .stderr(Stdio::null())
-        .status();
-}
-
-impl Drop for QtRun {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_group(&child.id().to_string());
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    (held, events)
 }
 
 /// An agent run through `/bin/sh` (so no freshly written file is executed, which can fail
@@ -600,17 +359,12 @@ fn validate_send_and_dead_letters_on_kafka() {
     let cfg = dir.path().join("qt.yaml");
     std::fs::write(&cfg, &yaml).unwrap();
 
-    let validate = run_bounded(
+    run_bounded(
         qt().args(["validate", "-c"]).arg(&cfg),
         dir.path(),
         Duration::from_secs(30),
-    );
-    assert!(validate.status.success(), "{}", validate.stderr);
-    assert!(validate.stdout.contains("valid"), "{}", validate.stdout);
-    assert!(validate.stdout.contains("type: kafka"), "{}", validate.stdout);
-    assert!(validate.stdout.contains(&topic), "{}", validate.stdout);
-    assert!(validate.stdout.contains(&dlq), "{}", validate.stdout);
-    assert!(validate.stdout.contains("session.timeout.ms"), "{}", validate.stdout);
+    )
+    .assert_shows(&["valid", "type: kafka", &topic, &dlq, "session.timeout.ms"]);
 
     let tls_cfg = dir.path().join("tls.yaml");
     std::fs::write(&tls_cfg, format!("{yaml}security: {{require_tls: true}}\n")).unwrap();
@@ -619,31 +373,20 @@ fn validate_send_and_dead_letters_on_kafka() {
         &["send", "--body", "{}", "-c"][..],
         &["run", "-c"][..],
     ] {
-        let refused = run_bounded(qt().args(subcommand).arg(&tls_cfg), dir.path(), Duration::from_secs(30));
-        assert_eq!(refused.status.code(), Some(2), "{subcommand:?}: {}", refused.stderr);
-        assert!(
-            refused.stderr.contains("source.security_protocol") && refused.stderr.contains("require_tls"),
-            "{subcommand:?}: {}",
-            refused.stderr
-        );
+        run_bounded(qt().args(subcommand).arg(&tls_cfg), dir.path(), Duration::from_secs(30))
+            .assert_refused(&["source.security_protocol", "require_tls"]);
     }
 
     let mut run = QtRun::start(&cfg, &dir.path().join("qt.log"), port, &[]);
     run.wait_ready(Duration::from_secs(30));
 
     let send = |args: &[&str]| {
-        let out = run_bounded(
+        let id = run_bounded(
             qt().args(["send", "-c"]).arg(&cfg).args(args),
             dir.path(),
             Duration::from_secs(30),
-        );
-        assert!(out.status.success(), "qt send {args:?}: {}", out.stderr);
-        let id = out
-            .stdout
-            .trim()
-            .strip_prefix("sent ")
-            .expect("qt send prints `sent <id>`")
-            .to_owned();
+        )
+        .sent_id();
         assert!(
             id.starts_with(&format!("{topic}/")),
             "the id is topic/partition/offset: {id}"
@@ -675,21 +418,8 @@ fn validate_send_and_dead_letters_on_kafka() {
     let garbage = send(&["--key", "cust-9", "--body", "not json at all", "-H", "x-tenant-id=beta"]);
 
     let ids = [good.as_str(), poison.as_str(), garbage.as_str()];
-    wait_until(
-        "a ledger record for every sent message",
-        Duration::from_secs(30),
-        || {
-            let seen = by_message(&ledger(&ledger_path));
-            ids.iter().all(|id| seen.contains_key(*id))
-        },
-        || format!("ledger:\n{:#?}\nqt log:\n{}", ledger(&ledger_path), run.logs()),
-    );
-    let records = by_message(&ledger(&ledger_path));
-    let only = |id: &str| {
-        let r = &records[id];
-        assert_eq!(r.len(), 1, "{id}: {r:#?}");
-        r[0].clone()
-    };
+    let records = run.wait_recorded_once(&ledger_path, &ids, Duration::from_secs(30));
+    let only = |id: &str| records[id].clone();
     let ok = only(&good);
     assert_eq!(status_of(&ok), "succeeded", "{ok}");
     assert_eq!(ok["adapter"], "kafka");
@@ -971,7 +701,7 @@ fn two_runs_in_one_group_split_the_partitions() {
     wait_until(
         "the first process holds every partition",
         Duration::from_secs(30),
-        || a.assignment().0 == everything,
+        || assignment(&a).0 == everything,
         || a.logs(),
     );
     let b = start(1);
@@ -980,8 +710,8 @@ fn two_runs_in_one_group_split_the_partitions() {
         "the two processes split the partitions",
         Duration::from_secs(60),
         || {
-            let (ha, _) = a.assignment();
-            let (hb, _) = b.assignment();
+            let (ha, _) = assignment(&a);
+            let (hb, _) = assignment(&b);
             !ha.is_empty()
                 && !hb.is_empty()
                 && ha.is_disjoint(&hb)
@@ -989,8 +719,8 @@ fn two_runs_in_one_group_split_the_partitions() {
         },
         logs,
     );
-    let (held_a, events_a) = a.assignment();
-    let (held_b, events_b) = b.assignment();
+    let (held_a, events_a) = assignment(&a);
+    let (held_b, events_b) = assignment(&b);
 
     let ids = kafka.produce((0..N).map(|i| order(&topic, i)).collect());
     let all: BTreeSet<String> = ids.iter().cloned().collect();
@@ -1008,7 +738,7 @@ fn two_runs_in_one_group_split_the_partitions() {
         || format!("recorded {} of {N}\n{}", recorded().len(), logs()),
     );
     assert_eq!(
-        (a.assignment(), b.assignment()),
+        (assignment(&a), assignment(&b)),
         ((held_a.clone(), events_a), (held_b.clone(), events_b)),
         "no rebalance while the messages were processed:\n{}",
         logs()
@@ -1035,7 +765,7 @@ fn two_runs_in_one_group_split_the_partitions() {
         assert!(received > 0, "a process with partitions {share:?} received nothing");
     }
     eprintln!("partitions: first {held_a:?}, second {held_b:?}");
-    for run in [a, b] {
+    for mut run in [a, b] {
         let status = run.terminate(Duration::from_secs(40));
         assert!(status.success(), "graceful stop exits 0 ({status})");
     }

@@ -12,11 +12,9 @@
 #![allow(clippy::print_stderr)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use lapin::message::BasicGetMessage;
 use lapin::options::{
@@ -26,7 +24,18 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
 
+mod support;
+
+use support::agent::{agent_runs, counting_agent};
+use support::files::{by_message, ledger, status_of};
+use support::process::{QtRun, qt, run_bounded};
+use support::wait::wait_until;
+use support::{free_port, runtime, unique};
+
 const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// What the counting agent notes of each run: the dedup key the event carries.
+const DEDUP_KEY: &str = r#"grep -o '"dedup_key":"[^"]*"' | head -n 1 | cut -d '"' -f 4"#;
 
 fn broker_url() -> String {
     std::env::var("QT_TEST_RABBITMQ_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
@@ -53,123 +62,6 @@ fn url_password(url: &str) -> Option<String> {
     (password != user && !password.is_empty()).then(|| password.to_owned())
 }
 
-/// `qt-e2e-<what>-<pid><nanos>`: unique across parallel tests and repeated runs.
-fn unique(what: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    format!("qt-e2e-{what}-{:x}{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn qt() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_qt"));
-    c.env_remove("RUST_LOG");
-    c
-}
-
-/// Output of a `qt` command that must end within `within`.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `cmd` to completion (output through files, so a chatty child cannot block on a
-/// full pipe), killing it if it runs longer than `within`.
-fn run_bounded(cmd: &mut Command, dir: &Path, within: Duration) -> Finished {
-    let name = unique("out");
-    let out_path = dir.join(format!("{name}.stdout"));
-    let err_path = dir.join(format!("{name}.stderr"));
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(File::create(&out_path).unwrap())
-        .stderr(File::create(&err_path).unwrap())
-        .spawn()
-        .expect("the qt binary runs");
-    let deadline = Instant::now() + within;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{cmd:?} did not finish within {within:?}; stderr:\n{}",
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let done = Finished {
-        status,
-        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
-    };
-    eprintln!(
-        "$ {cmd:?} -> {status}\nstdout:\n{}\nstderr:\n{}",
-        done.stdout, done.stderr
-    );
-    done
-}
-
-/// Polls `done` every 100ms until it holds; fails after `within` with `context()`.
-fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool, context: impl Fn() -> String) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not reached within {within:?}\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A minimal HTTP/1.0 GET on the admin server: (status code, body), `None` when nothing
-/// listens yet.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let code = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    Some((code, body))
-}
-
-/// The ledger's records; a line still being written at the end is left out.
-fn ledger(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-/// Every record of each message id, in ledger order.
-fn by_message(records: &[Value]) -> BTreeMap<String, Vec<Value>> {
-    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for r in records {
-        out.entry(r["message_id"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(r.clone());
-    }
-    out
-}
-
-fn status_of(record: &Value) -> &str {
-    record["status"].as_str().unwrap_or_default()
-}
-
 /// A plain lapin connection for publishing and for reading queue counts; reconnects when
 /// the broker closed it (the reconnect test closes every connection of its vhost).
 struct Broker {
@@ -180,13 +72,8 @@ struct Broker {
 
 impl Broker {
     fn connect(url: &str) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
         let mut broker = Self {
-            runtime,
+            runtime: runtime(),
             url: url.to_owned(),
             link: None,
         };
@@ -432,151 +319,6 @@ fn url_vhost(url: &str) -> String {
     }
 }
 
-/// A running `qt run`, in a process group of its own so that the agent programs it
-/// started die with it. Dropping it kills the whole group.
-struct QtRun {
-    child: Option<Child>,
-    log: PathBuf,
-    admin_port: u16,
-}
-
-impl QtRun {
-    fn start(config: &Path, log: &Path, admin_port: u16, env: &[(&str, &str)]) -> Self {
-        let child = qt()
-            .args(["run", "-c"])
-            .arg(config)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(log).unwrap())
-            .process_group(0)
-            .spawn()
-            .expect("qt run starts");
-        Self {
-            child: Some(child),
-            log: log.to_owned(),
-            admin_port,
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("still running").id()
-    }
-
-    /// Waits until `/readyz` answers 200 (connected and consuming).
-    fn wait_ready(&mut self, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("qt run exited ({status}) before it was ready:\n{}", self.logs());
-            }
-            if matches!(http_get(self.admin_port, "/readyz"), Some((200, _))) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "qt run not ready within {within:?}:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// `/status` as JSON.
-    fn status(&self) -> Value {
-        let (code, body) = http_get(self.admin_port, "/status").expect("the admin server answers");
-        assert_eq!(code, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    fn in_flight(&self) -> u64 {
-        self.status()["status"]["metrics"]["inflight"]
-            .as_u64()
-            .expect("status.metrics.inflight")
-    }
-
-    /// SIGTERM, then waits (bounded) for the graceful exit.
-    fn terminate(mut self, within: Duration) -> ExitStatus {
-        let pid = self.pid().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let child = self.child.as_mut().unwrap();
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                self.kill_group(&pid);
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "qt run did not stop within {within:?} of SIGTERM:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGKILL to the `qt` process alone (no chance to drain, ack or close anything), then
-    /// SIGKILL to the agent programs it left behind.
-    fn kill_hard(mut self) {
-        let mut child = self.child.take().unwrap();
-        let pid = child.id().to_string();
-        child.kill().expect("SIGKILL qt");
-        child.wait().unwrap();
-        self.kill_group(&pid);
-    }
-
-    fn kill_group(&self, pid: &str) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pid}")])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-impl Drop for QtRun {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = child.id().to_string();
-            self.kill_group(&pid);
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// An agent run through `/bin/sh` (so no freshly written file is executed, which can fail
-/// with ETXTBSY while another test forks): it appends `<message id> <dedup key>` to `runs`
-/// when it starts, then sleeps `$AGENT_SLEEP` seconds (default `sleep`).
-fn counting_agent(dir: &Path, runs: &Path, sleep: &str) -> PathBuf {
-    let script = dir.join("agent.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "key=$(grep -o '\"dedup_key\":\"[^\"]*\"' | head -n 1 | cut -d '\"' -f 4)\n\
-             echo \"$QT_MESSAGE_ID $key\" >> {runs}\n\
-             sleep \"${{AGENT_SLEEP:-{sleep}}}\"\n",
-            runs = runs.display()
-        ),
-    )
-    .unwrap();
-    script
-}
-
-/// The `(message id, dedup key)` of every agent run, in order.
-fn agent_runs(runs: &Path) -> Vec<(String, String)> {
-    std::fs::read_to_string(runs)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .map(|(id, key)| (id.to_owned(), key.to_owned()))
-        .collect()
-}
-
 /// A configuration for `queue` on `url`: qt declares the queue and a DLQ (`<queue>.dlq`),
 /// runs `agent` through `/bin/sh` for every message and writes the JSONL ledger to `ledger`
 /// (which may be `${VAR}`).
@@ -658,27 +400,15 @@ fn validate_send_and_run_on_rabbitmq() {
         dir.path(),
         Duration::from_secs(30),
     );
-    assert!(validate.status.success(), "{}", validate.stderr);
-    assert!(validate.stdout.contains("valid"), "{}", validate.stdout);
-    assert!(validate.stdout.contains("type: rabbitmq"), "{}", validate.stdout);
-    assert!(validate.stdout.contains(&queue), "{}", validate.stdout);
-    assert!(
-        validate.stdout.contains("***@"),
-        "the URL is shown masked: {}",
-        validate.stdout
-    );
+    // The URL is shown masked.
+    validate.assert_shows(&["valid", "type: rabbitmq", &queue, "***@"]);
     assert_no_password(&validate.stdout, &url);
 
     let tls_cfg = dir.path().join("tls.yaml");
     std::fs::write(&tls_cfg, format!("{yaml}security: {{require_tls: true}}\n")).unwrap();
     for subcommand in [&["validate", "-c"][..], &["send", "--body", "{}", "-c"][..]] {
         let refused = run_bounded(qt().args(subcommand).arg(&tls_cfg), dir.path(), Duration::from_secs(30));
-        assert_eq!(refused.status.code(), Some(2), "{subcommand:?}: {}", refused.stderr);
-        assert!(
-            refused.stderr.contains("source.url") && refused.stderr.contains("require_tls"),
-            "{subcommand:?}: {}",
-            refused.stderr
-        );
+        refused.assert_refused(&["source.url", "require_tls"]);
         assert_no_password(&refused.stderr, &url);
     }
 
@@ -693,14 +423,9 @@ fn validate_send_and_run_on_rabbitmq() {
             dir.path(),
             Duration::from_secs(30),
         );
-        assert!(out.status.success(), "qt send {args:?}: {}", out.stderr);
         assert_no_password(&out.stdout, &url);
         assert_no_password(&out.stderr, &url);
-        out.stdout
-            .trim()
-            .strip_prefix("sent ")
-            .expect("qt send prints `sent <id>`")
-            .to_owned()
+        out.sent_id()
     };
     let first = send(&[
         "--id",
@@ -741,21 +466,8 @@ fn validate_send_and_run_on_rabbitmq() {
     assert_eq!(send(&["--id", "send-bad", "--body", "not json at all"]), "send-bad");
 
     let ids = ["send-1", "send-2", generated.as_str(), "send-bad"];
-    wait_until(
-        "a ledger record for every sent message",
-        Duration::from_secs(30),
-        || {
-            let seen = by_message(&ledger(&ledger_path));
-            ids.iter().all(|id| seen.contains_key(*id))
-        },
-        || format!("ledger:\n{:#?}\nqt log:\n{}", ledger(&ledger_path), run.logs()),
-    );
-    let records = by_message(&ledger(&ledger_path));
-    let only = |id: &str| {
-        let r = &records[id];
-        assert_eq!(r.len(), 1, "{id}: {r:#?}");
-        r[0].clone()
-    };
+    let records = run.wait_recorded_once(&ledger_path, &ids, Duration::from_secs(30));
+    let only = |id: &str| records[id].clone();
     let r1 = only("send-1");
     assert_eq!(status_of(&r1), "succeeded", "{r1}");
     assert_eq!(r1["adapter"], "rabbitmq");
@@ -860,7 +572,7 @@ fn broker_closing_every_connection_mid_run_loses_nothing_and_runs_each_message_o
     let dir = tempfile::tempdir().unwrap();
     let queue = unique("reconnect");
     let runs = dir.path().join("runs.log");
-    let agent = counting_agent(dir.path(), &runs, "1");
+    let agent = counting_agent(dir.path(), &runs, DEDUP_KEY, "1");
     let ledger_path = dir.path().join("ledger.jsonl");
     let port = free_port();
     let cfg = dir.path().join("qt.yaml");
@@ -992,7 +704,7 @@ fn sigkill_with_200_unacked_messages_hands_them_all_to_the_next_run() {
     let queue = unique("sigkill");
     let _cleanup = queue_family(&queue);
     let runs = dir.path().join("runs.log");
-    let agent = counting_agent(dir.path(), &runs, "0");
+    let agent = counting_agent(dir.path(), &runs, DEDUP_KEY, "0");
     let cfg = dir.path().join("qt.yaml");
     let port = free_port();
     // Prefetch follows max_in_flight (256): the broker hands all 200 over at once; 50 run,

@@ -17,58 +17,26 @@
 #![allow(clippy::print_stderr)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
+mod support;
 
-fn qt() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_qt"));
-    c.current_dir(repo_root());
-    c.env_remove("RUST_LOG");
-    c
-}
+use support::agent::{agent_runs, counting_agent};
+use support::files::{jsonl, ledger};
+use support::http::http_get;
+use support::process::{QtRun, qt, run_bounded, summary};
+use support::wait::wait_for;
+use support::{free_port, unique};
+
+/// What the counting agent notes of each run: the process it ran in.
+const PROCESS: &str = r#"cat > /dev/null; printf '%s' "${QT_E2E_PROCESS:-?}""#;
 
 fn shared_redis_url() -> String {
     std::env::var("QT_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A key prefix no other test or earlier run uses.
-fn unique_prefix(test: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("qt-e2e-{test}-{:x}-{}", nanos, std::process::id())
-}
-
-/// Polls `check` every 50ms until it returns `Some`, failing the test after `limit`.
-fn wait_for<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// `redis-cli -u URL ARGS...`, its stdout.
@@ -150,72 +118,6 @@ impl Drop for RedisKeys {
     }
 }
 
-/// A `qt run` child, killed when dropped unless it already exited. Its output goes to
-/// files (a pipe nobody reads could fill up and stall it).
-struct QtRun {
-    name: String,
-    child: Option<Child>,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl QtRun {
-    fn spawn(name: &str, dir: &Path, mut cmd: Command) -> Self {
-        let stdout = dir.join(format!("{name}.stdout"));
-        let stderr = dir.join(format!("{name}.stderr"));
-        let child = cmd
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start qt ({name}): {e}"));
-        Self {
-            name: name.to_owned(),
-            child: Some(child),
-            stdout,
-            stderr,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// Waits for the exit, at most `limit`; fails the test (the guard then kills it) beyond.
-    fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let name = self.name.clone();
-        let child = self.child.as_mut().expect("running");
-        let status = wait_for(limit, &format!("qt run ({name}) to exit"), || child.try_wait().unwrap());
-        self.child = None;
-        status
-    }
-
-    fn stdout(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn terminate(&mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -TERM {}", self.pid());
-    }
-}
-
-impl Drop for QtRun {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            eprintln!("qt run ({}) was killed; its stderr:\n{}", self.name, self.stderr());
-        }
-    }
-}
-
 /// A `redis-server` of the test's own on a free port, with the append-only file fsynced on
 /// every write: a restart brings back every claim it acknowledged, as production Redis
 /// configured for idempotency must (see the durability notes of qt-idempotency-redis).
@@ -266,7 +168,7 @@ impl PrivateRedis {
             .unwrap_or_else(|e| panic!("cannot start redis-server (it ships with Redis): {e}"));
         self.child = Some(child);
         let url = self.url();
-        wait_for(Duration::from_secs(10), "the private redis-server to answer", || {
+        wait_for("the private redis-server to answer", Duration::from_secs(10), || {
             let out = Command::new("redis-cli")
                 .args(["-u", &url, "PING"])
                 .stdin(Stdio::null())
@@ -359,48 +261,6 @@ impl Plan {
     }
 }
 
-/// The agent: records the run (message id, process tag), then takes `sleep` seconds.
-fn write_agent(dir: &Path, runs: &Path, sleep: Option<&str>) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join("agent.sh");
-    let pause = sleep.map(|s| format!("sleep {s}\n")).unwrap_or_default();
-    std::fs::write(
-        &path,
-        format!(
-            "#!/bin/sh\ncat > /dev/null\nprintf '%s %s\\n' \"$QT_MESSAGE_ID\" \"${{QT_E2E_PROCESS:-?}}\" >> '{}'\n{pause}",
-            runs.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
-/// (message id, process tag) per agent run, in the order the runs started.
-fn runs(path: &Path) -> Vec<(String, String)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            let (id, process) = l.split_once(' ').unwrap_or_else(|| panic!("malformed run line {l:?}"));
-            (id.to_owned(), process.to_owned())
-        })
-        .collect()
-}
-
-/// Ledger records; while `qt` may still be writing, a torn last line is skipped.
-fn ledger(path: &Path, strict: bool) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| match serde_json::from_str(l) {
-            Ok(v) => Some(v),
-            Err(e) if strict => panic!("{}: bad ledger line {l:?}: {e}", path.display()),
-            Err(_) => None,
-        })
-        .collect()
-}
-
 /// The last record of each message: its final status.
 fn final_status(records: &[Value]) -> BTreeMap<String, String> {
     records
@@ -414,30 +274,9 @@ fn final_status(records: &[Value]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The `qt run --until-idle` summary: row name -> count.
-fn summary(stdout: &str) -> BTreeMap<String, u64> {
-    stdout
-        .lines()
-        .filter_map(|l| {
-            let (name, n) = l.trim().rsplit_once(' ')?;
-            Some((name.trim().to_owned(), n.parse().ok()?))
-        })
-        .collect()
-}
-
-/// A minimal HTTP/1.0 GET of the admin server; `None` while it does not answer.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
-}
-
 fn metric(port: u16, name: &str) -> Option<u64> {
     http_get(port, "/metrics")?
+        .1
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
@@ -452,7 +291,7 @@ fn two_processes_on_one_redis_run_each_key_exactly_once() {
     let url = shared_redis_url();
     require_redis(&url);
     let dir = tempfile::tempdir().unwrap();
-    let prefix = unique_prefix("two");
+    let prefix = unique("two");
     let _keys = RedisKeys {
         url: url.clone(),
         prefix: prefix.clone(),
@@ -463,7 +302,7 @@ fn two_processes_on_one_redis_run_each_key_exactly_once() {
     let messages = dir.path().join("messages.jsonl");
     plan.write(&messages);
     let runs_file = dir.path().join("runs.log");
-    let agent = write_agent(dir.path(), &runs_file, None);
+    let agent = counting_agent(dir.path(), &runs_file, PROCESS, "0");
     let cfg = dir.path().join("qt.yaml");
     std::fs::write(
         &cfg,
@@ -480,7 +319,7 @@ idempotency:
   store: {{type: redis, url: "{url}"}}
 agent:
   targets:
-    main: {{type: command, program: "{agent}", timeout: 30s}}
+    main: {{type: command, program: /bin/sh, args: ["{agent}"], timeout: 30s}}
 ledger: {{type: jsonl, path: "${{QT_E2E_LEDGER}}"}}
 observability: {{admin: {{listen: "127.0.0.1:0"}}, log: {{level: warn}}}}
 "#,
@@ -491,25 +330,29 @@ observability: {{admin: {{listen: "127.0.0.1:0"}}, log: {{level: warn}}}}
     .unwrap();
 
     let ledger_of = |p: &str| dir.path().join(format!("ledger-{p}.jsonl"));
-    let mut procs: Vec<QtRun> = ["a", "b"]
-        .iter()
+    // The admin servers listen on ports of their own choosing, never asked.
+    let mut procs: Vec<(&str, QtRun)> = ["a", "b"]
+        .into_iter()
         .map(|p| {
-            let mut cmd = qt();
-            cmd.args(["run", "--until-idle", "-c"])
-                .arg(&cfg)
-                .env("QT_E2E_LEDGER", ledger_of(p))
-                .env("QT_E2E_PROCESS", p);
-            QtRun::spawn(p, dir.path(), cmd)
+            let run = QtRun::spawn(
+                qt().args(["run", "--until-idle", "-c"])
+                    .arg(&cfg)
+                    .env("QT_E2E_LEDGER", ledger_of(p))
+                    .env("QT_E2E_PROCESS", p),
+                &dir.path().join(format!("{p}.log")),
+                0,
+            );
+            (p, run)
         })
         .collect();
-    for p in &mut procs {
-        let status = p.wait(Duration::from_secs(150));
-        assert!(status.success(), "qt run ({}) failed: {status}\n{}", p.name, p.stderr());
+    for (name, p) in &mut procs {
+        let status = p.wait_exit(Duration::from_secs(150));
+        assert!(status.success(), "qt run ({name}) failed: {status}\n{}", p.logs());
     }
 
     // The agent's own count: each key exactly once, whichever process ran it.
     let key_of: BTreeMap<&str, &str> = plan.messages.iter().map(|(id, k)| (id.as_str(), k.as_str())).collect();
-    let runs = runs(&runs_file);
+    let runs = agent_runs(&runs_file);
     let mut per_key: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (id, process) in &runs {
         per_key.entry(key_of[id.as_str()]).or_default().push(process.as_str());
@@ -530,21 +373,19 @@ observability: {{admin: {{listen: "127.0.0.1:0"}}, log: {{level: warn}}}}
     // exactly one success per key.
     let mut successes: BTreeMap<String, usize> = BTreeMap::new();
     let mut totals = (0, 0);
-    for p in &procs {
-        let records = ledger(&ledger_of(&p.name), true);
+    for (name, p) in &procs {
+        let records = jsonl(&ledger_of(name));
         eprintln!(
-            "process {}: {} ledger records, {} deferred (key in flight elsewhere)",
-            p.name,
+            "process {name}: {} ledger records, {} deferred (key in flight elsewhere)",
             records.len(),
             records.iter().filter(|r| r["status"] == "deferred").count()
         );
         let finals = final_status(&records);
-        assert_eq!(finals.len(), MESSAGES, "process {}: every message has a record", p.name);
+        assert_eq!(finals.len(), MESSAGES, "process {name}: every message has a record");
         for (id, status) in &finals {
             assert!(
                 status == "succeeded" || status == "duplicate",
-                "process {}: {id} ended {status}",
-                p.name
+                "process {name}: {id} ended {status}"
             );
             if status == "succeeded" {
                 *successes.entry(key_of[id.as_str()].to_owned()).or_default() += 1;
@@ -553,7 +394,7 @@ observability: {{admin: {{listen: "127.0.0.1:0"}}, log: {{level: warn}}}}
         let s = summary(&p.stdout());
         totals.0 += s["succeeded"];
         totals.1 += s["duplicates"];
-        eprintln!("process {}: {s:?}", p.name);
+        eprintln!("process {name}: {s:?}");
     }
     assert!(
         successes.values().all(|&n| n == 1),
@@ -599,7 +440,7 @@ fn run_through_a_redis_outage(mode: OnStoreError) -> FaultRun {
     let messages = dir.path().join("messages.jsonl");
     plan.write(&messages);
     let runs_file = dir.path().join("runs.log");
-    let agent = write_agent(dir.path(), &runs_file, Some("0.05"));
+    let agent = counting_agent(dir.path(), &runs_file, PROCESS, "0.05");
     let ledger_path = dir.path().join("ledger.jsonl");
     let port = free_port();
     let cfg = dir.path().join("qt.yaml");
@@ -624,7 +465,7 @@ idempotency:
   store: {{type: redis, url: "{url}", connect_timeout: 1s, command_timeout: 1s}}
 agent:
   targets:
-    main: {{type: command, program: "{agent}", timeout: 30s}}
+    main: {{type: command, program: /bin/sh, args: ["{agent}"], timeout: 30s}}
 ledger: {{type: jsonl, path: "{ledger}"}}
 observability: {{admin: {{listen: "127.0.0.1:{port}"}}, log: {{level: info}}}}
 "#,
@@ -636,40 +477,38 @@ observability: {{admin: {{listen: "127.0.0.1:{port}"}}, log: {{level: info}}}}
     .unwrap();
     let mut key_of: BTreeMap<String, String> = plan.messages.iter().cloned().collect();
     let send = |id: &str, key: &str| {
-        let out = qt()
-            .args(["send", "-c"])
-            .arg(&cfg)
-            .args([
+        let out = run_bounded(
+            qt().args(["send", "-c"]).arg(&cfg).args([
                 "--id",
                 id,
                 "--body",
                 &format!("{{\"id\":\"{id}\"}}"),
                 "-H",
                 &format!("x-dedup-key={key}"),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "qt send {id}: {}",
-            String::from_utf8_lossy(&out.stderr)
+            ]),
+            dir.path(),
+            Duration::from_secs(60),
         );
+        assert!(out.status.success(), "qt send {id}: {}", out.stderr);
     };
 
-    let mut cmd = qt();
-    cmd.args(["run", "-c"]).arg(&cfg).env("QT_E2E_PROCESS", "solo");
-    let mut proc = QtRun::spawn("outage", dir.path(), cmd);
-    wait_for(Duration::from_secs(20), "the admin server", || {
+    let mut proc = QtRun::start(
+        &cfg,
+        &dir.path().join("outage.log"),
+        port,
+        &[("QT_E2E_PROCESS", "solo")],
+    );
+    wait_for("the admin server", Duration::from_secs(20), || {
         http_get(port, "/healthz")
     });
 
     // Mid-run: the first messages have run, most are still to come.
-    let runs_at_kill = wait_for(Duration::from_secs(30), "40 runs before the outage", || {
-        let n = runs(&runs_file).len();
+    let runs_at_kill = wait_for("40 runs before the outage", Duration::from_secs(30), || {
+        let n = agent_runs(&runs_file).len();
         (n >= 40).then_some(n)
     });
     redis.kill();
-    wait_for(Duration::from_secs(20), "the engine to notice the outage", || {
+    wait_for("the engine to notice the outage", Duration::from_secs(20), || {
         metric(port, "qt_idempotency_errors_total").filter(|&n| n > 0)
     });
 
@@ -689,10 +528,10 @@ observability: {{admin: {{listen: "127.0.0.1:{port}"}}, log: {{level: info}}}}
     match mode {
         // Processing goes on without Redis: the messages sent meanwhile finish.
         OnStoreError::FailOpen => wait_for(
-            Duration::from_secs(60),
             "fail_open to process the outage messages",
+            Duration::from_secs(60),
             || {
-                let finals = final_status(&ledger(&ledger_path, false));
+                let finals = final_status(&ledger(&ledger_path));
                 outage_ids
                     .iter()
                     .all(|id| finals.get(id).is_some_and(|s| s == "succeeded"))
@@ -701,10 +540,10 @@ observability: {{admin: {{listen: "127.0.0.1:{port}"}}, log: {{level: info}}}}
         ),
         // Nothing new runs: each message sent meanwhile is deferred for the store.
         OnStoreError::FailClosed => wait_for(
-            Duration::from_secs(60),
             "fail_closed to defer the outage messages",
+            Duration::from_secs(60),
             || {
-                let records = ledger(&ledger_path, false);
+                let records = ledger(&ledger_path);
                 outage_ids
                     .iter()
                     .all(|id| {
@@ -718,7 +557,7 @@ observability: {{admin: {{listen: "127.0.0.1:{port}"}}, log: {{level: info}}}}
             },
         ),
     }
-    let runs_at_restart = runs(&runs_file).len();
+    let runs_at_restart = agent_runs(&runs_file).len();
     redis.restart();
 
     // After the restart: a new key, and repeats of keys done before and during the outage.
@@ -733,10 +572,10 @@ observability: {{admin: {{listen: "127.0.0.1:{port}"}}, log: {{level: info}}}}
         key_of.insert(id.clone(), key.clone());
     }
     wait_for(
-        Duration::from_secs(90),
         "every message to be settled after the restart",
+        Duration::from_secs(90),
         || {
-            let finals = final_status(&ledger(&ledger_path, false));
+            let finals = final_status(&ledger(&ledger_path));
             key_of
                 .keys()
                 .all(|id| finals.get(id).is_some_and(|s| s == "succeeded" || s == "duplicate"))
@@ -746,14 +585,13 @@ observability: {{admin: {{listen: "127.0.0.1:{port}"}}, log: {{level: info}}}}
     let idempotency_errors = metric(port, "qt_idempotency_errors_total").expect("metrics answer");
     // Completions Redis missed during the outage are paid back once it answers; give the
     // store a moment if the last of them is still under way.
-    let stored = wait_for(Duration::from_secs(15), "no claim left in flight", || {
+    let stored = wait_for("no claim left in flight", Duration::from_secs(15), || {
         let stored = keys_under(&url, "outage");
         stored.values().all(|v| v.starts_with("done:")).then_some(stored)
     });
-    proc.terminate();
-    let status = proc.wait(Duration::from_secs(40));
-    let stderr = proc.stderr();
-    let records = ledger(&ledger_path, true);
+    let status = proc.terminate(Duration::from_secs(40));
+    let stderr = proc.logs();
+    let records = jsonl(&ledger_path);
     let deferred_for_store = records
         .iter()
         .filter(|r| r["status"] == "deferred" && r["error"].as_str().is_some_and(|e| e.contains("idempotency store")))
@@ -761,7 +599,7 @@ observability: {{admin: {{listen: "127.0.0.1:{port}"}}, log: {{level: info}}}}
     eprintln!(
         "{policy}: {} runs ({runs_at_kill} at the kill, {runs_at_restart} at the restart), {} ledger records, \
          {deferred_for_store} deferred for the store, qt_idempotency_errors_total {idempotency_errors}",
-        runs(&runs_file).len(),
+        agent_runs(&runs_file).len(),
         records.len(),
     );
     for line in stderr
@@ -778,7 +616,7 @@ observability: {{admin: {{listen: "127.0.0.1:{port}"}}, log: {{level: info}}}}
     FaultRun {
         plan_keys: plan.unique_keys(),
         key_of,
-        runs: runs(&runs_file),
+        runs: agent_runs(&runs_file),
         runs_at_kill,
         runs_at_restart,
         records,

@@ -15,10 +15,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{Credentials, SharedCredentialsProvider};
@@ -28,35 +27,29 @@ use aws_sdk_sqs::types::{
 use qt_core::config::SqsSourceConfig;
 use serde_json::Value;
 
+mod support;
+
+use support::agent::counting_agent;
+use support::files::{by_message, ledger, status_of};
+use support::process::{Finished, QtRun};
+use support::wait::wait_until;
+use support::{free_port, reachable, runtime, unique};
+
 const REGION: &str = "us-east-1";
 const ACCESS_KEY_ID: &str = "AKIAQTE2ETESTKEY0001";
 /// Must never appear in anything qt prints.
 const SECRET_ACCESS_KEY: &str = "qt-e2e-sqs-secret-never-printed-91c4d2";
+/// What the counting agent notes of each run: the delivery attempt the event carries.
+const DELIVERY_ATTEMPT: &str = r#"grep -o '"delivery_attempt":[0-9]*' | head -n 1 | cut -d ':' -f 2"#;
 
 fn endpoint() -> String {
     std::env::var("QT_TEST_SQS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned())
 }
 
-/// `qt-e2e-<what>-<pid><nanos>`: unique across parallel tests and repeated runs, and a
-/// valid SQS queue name.
-fn unique(what: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    format!("qt-e2e-{what}-{:x}{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The `qt` binary with an environment that reaches the emulator and nothing else: static
 /// credentials, no profile, no config files, no endpoint overrides, no instance metadata.
 fn qt(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_qt"));
-    c.env_remove("RUST_LOG");
+    let mut c = support::process::qt();
     for var in [
         "AWS_PROFILE",
         "AWS_DEFAULT_PROFILE",
@@ -87,61 +80,10 @@ fn qt(dir: &Path) -> Command {
     c
 }
 
-/// The command line of `cmd`, without its environment (which holds the test credentials).
-fn command_line(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Output of a `qt` command that must end within `within`.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `cmd` to completion (output through files, so a chatty child cannot block on a
-/// full pipe), killing it if it runs longer than `within`.
+/// Every bounded command here also checks its output for the secret access key, so that no
+/// test can forget to.
 fn run_bounded(cmd: &mut Command, dir: &Path, within: Duration) -> Finished {
-    let name = unique("out");
-    let out_path = dir.join(format!("{name}.stdout"));
-    let err_path = dir.join(format!("{name}.stderr"));
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(File::create(&out_path).unwrap())
-        .stderr(File::create(&err_path).unwrap())
-        .spawn()
-        .expect("the qt binary runs");
-    let deadline = Instant::now() + within;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{} did not finish within {within:?}; stderr:\n{}",
-                command_line(cmd),
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let done = Finished {
-        status,
-        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
-        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
-    };
-    eprintln!(
-        "$ {} -> {status}\nstdout:\n{}\nstderr:\n{}",
-        command_line(cmd),
-        done.stdout,
-        done.stderr
-    );
+    let done = support::process::run_bounded(cmd, dir, within);
     assert_no_secret(&done.stdout);
     assert_no_secret(&done.stderr);
     done
@@ -152,57 +94,6 @@ fn assert_no_secret(text: &str) {
         !text.contains(SECRET_ACCESS_KEY),
         "the secret access key appears in:\n{text}"
     );
-}
-
-/// Polls `done` every 100ms until it holds; fails after `within` with `context()`.
-fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool, context: impl Fn() -> String) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not reached within {within:?}\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A minimal HTTP/1.0 GET on the admin server: (status code, body), `None` when nothing
-/// listens yet.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let code = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
-    Some((code, body))
-}
-
-/// The ledger's records; a line still being written (or cut by a SIGKILL) is left out.
-fn ledger(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
-/// Every record of each message id, in ledger order.
-fn by_message(records: &[Value]) -> BTreeMap<String, Vec<Value>> {
-    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for r in records {
-        out.entry(r["message_id"].as_str().unwrap().to_owned())
-            .or_default()
-            .push(r.clone());
-    }
-    out
-}
-
-fn status_of(record: &Value) -> &str {
-    record["status"].as_str().unwrap_or_default()
 }
 
 /// Message ids with a succeeded record in the ledger at `path`.
@@ -225,21 +116,12 @@ impl Sqs {
     fn connect() -> Self {
         let endpoint = endpoint();
         let host_port = endpoint.split("://").nth(1).unwrap_or(&endpoint).trim_end_matches('/');
-        let reachable = std::net::ToSocketAddrs::to_socket_addrs(host_port)
-            .ok()
-            .into_iter()
-            .flatten()
-            .any(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok());
         assert!(
-            reachable,
+            reachable(host_port, Duration::from_millis(500)),
             "the SQS emulator is not reachable at {endpoint} (QT_TEST_SQS_ENDPOINT): start it with \
              `cargo xtask services up`"
         );
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = runtime();
         let cfg = SqsSourceConfig {
             queue_url: "qt-e2e-admin".into(),
             region: REGION.into(),
@@ -417,111 +299,13 @@ impl Drop for Queues<'_> {
     }
 }
 
-/// A running `qt run`, in a process group of its own so that the agent programs it
-/// started die with it. Dropping it kills the whole group.
-struct QtRun {
-    child: Option<Child>,
-    log: PathBuf,
-    admin_port: u16,
-}
-
-impl QtRun {
-    fn start(dir: &Path, config: &Path, log: &Path, admin_port: u16, env: &[(&str, &str)]) -> Self {
-        let child = qt(dir)
-            .args(["run", "-c"])
-            .arg(config)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(log).unwrap())
-            .process_group(0)
-            .spawn()
-            .expect("qt run starts");
-        Self {
-            child: Some(child),
-            log: log.to_owned(),
-            admin_port,
-        }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until `/readyz` answers 200 (a receive from SQS succeeded).
-    fn wait_ready(&mut self, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("qt run exited ({status}) before it was ready:\n{}", self.logs());
-            }
-            if matches!(http_get(self.admin_port, "/readyz"), Some((200, _))) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "qt run not ready within {within:?}:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn in_flight(&self) -> u64 {
-        let (code, body) = http_get(self.admin_port, "/status").expect("the admin server answers");
-        assert_eq!(code, 200, "{body}");
-        let status: Value = serde_json::from_str(&body).unwrap();
-        status["status"]["metrics"]["inflight"]
-            .as_u64()
-            .expect("status.metrics.inflight")
-    }
-
-    /// SIGTERM, then waits (bounded) for the graceful exit.
-    fn terminate(mut self, within: Duration) -> ExitStatus {
-        let pid = self.child.as_ref().unwrap().id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                kill_group(&pid);
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "qt run did not stop within {within:?} of SIGTERM:\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGKILL to the `qt` process alone (no chance to drain, ack, release or close
-    /// anything), then SIGKILL to the agent programs it left behind.
-    fn kill_hard(mut self) {
-        let mut child = self.child.take().unwrap();
-        let pid = child.id().to_string();
-        child.kill().expect("SIGKILL qt");
-        child.wait().unwrap();
-        kill_group(&pid);
-    }
-}
-
-fn kill_group(pid: &str) {
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pid}")])
-        .stderr(Stdio::null())
-        .status();
-}
-
-impl Drop for QtRun {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_group(&child.id().to_string());
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// `qt run -c <config>` in the environment `qt` gives it here.
+fn start(dir: &Path, config: &Path, log: &Path, admin_port: u16, env: &[(&str, &str)]) -> QtRun {
+    QtRun::spawn(
+        qt(dir).args(["run", "-c"]).arg(config).envs(env.iter().copied()),
+        log,
+        admin_port,
+    )
 }
 
 /// Where and how `qt run` consumes in these tests.
@@ -614,32 +398,23 @@ fn validate_send_and_every_outcome_on_sqs() {
     let cfg = dir.path().join("qt.yaml");
     std::fs::write(&cfg, &yaml).unwrap();
 
-    let validate = run_bounded(
+    run_bounded(
         qt(dir.path()).args(["validate", "-c"]).arg(&cfg),
         dir.path(),
         Duration::from_secs(30),
-    );
-    assert!(validate.status.success(), "{}", validate.stderr);
-    assert!(validate.stdout.contains("valid"), "{}", validate.stdout);
-    assert!(validate.stdout.contains("type: sqs"), "{}", validate.stdout);
-    assert!(validate.stdout.contains(&queue), "{}", validate.stdout);
-    assert!(validate.stdout.contains(&dlq), "{}", validate.stdout);
+    )
+    .assert_shows(&["valid", "type: sqs", &queue, &dlq]);
 
     // A plaintext endpoint in the file: the configuration itself is refused.
     let tls_cfg = dir.path().join("tls.yaml");
     std::fs::write(&tls_cfg, format!("{yaml}security: {{require_tls: true}}\n")).unwrap();
     for subcommand in [&["validate", "-c"][..], &["send", "--body", "{}", "-c"][..]] {
-        let refused = run_bounded(
+        run_bounded(
             qt(dir.path()).args(subcommand).arg(&tls_cfg),
             dir.path(),
             Duration::from_secs(30),
-        );
-        assert_eq!(refused.status.code(), Some(2), "{subcommand:?}: {}", refused.stderr);
-        assert!(
-            refused.stderr.contains("source.endpoint_url") && refused.stderr.contains("require_tls"),
-            "{subcommand:?}: {}",
-            refused.stderr
-        );
+        )
+        .assert_refused(&["source.endpoint_url", "require_tls"]);
     }
     // The queue by name and the endpoint from the environment: the file is valid, and the
     // adapter and publisher refuse the plaintext endpoint the SDK would use.
@@ -679,21 +454,16 @@ fn validate_send_and_every_outcome_on_sqs() {
     }
     assert_eq!(sqs.counts(&queue), (0, 0, 0), "nothing was sent under require_tls");
 
-    let mut run = QtRun::start(dir.path(), &cfg, &dir.path().join("qt.log"), port, &[]);
+    let mut run = start(dir.path(), &cfg, &dir.path().join("qt.log"), port, &[]);
     run.wait_ready(Duration::from_secs(30));
 
     let send = |args: &[&str]| {
-        let out = run_bounded(
+        run_bounded(
             qt(dir.path()).args(["send", "-c"]).arg(&cfg).args(args),
             dir.path(),
             Duration::from_secs(30),
-        );
-        assert!(out.status.success(), "qt send {args:?}: {}", out.stderr);
-        out.stdout
-            .trim()
-            .strip_prefix("sent ")
-            .expect("qt send prints `sent <id>`")
-            .to_owned()
+        )
+        .sent_id()
     };
     let ok = send(&[
         "--id",
@@ -728,21 +498,8 @@ fn validate_send_and_every_outcome_on_sqs() {
         assert_eq!(id.len(), 36, "qt send prints the MessageId SQS assigned: {id}");
     }
 
-    wait_until(
-        "a ledger record for every sent message",
-        Duration::from_secs(60),
-        || {
-            let seen = by_message(&ledger(&ledger_path));
-            ids.iter().all(|id| seen.contains_key(*id))
-        },
-        || format!("ledger:\n{:#?}\nqt log:\n{}", ledger(&ledger_path), run.logs()),
-    );
-    let records = by_message(&ledger(&ledger_path));
-    let only = |id: &str| {
-        let r = &records[id];
-        assert_eq!(r.len(), 1, "{id}: {r:#?}");
-        r[0].clone()
-    };
+    let records = run.wait_recorded_once(&ledger_path, &ids, Duration::from_secs(60));
+    let only = |id: &str| records[id].clone();
     let r = only(&ok);
     assert_eq!(status_of(&r), "succeeded", "{r}");
     assert_eq!(r["adapter"], "sqs");
@@ -901,30 +658,11 @@ fn qt_send_to_a_fifo_queue_uses_key_and_id() {
     assert_eq!(sqs.counts(&queue), (0, 0, 0));
 }
 
-/// An agent run through `/bin/sh`: appends `<message id> <delivery attempt>` to `runs` when
-/// it starts, then sleeps `$AGENT_SLEEP` seconds.
-fn counting_agent(dir: &Path, runs: &Path) -> PathBuf {
-    let script = dir.join("agent.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "attempt=$(grep -o '\"delivery_attempt\":[0-9]*' | head -n 1 | cut -d ':' -f 2)\n\
-             echo \"$QT_MESSAGE_ID $attempt\" >> {runs}\n\
-             sleep \"${{AGENT_SLEEP:-0}}\"\n",
-            runs = runs.display()
-        ),
-    )
-    .unwrap();
-    script
-}
-
 /// `(message id, delivery attempt)` of every agent run, in order.
 fn agent_runs(runs: &Path) -> Vec<(String, u32)> {
-    std::fs::read_to_string(runs)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .filter_map(|(id, attempt)| Some((id.to_owned(), attempt.trim().parse().ok()?)))
+    support::agent::agent_runs(runs)
+        .into_iter()
+        .filter_map(|(id, attempt)| Some((id, attempt.trim().parse().ok()?)))
         .collect()
 }
 
@@ -945,7 +683,7 @@ fn sigkill_mid_run_unacked_messages_return_after_the_visibility_timeout() {
         urls: vec![queue.clone(), dlq.clone()],
     };
     let runs = dir.path().join("runs.log");
-    let agent = counting_agent(dir.path(), &runs);
+    let agent = counting_agent(dir.path(), &runs, DELIVERY_ATTEMPT, "0");
     let port = free_port();
     let cfg = dir.path().join("qt.yaml");
     // Four agents of 3s each and up to eight messages held: when the first run is killed, a
@@ -977,7 +715,7 @@ fn sigkill_mid_run_unacked_messages_return_after_the_visibility_timeout() {
     let ids: BTreeSet<String> = sqs.send_all(&queue, &messages).into_iter().collect();
     assert_eq!(ids.len(), N);
 
-    let mut first = QtRun::start(
+    let mut first = start(
         dir.path(),
         &cfg,
         &dir.path().join("qt-1.log"),
@@ -1043,7 +781,7 @@ fn sigkill_mid_run_unacked_messages_return_after_the_visibility_timeout() {
         interrupted.len()
     );
 
-    let mut second = QtRun::start(
+    let mut second = start(
         dir.path(),
         &cfg,
         &dir.path().join("qt-2.log"),
