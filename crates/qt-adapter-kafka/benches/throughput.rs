@@ -30,11 +30,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use qt_adapter_kafka::{KafkaAdapter, KafkaAdmin};
+use qt_bench_support::{NoOpAgent, env_or, median};
 use qt_core::config::{Config, FailureAction, KafkaSourceConfig, SourceConfig, UnprocessableAction};
-use qt_core::{
-    AdapterError, AdapterSettings, AgentError, AgentEvent, AgentRun, AgentRuntime, Capabilities, Delivery, Health,
-    LedgerStatus, QueueAdapter,
-};
+use qt_core::{AdapterError, AdapterSettings, Capabilities, Delivery, Health, LedgerStatus, QueueAdapter};
 use qt_engine::QueueTrigger;
 use qt_engine::builtin::memory_ledger::MemoryLedger;
 use rdkafka::ClientConfig;
@@ -58,16 +56,6 @@ const GROUP_OPTIONS: [(&str, &str); 2] = [("session.timeout.ms", "6000"), ("hear
 /// Commit every second on both sides (qt's default `commit_interval`).
 const COMMIT_INTERVAL_MS: u64 = 1000;
 
-#[derive(Debug)]
-struct NoOpAgent;
-
-#[async_trait]
-impl AgentRuntime for NoOpAgent {
-    async fn trigger_event(&self, _event: &AgentEvent) -> Result<AgentRun, AgentError> {
-        Ok(AgentRun::default())
-    }
-}
-
 #[derive(Clone, Debug)]
 struct Settings {
     brokers: String,
@@ -79,10 +67,6 @@ struct Settings {
     max_in_flight: usize,
     sides: Vec<Side>,
     topic: Option<String>,
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 impl Settings {
@@ -496,18 +480,6 @@ impl ThreadCpu {
             .iter()
             .map(|(k, v)| (*k, v.as_secs_f64() * 1e6 / messages as f64))
             .collect()
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 

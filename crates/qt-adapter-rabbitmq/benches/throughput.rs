@@ -21,7 +21,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use lapin::options::{
@@ -31,8 +30,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use qt_adapter_rabbitmq::RabbitMqAdapter;
+use qt_bench_support::{NoOpAgent, env_or, median, process_cpu_time, run_until_succeeded};
+use qt_core::AdapterSettings;
 use qt_core::config::{Config, FailureAction, LedgerConfig, RabbitMqSourceConfig, SourceConfig, UnprocessableAction};
-use qt_core::{AdapterSettings, AgentError, AgentEvent, AgentRun, AgentRuntime, LedgerStatus};
 use qt_engine::QueueTrigger;
 
 const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -41,16 +41,6 @@ const BODY_BYTES: usize = 200;
 const PUBLISH_WINDOW: usize = 2_000;
 /// Longest any single drain may take before the benchmark gives up.
 const DRAIN_LIMIT: Duration = Duration::from_secs(300);
-
-#[derive(Debug)]
-struct NoOpAgent;
-
-#[async_trait]
-impl AgentRuntime for NoOpAgent {
-    async fn trigger_event(&self, _event: &AgentEvent) -> Result<AgentRun, AgentError> {
-        Ok(AgentRun::default())
-    }
-}
 
 #[derive(Clone, Debug)]
 struct Settings {
@@ -62,10 +52,6 @@ struct Settings {
     batch_size: usize,
     /// Measure one consumer only (`qt`, `lapin`, `lapin-pipelined`), e.g. under a profiler.
     only: Option<String>,
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 impl Settings {
@@ -268,29 +254,8 @@ async fn drain_with_qt(s: &Settings, queue: &str) -> Duration {
         .agent("noop", Arc::new(NoOpAgent))
         .build()
         .expect("bench configuration is valid");
-    let started = Instant::now();
-    trigger.start().await.expect("the trigger starts");
-    let deadline = started + DRAIN_LIMIT;
-    loop {
-        let done = trigger.metrics().processed(LedgerStatus::Succeeded);
-        if done as usize >= s.messages {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "qt settled {done} of {} within {DRAIN_LIMIT:?}",
-            s.messages
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let elapsed = started.elapsed();
-    trigger.stop().await.expect("the trigger stops");
+    let elapsed = run_until_succeeded(&trigger, s.messages, DRAIN_LIMIT).await;
     let m = trigger.metrics();
-    assert_eq!(
-        m.processed(LedgerStatus::Succeeded) as usize,
-        s.messages,
-        "every message succeeded once"
-    );
     assert_eq!(m.settle_errors, 0, "no settle failed");
     elapsed
 }
@@ -317,28 +282,16 @@ impl Side {
     }
 }
 
-/// CPU time this process has used (user + system), from /proc/self/stat; `None` where
-/// that is not available.
-fn cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    // Linux reports clock ticks, 100 per second on every common configuration.
-    Some(Duration::from_millis((utime + stime) * 10))
-}
-
 /// One drain of a freshly filled queue; prints its JSON line and returns messages/s.
 async fn measure(s: &Settings, side: Side, round: usize, setup: &Connection) -> f64 {
     let queue = format!("qt-bench-{}-{}", side.name(), uuid::Uuid::new_v4().simple());
     preload(setup, &queue, s.messages).await;
-    let cpu_before = cpu_time();
+    let cpu_before = process_cpu_time();
     let elapsed = match side {
         Side::Lapin(style) => drain_with_lapin(s, &queue, style).await,
         Side::Qt => drain_with_qt(s, &queue).await,
     };
-    let cpu = cpu_before.zip(cpu_time()).map(|(a, b)| b.saturating_sub(a));
+    let cpu = cpu_before.zip(process_cpu_time()).map(|(a, b)| b.saturating_sub(a));
     // Every message was acked: nothing came back when the consumer's connection closed.
     let left = ready(setup, &queue).await;
     assert_eq!(left, 0, "{} left {left} messages in {queue}", side.name());
@@ -362,18 +315,6 @@ async fn measure(s: &Settings, side: Side, round: usize, setup: &Connection) -> 
         })
     );
     rate
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn main() {

@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{Credentials, SharedCredentialsProvider};
 use aws_sdk_sqs::types::{
@@ -35,8 +34,9 @@ use aws_sdk_sqs::types::{
 use futures::StreamExt;
 use qt_adapter_sqs::SqsAdapter;
 use qt_adapter_sqs::client::sdk_client;
+use qt_bench_support::{NoOpAgent, env_or, median, run_until_succeeded};
 use qt_core::config::{Config, FailureAction, LedgerConfig, SourceConfig, SqsSourceConfig, UnprocessableAction};
-use qt_core::{AdapterSettings, AgentError, AgentEvent, AgentRun, AgentRuntime, LedgerStatus};
+use qt_core::{AdapterSettings, LedgerStatus};
 use qt_engine::QueueTrigger;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -52,16 +52,6 @@ const FILL_CONCURRENCY: usize = 4;
 const WAIT_TIME: Duration = Duration::from_secs(1);
 /// Longest any single drain may take before the benchmark gives up.
 const DRAIN_LIMIT: Duration = Duration::from_secs(300);
-
-#[derive(Debug)]
-struct NoOpAgent;
-
-#[async_trait]
-impl AgentRuntime for NoOpAgent {
-    async fn trigger_event(&self, _event: &AgentEvent) -> Result<AgentRun, AgentError> {
-        Ok(AgentRun::default())
-    }
-}
 
 /// SQS calls one drain made: how well each side fills its batches is most of what moto's
 /// throughput depends on.
@@ -152,10 +142,6 @@ struct Settings {
     concurrency: usize,
     batch_size: usize,
     max_in_flight: usize,
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 impl Settings {
@@ -402,29 +388,8 @@ async fn drain_with_qt(s: &Settings, url: &str) -> (Duration, serde_json::Value)
         .agent("noop", Arc::new(NoOpAgent))
         .build()
         .expect("bench configuration is valid");
-    let started = Instant::now();
-    trigger.start().await.expect("the trigger starts");
-    let deadline = started + DRAIN_LIMIT;
-    loop {
-        let done = trigger.metrics().processed(LedgerStatus::Succeeded);
-        if done as usize >= s.messages {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "qt settled {done} of {} within {DRAIN_LIMIT:?}",
-            s.messages
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let elapsed = started.elapsed();
-    trigger.stop().await.expect("the trigger stops");
+    let elapsed = run_until_succeeded(&trigger, s.messages, DRAIN_LIMIT).await;
     let m = trigger.metrics();
-    assert_eq!(
-        m.processed(LedgerStatus::Succeeded) as usize,
-        s.messages,
-        "every message succeeded once"
-    );
     // moto can hand one message to two concurrent receives: the second copy is a duplicate
     // (or, while the first runs, requeued, and that visibility change may then fail).
     let extra = serde_json::json!({
@@ -487,18 +452,6 @@ async fn measure(s: &Settings, client: &Client, side: Side, round: usize, adapte
     }
     println!("{row}");
     rate
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        0.0
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 type CallsSlot = Arc<parking_lot::Mutex<Arc<Calls>>>;

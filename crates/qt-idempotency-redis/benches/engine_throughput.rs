@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use qt_adapter_mock::MockQueue;
+use qt_bench_support::{LatencyLedger, NoOpAgent, percentile, process_cpu_seconds};
 use qt_core::config::{Config, LedgerConfig, MockSourceConfig, RedisStoreConfig, SourceConfig};
 use qt_core::{
-    AgentError, AgentEvent, AgentRun, AgentRuntime, Claim, ClaimState, ClaimToken, Health, IdempotencyKey,
-    IdempotencyStore, Ledger, LedgerError, LedgerRecord, RawMessage, SourceInfo, StoreError,
+    Claim, ClaimState, ClaimToken, Health, IdempotencyKey, IdempotencyStore, RawMessage, SourceInfo, StoreError,
 };
 use qt_engine::QueueTrigger;
 use qt_engine::builtin::memory_store::MemoryStore;
@@ -33,31 +33,6 @@ use qt_idempotency_redis::RedisStore;
 // The allocator of the `qt` binary, so the figures are the binary's.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[derive(Debug)]
-struct NoOpAgent;
-
-#[async_trait]
-impl AgentRuntime for NoOpAgent {
-    async fn trigger_event(&self, _event: &AgentEvent) -> Result<AgentRun, AgentError> {
-        Ok(AgentRun::default())
-    }
-}
-
-/// Keeps each record's processing time (receive to ledger) for the latency figures.
-#[derive(Debug, Default)]
-struct LatencyLedger {
-    durations_ms: std::sync::Mutex<Vec<f32>>,
-}
-
-#[async_trait]
-impl Ledger for LatencyLedger {
-    async fn record_batch(&self, records: Vec<LedgerRecord>) -> Result<(), LedgerError> {
-        let mut d = self.durations_ms.lock().expect("not poisoned");
-        d.extend(records.iter().map(|r| r.duration_ms as f32));
-        Ok(())
-    }
-}
 
 /// Calls, keys and time spent for one kind of store call.
 #[derive(Debug, Default)]
@@ -193,14 +168,6 @@ fn expected_duplicates(n: usize) -> u64 {
     (0..n).filter(|i| i % 10 == 9 && *i >= DUPLICATE_DISTANCE).count() as u64
 }
 
-fn percentile(sorted: &[f32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    f64::from(sorted[idx])
-}
-
 #[derive(Clone, Copy, Debug)]
 enum StoreKind {
     Memory,
@@ -288,8 +255,7 @@ async fn run_once(kind: StoreKind, batch_size: usize, pool_size: usize, n: usize
         m.processed
     );
 
-    let mut d = std::mem::take(&mut *ledger.durations_ms.lock().expect("not poisoned"));
-    d.sort_unstable_by(f32::total_cmp);
+    let d = ledger.take_sorted();
     let mut row = serde_json::json!({
         "store": kind.name(),
         "batch_size": batch_size,
@@ -317,23 +283,6 @@ async fn run_once(kind: StoreKind, batch_size: usize, pool_size: usize, n: usize
         delete_keys(&redis_url(), &prefix).await;
     }
     row
-}
-
-/// CPU time (user + system) of this process so far, from `/proc/self/stat` (clock ticks,
-/// assumed 100 per second as on every Linux this runs on); 0 elsewhere.
-fn process_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // The command name (field 2) may contain spaces; count from the closing parenthesis.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // After ")": state is index 0, so utime (field 14) is 11 and stime (field 15) is 12.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// What Redis itself spent: process CPU time (`INFO cpu`) and time inside `EVALSHA`

@@ -2,12 +2,10 @@
 //! `crates/qt-adapter-kafka/benches/throughput.rs`; it needs the Kafka-protocol broker
 //! (Nisshi), which this starts when it is not running.
 
-use std::process::{Command, Stdio};
-
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::Value;
 
-use super::{machine_description, record_section};
+use super::{machine_description, record_section, run_bench};
 use crate::services;
 
 pub fn run() -> Result<()> {
@@ -20,31 +18,8 @@ pub fn run() -> Result<()> {
         (broker.ensure)()?;
         services::wait_reachable(broker.name, broker.addr, std::time::Duration::from_secs(60))?;
     }
-    let args = ["bench", "--locked", "-p", "qt-adapter-kafka", "--bench", "throughput"];
-    eprintln!("$ {}={} cargo {}", broker.env.0, broker.env.1, args.join(" "));
-    // Progress lines (stderr) stay visible; the JSON results come on stdout.
-    let out = Command::new("cargo")
-        .args(args)
-        .env(broker.env.0, broker.env.1)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot start `cargo bench`")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!("the kafka benchmark failed ({}):\n{stdout}", out.status);
-    }
-    let lines: Vec<Value> = stdout
-        .lines()
-        .filter(|l| l.trim_start().starts_with('{'))
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .context("the kafka benchmark printed a line that is not JSON")?;
-    let (summaries, rows): (Vec<&Value>, Vec<&Value>) = lines.iter().partition(|v| v.get("summary").is_some());
-    let summary = summaries
-        .last()
-        .with_context(|| format!("the kafka benchmark printed no summary:\n{stdout}"))?;
-    anyhow::ensure!(!rows.is_empty(), "the kafka benchmark printed no runs:\n{stdout}");
+    let report = run_bench("kafka", "qt-adapter-kafka", "throughput", &[broker.env])?;
+    let (rows, summary) = (report.rows.as_slice(), report.summary("kafka")?);
     let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
     let mut body = format!(
         "## Kafka\n\n\
@@ -68,7 +43,7 @@ pub fn run() -> Result<()> {
         in_flight = summary["max_in_flight"],
         rounds = summary["rounds"],
     );
-    for r in &rows {
+    for r in rows {
         body.push_str(&format!(
             "| {} | {} | {:.2} | {:.0} |\n",
             r["round"],
@@ -76,7 +51,6 @@ pub fn run() -> Result<()> {
             num(r, "seconds"),
             num(r, "messages_per_second"),
         ));
-        eprintln!("{r}");
     }
     body.push_str(&format!(
         "\nMedian: qt {:.0} messages/s, plain rdkafka {:.0} messages/s, **ratio {:.2}** (goal: at least 0.7).\n\n\

@@ -8,9 +8,11 @@ mod redis;
 mod sqs;
 
 use std::path::Path;
+use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
+use serde_json::Value;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Which {
@@ -34,6 +36,56 @@ pub fn run(which: Which) -> Result<()> {
         Which::Redis => redis::run(),
         Which::Sqs => sqs::run(),
     }
+}
+
+/// What a benchmark binary printed on stdout: one JSON object per line, each a run, and at
+/// most one summary (an object with a `summary` field).
+pub struct Report {
+    pub rows: Vec<Value>,
+    pub summary: Option<Value>,
+}
+
+impl Report {
+    /// The summary, for benchmarks that must print one.
+    pub fn summary(&self, name: &str) -> Result<&Value> {
+        self.summary
+            .as_ref()
+            .with_context(|| format!("the {name} benchmark printed no summary line"))
+    }
+}
+
+/// Runs `cargo bench -p <package> --bench <bench>` with `env` added. Its progress (stderr)
+/// stays visible; its results are read from stdout.
+pub fn run_bench(name: &str, package: &str, bench: &str, env: &[(&str, &str)]) -> Result<Report> {
+    let args = ["bench", "--locked", "-p", package, "--bench", bench];
+    let env_shown: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    eprintln!("$ {env_shown}cargo {}", args.join(" "));
+    let out = Command::new("cargo")
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot start `cargo bench`")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("the {name} benchmark failed ({}):\n{stdout}", out.status);
+    }
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with('{'))
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("the {name} benchmark printed a line that is not JSON"))?;
+    let (summaries, rows): (Vec<Value>, Vec<Value>) = lines.into_iter().partition(|v| v.get("summary").is_some());
+    anyhow::ensure!(!rows.is_empty(), "the {name} benchmark printed no runs:\n{stdout}");
+    for r in &rows {
+        eprintln!("{r}");
+    }
+    Ok(Report {
+        rows,
+        summary: summaries.into_iter().last(),
+    })
 }
 
 /// Replaces the section between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` in

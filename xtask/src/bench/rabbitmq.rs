@@ -2,10 +2,10 @@
 //! `crates/qt-adapter-rabbitmq/benches/throughput.rs`; it needs the local RabbitMQ
 //! (`cargo xtask services up`).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::Value;
 
-use super::{machine_description, record_section};
+use super::{machine_description, record_section, run_bench};
 
 /// The 1-minute load average, to say how busy the shared machine was.
 fn load_average() -> String {
@@ -17,28 +17,8 @@ fn load_average() -> String {
 
 pub fn run() -> Result<()> {
     let load_before = load_average();
-    let stdout = crate::cmd::output(
-        "cargo",
-        &[
-            "bench",
-            "--locked",
-            "-p",
-            "qt-adapter-rabbitmq",
-            "--bench",
-            "throughput",
-        ],
-    )?;
-    let lines: Vec<Value> = stdout
-        .lines()
-        .filter(|l| l.trim_start().starts_with('{'))
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .context("the rabbitmq benchmark printed a line that is not JSON")?;
-    let (summaries, rows): (Vec<&Value>, Vec<&Value>) = lines.iter().partition(|v| v.get("summary").is_some());
-    let summary = summaries
-        .last()
-        .with_context(|| format!("the rabbitmq benchmark printed no summary:\n{stdout}"))?;
-    anyhow::ensure!(!rows.is_empty(), "the rabbitmq benchmark printed no runs:\n{stdout}");
+    let report = run_bench("rabbitmq", "qt-adapter-rabbitmq", "throughput", &[])?;
+    let (rows, summary) = (report.rows.as_slice(), report.summary("rabbitmq")?);
     let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
     let ratio = num(summary, "ratio");
     let mut body = format!(
@@ -61,7 +41,7 @@ pub fn run() -> Result<()> {
         prefetch = summary["prefetch"],
         rounds = summary["rounds"],
     );
-    for r in &rows {
+    for r in rows {
         body.push_str(&format!(
             "| {} | {} | {:.2} | {:.0} | {} |\n",
             r["round"],
@@ -72,7 +52,6 @@ pub fn run() -> Result<()> {
                 .as_f64()
                 .map_or("n/a".to_owned(), |c| format!("{c:.1}")),
         ));
-        eprintln!("{r}");
     }
     let round_ratios: Vec<String> = summary["round_ratios"]
         .as_array()

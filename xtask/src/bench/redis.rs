@@ -1,36 +1,16 @@
 //! `cargo xtask bench redis`: the measuring code is
 //! `crates/qt-idempotency-redis/benches/engine_throughput.rs`.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::Value;
 
-use super::{machine_description, record_section};
+use super::{machine_description, record_section, run_bench};
 
 /// Messages per second the Redis store should sustain.
 const GOAL: f64 = 100_000.0;
 
 pub fn run() -> Result<()> {
-    let stdout = crate::cmd::output(
-        "cargo",
-        &[
-            "bench",
-            "--locked",
-            "-p",
-            "qt-idempotency-redis",
-            "--bench",
-            "engine_throughput",
-        ],
-    )?;
-    let rows: Vec<Value> = stdout
-        .lines()
-        .filter(|l| l.trim_start().starts_with('{'))
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .context("the Redis benchmark printed a line that is not JSON")?;
-    anyhow::ensure!(!rows.is_empty(), "the Redis benchmark printed no results:\n{stdout}");
-    for r in &rows {
-        eprintln!("{r}");
-    }
+    let rows = run_bench("Redis", "qt-idempotency-redis", "engine_throughput", &[])?.rows;
 
     let mut body = String::from(
         "## Redis idempotency store\n\n\

@@ -1,27 +1,14 @@
 //! `cargo xtask bench sqs`: the measuring code is `crates/qt-adapter-sqs/benches/throughput.rs`;
 //! it needs the local SQS emulator (`cargo xtask services up`).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::Value;
 
-use super::{machine_description, record_section};
+use super::{machine_description, record_section, run_bench};
 
 pub fn run() -> Result<()> {
-    let stdout = crate::cmd::output(
-        "cargo",
-        &["bench", "--locked", "-p", "qt-adapter-sqs", "--bench", "throughput"],
-    )?;
-    let lines: Vec<Value> = stdout
-        .lines()
-        .filter(|l| l.trim_start().starts_with('{'))
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .context("the sqs benchmark printed a line that is not JSON")?;
-    let (summaries, rows): (Vec<&Value>, Vec<&Value>) = lines.iter().partition(|v| v.get("summary").is_some());
-    let summary = summaries
-        .last()
-        .with_context(|| format!("the sqs benchmark printed no summary:\n{stdout}"))?;
-    anyhow::ensure!(!rows.is_empty(), "the sqs benchmark printed no runs:\n{stdout}");
+    let report = run_bench("sqs", "qt-adapter-sqs", "throughput", &[])?;
+    let (rows, summary) = (report.rows.as_slice(), report.summary("sqs")?);
     let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
     let mut body = format!(
         "## SQS\n\n\
@@ -51,7 +38,7 @@ pub fn run() -> Result<()> {
     let (mut duplicates, mut settle_errors, mut kept) = (0, 0, 0);
     let mut calls_per_second: Vec<f64> = Vec::new();
     let (mut qt_rates, mut sdk_rates): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
-    for r in &rows {
+    for r in rows {
         let calls = num(r, "receive_calls") + num(r, "delete_batch_calls") + num(r, "get_queue_attributes_calls");
         let seconds = num(r, "seconds");
         let rate = if seconds > 0.0 { calls / seconds } else { 0.0 };
@@ -77,7 +64,6 @@ pub fn run() -> Result<()> {
         duplicates += r["duplicates"].as_u64().unwrap_or(0);
         settle_errors += r["settle_errors"].as_u64().unwrap_or(0);
         kept += r["left_after_confirmed_deletes"].as_u64().unwrap_or(0);
-        eprintln!("{r}");
     }
     if duplicates + settle_errors + kept > 0 {
         body.push_str(&format!(
