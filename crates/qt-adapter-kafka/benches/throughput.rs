@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use qt_adapter_kafka::{KafkaAdapter, KafkaAdmin};
-use qt_bench_support::{NoOpAgent, env_or, median};
+use qt_bench_support::{NoOpAgent, dedup_key, env_or, median, order_body, tenant_of};
 use qt_core::config::{Config, FailureAction, KafkaSourceConfig, SourceConfig, UnprocessableAction};
 use qt_core::{AdapterError, AdapterSettings, Capabilities, Delivery, Health, LedgerStatus, QueueAdapter};
 use qt_engine::QueueTrigger;
@@ -45,7 +45,6 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const BODY_BYTES: usize = 200;
 /// Longest any single drain may take before the benchmark gives up.
 const DRAIN_LIMIT: Duration = Duration::from_secs(300);
 /// How long committed offsets may take to reach the end after a drain.
@@ -109,16 +108,9 @@ impl Settings {
 /// Message `i`: a ~200-byte JSON order keyed by its order id, with dedup key and tenant
 /// headers, as a producer feeding qt would send it.
 fn message(i: usize) -> (String, Vec<u8>, OwnedHeaders) {
-    let mut body = format!(
-        r#"{{"type":"order.created","order_id":"{i}","tenant":"t{}","items":[1,2,3],"note":""#,
-        i % 16
-    );
-    while body.len() < BODY_BYTES - 2 {
-        body.push('x');
-    }
-    body.push_str("\"}");
-    let dedup = format!("k{i}");
-    let tenant = format!("t{}", i % 16);
+    let body = order_body(i);
+    let dedup = dedup_key(i);
+    let tenant = tenant_of(i);
     let headers = OwnedHeaders::new_with_capacity(2)
         .insert(Header {
             key: "x-dedup-key",
@@ -128,7 +120,7 @@ fn message(i: usize) -> (String, Vec<u8>, OwnedHeaders) {
             key: "x-tenant-id",
             value: Some(tenant.as_bytes()),
         });
-    (format!("order-{i}"), body.into_bytes(), headers)
+    (format!("order-{i}"), body, headers)
 }
 
 /// Counts delivery reports of the pre-fill.

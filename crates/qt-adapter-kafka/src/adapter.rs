@@ -86,10 +86,7 @@ impl KafkaAdapter {
             BaseConsumer::from_config_and_context(&client_config::consumer(cfg, &settings), ctx).map_err(|e| {
                 AdapterError::Config {
                     field: format!("{SOURCE_PATH}.options"),
-                    reason: format!(
-                        "librdkafka refused the consumer settings: {}",
-                        redactor.redact(&e)
-                    ),
+                    reason: format!("librdkafka refused the consumer settings: {}", redactor.redact(&e)),
                 }
             })?;
         let publisher = KafkaPublisher::build(cfg, &settings, redactor)?;

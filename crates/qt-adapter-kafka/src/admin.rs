@@ -42,10 +42,7 @@ impl KafkaAdmin {
             AdminClient::from_config_and_context(&client_config::helper(cfg, "qt-admin"), context).map_err(|e| {
                 AdapterError::Config {
                     field: "source".to_owned(),
-                    reason: format!(
-                        "cannot create a Kafka admin client: {}",
-                        redactor.redact(&e)
-                    ),
+                    reason: format!("cannot create a Kafka admin client: {}", redactor.redact(&e)),
                 }
             })?;
         Ok(Self {

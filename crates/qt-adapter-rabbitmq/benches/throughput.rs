@@ -30,13 +30,14 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use qt_adapter_rabbitmq::RabbitMqAdapter;
-use qt_bench_support::{NoOpAgent, env_or, median, process_cpu_time, run_until_succeeded};
+use qt_bench_support::{
+    NoOpAgent, dedup_key, env_or, median, order_body, process_cpu_time, run_until_succeeded, tenant_of,
+};
 use qt_core::AdapterSettings;
 use qt_core::config::{Config, FailureAction, LedgerConfig, RabbitMqSourceConfig, SourceConfig, UnprocessableAction};
 use qt_engine::QueueTrigger;
 
 const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const BODY_BYTES: usize = 200;
 /// Publishes awaiting their confirm at once while pre-loading.
 const PUBLISH_WINDOW: usize = 2_000;
 /// Longest any single drain may take before the benchmark gives up.
@@ -93,29 +94,22 @@ async fn connect(url: &str) -> Connection {
 /// Message `i`: a ~200-byte JSON order with a message id, a dedup key and a tenant header,
 /// persistent, as a producer feeding qt would send it.
 fn message(i: usize) -> (BasicProperties, Vec<u8>) {
-    let mut body = format!(
-        r#"{{"type":"order.created","order_id":"{i}","tenant":"t{}","items":[1,2,3],"note":""#,
-        i % 16
-    );
-    while body.len() < BODY_BYTES - 2 {
-        body.push('x');
-    }
-    body.push_str("\"}");
+    let body = order_body(i);
     let mut headers = FieldTable::default();
     headers.insert(
         "x-dedup-key".into(),
-        AMQPValue::LongString(LongString::from(format!("k{i}"))),
+        AMQPValue::LongString(LongString::from(dedup_key(i))),
     );
     headers.insert(
         "x-tenant-id".into(),
-        AMQPValue::LongString(LongString::from(format!("t{}", i % 16))),
+        AMQPValue::LongString(LongString::from(tenant_of(i))),
     );
     let properties = BasicProperties::default()
         .with_message_id(format!("m{i}").into())
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
         .with_headers(headers);
-    (properties, body.into_bytes())
+    (properties, body)
 }
 
 /// Declares `queue` afresh and fills it with `n` messages, confirmed by the broker.

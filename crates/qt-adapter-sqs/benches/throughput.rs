@@ -34,7 +34,7 @@ use aws_sdk_sqs::types::{
 use futures::StreamExt;
 use qt_adapter_sqs::SqsAdapter;
 use qt_adapter_sqs::client::sdk_client;
-use qt_bench_support::{NoOpAgent, env_or, median, run_until_succeeded};
+use qt_bench_support::{NoOpAgent, dedup_key, env_or, median, order_body, run_until_succeeded, tenant_of};
 use qt_core::config::{Config, FailureAction, LedgerConfig, SourceConfig, SqsSourceConfig, UnprocessableAction};
 use qt_core::{AdapterSettings, LedgerStatus};
 use qt_engine::QueueTrigger;
@@ -44,7 +44,6 @@ use tracing_subscriber::{Layer, filter};
 
 const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:4566";
 const REGION: &str = "us-east-1";
-const BODY_BYTES: usize = 200;
 /// SendMessageBatch calls in flight at once while pre-filling.
 const FILL_CONCURRENCY: usize = 4;
 /// Long-poll wait on both sides. The queue is full until the last receive, so it only
@@ -201,19 +200,12 @@ fn text(value: String) -> MessageAttributeValue {
 
 /// Message `i`: a ~200-byte JSON order with a dedup key and a tenant attribute.
 fn entry(i: usize, id_in_batch: usize) -> SendMessageBatchRequestEntry {
-    let mut body = format!(
-        r#"{{"type":"order.created","order_id":"{i}","tenant":"t{}","items":[1,2,3],"note":""#,
-        i % 16
-    );
-    while body.len() < BODY_BYTES - 2 {
-        body.push('x');
-    }
-    body.push_str("\"}");
+    let body = String::from_utf8(order_body(i)).expect("the body is ASCII JSON");
     SendMessageBatchRequestEntry::builder()
         .id(id_in_batch.to_string())
         .message_body(body)
-        .message_attributes("x-dedup-key", text(format!("k{i}")))
-        .message_attributes("x-tenant-id", text(format!("t{}", i % 16)))
+        .message_attributes("x-dedup-key", text(dedup_key(i)))
+        .message_attributes("x-tenant-id", text(tenant_of(i)))
         .build()
         .expect("id and body are set")
 }

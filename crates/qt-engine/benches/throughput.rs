@@ -9,49 +9,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use qt_adapter_mock::MockQueue;
-use qt_bench_support::{LatencyLedger, NoOpAgent, percentile, process_cpu_seconds};
+use qt_bench_support::{LatencyLedger, NoOpAgent, mock_messages, percentile, process_cpu_seconds};
 use qt_core::config::{Config, LedgerConfig, MockSourceConfig, SourceConfig};
-use qt_core::{RawMessage, SourceInfo};
 use qt_engine::QueueTrigger;
 
 // The same allocator as the `qt` binary.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const BODY_BYTES: usize = 200;
-
 /// How far back a duplicate's original is. A duplicate of a message still in flight is
 /// deferred (requeued after `duplicate_in_flight_delay`, seconds), not counted as a
 /// duplicate; messages finish out of order within the in-flight window, and a straggler can
 /// still be running a thousand messages later, so the original is far behind.
 const DUPLICATE_DISTANCE: usize = 20_000;
-
-/// `n` messages; every tenth (after the first `DUPLICATE_DISTANCE`) repeats the dedup key of
-/// an earlier message.
-fn messages(n: usize) -> Vec<RawMessage> {
-    let source = SourceInfo::new("mock", "bench");
-    (0..n)
-        .map(|i| {
-            let key = if i % 10 == 9 && i >= DUPLICATE_DISTANCE {
-                i - DUPLICATE_DISTANCE + 1
-            } else {
-                i
-            };
-            // The tenant follows the key, so a repeated key is a duplicate within its tenant.
-            let tenant = key % 16;
-            let mut body =
-                format!(r#"{{"type":"order.created","order_id":"{key}","tenant":"t{tenant}","items":[1,2,3],"note":""#);
-            while body.len() < BODY_BYTES - 2 {
-                body.push('x');
-            }
-            body.push_str("\"}");
-            let mut m = RawMessage::new(format!("m{i}"), body.into_bytes(), source.clone());
-            m.headers.insert("x-dedup-key", format!("k{key}"));
-            m.headers.insert("x-tenant-id", format!("t{tenant}"));
-            m
-        })
-        .collect()
-}
 
 async fn run_once(concurrency: usize, n: usize) -> serde_json::Value {
     let mut config = Config::with_source(SourceConfig::Mock(MockSourceConfig {
@@ -69,7 +39,7 @@ async fn run_once(concurrency: usize, n: usize) -> serde_json::Value {
     }
     config.ledger = LedgerConfig::Memory;
     let queue = MockQueue::counting_only("bench");
-    queue.enqueue_all(messages(n));
+    queue.enqueue_all(mock_messages(n, DUPLICATE_DISTANCE));
     let ledger = Arc::new(LatencyLedger::default());
     let trigger = QueueTrigger::builder(config)
         .adapter(Arc::new(queue.adapter()))

@@ -21,11 +21,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use qt_adapter_mock::MockQueue;
-use qt_bench_support::{LatencyLedger, NoOpAgent, percentile, process_cpu_seconds};
+use qt_bench_support::{LatencyLedger, NoOpAgent, is_duplicate, mock_messages, percentile, process_cpu_seconds};
 use qt_core::config::{Config, LedgerConfig, MockSourceConfig, RedisStoreConfig, SourceConfig};
-use qt_core::{
-    Claim, ClaimState, ClaimToken, Health, IdempotencyKey, IdempotencyStore, RawMessage, SourceInfo, StoreError,
-};
+use qt_core::{Claim, ClaimState, ClaimToken, Health, IdempotencyKey, IdempotencyStore, StoreError};
 use qt_engine::QueueTrigger;
 use qt_engine::builtin::memory_store::MemoryStore;
 use qt_idempotency_redis::RedisStore;
@@ -131,41 +129,13 @@ impl IdempotencyStore for Probe {
     }
 }
 
-const BODY_BYTES: usize = 200;
 const CONCURRENCY: usize = 8;
-
-/// `n` messages over 16 tenants; every tenth repeats the dedup key (and tenant) of a
-/// message 4,096 places earlier, far enough back that the first has finished: a duplicate,
-/// not a key still in flight (which the engine would requeue with a delay).
-fn messages(n: usize) -> Vec<RawMessage> {
-    let source = SourceInfo::new("mock", "bench");
-    (0..n)
-        .map(|i| {
-            let key = if i % 10 == 9 && i >= DUPLICATE_DISTANCE {
-                i - DUPLICATE_DISTANCE
-            } else {
-                i
-            };
-            let tenant = key % 16;
-            let mut body =
-                format!(r#"{{"type":"order.created","order_id":"{key}","tenant":"t{tenant}","items":[1,2,3],"note":""#);
-            while body.len() < BODY_BYTES - 2 {
-                body.push('x');
-            }
-            body.push_str("\"}");
-            let mut m = RawMessage::new(format!("m{i}"), body.into_bytes(), source.clone());
-            m.headers.insert("x-dedup-key", format!("k{key}"));
-            m.headers.insert("x-tenant-id", format!("t{tenant}"));
-            m
-        })
-        .collect()
-}
 
 /// How far back a duplicate's original is.
 const DUPLICATE_DISTANCE: usize = 4096;
 
 fn expected_duplicates(n: usize) -> u64 {
-    (0..n).filter(|i| i % 10 == 9 && *i >= DUPLICATE_DISTANCE).count() as u64
+    (0..n).filter(|i| is_duplicate(*i, DUPLICATE_DISTANCE)).count() as u64
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -223,7 +193,7 @@ async fn run_once(kind: StoreKind, batch_size: usize, pool_size: usize, n: usize
     let probe = Arc::new(Probe::new(inner));
 
     let queue = MockQueue::counting_only("bench");
-    queue.enqueue_all(messages(n));
+    queue.enqueue_all(mock_messages(n, DUPLICATE_DISTANCE));
     let ledger = Arc::new(LatencyLedger::default());
     let trigger = QueueTrigger::builder(config)
         .adapter(Arc::new(queue.adapter()))
