@@ -155,7 +155,7 @@ impl RedisStore {
         self.core.pool.status().size
     }
 
-    /// Completions and releases Redis has not confirmed yet ([`crate::debts`]): non-zero
+    /// Completions and releases Redis has not confirmed yet (kept in the store's ledger of debts): non-zero
     /// while Redis is unreachable after operations failed, zero again once it is back.
     pub fn owed(&self) -> usize {
         self.core.debts.len()

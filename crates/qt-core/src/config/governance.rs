@@ -41,7 +41,7 @@ pub struct GovernanceRule {
     pub event: String,
     #[serde(default)]
     pub action: RuleAction,
-    /// Reason recorded for denials. Default: "denied by policy <name>".
+    /// Reason recorded for denials. Default: `"denied by policy <name>"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
