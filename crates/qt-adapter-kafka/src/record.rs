@@ -24,34 +24,17 @@ use crate::state::{Origin, Pending, TopicPartition};
 /// processed. Written by a delayed requeue, honoured by qt's Kafka consumer.
 pub const NOT_BEFORE: &str = "x-qt-not-before";
 
-/// The stable message id of a Kafka record.
+/// The stable message id of a Kafka record. Built on every consumed record, so the numbers
+/// are written with `itoa` rather than through `fmt`.
 pub fn message_id(topic: &str, partition: i32, offset: i64) -> String {
+    let mut digits = itoa::Buffer::new();
     let mut id = String::with_capacity(topic.len() + 24);
     id.push_str(topic);
     id.push('/');
-    push_int(&mut id, i64::from(partition));
+    id.push_str(digits.format(partition));
     id.push('/');
-    push_int(&mut id, offset);
+    id.push_str(digits.format(offset));
     id
-}
-
-/// Appends the decimal form of `n` without going through `fmt`.
-fn push_int(out: &mut String, n: i64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut rest = n.unsigned_abs();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    if n < 0 {
-        out.push('-');
-    }
-    out.extend(digits[i..].iter().map(|d| char::from(*d)));
 }
 
 /// A record's key, value and headers byte for byte (keys and values may be null, values

@@ -16,16 +16,38 @@ use rand::Rng;
 
 const WAIT: Duration = Duration::from_secs(45);
 
-fn admin() -> KafkaAdmin {
-    KafkaAdmin::plaintext(&brokers()).expect("admin")
+/// A fresh topic and consumer group for one test, and the source configuration that reads
+/// them.
+struct Scenario {
+    admin: KafkaAdmin,
+    topic: String,
+    group: String,
+    cfg: qt_core::config::KafkaSourceConfig,
+}
+
+impl Scenario {
+    async fn new(what: &str, partitions: i32) -> Self {
+        let admin = KafkaAdmin::plaintext(&brokers()).expect("admin");
+        let topic = topic(&admin, what, partitions).await;
+        let group = unique("g");
+        let cfg = source(&brokers(), &[&topic], &group);
+        Self {
+            admin,
+            topic,
+            group,
+            cfg,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumes_settles_and_commits_to_the_end() {
-    let admin = admin();
-    let topic = topic(&admin, "commit", 3).await;
-    let group = unique("g");
-    let cfg = source(&brokers(), &[&topic], &group);
+    let Scenario {
+        admin,
+        topic,
+        group,
+        cfg,
+    } = Scenario::new("commit", 3).await;
     let adapter = connected(&cfg, 256).await;
     assert!(adapter.health().await.is_ready());
     let n = 300;
@@ -68,10 +90,12 @@ async fn consumes_settles_and_commits_to_the_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_consumer_resumes_after_the_committed_offset() {
-    let admin = admin();
-    let topic = topic(&admin, "restart", 1).await;
-    let group = unique("g");
-    let cfg = source(&brokers(), &[&topic], &group);
+    let Scenario {
+        admin,
+        topic,
+        group,
+        cfg,
+    } = Scenario::new("restart", 1).await;
     let first = connected(&cfg, 200).await;
     produce(first.publisher(), &topic, 0, 100).await;
     let mut got = receive_n(&first, 100, WAIT).await;
@@ -110,10 +134,13 @@ async fn a_restarted_consumer_resumes_after_the_committed_offset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn out_of_order_acks_never_commit_past_an_unfinished_message() {
-    let admin = Arc::new(admin());
-    let topic = topic(&admin, "order", 3).await;
-    let group = unique("g");
-    let cfg = source(&brokers(), &[&topic], &group);
+    let Scenario {
+        admin,
+        topic,
+        group,
+        cfg,
+    } = Scenario::new("order", 3).await;
+    let admin = Arc::new(admin);
     let adapter = Arc::new(connected(&cfg, 64).await);
     let n = 600;
     produce(adapter.publisher(), &topic, 0, n).await;
@@ -199,11 +226,13 @@ async fn out_of_order_acks_never_commit_past_an_unfinished_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_keep_the_original_and_add_the_reasons() {
-    let admin = admin();
-    let topic = topic(&admin, "src", 1).await;
+    let Scenario {
+        admin,
+        topic,
+        group,
+        mut cfg,
+    } = Scenario::new("src", 1).await;
     let dlq = topic_named(&admin, &format!("{topic}-dlq")).await;
-    let group = unique("g");
-    let mut cfg = source(&brokers(), &[&topic], &group);
     cfg.dlq_topic = Some(dlq.clone());
     let adapter = connected(&cfg, 32).await;
     assert!(adapter.capabilities().dead_letter);
@@ -254,10 +283,12 @@ async fn topic_named(admin: &KafkaAdmin, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requeue_reproduces_with_the_next_attempt_and_honours_the_delay() {
-    let admin = admin();
-    let topic = topic(&admin, "requeue", 2).await;
-    let group = unique("g");
-    let cfg = source(&brokers(), &[&topic], &group);
+    let Scenario {
+        admin,
+        topic,
+        group,
+        cfg,
+    } = Scenario::new("requeue", 2).await;
     let adapter = connected(&cfg, 32).await;
     produce(adapter.publisher(), &topic, 0, 4).await;
     let got = receive_n(&adapter, 4, WAIT).await;
@@ -300,10 +331,12 @@ async fn requeue_reproduces_with_the_next_attempt_and_honours_the_delay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_without_dlq_topic_fails_and_the_message_comes_back() {
-    let admin = admin();
-    let topic = topic(&admin, "nodlq", 1).await;
-    let group = unique("g");
-    let cfg = source(&brokers(), &[&topic], &group);
+    let Scenario {
+        admin,
+        topic,
+        group,
+        cfg,
+    } = Scenario::new("nodlq", 1).await;
     let adapter = connected(&cfg, 32).await;
     assert!(!adapter.capabilities().dead_letter);
     produce(adapter.publisher(), &topic, 0, 3).await;
@@ -342,10 +375,12 @@ async fn dead_letter_without_dlq_topic_fails_and_the_message_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_handle_is_delivered_again() {
-    let admin = admin();
-    let topic = topic(&admin, "drop", 1).await;
-    let group = unique("g");
-    let cfg = source(&brokers(), &[&topic], &group);
+    let Scenario {
+        admin,
+        topic,
+        group,
+        cfg,
+    } = Scenario::new("drop", 1).await;
     let adapter = connected(&cfg, 32).await;
     produce(adapter.publisher(), &topic, 0, 2).await;
     let mut got = receive_n(&adapter, 2, WAIT).await;
@@ -364,10 +399,12 @@ async fn a_dropped_handle_is_delivered_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_adapters_in_one_group_split_the_partitions() {
-    let admin = admin();
-    let topic = topic(&admin, "split", 4).await;
-    let group = unique("g");
-    let cfg = source(&brokers(), &[&topic], &group);
+    let Scenario {
+        admin,
+        topic,
+        group,
+        cfg,
+    } = Scenario::new("split", 4).await;
     let a = Arc::new(connected(&cfg, 256).await);
     let b = Arc::new(connected(&cfg, 256).await);
     // Wait for a stable split before producing, so no partition moves mid-test.
@@ -429,10 +466,12 @@ async fn two_adapters_in_one_group_split_the_partitions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pausing_and_slow_handlers_keep_the_group_membership() {
-    let admin = admin();
-    let topic = topic(&admin, "pause", 2).await;
-    let group = unique("g");
-    let mut cfg = source(&brokers(), &[&topic], &group);
+    let Scenario {
+        admin,
+        topic,
+        group,
+        mut cfg,
+    } = Scenario::new("pause", 2).await;
     // A handler slower than max.poll.interval.ms must not cost the assignment.
     cfg.options.insert("max.poll.interval.ms".into(), "7000".into());
     let adapter = connected(&cfg, 8).await;
@@ -470,10 +509,7 @@ async fn pausing_and_slow_handlers_keep_the_group_membership() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backlog_is_the_consumer_lag() {
-    let admin = admin();
-    let topic = topic(&admin, "lag", 2).await;
-    let group = unique("g");
-    let cfg = source(&brokers(), &[&topic], &group);
+    let Scenario { admin, topic, cfg, .. } = Scenario::new("lag", 2).await;
     let adapter = connected(&cfg, 100).await;
     produce(adapter.publisher(), &topic, 0, 50).await;
     let got = receive_n(&adapter, 50, WAIT).await;
@@ -503,10 +539,12 @@ async fn a_missing_topic_fails_connect_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revocation_waits_for_in_flight_messages_and_commits_what_finished() {
-    let admin = admin();
-    let topic = topic(&admin, "revoke", 2).await;
-    let group = unique("g");
-    let cfg = source(&brokers(), &[&topic], &group);
+    let Scenario {
+        admin,
+        topic,
+        group,
+        cfg,
+    } = Scenario::new("revoke", 2).await;
     let a = Arc::new(connected(&cfg, 64).await);
     produce(a.publisher(), &topic, 0, 20).await;
     let mut held = receive_n(&a, 20, WAIT).await;

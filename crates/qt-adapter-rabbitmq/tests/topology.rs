@@ -13,6 +13,23 @@ use qt_core::{AdapterError, QueueAdapter};
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// Connecting with `cfg` fails naming the missing `resource` and the configuration `field`
+/// that refers to it.
+async fn assert_missing(cfg: &qt_core::config::RabbitMqSourceConfig, resource: &str, field: &str) {
+    let err = RabbitMqAdapter::new(cfg, settings(8))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_err();
+    match &err {
+        AdapterError::MissingResource { queue, reason } => {
+            assert_eq!(queue, resource);
+            assert!(reason.contains(field), "{reason}");
+        }
+        other => panic!("expected MissingResource for {resource}, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn passive_check_on_a_missing_queue_names_it() {
     let _broker = Broker::connect().await;
@@ -91,18 +108,7 @@ async fn missing_dlq_and_missing_binding_exchange_are_named() {
         routing_key: dlq.clone(),
         declare: false,
     });
-    let err = RabbitMqAdapter::new(&cfg, settings(8))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap_err();
-    match &err {
-        AdapterError::MissingResource { queue, reason } => {
-            assert_eq!(queue, &dlq);
-            assert!(reason.contains("source.dlq"), "{reason}");
-        }
-        other => panic!("expected MissingResource for the DLQ, got {other:?}"),
-    }
+    assert_missing(&cfg, &dlq, "source.dlq").await;
 
     let exchange = unique("absent-exchange");
     cfg.dlq = None;
@@ -114,18 +120,7 @@ async fn missing_dlq_and_missing_binding_exchange_are_named() {
             routing_key: "k".into(),
         }],
     });
-    let err = RabbitMqAdapter::new(&cfg, settings(8))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap_err();
-    match &err {
-        AdapterError::MissingResource { queue, reason } => {
-            assert_eq!(queue, &exchange);
-            assert!(reason.contains("source.declare.exchanges"), "{reason}");
-        }
-        other => panic!("expected MissingResource for the exchange, got {other:?}"),
-    }
+    assert_missing(&cfg, &exchange, "source.declare.exchanges").await;
 }
 
 #[tokio::test]
