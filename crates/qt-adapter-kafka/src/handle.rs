@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use qt_core::headers::{ATTEMPT, dead_letter};
 use qt_core::{DeadLetter, Headers, Settle, SettleError, Settlement, SourceInfo};
+use rdkafka::message::OwnedHeaders;
 
 use crate::publisher::KafkaPublisher;
 use crate::record::{self, NOT_BEFORE};
@@ -79,17 +80,7 @@ impl KafkaSettle {
             extra.push((NOT_BEFORE, record::not_before_value(d)));
         }
         let headers = record::outgoing_headers(o.record.headers(), &[ATTEMPT, NOT_BEFORE], extra);
-        self.ctx
-            .publisher
-            .produce(topic, o.record.key(), o.record.payload(), headers)
-            .await
-            .map(|_| ())
-            .map_err(|reason| SettleError::Broker {
-                operation: "requeue",
-                queue: topic.to_owned(),
-                message_id: o.message_id(),
-                reason,
-            })
+        self.reproduce("requeue", topic, headers).await
     }
 
     async fn dead_letter(&self, dl: &DeadLetter) -> Result<(), SettleError> {
@@ -105,13 +96,20 @@ impl KafkaSettle {
         source.offset = Some(o.offset);
         let added = dl.headers_for(&Headers::new(), &source, &o.message_id());
         let headers = record::outgoing_headers(o.record.headers(), &DEAD_LETTER_HEADERS, added.iter());
+        self.reproduce("dead-letter", topic, headers).await
+    }
+
+    /// Produces the original key and payload to `topic` with `headers`, for a settlement
+    /// that re-publishes the message before marking it done.
+    async fn reproduce(&self, operation: &'static str, topic: &str, headers: OwnedHeaders) -> Result<(), SettleError> {
+        let o = &self.origin;
         self.ctx
             .publisher
             .produce(topic, o.record.key(), o.record.payload(), headers)
             .await
             .map(|_| ())
             .map_err(|reason| SettleError::Broker {
-                operation: "dead-letter",
+                operation,
                 queue: topic.to_owned(),
                 message_id: o.message_id(),
                 reason,

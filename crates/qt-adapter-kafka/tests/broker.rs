@@ -10,44 +10,26 @@ use std::time::{Duration, Instant};
 use common::*;
 use parking_lot::Mutex;
 use qt_adapter_kafka::{KafkaAdmin, NOT_BEFORE};
+use qt_core::config::KafkaSourceConfig;
 use qt_core::headers::{ATTEMPT, dead_letter};
 use qt_core::{DeadLetter, ErrorClass, Health, QueueAdapter, SettleError};
 use rand::Rng;
 
 const WAIT: Duration = Duration::from_secs(45);
 
-/// A fresh topic and consumer group for one test, and the source configuration that reads
-/// them.
-struct Scenario {
-    admin: KafkaAdmin,
-    topic: String,
-    group: String,
-    cfg: qt_core::config::KafkaSourceConfig,
-}
-
-impl Scenario {
-    async fn new(what: &str, partitions: i32) -> Self {
-        let admin = KafkaAdmin::plaintext(&brokers()).expect("admin");
-        let topic = topic(&admin, what, partitions).await;
-        let group = unique("g");
-        let cfg = source(&brokers(), &[&topic], &group);
-        Self {
-            admin,
-            topic,
-            group,
-            cfg,
-        }
-    }
+/// A fresh topic and consumer group for one test: the admin client, the topic, the group,
+/// and the source configuration that reads them.
+async fn scenario(what: &str, partitions: i32) -> (KafkaAdmin, String, String, KafkaSourceConfig) {
+    let admin = KafkaAdmin::plaintext(&brokers()).expect("admin");
+    let topic = topic(&admin, what, partitions).await;
+    let group = unique("g");
+    let cfg = source(&brokers(), &[&topic], &group);
+    (admin, topic, group, cfg)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumes_settles_and_commits_to_the_end() {
-    let Scenario {
-        admin,
-        topic,
-        group,
-        cfg,
-    } = Scenario::new("commit", 3).await;
+    let (admin, topic, group, cfg) = scenario("commit", 3).await;
     let adapter = connected(&cfg, 256).await;
     assert!(adapter.health().await.is_ready());
     let n = 300;
@@ -90,12 +72,7 @@ async fn consumes_settles_and_commits_to_the_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_consumer_resumes_after_the_committed_offset() {
-    let Scenario {
-        admin,
-        topic,
-        group,
-        cfg,
-    } = Scenario::new("restart", 1).await;
+    let (admin, topic, group, cfg) = scenario("restart", 1).await;
     let first = connected(&cfg, 200).await;
     produce(first.publisher(), &topic, 0, 100).await;
     let mut got = receive_n(&first, 100, WAIT).await;
@@ -134,12 +111,7 @@ async fn a_restarted_consumer_resumes_after_the_committed_offset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn out_of_order_acks_never_commit_past_an_unfinished_message() {
-    let Scenario {
-        admin,
-        topic,
-        group,
-        cfg,
-    } = Scenario::new("order", 3).await;
+    let (admin, topic, group, cfg) = scenario("order", 3).await;
     let admin = Arc::new(admin);
     let adapter = Arc::new(connected(&cfg, 64).await);
     let n = 600;
@@ -226,12 +198,7 @@ async fn out_of_order_acks_never_commit_past_an_unfinished_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_keep_the_original_and_add_the_reasons() {
-    let Scenario {
-        admin,
-        topic,
-        group,
-        mut cfg,
-    } = Scenario::new("src", 1).await;
+    let (admin, topic, group, mut cfg) = scenario("src", 1).await;
     let dlq = topic_named(&admin, &format!("{topic}-dlq")).await;
     cfg.dlq_topic = Some(dlq.clone());
     let adapter = connected(&cfg, 32).await;
@@ -283,12 +250,7 @@ async fn topic_named(admin: &KafkaAdmin, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requeue_reproduces_with_the_next_attempt_and_honours_the_delay() {
-    let Scenario {
-        admin,
-        topic,
-        group,
-        cfg,
-    } = Scenario::new("requeue", 2).await;
+    let (admin, topic, group, cfg) = scenario("requeue", 2).await;
     let adapter = connected(&cfg, 32).await;
     produce(adapter.publisher(), &topic, 0, 4).await;
     let got = receive_n(&adapter, 4, WAIT).await;
@@ -331,12 +293,7 @@ async fn requeue_reproduces_with_the_next_attempt_and_honours_the_delay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_without_dlq_topic_fails_and_the_message_comes_back() {
-    let Scenario {
-        admin,
-        topic,
-        group,
-        cfg,
-    } = Scenario::new("nodlq", 1).await;
+    let (admin, topic, group, cfg) = scenario("nodlq", 1).await;
     let adapter = connected(&cfg, 32).await;
     assert!(!adapter.capabilities().dead_letter);
     produce(adapter.publisher(), &topic, 0, 3).await;
@@ -375,12 +332,7 @@ async fn dead_letter_without_dlq_topic_fails_and_the_message_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_handle_is_delivered_again() {
-    let Scenario {
-        admin,
-        topic,
-        group,
-        cfg,
-    } = Scenario::new("drop", 1).await;
+    let (admin, topic, group, cfg) = scenario("drop", 1).await;
     let adapter = connected(&cfg, 32).await;
     produce(adapter.publisher(), &topic, 0, 2).await;
     let mut got = receive_n(&adapter, 2, WAIT).await;
@@ -399,12 +351,7 @@ async fn a_dropped_handle_is_delivered_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_adapters_in_one_group_split_the_partitions() {
-    let Scenario {
-        admin,
-        topic,
-        group,
-        cfg,
-    } = Scenario::new("split", 4).await;
+    let (admin, topic, group, cfg) = scenario("split", 4).await;
     let a = Arc::new(connected(&cfg, 256).await);
     let b = Arc::new(connected(&cfg, 256).await);
     // Wait for a stable split before producing, so no partition moves mid-test.
@@ -466,12 +413,7 @@ async fn two_adapters_in_one_group_split_the_partitions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pausing_and_slow_handlers_keep_the_group_membership() {
-    let Scenario {
-        admin,
-        topic,
-        group,
-        mut cfg,
-    } = Scenario::new("pause", 2).await;
+    let (admin, topic, group, mut cfg) = scenario("pause", 2).await;
     // A handler slower than max.poll.interval.ms must not cost the assignment.
     cfg.options.insert("max.poll.interval.ms".into(), "7000".into());
     let adapter = connected(&cfg, 8).await;
@@ -509,7 +451,7 @@ async fn pausing_and_slow_handlers_keep_the_group_membership() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backlog_is_the_consumer_lag() {
-    let Scenario { admin, topic, cfg, .. } = Scenario::new("lag", 2).await;
+    let (admin, topic, _, cfg) = scenario("lag", 2).await;
     let adapter = connected(&cfg, 100).await;
     produce(adapter.publisher(), &topic, 0, 50).await;
     let got = receive_n(&adapter, 50, WAIT).await;
@@ -539,12 +481,7 @@ async fn a_missing_topic_fails_connect_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revocation_waits_for_in_flight_messages_and_commits_what_finished() {
-    let Scenario {
-        admin,
-        topic,
-        group,
-        cfg,
-    } = Scenario::new("revoke", 2).await;
+    let (admin, topic, group, cfg) = scenario("revoke", 2).await;
     let a = Arc::new(connected(&cfg, 64).await);
     produce(a.publisher(), &topic, 0, 20).await;
     let mut held = receive_n(&a, 20, WAIT).await;
