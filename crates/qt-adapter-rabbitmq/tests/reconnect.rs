@@ -37,13 +37,19 @@ async fn publish_range(publisher: &RabbitMqPublisher, range: std::ops::Range<usi
 fn watch_health(adapter: Arc<RabbitMqAdapter>, done: Arc<tokio::sync::Notify>) -> tokio::task::JoinHandle<Vec<Health>> {
     tokio::spawn(async move {
         let mut seen: Vec<Health> = Vec::new();
+        // After the stop signal one more sample is taken, so the sequence ends with the
+        // state at the moment of stopping rather than up to one period before it.
+        let mut stopping = false;
         loop {
             let h = adapter.health().await;
             if seen.last() != Some(&h) {
                 seen.push(h);
             }
+            if stopping {
+                return seen;
+            }
             tokio::select! {
-                _ = done.notified() => return seen,
+                _ = done.notified() => stopping = true,
                 _ = tokio::time::sleep(Duration::from_millis(10)) => {}
             }
         }
