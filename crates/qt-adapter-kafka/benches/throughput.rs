@@ -5,6 +5,12 @@
 //! same pre-filled topic on the same broker in the same run, each drain in a consumer group
 //! of its own, taking turns.
 //!
+//! The plain consumer fetches with qt's `fetch.queue.backoff.ms` (100 ms; librdkafka's
+//! default of 1 s idles any consumer that drains its prefetch queue faster than the broker
+//! refills it, which capped both sides near 170,000 messages/s here and hid what qt costs
+//! per message). A third drain, `rdkafka-defaults`, runs it at librdkafka's defaults for
+//! reference; the ratio is qt against the plain consumer fetching alike.
+//!
 //! Each drain is timed from its first message to its last finished message (offset stored;
 //! for qt, settled after its ledger record): the group join before the first message is the
 //! broker's and the same for both. After each drain the group's committed offsets are
@@ -16,8 +22,9 @@
 //! Environment: `QT_BENCH_KAFKA_BROKERS` (else `QT_TEST_KAFKA_BROKERS`, else
 //! `127.0.0.1:9092`), `QT_BENCH_MESSAGES` (1000000), `QT_BENCH_PARTITIONS` (8),
 //! `QT_BENCH_ROUNDS` (3), `QT_BENCH_CONCURRENCY` (8), `QT_BENCH_BATCH` (256),
-//! `QT_BENCH_MAX_IN_FLIGHT` (default: the engine's, 2 x batch), `QT_BENCH_SIDES` (`qt,rdkafka`;
-//! one side alone for profiling), `QT_BENCH_TOPIC` (use this topic and keep it: created and
+//! `QT_BENCH_MAX_IN_FLIGHT` (default: the engine's, 2 x batch), `QT_BENCH_SIDES`
+//! (`rdkafka,qt,rdkafka-defaults`; one side alone for profiling), `QT_BENCH_KAFKA_OPTIONS`
+//! (`key=value,...`: librdkafka options for every side's consumer, for experiments), `QT_BENCH_TOPIC` (use this topic and keep it: created and
 //! filled when it does not exist, else drained as it is; for profiling the drains alone).
 
 // Printing results is what a benchmark binary is for.
@@ -29,7 +36,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use qt_adapter_kafka::{KafkaAdapter, KafkaAdmin};
+use qt_adapter_kafka::{FETCH_QUEUE_BACKOFF_MS, KafkaAdapter, KafkaAdmin};
 use qt_bench_support::{NoOpAgent, dedup_key, env_or, median, order_body, tenant_of};
 use qt_core::config::{Config, FailureAction, KafkaSourceConfig, SourceConfig, UnprocessableAction};
 use qt_core::{AdapterError, AdapterSettings, Capabilities, Delivery, Health, LedgerStatus, QueueAdapter};
@@ -66,6 +73,8 @@ struct Settings {
     max_in_flight: usize,
     sides: Vec<Side>,
     topic: Option<String>,
+    /// librdkafka options for both sides' consumers.
+    options: Vec<(String, String)>,
 }
 
 impl Settings {
@@ -92,15 +101,27 @@ impl Settings {
             batch_size,
             max_in_flight: processing.effective_max_in_flight(),
             sides: std::env::var("QT_BENCH_SIDES")
-                .unwrap_or_else(|_| "rdkafka,qt".to_owned())
+                .unwrap_or_else(|_| "rdkafka,qt,rdkafka-defaults".to_owned())
                 .split(',')
                 .map(|side| match side.trim() {
                     "qt" => Side::Qt,
                     "rdkafka" => Side::Plain,
-                    other => panic!("QT_BENCH_SIDES: unknown side {other:?} (qt, rdkafka)"),
+                    "rdkafka-defaults" => Side::PlainDefaults,
+                    other => panic!("QT_BENCH_SIDES: unknown side {other:?} (qt, rdkafka, rdkafka-defaults)"),
                 })
                 .collect(),
             topic: std::env::var("QT_BENCH_TOPIC").ok(),
+            options: std::env::var("QT_BENCH_KAFKA_OPTIONS")
+                .unwrap_or_default()
+                .split(',')
+                .filter(|kv| !kv.trim().is_empty())
+                .map(|kv| {
+                    let (k, v) = kv
+                        .split_once('=')
+                        .unwrap_or_else(|| panic!("QT_BENCH_KAFKA_OPTIONS: {kv:?} is not key=value"));
+                    (k.trim().to_owned(), v.trim().to_owned())
+                })
+                .collect(),
         }
     }
 }
@@ -185,9 +206,11 @@ fn prefill(s: &Settings, topic: &str) {
 }
 
 /// The minimal hand-written at-least-once consumer: poll, parse the body as JSON, store the
-/// offset; librdkafka commits the stored offsets every second. Returns the time from the
-/// first message to the last stored offset, and the CPU time its threads used.
-fn drain_plain(s: &Settings, topic: &str, group: &str) -> (Duration, ThreadCpu) {
+/// offset; librdkafka commits the stored offsets every second. With `fetch_like_qt`, it
+/// fetches with qt's `fetch.queue.backoff.ms`, so the two sides differ only in what they do
+/// per message; without, it keeps librdkafka's defaults. Returns the time from the first
+/// message to the last stored offset, and the CPU time its threads used.
+fn drain_plain(s: &Settings, topic: &str, group: &str, fetch_like_qt: bool) -> (Duration, ThreadCpu) {
     let cpu_before = ThreadCpu::now();
     let mut config = ClientConfig::new();
     config
@@ -200,11 +223,11 @@ fn drain_plain(s: &Settings, topic: &str, group: &str) -> (Duration, ThreadCpu) 
     for (k, v) in GROUP_OPTIONS {
         config.set(k, v);
     }
-    if let Ok(extra) = std::env::var("QT_BENCH_PLAIN_OPTIONS") {
-        for kv in extra.split(',') {
-            let (k, v) = kv.split_once('=').unwrap();
-            config.set(k, v);
-        }
+    if fetch_like_qt {
+        config.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
+    }
+    for (k, v) in &s.options {
+        config.set(k, v);
     }
     let consumer: BaseConsumer = config.create().expect("a plain consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
@@ -242,6 +265,8 @@ fn drain_plain(s: &Settings, topic: &str, group: &str) -> (Duration, ThreadCpu) 
 struct FirstReceive {
     inner: KafkaAdapter,
     first: OnceLock<Instant>,
+    /// Non-empty receives, for the average batch the engine got.
+    receives: AtomicU64,
 }
 
 #[async_trait]
@@ -262,6 +287,7 @@ impl QueueAdapter for FirstReceive {
         let received = self.inner.receive(max).await;
         if matches!(&received, Ok(d) if !d.is_empty()) {
             self.first.get_or_init(Instant::now);
+            self.receives.fetch_add(1, Ordering::Relaxed);
         }
         received
     }
@@ -286,7 +312,7 @@ impl QueueAdapter for FirstReceive {
 /// (every message claimed and completed) and the in-memory ledger. Returns the time from
 /// the first delivery to the last settled message (the engine counts a message processed
 /// once its settle returned, after its ledger record), and the CPU time its threads used.
-async fn drain_qt(s: &Settings, topic: &str, group: &str) -> (Duration, ThreadCpu) {
+async fn drain_qt(s: &Settings, topic: &str, group: &str) -> (Duration, ThreadCpu, f64) {
     let cpu_before = ThreadCpu::now();
     let mut source = KafkaSourceConfig {
         brokers: s.brokers.split(',').map(str::to_owned).collect(),
@@ -298,6 +324,7 @@ async fn drain_qt(s: &Settings, topic: &str, group: &str) -> (Duration, ThreadCp
     source.options = GROUP_OPTIONS
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .chain(s.options.iter().cloned())
         .collect::<BTreeMap<_, _>>();
     let mut config = Config::with_source(SourceConfig::Kafka(source.clone()));
     config.name = "bench".into();
@@ -312,6 +339,7 @@ async fn drain_qt(s: &Settings, topic: &str, group: &str) -> (Duration, ThreadCp
     let adapter = Arc::new(FirstReceive {
         inner: KafkaAdapter::new(&source, settings).expect("adapter"),
         first: OnceLock::new(),
+        receives: AtomicU64::new(0),
     });
     let trigger = QueueTrigger::builder(config)
         .adapter(adapter.clone())
@@ -345,7 +373,8 @@ async fn drain_qt(s: &Settings, topic: &str, group: &str) -> (Duration, ThreadCp
     );
     assert_eq!(m.dedup_hits, 0, "no message was delivered twice");
     assert_eq!(m.settle_errors, 0, "no settle failed");
-    (elapsed, cpu)
+    let mean_batch = s.messages as f64 / adapter.receives.load(Ordering::Relaxed).max(1) as f64;
+    (elapsed, cpu, mean_batch)
 }
 
 /// Waits until `group` has committed the end of every partition of `topic`.
@@ -369,7 +398,11 @@ async fn assert_committed_to_end(admin: &KafkaAdmin, group: &str, topic: &str, e
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Side {
+    /// The plain consumer fetching like qt.
     Plain,
+    /// The plain consumer at librdkafka's defaults: what a hand-written consumer gets
+    /// untuned, shown for reference; the ratio is taken against [`Side::Plain`].
+    PlainDefaults,
     Qt,
 }
 
@@ -377,6 +410,7 @@ impl Side {
     fn name(self) -> &'static str {
         match self {
             Side::Plain => "rdkafka",
+            Side::PlainDefaults => "rdkafka-defaults",
             Side::Qt => "qt",
         }
     }
@@ -391,14 +425,19 @@ async fn measure(
     round: usize,
 ) -> f64 {
     let group = format!("qt-bench-{}-{}", side.name(), uuid::Uuid::new_v4().simple());
-    let (elapsed, cpu) = match side {
-        Side::Plain => {
+    let (elapsed, cpu, mean_batch) = match side {
+        Side::Plain | Side::PlainDefaults => {
             let (s, topic, group) = (s.clone(), topic.to_owned(), group.clone());
-            tokio::task::spawn_blocking(move || drain_plain(&s, &topic, &group))
+            let fetch_like_qt = side == Side::Plain;
+            let (elapsed, cpu) = tokio::task::spawn_blocking(move || drain_plain(&s, &topic, &group, fetch_like_qt))
                 .await
-                .expect("the plain consumer thread")
+                .expect("the plain consumer thread");
+            (elapsed, cpu, None)
         }
-        Side::Qt => drain_qt(s, topic, &group).await,
+        Side::Qt => {
+            let (elapsed, cpu, mean_batch) = drain_qt(s, topic, &group).await;
+            (elapsed, cpu, Some(mean_batch))
+        }
     };
     assert_committed_to_end(admin, &group, topic, end).await;
     let rate = s.messages as f64 / elapsed.as_secs_f64();
@@ -413,6 +452,7 @@ async fn measure(
             "cpu_seconds": cpu.total().as_secs_f64(),
             "cpu_us_per_message": cpu.total().as_secs_f64() * 1e6 / s.messages as f64,
             "cpu_us_per_message_by_thread": cpu.per_message(s.messages),
+            "mean_receive_batch": mean_batch,
         })
     );
     rate
@@ -531,6 +571,7 @@ fn main() {
             "the topic holds exactly the pre-filled messages"
         );
         let mut plain = Vec::new();
+        let mut plain_defaults = Vec::new();
         let mut qt = Vec::new();
         for round in 0..s.rounds {
             // Taking turns, and swapping who goes first, spreads drift in the broker's state
@@ -543,6 +584,7 @@ fn main() {
                 let rate = measure(&s, &admin, &topic, &end, side, round).await;
                 match side {
                     Side::Plain => plain.push(rate),
+                    Side::PlainDefaults => plain_defaults.push(rate),
                     Side::Qt => qt.push(rate),
                 }
             }
@@ -557,6 +599,7 @@ fn main() {
         }
         let plain_median = median(plain);
         let qt_median = median(qt);
+        let plain_defaults_median = (!plain_defaults.is_empty()).then(|| median(plain_defaults));
         println!(
             "{}",
             serde_json::json!({
@@ -568,6 +611,7 @@ fn main() {
                 "batch_size": s.batch_size,
                 "max_in_flight": s.max_in_flight,
                 "rdkafka_median_messages_per_second": plain_median,
+                "rdkafka_defaults_median_messages_per_second": plain_defaults_median,
                 "qt_median_messages_per_second": qt_median,
                 "ratio": qt_median / plain_median,
             })

@@ -56,5 +56,6 @@ mod state;
 
 pub use adapter::{KafkaAdapter, KafkaStatus};
 pub use admin::KafkaAdmin;
+pub use client_config::FETCH_QUEUE_BACKOFF_MS;
 pub use publisher::{KafkaPublisher, Produced};
 pub use record::NOT_BEFORE;

@@ -146,7 +146,10 @@ pub struct KafkaSourceConfig {
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// librdkafka consumer settings passed through as is (e.g. `session.timeout.ms`).
-    /// Values of keys that look secret are masked when printed.
+    /// Values of keys that look secret are masked when printed. Unless set here, qt uses
+    /// `auto.offset.reset: earliest`, `statistics.interval.ms: 1000` (health and backlog
+    /// come from the statistics) and `fetch.queue.backoff.ms: 100` (librdkafka's 1000
+    /// idles a fast consumer for up to a second each time its prefetch queue fills).
     #[serde(
         default,
         skip_serializing_if = "BTreeMap::is_empty",
