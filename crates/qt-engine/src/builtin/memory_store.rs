@@ -1,11 +1,12 @@
 //! An in-process idempotency store: right for one instance and for tests.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry as Slot;
 use parking_lot::Mutex;
 use qt_core::{Claim, ClaimState, ClaimToken, Health, IdempotencyKey, IdempotencyStore, StoreError};
 
@@ -24,17 +25,46 @@ impl Marker {
 }
 
 const SHARDS: usize = 16;
-/// Expired entries are swept from a shard once it has grown by this many inserts.
-const SWEEP_EVERY: usize = 4096;
+/// A shard is swept of expired entries once it took in as many new keys as it held after
+/// its last sweep (at least this many), so a sweep costs O(1) per insert however large the
+/// window is, and expired entries never make up more than about half of a shard.
+const MIN_SWEEP_EVERY: usize = 4096;
 
-/// Keys are hashed on every claim and completion; foldhash, seeded per process, is several
-/// times cheaper than the default SipHash.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// A remembered key with its hash, which is computed once per operation and kept, so
+/// neither a lookup's comparisons nor the table's growth hash a key again.
+#[derive(Debug)]
+struct Entry {
+    hash: u64,
+    key: IdempotencyKey,
+    marker: Marker,
+}
 
 #[derive(Debug, Default)]
 struct Shard {
-    entries: FastMap<IdempotencyKey, Marker>,
+    entries: HashTable<Entry>,
     inserts_since_sweep: usize,
+    sweep_every: usize,
+}
+
+impl Shard {
+    fn find_mut(&mut self, hash: u64, key: &IdempotencyKey) -> Option<&mut Entry> {
+        self.entries.find_mut(hash, |e| e.hash == hash && e.key == *key)
+    }
+
+    fn remove(&mut self, hash: u64, key: &IdempotencyKey) {
+        if let Ok(found) = self.entries.find_entry(hash, |e| e.hash == hash && e.key == *key) {
+            found.remove();
+        }
+    }
+
+    fn note_insert(&mut self, now: Instant) {
+        self.inserts_since_sweep += 1;
+        if self.inserts_since_sweep >= self.sweep_every.max(MIN_SWEEP_EVERY) {
+            self.entries.retain(|e| e.marker.live(now));
+            self.inserts_since_sweep = 0;
+            self.sweep_every = self.entries.len();
+        }
+    }
 }
 
 /// Claims are atomic per key (one lock per shard), leases and windows expire by time. Keys
@@ -44,6 +74,7 @@ struct Shard {
 pub struct MemoryStore {
     shards: Vec<Mutex<Shard>>,
     next_token: AtomicU64,
+    /// foldhash, seeded per process: several times cheaper than the default SipHash.
     hasher: foldhash::fast::RandomState,
 }
 
@@ -62,8 +93,11 @@ impl MemoryStore {
         }
     }
 
-    fn shard(&self, key: &IdempotencyKey) -> &Mutex<Shard> {
-        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    /// The key's hash and its shard. The shard is chosen from bits the table itself does
+    /// not use (it takes its bucket from the low bits and its tags from the top seven).
+    fn locate(&self, key: &IdempotencyKey) -> (u64, &Mutex<Shard>) {
+        let hash = self.hasher.hash_one(key);
+        (hash, &self.shards[(hash >> 32) as usize % SHARDS])
     }
 
     /// Keys currently remembered (in flight or done), for tests and status.
@@ -71,7 +105,7 @@ impl MemoryStore {
         let now = Instant::now();
         self.shards
             .iter()
-            .map(|s| s.lock().entries.values().filter(|m| m.live(now)).count())
+            .map(|s| s.lock().entries.iter().filter(|e| e.marker.live(now)).count())
             .sum()
     }
 
@@ -80,48 +114,70 @@ impl MemoryStore {
     }
 
     fn claim_now(&self, key: &IdempotencyKey, lease: Duration, now: Instant) -> Claim {
-        let mut shard = self.shard(key).lock();
-        if let Some(marker) = shard.entries.get(key)
-            && marker.live(now)
-        {
-            return match marker {
-                Marker::InFlight { .. } => Claim::InFlight,
-                Marker::Done { .. } => Claim::Completed,
-            };
-        }
+        let (hash, shard) = self.locate(key);
+        let mut shard = shard.lock();
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        shard.entries.insert(
-            key.clone(),
-            Marker::InFlight {
-                token,
-                until: now + lease,
-            },
-        );
-        shard.inserts_since_sweep += 1;
-        if shard.inserts_since_sweep >= SWEEP_EVERY {
-            shard.inserts_since_sweep = 0;
-            shard.entries.retain(|_, m| m.live(now));
+        let marker = Marker::InFlight {
+            token,
+            until: now + lease,
+        };
+        match shard
+            .entries
+            .entry(hash, |e| e.hash == hash && e.key == *key, |e| e.hash)
+        {
+            Slot::Occupied(mut found) => {
+                let entry = found.get_mut();
+                if entry.marker.live(now) {
+                    return match entry.marker {
+                        Marker::InFlight { .. } => Claim::InFlight,
+                        Marker::Done { .. } => Claim::Completed,
+                    };
+                }
+                entry.marker = marker;
+            }
+            Slot::Vacant(free) => {
+                free.insert(Entry {
+                    hash,
+                    key: key.clone(),
+                    marker,
+                });
+                shard.note_insert(now);
+            }
         }
+        let mut digits = itoa::Buffer::new();
         Claim::Acquired(ClaimToken {
             key: key.clone(),
-            token: token.to_string(),
+            token: digits.format(token).to_owned(),
         })
     }
 
-    /// Applies `f` to the marker if `token` still holds it.
-    fn with_held(&self, token: &ClaimToken, now: Instant, f: impl FnOnce(&mut Shard, &IdempotencyKey)) -> ClaimState {
+    /// Applies `f` to the entry if `token` still holds it.
+    fn with_held(&self, token: &ClaimToken, now: Instant, f: impl FnOnce(&mut Shard, u64)) -> ClaimState {
         let wanted: Option<u64> = token.token.parse().ok();
-        let mut shard = self.shard(&token.key).lock();
+        let (hash, shard) = self.locate(&token.key);
+        let mut shard = shard.lock();
         let held = matches!(
-            shard.entries.get(&token.key),
+            shard.find_mut(hash, &token.key).map(|e| &e.marker),
             Some(Marker::InFlight { token: t, until }) if *until > now && Some(*t) == wanted
         );
         if held {
-            f(&mut shard, &token.key);
+            f(&mut shard, hash);
             ClaimState::Held
         } else {
             ClaimState::Lost
         }
+    }
+
+    fn mark_done(&self, token: &ClaimToken, window: Duration, now: Instant) -> ClaimState {
+        self.with_held(token, now, |shard, hash| {
+            if let Some(e) = shard.find_mut(hash, &token.key) {
+                e.marker = Marker::Done { until: now + window };
+            }
+        })
+    }
+
+    fn forget(&self, token: &ClaimToken, now: Instant) -> ClaimState {
+        self.with_held(token, now, |shard, hash| shard.remove(hash, &token.key))
     }
 }
 
@@ -137,44 +193,21 @@ impl IdempotencyStore for MemoryStore {
     }
 
     async fn complete(&self, token: &ClaimToken, window: Duration) -> Result<ClaimState, StoreError> {
-        let now = Instant::now();
-        Ok(self.with_held(token, now, |shard, key| {
-            if let Some(m) = shard.entries.get_mut(key) {
-                *m = Marker::Done { until: now + window };
-            }
-        }))
+        Ok(self.mark_done(token, window, Instant::now()))
     }
 
     async fn complete_batch(&self, tokens: &[ClaimToken], window: Duration) -> Result<Vec<ClaimState>, StoreError> {
         let now = Instant::now();
-        Ok(tokens
-            .iter()
-            .map(|token| {
-                self.with_held(token, now, |shard, key| {
-                    if let Some(m) = shard.entries.get_mut(key) {
-                        *m = Marker::Done { until: now + window };
-                    }
-                })
-            })
-            .collect())
+        Ok(tokens.iter().map(|t| self.mark_done(t, window, now)).collect())
     }
 
     async fn release_batch(&self, tokens: &[ClaimToken]) -> Result<Vec<ClaimState>, StoreError> {
         let now = Instant::now();
-        Ok(tokens
-            .iter()
-            .map(|token| {
-                self.with_held(token, now, |shard, key| {
-                    shard.entries.remove(key);
-                })
-            })
-            .collect())
+        Ok(tokens.iter().map(|t| self.forget(t, now)).collect())
     }
 
     async fn release(&self, token: &ClaimToken) -> Result<ClaimState, StoreError> {
-        Ok(self.with_held(token, Instant::now(), |shard, key| {
-            shard.entries.remove(key);
-        }))
+        Ok(self.forget(token, Instant::now()))
     }
 
     async fn health(&self) -> Health {
@@ -252,6 +285,38 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(40)).await;
         assert!(matches!(
             s.claim(&key(None, "a"), Duration::from_secs(5)).await.unwrap(),
+            Claim::Acquired(_)
+        ));
+    }
+
+    /// Entries held, expired or not.
+    fn stored(s: &MemoryStore) -> usize {
+        s.shards.iter().map(|sh| sh.lock().entries.len()).sum()
+    }
+
+    #[tokio::test]
+    async fn expired_entries_are_swept_as_new_keys_arrive() {
+        let s = MemoryStore::new();
+        let short = Duration::from_millis(1);
+        let n = MIN_SWEEP_EVERY * SHARDS * 2;
+        for i in 0..n {
+            s.claim(&key(None, &format!("old-{i}")), short).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        for i in 0..n {
+            s.claim(&key(None, &format!("new-{i}")), Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        assert_eq!(s.len(), n, "every new key is remembered");
+        assert!(
+            stored(&s) < n + n / 2,
+            "expired keys linger: {} stored for {n} live",
+            stored(&s)
+        );
+        // Re-claiming an expired key reuses its entry.
+        assert!(matches!(
+            s.claim(&key(None, "old-0"), Duration::from_secs(60)).await.unwrap(),
             Claim::Acquired(_)
         ));
     }
