@@ -369,6 +369,7 @@ impl QueueTrigger {
             pipeline: p.clone(),
             adapter: s.adapter.clone(),
             in_flight: s.in_flight.clone(),
+            max_in_flight: s.max_in_flight,
             finished: senders,
             batches: batches.clone(),
             stop: stop_intake.clone(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qt_core::QueueAdapter;
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
@@ -14,6 +14,9 @@ use super::batch::{self, LinkTurn};
 use super::{FinishedTx, Pipeline};
 use crate::trigger::TriggerState;
 
+/// Longest intake waits for a busy pipeline to return permits before it takes a smaller
+/// batch (see [`Intake::gather_permits`]).
+const BATCH_LINGER: Duration = Duration::from_millis(1);
 /// Bounds how long intake waits on a failing source before trying again.
 const RECEIVE_RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -21,6 +24,8 @@ pub(crate) struct Intake {
     pub pipeline: Arc<Pipeline>,
     pub adapter: Arc<dyn QueueAdapter>,
     pub in_flight: Arc<Semaphore>,
+    /// The size of the in-flight window (`in_flight`'s permits in all).
+    pub max_in_flight: usize,
     /// One sender per settler; batches are spread over them in turn.
     pub finished: Vec<FinishedTx>,
     /// Batch tasks; a stop drains them.
@@ -46,12 +51,7 @@ impl Intake {
                 () = self.stop.cancelled() => return "stopped",
                 p = self.in_flight.clone().acquire_owned() => p.expect("the in-flight semaphore is never closed"),
             };
-            let extra = self.in_flight.available_permits().min(batch_size - 1);
-            if extra > 0
-                && let Ok(more) = self.in_flight.clone().try_acquire_many_owned(extra as u32)
-            {
-                permit.merge(more);
-            }
+            self.gather_permits(&mut permit, batch_size).await;
             let want = permit.num_permits();
             let received = tokio::select! {
                 biased;
@@ -97,6 +97,42 @@ impl Intake {
             ));
             batch_number = batch_number.wrapping_add(1);
         }
+    }
+
+    /// Grows `permit` towards a full batch. What is free now is taken at once; when that
+    /// is less than a quarter of the in-flight window, the pipeline is busy and returns
+    /// permits as its batches settle, so intake lingers up to [`BATCH_LINGER`] for them
+    /// rather than feed the pipeline a trickle of small batches, each paying the per-batch
+    /// work (a task, an idempotency round trip, a ledger write, wake-ups between threads).
+    /// An idle pipeline has every permit free, so a quiet queue's message waits for
+    /// nothing.
+    async fn gather_permits(&self, permit: &mut OwnedSemaphorePermit, batch_size: usize) {
+        let take_free = |permit: &mut OwnedSemaphorePermit| {
+            let extra = self
+                .in_flight
+                .available_permits()
+                .min(batch_size.saturating_sub(permit.num_permits()));
+            if extra > 0
+                && let Ok(more) = self.in_flight.clone().try_acquire_many_owned(extra as u32)
+            {
+                permit.merge(more);
+            }
+        };
+        take_free(permit);
+        let enough = (self.max_in_flight / 4).clamp(1, batch_size);
+        if permit.num_permits() >= enough {
+            return;
+        }
+        let missing = (enough - permit.num_permits()) as u32;
+        let more = tokio::select! {
+            biased;
+            () = self.stop.cancelled() => None,
+            r = tokio::time::timeout(BATCH_LINGER, self.in_flight.clone().acquire_many_owned(missing)) => r.ok(),
+        };
+        if let Some(more) = more {
+            permit.merge(more.expect("the in-flight semaphore is never closed"));
+        }
+        take_free(permit);
     }
 
     /// Waits while paused. Returns false once stopping.
