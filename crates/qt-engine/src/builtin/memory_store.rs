@@ -10,33 +10,69 @@ use hashbrown::hash_table::Entry as Slot;
 use parking_lot::Mutex;
 use qt_core::{Claim, ClaimState, ClaimToken, Health, IdempotencyKey, IdempotencyStore, StoreError};
 
-#[derive(Debug)]
-enum Marker {
-    InFlight { token: u64, until: Instant },
-    Done { until: Instant },
-}
-
-impl Marker {
-    fn live(&self, now: Instant) -> bool {
-        match self {
-            Marker::InFlight { until, .. } | Marker::Done { until } => *until > now,
-        }
-    }
-}
-
 const SHARDS: usize = 16;
 /// A shard is swept of expired entries once it took in as many new keys as it held after
 /// its last sweep (at least this many), so a sweep costs O(1) per insert however large the
 /// window is, and expired entries never make up more than about half of a shard.
 const MIN_SWEEP_EVERY: usize = 4096;
+/// The token of an entry whose claim completed.
+const DONE: u64 = 0;
+/// `tenant_len` of a key without a tenant.
+const NO_TENANT: u32 = u32::MAX;
 
-/// A remembered key with its hash, which is computed once per operation and kept, so
-/// neither a lookup's comparisons nor the table's growth hash a key again.
+/// A remembered key. The store holds every key of the window (a million keys is an
+/// ordinary day), so an entry is kept small: tenant and key share one allocation, times
+/// are nanoseconds since the store began, and the hash is kept so neither a lookup's
+/// comparisons nor the table's growth hash a key again.
 #[derive(Debug)]
 struct Entry {
     hash: u64,
-    key: IdempotencyKey,
-    marker: Marker,
+    /// The tenant's bytes, then the key's.
+    bytes: Box<[u8]>,
+    tenant_len: u32,
+    /// The live claim's fencing token, or [`DONE`].
+    token: u64,
+    /// When the lease or the window ends.
+    until: u64,
+}
+
+impl Entry {
+    fn new(hash: u64, key: &IdempotencyKey, token: u64, until: u64) -> Self {
+        let tenant = key.tenant.as_deref();
+        let tenant_len = tenant.map_or(NO_TENANT, |t| {
+            // A tenant id comes from a message of at most `max_message_bytes`.
+            u32::try_from(t.len()).expect("a tenant id is shorter than 4 GiB")
+        });
+        let mut bytes = Vec::with_capacity(tenant.map_or(0, str::len) + key.key.len());
+        bytes.extend_from_slice(tenant.unwrap_or_default().as_bytes());
+        bytes.extend_from_slice(key.key.as_bytes());
+        Self {
+            hash,
+            bytes: bytes.into_boxed_slice(),
+            tenant_len,
+            token,
+            until,
+        }
+    }
+
+    fn is(&self, hash: u64, key: &IdempotencyKey) -> bool {
+        if self.hash != hash {
+            return false;
+        }
+        match &key.tenant {
+            None => self.tenant_len == NO_TENANT && *self.bytes == *key.key.as_bytes(),
+            Some(t) => {
+                self.tenant_len as usize == t.len()
+                    && self.bytes.len() == t.len() + key.key.len()
+                    && self.bytes[..t.len()] == *t.as_bytes()
+                    && self.bytes[t.len()..] == *key.key.as_bytes()
+            }
+        }
+    }
+
+    fn live(&self, now: u64) -> bool {
+        self.until > now
+    }
 }
 
 #[derive(Debug, Default)]
@@ -48,19 +84,19 @@ struct Shard {
 
 impl Shard {
     fn find_mut(&mut self, hash: u64, key: &IdempotencyKey) -> Option<&mut Entry> {
-        self.entries.find_mut(hash, |e| e.hash == hash && e.key == *key)
+        self.entries.find_mut(hash, |e| e.is(hash, key))
     }
 
     fn remove(&mut self, hash: u64, key: &IdempotencyKey) {
-        if let Ok(found) = self.entries.find_entry(hash, |e| e.hash == hash && e.key == *key) {
+        if let Ok(found) = self.entries.find_entry(hash, |e| e.is(hash, key)) {
             found.remove();
         }
     }
 
-    fn note_insert(&mut self, now: Instant) {
+    fn note_insert(&mut self, now: u64) {
         self.inserts_since_sweep += 1;
         if self.inserts_since_sweep >= self.sweep_every.max(MIN_SWEEP_EVERY) {
-            self.entries.retain(|e| e.marker.live(now));
+            self.entries.retain(|e| e.live(now));
             self.inserts_since_sweep = 0;
             self.sweep_every = self.entries.len();
         }
@@ -76,6 +112,8 @@ pub struct MemoryStore {
     next_token: AtomicU64,
     /// foldhash, seeded per process: several times cheaper than the default SipHash.
     hasher: foldhash::fast::RandomState,
+    /// What entry times count from.
+    epoch: Instant,
 }
 
 impl Default for MemoryStore {
@@ -88,9 +126,19 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            next_token: AtomicU64::new(1),
+            next_token: AtomicU64::new(DONE + 1),
             hasher: Default::default(),
+            epoch: Instant::now(),
         }
+    }
+
+    /// Nanoseconds from the store's start to `at` (saturating: 584 years fit).
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn nanos_after(&self, now: u64, d: Duration) -> u64 {
+        now.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
     }
 
     /// The key's hash and its shard. The shard is chosen from bits the table itself does
@@ -102,10 +150,10 @@ impl MemoryStore {
 
     /// Keys currently remembered (in flight or done), for tests and status.
     pub fn len(&self) -> usize {
-        let now = Instant::now();
+        let now = self.nanos(Instant::now());
         self.shards
             .iter()
-            .map(|s| s.lock().entries.iter().filter(|e| e.marker.live(now)).count())
+            .map(|s| s.lock().entries.iter().filter(|e| e.live(now)).count())
             .sum()
     }
 
@@ -113,34 +161,26 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn claim_now(&self, key: &IdempotencyKey, lease: Duration, now: Instant) -> Claim {
+    fn claim_now(&self, key: &IdempotencyKey, lease: Duration, now: u64) -> Claim {
         let (hash, shard) = self.locate(key);
         let mut shard = shard.lock();
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let marker = Marker::InFlight {
-            token,
-            until: now + lease,
-        };
-        match shard
-            .entries
-            .entry(hash, |e| e.hash == hash && e.key == *key, |e| e.hash)
-        {
+        let until = self.nanos_after(now, lease);
+        match shard.entries.entry(hash, |e| e.is(hash, key), |e| e.hash) {
             Slot::Occupied(mut found) => {
                 let entry = found.get_mut();
-                if entry.marker.live(now) {
-                    return match entry.marker {
-                        Marker::InFlight { .. } => Claim::InFlight,
-                        Marker::Done { .. } => Claim::Completed,
+                if entry.live(now) {
+                    return if entry.token == DONE {
+                        Claim::Completed
+                    } else {
+                        Claim::InFlight
                     };
                 }
-                entry.marker = marker;
+                entry.token = token;
+                entry.until = until;
             }
             Slot::Vacant(free) => {
-                free.insert(Entry {
-                    hash,
-                    key: key.clone(),
-                    marker,
-                });
+                free.insert(Entry::new(hash, key, token, until));
                 shard.note_insert(now);
             }
         }
@@ -152,14 +192,15 @@ impl MemoryStore {
     }
 
     /// Applies `f` to the entry if `token` still holds it.
-    fn with_held(&self, token: &ClaimToken, now: Instant, f: impl FnOnce(&mut Shard, u64)) -> ClaimState {
-        let wanted: Option<u64> = token.token.parse().ok();
+    fn with_held(&self, token: &ClaimToken, now: u64, f: impl FnOnce(&mut Shard, u64)) -> ClaimState {
+        let Some(wanted) = token.token.parse::<u64>().ok().filter(|t| *t != DONE) else {
+            return ClaimState::Lost;
+        };
         let (hash, shard) = self.locate(&token.key);
         let mut shard = shard.lock();
-        let held = matches!(
-            shard.find_mut(hash, &token.key).map(|e| &e.marker),
-            Some(Marker::InFlight { token: t, until }) if *until > now && Some(*t) == wanted
-        );
+        let held = shard
+            .find_mut(hash, &token.key)
+            .is_some_and(|e| e.live(now) && e.token == wanted);
         if held {
             f(&mut shard, hash);
             ClaimState::Held
@@ -168,46 +209,52 @@ impl MemoryStore {
         }
     }
 
-    fn mark_done(&self, token: &ClaimToken, window: Duration, now: Instant) -> ClaimState {
+    fn mark_done(&self, token: &ClaimToken, window: Duration, now: u64) -> ClaimState {
+        let until = self.nanos_after(now, window);
         self.with_held(token, now, |shard, hash| {
             if let Some(e) = shard.find_mut(hash, &token.key) {
-                e.marker = Marker::Done { until: now + window };
+                e.token = DONE;
+                e.until = until;
             }
         })
     }
 
-    fn forget(&self, token: &ClaimToken, now: Instant) -> ClaimState {
+    fn forget(&self, token: &ClaimToken, now: u64) -> ClaimState {
         self.with_held(token, now, |shard, hash| shard.remove(hash, &token.key))
+    }
+
+    fn now(&self) -> u64 {
+        self.nanos(Instant::now())
     }
 }
 
 #[async_trait]
 impl IdempotencyStore for MemoryStore {
     async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> Result<Claim, StoreError> {
-        Ok(self.claim_now(key, lease, Instant::now()))
+        Ok(self.claim_now(key, lease, self.now()))
     }
 
     async fn claim_batch(&self, keys: &[IdempotencyKey], lease: Duration) -> Result<Vec<Claim>, StoreError> {
-        let now = Instant::now();
+        let now = self.now();
         Ok(keys.iter().map(|k| self.claim_now(k, lease, now)).collect())
     }
 
     async fn complete(&self, token: &ClaimToken, window: Duration) -> Result<ClaimState, StoreError> {
-        Ok(self.mark_done(token, window, Instant::now()))
+        Ok(self.mark_done(token, window, self.now()))
     }
 
     async fn complete_batch(&self, tokens: &[ClaimToken], window: Duration) -> Result<Vec<ClaimState>, StoreError> {
-        let now = Instant::now();
+        let now = self.now();
         Ok(tokens.iter().map(|t| self.mark_done(t, window, now)).collect())
     }
 
     async fn release_batch(&self, tokens: &[ClaimToken]) -> Result<Vec<ClaimState>, StoreError> {
-        let now = Instant::now();
+        let now = self.now();
         Ok(tokens.iter().map(|t| self.forget(t, now)).collect())
     }
 
     async fn release(&self, token: &ClaimToken) -> Result<ClaimState, StoreError> {
-        Ok(self.forget(token, Instant::now()))
+        Ok(self.forget(token, self.now()))
     }
 
     async fn health(&self) -> Health {
@@ -287,6 +334,31 @@ mod tests {
             s.claim(&key(None, "a"), Duration::from_secs(5)).await.unwrap(),
             Claim::Acquired(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn tenant_and_key_boundaries_stay_apart() {
+        let s = MemoryStore::new();
+        let lease = Duration::from_secs(5);
+        let keys = [
+            key(None, "abc"),
+            key(Some(""), "abc"),
+            key(Some("a"), "bc"),
+            key(Some("ab"), "c"),
+            key(Some("abc"), ""),
+        ];
+        for k in &keys {
+            assert!(matches!(s.claim(k, lease).await.unwrap(), Claim::Acquired(_)), "{k:?}");
+        }
+        for k in &keys {
+            assert_eq!(s.claim(k, lease).await.unwrap(), Claim::InFlight, "{k:?}");
+        }
+        // A token naming another tenant's key holds nothing.
+        let Claim::Acquired(mut tok) = s.claim(&key(Some("t"), "x"), lease).await.unwrap() else {
+            panic!()
+        };
+        tok.key = key(Some("u"), "x");
+        assert_eq!(s.complete(&tok, lease).await.unwrap(), ClaimState::Lost);
     }
 
     /// Entries held, expired or not.
