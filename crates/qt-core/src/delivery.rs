@@ -6,6 +6,8 @@
 //! happened" is "not done".
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -131,6 +133,9 @@ pub trait Settle: Send + Sync + 'static {
     fn abandon(self: Box<Self>) {}
 }
 
+/// A settlement under way: [`AckHandle::settle`]'s future.
+pub type Settling = Pin<Box<dyn Future<Output = Result<(), SettleError>> + Send>>;
+
 /// Settle-once handle for one delivered message.
 pub struct AckHandle {
     inner: Option<Box<dyn Settle>>,
@@ -143,9 +148,12 @@ impl AckHandle {
         }
     }
 
-    pub async fn settle(mut self, settlement: Settlement) -> Result<(), SettleError> {
+    /// Settles the message. The future is the adapter's own, not wrapped again, so a
+    /// caller settling many messages can poll each once and keep only those still waiting
+    /// (most settlements finish on their first poll).
+    pub fn settle(mut self, settlement: Settlement) -> Settling {
         let inner = self.inner.take().expect("an AckHandle is settled at most once");
-        inner.settle(settlement).await
+        inner.settle(settlement)
     }
 
     pub async fn ack(self) -> Result<(), SettleError> {

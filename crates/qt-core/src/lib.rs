@@ -28,7 +28,7 @@ pub use adapter::{
     AdapterError, AdapterSettings, Capabilities, OrderingUnit, OutgoingMessage, Publisher, QueueAdapter,
 };
 pub use agent::{AgentError, AgentEvent, AgentRun, AgentRuntime};
-pub use delivery::{AckHandle, DeadLetter, Delivery, Settle, SettleError, Settlement};
+pub use delivery::{AckHandle, DeadLetter, Delivery, Settle, SettleError, Settlement, Settling};
 pub use envelope::{MessageEnvelope, Payload};
 pub use error_class::ErrorClass;
 pub use governance::{Decision, Governance, GovernanceContext, GovernanceError};

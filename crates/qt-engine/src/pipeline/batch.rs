@@ -77,8 +77,9 @@ fn prepare(
     finish: &impl Fn(AckHandle, MessageMeta, Outcome, OwnedSemaphorePermit),
 ) -> Vec<Runnable> {
     let mut runnable = Vec::with_capacity(deliveries.len());
+    // The batch is prepared in one go: one clock reading serves every message of it.
+    let started = Instant::now();
     for (Delivery { message, handle }, permit) in deliveries.into_iter().zip(permits) {
-        let started = Instant::now();
         let consume_latency = message.consume_latency();
         if let Some(lag) = consume_latency {
             p.metrics.observe_consume_lag(lag);

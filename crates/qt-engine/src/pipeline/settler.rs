@@ -2,6 +2,8 @@
 //! in that order, batch by batch, so no message is acked before its record is written.
 
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
 
 use chrono::Utc;
 use futures::StreamExt;
@@ -32,11 +34,17 @@ pub(crate) async fn run(pipeline: Arc<Pipeline>, mut rx: FinishedRx) {
 struct Pending {
     handle: AckHandle,
     settlement: Settlement,
+    after: AfterSettle,
+}
+
+/// What is counted and logged once a message's settlement returned.
+struct AfterSettle {
+    kind: &'static str,
     dlq_reason: Option<DlqReason>,
     trace_id: qt_core::TraceId,
     message_id: String,
     permit: tokio::sync::OwnedSemaphorePermit,
-    started: std::time::Instant,
+    started: Instant,
     status: qt_core::LedgerStatus,
 }
 
@@ -46,7 +54,8 @@ async fn finish_batch(p: &Arc<Pipeline>, batch: &mut Vec<Finished>, settles: &Ta
     let mut releases: Vec<ClaimToken> = Vec::new();
     let mut records = Vec::with_capacity(batch.len());
     let mut pending = Vec::with_capacity(batch.len());
-    let now = Utc::now();
+    // One clock reading for the whole batch: its records finish together.
+    let (now, now_instant) = (Utc::now(), Instant::now());
     for f in batch.drain(..) {
         let Finished {
             handle,
@@ -76,15 +85,18 @@ async fn finish_batch(p: &Arc<Pipeline>, batch: &mut Vec<Finished>, settles: &Ta
         }
         pending.push(Pending {
             handle,
-            dlq_reason: row.dlq_reason,
-            trace_id: meta.trace_id,
-            message_id: meta.message_id().to_owned(),
-            permit,
-            started: meta.started,
-            status: row.status,
             settlement: row.settlement.clone(),
+            after: AfterSettle {
+                kind: row.settlement.kind(),
+                dlq_reason: row.dlq_reason,
+                trace_id: meta.trace_id,
+                message_id: meta.message_id().to_owned(),
+                permit,
+                started: meta.started,
+                status: row.status,
+            },
         });
-        records.push(record(p, meta, outcome, row, now));
+        records.push(record(p, meta, outcome, row, now, now_instant));
     }
     if let Some(store) = &p.store {
         let window = p.config.idempotency.window;
@@ -121,32 +133,43 @@ async fn finish_batch(p: &Arc<Pipeline>, batch: &mut Vec<Finished>, settles: &Ta
         // Most settlements finish on their first poll (an ack is queued, not awaited);
         // only those still waiting (a dead letter awaiting its publish confirm) are kept.
         let mut waiting = FuturesUnordered::new();
-        for m in pending {
-            let mut settle = Box::pin(settle_one(&p, m));
-            if futures::poll!(settle.as_mut()).is_pending() {
-                waiting.push(settle);
+        let mut settled_at = None;
+        for Pending {
+            handle,
+            settlement,
+            after,
+        } in pending
+        {
+            let mut settling = handle.settle(settlement);
+            match futures::poll!(settling.as_mut()) {
+                Poll::Ready(result) => {
+                    let at = *settled_at.get_or_insert_with(Instant::now);
+                    settled(&p, after, result, at);
+                }
+                Poll::Pending => waiting.push(async move { (after, settling.await) }),
             }
         }
-        while waiting.next().await.is_some() {}
+        while let Some((after, result)) = waiting.next().await {
+            settled(&p, after, result, Instant::now());
+        }
     });
 }
 
-async fn settle_one(p: &Pipeline, m: Pending) {
-    let kind = m.settlement.kind();
-    match m.handle.settle(m.settlement).await {
+fn settled(p: &Pipeline, m: AfterSettle, result: Result<(), qt_core::SettleError>, at: Instant) {
+    match result {
         Ok(()) => {
-            debug!(trace_id = %m.trace_id, message_id = %m.message_id, settlement = kind, "settled");
+            debug!(trace_id = %m.trace_id, message_id = %m.message_id, settlement = m.kind, "settled");
             if let Some(reason) = m.dlq_reason {
                 p.metrics.dead_lettered(reason);
             }
         }
         Err(e) => {
             p.metrics.settle_error();
-            warn!(trace_id = %m.trace_id, message_id = %m.message_id, settlement = kind, error = %e, "settle failed; the broker will redeliver");
+            warn!(trace_id = %m.trace_id, message_id = %m.message_id, settlement = m.kind, error = %e, "settle failed; the broker will redeliver");
         }
     }
     p.metrics.processed(m.status);
-    p.metrics.observe_processing(m.started.elapsed());
+    p.metrics.observe_processing(at.saturating_duration_since(m.started));
     p.metrics.left_pipeline();
     drop(m.permit);
 }
@@ -166,6 +189,7 @@ fn record(
     outcome: Outcome,
     row: Resolution,
     now: chrono::DateTime<Utc>,
+    now_instant: Instant,
 ) -> LedgerRecord {
     let settlement = SettlementKind::from(&row.settlement);
     let (attempts, run_id, llm_calls, history) = match &outcome {
@@ -192,7 +216,7 @@ fn record(
         status: row.status,
         settlement,
         attempts,
-        duration_ms: meta.started.elapsed().as_secs_f64() * 1000.0,
+        duration_ms: now_instant.saturating_duration_since(meta.started).as_secs_f64() * 1000.0,
         consume_latency_ms: meta.consume_latency.map(|d| d.as_secs_f64() * 1000.0),
         agent_run_id: run_id,
         llm_calls,
