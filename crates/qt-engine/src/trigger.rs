@@ -194,7 +194,7 @@ impl TriggerBuilder {
         let pipeline = Pipeline {
             parser: parser_for(c.processing.parser, c.processing.max_message_bytes),
             router: router.expect("checked above"),
-            agents: self.agents,
+            agents: self.agents.into_iter().collect(),
             store,
             governance: governance.expect("checked above"),
             ledger,

@@ -37,7 +37,8 @@ pub(crate) struct Pipeline {
     pub config: Config,
     pub parser: Box<dyn Parser>,
     pub router: Router,
-    pub agents: HashMap<String, Arc<dyn AgentRuntime>>,
+    /// Looked up once per message, so hashed with foldhash rather than SipHash.
+    pub agents: HashMap<String, Arc<dyn AgentRuntime>, foldhash::fast::RandomState>,
     /// `None` when `idempotency.enabled: false`.
     pub store: Option<Arc<dyn IdempotencyStore>>,
     pub governance: Arc<dyn Governance>,

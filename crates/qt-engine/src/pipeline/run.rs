@@ -135,7 +135,9 @@ async fn decide_outcome(
         envelope,
         selected_payload,
     };
-    let first_attempt_at = Instant::now();
+    // Read only for a run that waits: one that finishes on its first poll took no time
+    // worth a clock reading, and most do.
+    let mut first_attempt_at: Option<Instant> = None;
     let mut history: Vec<AttemptRecord> = Vec::new();
     let mut slot_held = Some(slot_held);
     let outcome = loop {
@@ -151,11 +153,14 @@ async fn decide_outcome(
         let mut call = AssertUnwindSafe(agent.trigger_event(&event)).catch_unwind();
         let result = match futures::poll!(&mut call) {
             std::task::Poll::Ready(r) => Some(r),
-            std::task::Poll::Pending => tokio::select! {
-                biased;
-                () = p.abort.cancelled() => None,
-                r = &mut call => Some(r),
-            },
+            std::task::Poll::Pending => {
+                first_attempt_at.get_or_insert_with(Instant::now);
+                tokio::select! {
+                    biased;
+                    () = p.abort.cancelled() => None,
+                    r = &mut call => Some(r),
+                }
+            }
         };
         drop(call);
         p.metrics.agent_running(-1);
@@ -176,7 +181,7 @@ async fn decide_outcome(
             &p.config.retry,
             error.class,
             event.attempt,
-            first_attempt_at.elapsed(),
+            first_attempt_at.get_or_insert_with(Instant::now).elapsed(),
             error.retry_after,
             rand::random::<f64>(),
         );
