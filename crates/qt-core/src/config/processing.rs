@@ -72,7 +72,8 @@ pub struct ProcessingConfig {
     /// Larger bodies fail parsing. Default 1048576 (1 MiB).
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
-    /// Most deliveries taken from the source at once. Default 64.
+    /// Most deliveries taken from the source at once. Default 64. While less than a quarter
+    /// of `max_in_flight` is free, intake waits up to 1 ms for a fuller batch.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     /// Most messages taken from the source and not yet settled. Default: 4 x concurrency,
