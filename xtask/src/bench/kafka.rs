@@ -28,7 +28,9 @@ pub fn run() -> Result<()> {
          (Nisshi, in-memory storage), which shares the machine. **qt**: the engine with the Kafka \
          adapter, a no-op agent, the in-memory idempotency store (every message claimed and \
          completed) and the in-memory ledger; concurrency {concurrency}, batch size {batch}, max in \
-         flight {in_flight}; offsets committed every second once finished. **rdkafka**: the minimal \
+         flight {in_flight} (eight batches; the engine's default of two batches reads about 15% \
+         less here, its stages hardly overlapping); offsets committed every second once finished. \
+         **rdkafka**: the minimal \
          hand-written at-least-once consumer, a `BaseConsumer` that parses each body as JSON and \
          stores its offset (`enable.auto.offset.store=false`, auto-commit every second), fetching \
          like qt (`fetch.queue.backoff.ms=100`, qt's default); **rdkafka-defaults**: the same \
