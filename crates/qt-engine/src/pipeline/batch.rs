@@ -4,6 +4,7 @@
 //! prepared and run on every core while intake keeps receiving.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -56,18 +57,25 @@ pub(crate) async fn process(
     let runnable = prepare(&p, deliveries, permits, &finish);
     let claimed = claim(&p, runnable, &finish).await;
     let jobs = link_in_order(&p, claimed, link).await;
-    let mut runs: FuturesUnordered<_> = jobs
-        .into_iter()
-        .map(|job| {
-            // At debug, like the per-message log lines: at info the span (its fields
-            // formatted, entered and left at every poll) cost a quarter of the throughput,
-            // and every line about a message carries trace_id and message_id anyway.
-            let span =
-                tracing::debug_span!("message", trace_id = %job.meta.trace_id, message_id = %job.meta.message_id());
-            run(&p, job).instrument(span)
-        })
-        .collect();
-    while let Some(done) = runs.next().await {
+    // Each run is polled once as it is made; most finish there (the agent answered at once,
+    // governance denied, ...), and only the runs still waiting join the set polled until
+    // done, which saves the set's bookkeeping for the rest. Per-key order holds either
+    // way: a run waiting for its key's turn is one that waits.
+    let mut waiting = FuturesUnordered::new();
+    for job in jobs {
+        // At debug, like the per-message log lines: at info the span (its fields
+        // formatted, entered and left at every poll) cost a quarter of the throughput, and
+        // every line about a message carries trace_id and message_id anyway.
+        let span = tracing::debug_span!("message", trace_id = %job.meta.trace_id, message_id = %job.meta.message_id());
+        let mut running = Box::pin(run(&p, job).instrument(span));
+        match futures::poll!(running.as_mut()) {
+            Poll::Ready(done) => {
+                let _ = finished.send(done);
+            }
+            Poll::Pending => waiting.push(running),
+        }
+    }
+    while let Some(done) = waiting.next().await {
         let _ = finished.send(done);
     }
 }
