@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use hashbrown::HashTable;
-use hashbrown::hash_table::Entry as Slot;
+use hashbrown::hash_table::{Entry as Slot, OccupiedEntry};
 use parking_lot::Mutex;
 use qt_core::{Claim, ClaimState, ClaimToken, Health, IdempotencyKey, IdempotencyStore, StoreError};
 
@@ -75,6 +75,11 @@ impl Entry {
     }
 }
 
+/// `d` after `now`, in store nanoseconds.
+fn nanos_after(now: u64, d: Duration) -> u64 {
+    now.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 #[derive(Debug, Default)]
 struct Shard {
     entries: HashTable<Entry>,
@@ -83,16 +88,6 @@ struct Shard {
 }
 
 impl Shard {
-    fn find_mut(&mut self, hash: u64, key: &IdempotencyKey) -> Option<&mut Entry> {
-        self.entries.find_mut(hash, |e| e.is(hash, key))
-    }
-
-    fn remove(&mut self, hash: u64, key: &IdempotencyKey) {
-        if let Ok(found) = self.entries.find_entry(hash, |e| e.is(hash, key)) {
-            found.remove();
-        }
-    }
-
     fn note_insert(&mut self, now: u64) {
         self.inserts_since_sweep += 1;
         if self.inserts_since_sweep >= self.sweep_every.max(MIN_SWEEP_EVERY) {
@@ -137,10 +132,6 @@ impl MemoryStore {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn nanos_after(&self, now: u64, d: Duration) -> u64 {
-        now.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-    }
-
     /// The key's hash and its shard. The shard is chosen from bits the table itself does
     /// not use (it takes its bucket from the low bits and its tags from the top seven).
     fn locate(&self, key: &IdempotencyKey) -> (u64, &Mutex<Shard>) {
@@ -165,7 +156,7 @@ impl MemoryStore {
         let (hash, shard) = self.locate(key);
         let mut shard = shard.lock();
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let until = self.nanos_after(now, lease);
+        let until = nanos_after(now, lease);
         match shard.entries.entry(hash, |e| e.is(hash, key), |e| e.hash) {
             Slot::Occupied(mut found) => {
                 let entry = found.get_mut();
@@ -191,36 +182,35 @@ impl MemoryStore {
         })
     }
 
-    /// Applies `f` to the entry if `token` still holds it.
-    fn with_held(&self, token: &ClaimToken, now: u64, f: impl FnOnce(&mut Shard, u64)) -> ClaimState {
+    /// Applies `f` to the entry, found once, if `token` still holds it.
+    fn with_held(&self, token: &ClaimToken, now: u64, f: impl FnOnce(OccupiedEntry<'_, Entry>)) -> ClaimState {
         let Some(wanted) = token.token.parse::<u64>().ok().filter(|t| *t != DONE) else {
             return ClaimState::Lost;
         };
         let (hash, shard) = self.locate(&token.key);
         let mut shard = shard.lock();
-        let held = shard
-            .find_mut(hash, &token.key)
-            .is_some_and(|e| e.live(now) && e.token == wanted);
-        if held {
-            f(&mut shard, hash);
-            ClaimState::Held
-        } else {
-            ClaimState::Lost
+        match shard.entries.find_entry(hash, |e| e.is(hash, &token.key)) {
+            Ok(found) if found.get().live(now) && found.get().token == wanted => {
+                f(found);
+                ClaimState::Held
+            }
+            _ => ClaimState::Lost,
         }
     }
 
     fn mark_done(&self, token: &ClaimToken, window: Duration, now: u64) -> ClaimState {
-        let until = self.nanos_after(now, window);
-        self.with_held(token, now, |shard, hash| {
-            if let Some(e) = shard.find_mut(hash, &token.key) {
-                e.token = DONE;
-                e.until = until;
-            }
+        let until = nanos_after(now, window);
+        self.with_held(token, now, |mut found| {
+            let e = found.get_mut();
+            e.token = DONE;
+            e.until = until;
         })
     }
 
     fn forget(&self, token: &ClaimToken, now: u64) -> ClaimState {
-        self.with_held(token, now, |shard, hash| shard.remove(hash, &token.key))
+        self.with_held(token, now, |found| {
+            found.remove();
+        })
     }
 
     fn now(&self) -> u64 {
