@@ -39,7 +39,8 @@ pub fn run() -> Result<()> {
          reads the whole topic in a consumer group of its own and is timed from its first message \
          to its last finished one (the group join before is the broker's, alike for both); every \
          drain is checked to have committed the end of every partition. The sides take turns, \
-         {rounds} rounds. CPU is the process's user and system time per message, by thread kind (the plain consumer polls on a tokio blocking thread, counted with the workers); \
+         {rounds} rounds. CPU is the process's user and system time per message, by thread kind \
+         (the plain consumer polls on a tokio blocking thread, counted with the workers); \
          \"batch\" is the mean number of messages the engine took per receive.\n\n\
          | round | consumer | seconds | messages/s | CPU µs/message | of which librdkafka | of which qt's consumer thread | of which tokio workers | batch |\n\
          |---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
@@ -59,13 +60,9 @@ pub fn run() -> Result<()> {
             num(r, "messages_per_second"),
             num(r, "cpu_us_per_message"),
             num(&r["cpu_us_per_message_by_thread"], "librdkafka"),
-            r["cpu_us_per_message_by_thread"]["adapter_consumer_thread"]
-                .as_f64()
-                .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
+            optional(&r["cpu_us_per_message_by_thread"]["adapter_consumer_thread"], 2),
             num(&r["cpu_us_per_message_by_thread"], "tokio_workers"),
-            r["mean_receive_batch"]
-                .as_f64()
-                .map_or_else(|| "-".to_owned(), |v| format!("{v:.0}")),
+            optional(&r["mean_receive_batch"], 0),
         ));
     }
     body.push_str(&format!(
@@ -80,4 +77,9 @@ pub fn run() -> Result<()> {
     ));
     eprintln!("{summary}");
     record_section("kafka", &body)
+}
+
+/// A figure only some sides have: `-` for the others.
+fn optional(v: &Value, decimals: usize) -> String {
+    v.as_f64().map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
 }
