@@ -22,10 +22,11 @@
 //! Environment: `QT_BENCH_KAFKA_BROKERS` (else `QT_TEST_KAFKA_BROKERS`, else
 //! `127.0.0.1:9092`), `QT_BENCH_MESSAGES` (1000000), `QT_BENCH_PARTITIONS` (8),
 //! `QT_BENCH_ROUNDS` (3), `QT_BENCH_CONCURRENCY` (8), `QT_BENCH_BATCH` (256),
-//! `QT_BENCH_MAX_IN_FLIGHT` (8 x batch), `QT_BENCH_SIDES`
-//! (`rdkafka,qt,rdkafka-defaults`; one side alone for profiling), `QT_BENCH_KAFKA_OPTIONS`
-//! (`key=value,...`: librdkafka options for every side's consumer, for experiments), `QT_BENCH_TOPIC` (use this topic and keep it: created and
-//! filled when it does not exist, else drained as it is; for profiling the drains alone).
+//! `QT_BENCH_MAX_IN_FLIGHT` (8 x batch), `QT_BENCH_SIDES` (`rdkafka,qt,rdkafka-defaults`;
+//! one side alone for profiling), `QT_BENCH_KAFKA_OPTIONS` (`key=value,...`: librdkafka
+//! options for every side's consumer, for experiments), `QT_BENCH_TOPIC` (use this topic
+//! and keep it: created and filled when it does not exist, else drained as it is; for
+//! profiling the drains alone).
 
 // Printing results is what a benchmark binary is for.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
