@@ -271,18 +271,15 @@ impl QueueAdapter for KafkaAdapter {
                     });
                 }
                 if !st.buffer.is_empty() {
-                    let taken = st.take(max);
+                    let taken = st.take(max, |p| {
+                        Delivery::new(
+                            p.message,
+                            AckHandle::new(KafkaSettle::new(self.settle.clone(), p.origin)),
+                        )
+                    });
                     drop(st);
                     self.shared.notify_room();
-                    return Ok(taken
-                        .into_iter()
-                        .map(|p| {
-                            Delivery::new(
-                                p.message,
-                                AckHandle::new(KafkaSettle::new(self.settle.clone(), p.origin)),
-                            )
-                        })
-                        .collect());
+                    return Ok(taken);
                 }
                 if st.closing {
                     return Ok(Vec::new());

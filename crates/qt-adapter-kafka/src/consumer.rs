@@ -26,7 +26,7 @@ use rdkafka::{ClientContext, config::RDKafkaLogLevel};
 
 use crate::context::QtClientContext;
 use crate::record;
-use crate::state::{Shared, TopicPartition};
+use crate::state::{Pending, Shared, TopicPartition};
 
 /// Longest a single `poll` blocks, which bounds how late pause/resume, rewinds, held
 /// messages and commits are acted on.
@@ -247,6 +247,10 @@ pub struct PollLoop {
     flow_paused: bool,
     /// Since when the buffer has been full without the engine taking anything.
     full_since: Option<Instant>,
+    /// The messages of one poll, on their way into the shared state. Kept between polls:
+    /// a batch of up to [`MAX_BATCH`] messages is a few hundred kilobytes, which a fresh
+    /// vector would fault in from the kernel again on every poll.
+    polled: Vec<(Pending, Option<Instant>)>,
 }
 
 impl PollLoop {
@@ -270,6 +274,7 @@ impl PollLoop {
             adapter_kind: Arc::from("kafka"),
             flow_paused: false,
             full_since: None,
+            polled: Vec::new(),
         }
     }
 
@@ -337,9 +342,9 @@ impl PollLoop {
             consumer,
             topics,
             adapter_kind,
+            polled: batch,
             ..
         } = &mut *self;
-        let mut batch = Vec::new();
         let mut wait = timeout;
         // Taken when the first message arrived: one clock reading per batch.
         let mut times: Option<record::Batch> = None;
@@ -374,11 +379,11 @@ impl PollLoop {
                 }
             }
         }
-        if !batch.is_empty() {
+        if !self.polled.is_empty() {
             self.consumer.context().client.health().reachable();
             let mut st = self.shared.lock();
             let mut admitted = 0;
-            for (pending, not_before) in batch {
+            for (pending, not_before) in self.polled.drain(..) {
                 admitted += usize::from(st.admit(pending, not_before));
             }
             drop(st);

@@ -282,14 +282,16 @@ impl State {
         self.held.peek().map(|h| h.due)
     }
 
-    /// Hands up to `max` buffered messages to the engine.
-    pub fn take(&mut self, max: usize) -> Vec<Pending> {
+    /// Hands up to `max` buffered messages to the engine, each made into what the engine
+    /// receives by `hand_out` as it leaves the buffer.
+    pub fn take<T>(&mut self, max: usize, mut hand_out: impl FnMut(Pending) -> T) -> Vec<T> {
         let n = max.min(self.buffer.len());
-        let taken: Vec<Pending> = self.buffer.drain(..n).collect();
-        for pending in &taken {
+        let mut taken = Vec::with_capacity(n);
+        for pending in self.buffer.drain(..n) {
             if let Some(p) = self.partitions.get_mut(&pending.origin.tp) {
                 p.handed_out += 1;
             }
+            taken.push(hand_out(pending));
         }
         taken
     }
@@ -541,7 +543,7 @@ mod tests {
         for o in 0..3 {
             assert!(st.admit(pending(&tp, o), None));
         }
-        let taken = st.take(10);
+        let taken = st.take(10, |p| p);
         assert_eq!(st.in_flight(std::slice::from_ref(&tp)), 3);
         assert_eq!(st.complete(&taken[0].origin), Completion::Counted);
         st.revoke_begin(std::slice::from_ref(&tp));
@@ -566,7 +568,7 @@ mod tests {
         for o in 10..15 {
             st.admit(pending(&tp, o), None);
         }
-        let taken = st.take(3);
+        let taken = st.take(3, |p| p);
         assert_eq!(st.buffer.len(), 2);
         st.complete(&taken[0].origin);
         let now = Instant::now();
@@ -585,7 +587,7 @@ mod tests {
         st.rewind_done(&tp, Ok(()));
         // Read again from 11: flagged as redelivered.
         assert!(st.admit(pending(&tp, 11), None));
-        let again = st.take(1);
+        let again = st.take(1, |p| p);
         assert!(again[0].message.source.redelivered);
         st.complete(&again[0].origin);
         assert_eq!(st.store_candidates(), vec![(tp, 12)]);
@@ -600,12 +602,12 @@ mod tests {
         st.admit(pending(&tp, 0), Some(now + Duration::from_secs(2)));
         st.admit(pending(&tp, 1), None);
         st.admit(pending(&tp, 2), Some(now + Duration::from_secs(1)));
-        assert_eq!(st.take(10).len(), 1);
+        assert_eq!(st.take(10, |p| p).len(), 1);
         assert_eq!(st.buffer.len() + st.held.len(), 2);
         assert_eq!(st.next_due(), Some(now + Duration::from_secs(1)));
         assert_eq!(st.release_due(now + Duration::from_secs(1)), 1);
-        assert_eq!(st.take(10)[0].origin.offset, 2);
+        assert_eq!(st.take(10, |p| p)[0].origin.offset, 2);
         assert_eq!(st.release_due(now + Duration::from_secs(3)), 1);
-        assert_eq!(st.take(10)[0].origin.offset, 0);
+        assert_eq!(st.take(10, |p| p)[0].origin.offset, 0);
     }
 }
