@@ -93,10 +93,11 @@ pub enum StoreError {
 pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> Result<Claim, StoreError>;
 
-    /// Claims many keys in one round trip; answers are in input order.
-    async fn claim_batch(&self, keys: &[IdempotencyKey], lease: Duration) -> Result<Vec<Claim>, StoreError> {
+    /// Claims many keys in one round trip; answers are in input order. The keys are taken
+    /// by value so that each acquired claim's token can keep its key without a copy.
+    async fn claim_batch(&self, keys: Vec<IdempotencyKey>, lease: Duration) -> Result<Vec<Claim>, StoreError> {
         let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
+        for key in &keys {
             out.push(self.claim(key, lease).await?);
         }
         Ok(out)

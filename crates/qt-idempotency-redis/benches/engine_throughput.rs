@@ -89,10 +89,11 @@ impl IdempotencyStore for Probe {
         r
     }
 
-    async fn claim_batch(&self, keys: &[IdempotencyKey], lease: Duration) -> Result<Vec<Claim>, StoreError> {
+    async fn claim_batch(&self, keys: Vec<IdempotencyKey>, lease: Duration) -> Result<Vec<Claim>, StoreError> {
         let started = Instant::now();
+        let asked = keys.len();
         let r = self.inner.claim_batch(keys, lease).await;
-        self.claims.add(keys.len(), started);
+        self.claims.add(asked, started);
         r
     }
 

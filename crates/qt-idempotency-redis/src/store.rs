@@ -218,12 +218,13 @@ impl RedisStore {
     async fn claim_many(
         &self,
         op: Operation,
-        keys: &[IdempotencyKey],
+        keys: Vec<IdempotencyKey>,
         lease: Duration,
     ) -> Result<Vec<Claim>, StoreError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        let asked = keys.len();
         let lease_ms = millis(lease);
         let planned: Vec<(String, String)> = keys.iter().map(|k| (self.redis_key(k), new_token())).collect();
         let calls = calls(&self.core.scripts.claim, Some(&lease_ms), &planned, |(k, t)| (k, t));
@@ -243,12 +244,9 @@ impl RedisStore {
         let mut claims = Vec::with_capacity(keys.len());
         let mut failures = Failures::default();
         let mut unknown = Vec::new();
-        for ((key, (rk, token)), reply) in keys.iter().zip(planned).zip(per_key(replies, &sizes)) {
+        for ((key, (rk, token)), reply) in keys.into_iter().zip(planned).zip(per_key(replies, &sizes)) {
             match reply.map(ClaimReply::decode) {
-                Ok(Some(ClaimReply::Acquired)) => claims.push(Claim::Acquired(ClaimToken {
-                    key: key.clone(),
-                    token,
-                })),
+                Ok(Some(ClaimReply::Acquired)) => claims.push(Claim::Acquired(ClaimToken { key, token })),
                 Ok(Some(ClaimReply::InFlight)) => claims.push(Claim::InFlight),
                 Ok(Some(ClaimReply::Completed)) => claims.push(Claim::Completed),
                 Ok(Some(ClaimReply::Foreign)) => failures.add(&rk, FOREIGN_VALUE),
@@ -280,7 +278,7 @@ impl RedisStore {
                 "could not release the claims of a failed batch yet; retrying in the background"
             );
         }
-        Err(self.core.redactor.unavailable(failures.describe(op, keys.len())))
+        Err(self.core.redactor.unavailable(failures.describe(op, asked)))
     }
 
     /// Completes (`window` given) or releases (`None`) every token, one script call per
@@ -627,13 +625,11 @@ impl Failures {
 #[async_trait]
 impl IdempotencyStore for RedisStore {
     async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> Result<Claim, StoreError> {
-        let mut claims = self
-            .claim_many(Operation::Claim, std::slice::from_ref(key), lease)
-            .await?;
+        let mut claims = self.claim_many(Operation::Claim, vec![key.clone()], lease).await?;
         Ok(claims.remove(0))
     }
 
-    async fn claim_batch(&self, keys: &[IdempotencyKey], lease: Duration) -> Result<Vec<Claim>, StoreError> {
+    async fn claim_batch(&self, keys: Vec<IdempotencyKey>, lease: Duration) -> Result<Vec<Claim>, StoreError> {
         self.claim_many(Operation::ClaimBatch, keys, lease).await
     }
 

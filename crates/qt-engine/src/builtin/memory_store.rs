@@ -152,12 +152,12 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn claim_now(&self, key: &IdempotencyKey, lease: Duration, now: u64) -> Claim {
-        let (hash, shard) = self.locate(key);
+    fn claim_now(&self, key: IdempotencyKey, lease: Duration, now: u64) -> Claim {
+        let (hash, shard) = self.locate(&key);
         let mut shard = shard.lock();
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let until = nanos_after(now, lease);
-        match shard.entries.entry(hash, |e| e.is(hash, key), |e| e.hash) {
+        match shard.entries.entry(hash, |e| e.is(hash, &key), |e| e.hash) {
             Slot::Occupied(mut found) => {
                 let entry = found.get_mut();
                 if entry.live(now) {
@@ -171,13 +171,13 @@ impl MemoryStore {
                 entry.until = until;
             }
             Slot::Vacant(free) => {
-                free.insert(Entry::new(hash, key, token, until));
+                free.insert(Entry::new(hash, &key, token, until));
                 shard.note_insert(now);
             }
         }
         let mut digits = itoa::Buffer::new();
         Claim::Acquired(ClaimToken {
-            key: key.clone(),
+            key,
             token: digits.format(token).to_owned(),
         })
     }
@@ -221,12 +221,12 @@ impl MemoryStore {
 #[async_trait]
 impl IdempotencyStore for MemoryStore {
     async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> Result<Claim, StoreError> {
-        Ok(self.claim_now(key, lease, self.now()))
+        Ok(self.claim_now(key.clone(), lease, self.now()))
     }
 
-    async fn claim_batch(&self, keys: &[IdempotencyKey], lease: Duration) -> Result<Vec<Claim>, StoreError> {
+    async fn claim_batch(&self, keys: Vec<IdempotencyKey>, lease: Duration) -> Result<Vec<Claim>, StoreError> {
         let now = self.now();
-        Ok(keys.iter().map(|k| self.claim_now(k, lease, now)).collect())
+        Ok(keys.into_iter().map(|k| self.claim_now(k, lease, now)).collect())
     }
 
     async fn complete(&self, token: &ClaimToken, window: Duration) -> Result<ClaimState, StoreError> {

@@ -172,7 +172,8 @@ async fn claim(
         .iter()
         .map(|r| IdempotencyKey::new(r.envelope.tenant_id.as_deref(), r.envelope.idempotency_key()))
         .collect();
-    match store.claim_batch(&keys, p.config.idempotency.lease).await {
+    let asked = keys.len();
+    match store.claim_batch(keys, p.config.idempotency.lease).await {
         Ok(claims) if claims.len() == runnable.len() => {
             let mut out = Vec::with_capacity(runnable.len());
             for (r, claim) in runnable.into_iter().zip(claims) {
@@ -193,7 +194,7 @@ async fn claim(
         other => {
             let reason = match other {
                 Err(e) => e.to_string(),
-                Ok(c) => format!("store answered {} claims for {} keys", c.len(), keys.len()),
+                Ok(c) => format!("store answered {} claims for {asked} keys", c.len()),
             };
             p.metrics.idempotency_error(runnable.len() as u64);
             match p.config.idempotency.on_store_error {

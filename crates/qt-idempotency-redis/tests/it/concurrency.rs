@@ -35,7 +35,7 @@ async fn concurrent_claims_of_one_key_have_exactly_one_winner() {
                             store.claim(&key, Duration::from_secs(30)).await
                         } else {
                             store
-                                .claim_batch(std::slice::from_ref(&key), Duration::from_secs(30))
+                                .claim_batch(vec![key.clone()], Duration::from_secs(30))
                                 .await
                                 .map(|mut v| v.remove(0))
                         }

@@ -53,7 +53,7 @@ async fn a_restarted_redis_is_used_again_without_help() {
         assert_unavailable_or_timeout(&store.complete(&token, WINDOW).await, "complete while down");
         assert_unavailable_or_timeout(&store.release(&token).await, "release while down");
         assert_unavailable_or_timeout(
-            &store.claim_batch(&[key("b1"), key("b2")], LEASE).await,
+            &store.claim_batch(vec![key("b1"), key("b2")], LEASE).await,
             "claim_batch while down",
         );
         let started = Instant::now();
@@ -87,7 +87,7 @@ async fn a_restarted_redis_is_used_again_without_help() {
         ));
         let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut admin).await.unwrap();
         let batch = store
-            .claim_batch(&[key("f1"), key("f2"), key("after-flush")], LEASE)
+            .claim_batch(vec![key("f1"), key("f2"), key("after-flush")], LEASE)
             .await
             .unwrap();
         assert!(matches!(batch[0], Claim::Acquired(_)) && matches!(batch[1], Claim::Acquired(_)));
@@ -202,7 +202,10 @@ async fn what_redis_missed_during_an_outage_is_settled_when_it_returns() {
         // Sent on a live connection, never answered: Redis runs it when it resumes and takes
         // claims whose tokens nobody holds.
         let lost = [key("lost-1"), key("lost-2")];
-        assert_unavailable_or_timeout(&store.claim_batch(&lost, LEASE).await, "claim_batch while paused");
+        assert_unavailable_or_timeout(
+            &store.claim_batch(lost.to_vec(), LEASE).await,
+            "claim_batch while paused",
+        );
         assert_unavailable_or_timeout(&store.complete(&done, WINDOW).await, "complete while paused");
         assert_unavailable_or_timeout(&store.release(&freed).await, "release while paused");
         assert_eq!(

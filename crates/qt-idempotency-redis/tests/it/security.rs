@@ -126,7 +126,7 @@ async fn passwords_and_least_privilege_acl_users_work() {
             .expect("ACL user connects");
         let keys = [IdempotencyKey::new(Some("t"), "a"), IdempotencyKey::new(Some("t"), "b")];
         let claims = limited
-            .claim_batch(&keys, LEASE)
+            .claim_batch(keys.to_vec(), LEASE)
             .await
             .expect("claims with the documented ACL");
         let tokens: Vec<_> = claims

@@ -89,7 +89,7 @@ async fn batches_answer_in_input_order() {
         let tc = acquired(store.claim(&c, LEASE).await.unwrap());
 
         let batch = [a.clone(), b.clone(), a.clone(), c.clone(), d.clone()];
-        let claims = store.claim_batch(&batch, LEASE).await.unwrap();
+        let claims = store.claim_batch(batch.to_vec(), LEASE).await.unwrap();
         assert_eq!(claims.len(), 5);
         let ta = acquired(claims[0].clone());
         assert_eq!(ta.key, a);
@@ -117,7 +117,7 @@ async fn batches_answer_in_input_order() {
         assert_eq!(states, [ClaimState::Held, ClaimState::Lost, ClaimState::Held]);
 
         let after = store
-            .claim_batch(&[a.clone(), c.clone(), d.clone()], LEASE)
+            .claim_batch(vec![a.clone(), c.clone(), d.clone()], LEASE)
             .await
             .unwrap();
         assert_eq!(after[0], Claim::Completed);
@@ -125,7 +125,7 @@ async fn batches_answer_in_input_order() {
         assert!(matches!(after[2], Claim::Acquired(_)), "d was released: {:?}", after[2]);
 
         // Empty batches need no round trip and answer empty.
-        assert!(store.claim_batch(&[], LEASE).await.unwrap().is_empty());
+        assert!(store.claim_batch(Vec::new(), LEASE).await.unwrap().is_empty());
         assert!(store.complete_batch(&[], WINDOW).await.unwrap().is_empty());
         assert!(store.release_batch(&[]).await.unwrap().is_empty());
     })
@@ -139,14 +139,14 @@ async fn a_large_batch_is_one_consistent_answer() {
     bounded(20, async {
         let store = shared_store(&prefix).await;
         let keys: Vec<IdempotencyKey> = (0..500).map(|i| IdempotencyKey::new(None, &format!("m-{i}"))).collect();
-        let claims = store.claim_batch(&keys, LEASE).await.unwrap();
+        let claims = store.claim_batch(keys.clone(), LEASE).await.unwrap();
         let tokens: Vec<ClaimToken> = claims.into_iter().map(acquired).collect();
         for (t, k) in tokens.iter().zip(&keys) {
             assert_eq!(&t.key, k);
         }
         let states = store.complete_batch(&tokens, WINDOW).await.unwrap();
         assert!(states.iter().all(|s| *s == ClaimState::Held));
-        let again = store.claim_batch(&keys, LEASE).await.unwrap();
+        let again = store.claim_batch(keys.clone(), LEASE).await.unwrap();
         assert!(again.iter().all(|c| *c == Claim::Completed));
     })
     .await;
@@ -315,7 +315,7 @@ async fn a_foreign_value_is_an_error_and_a_failed_batch_gives_back_its_claims() 
         // In a batch, the keys that were claimed are released again before the error.
         let fine = IdempotencyKey::new(None, "fine");
         let err = store
-            .claim_batch(&[fine.clone(), foreign.clone()], LEASE)
+            .claim_batch(vec![fine.clone(), foreign.clone()], LEASE)
             .await
             .expect_err("one key fails");
         assert!(err.to_string().contains("claim_batch failed for 1 of 2 keys"), "{err}");
