@@ -115,10 +115,12 @@ impl PolicyGovernance {
     }
 
     /// Takes one token from every bucket that applies, or says how long until one is free.
-    fn take_tokens(&self, tenant: &str, now: Instant) -> Option<Decision> {
+    fn take_tokens(&self, tenant: &str) -> Option<Decision> {
         if self.limits.is_empty() {
             return None;
         }
+        // Read only when a limit applies: without rate limits, a check reads no clock.
+        let now = Instant::now();
         let mut buckets = self.buckets.lock();
         let applicable: Vec<usize> = (0..self.limits.len())
             .filter(|i| self.limits[*i].tenant.is_match(tenant))
@@ -171,13 +173,13 @@ impl Governance for PolicyGovernance {
                     policies: vec!["max_in_flight_per_tenant".to_owned()],
                 });
             }
-            if let Some(deferred) = self.take_tokens(tenant, Instant::now()) {
+            if let Some(deferred) = self.take_tokens(tenant) {
                 return Ok(deferred);
             }
             *n += 1;
             return Ok(Decision::Allow);
         }
-        Ok(self.take_tokens(tenant, Instant::now()).unwrap_or(Decision::Allow))
+        Ok(self.take_tokens(tenant).unwrap_or(Decision::Allow))
     }
 
     fn finished(&self, ctx: &GovernanceContext<'_>) {
