@@ -157,12 +157,24 @@ impl KafkaSettle {
 
 #[async_trait]
 impl Settle for KafkaSettle {
-    async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), SettleError> {
+    /// An ack or a nack only marks the offset finished.
+    fn settle_now(&mut self, settlement: &Settlement) -> Option<Result<(), SettleError>> {
         match settlement {
-            Settlement::Ack => self.finish(),
+            Settlement::Ack => Some(self.finish()),
             Settlement::Nack => {
                 tracing::debug!(message_id = %self.origin.message_id(), "nack: Kafka has no reject, the message is dropped");
-                self.finish()
+                Some(self.finish())
+            }
+            Settlement::Requeue { .. } | Settlement::DeadLetter(_) => None,
+        }
+    }
+
+    async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), SettleError> {
+        match settlement {
+            // Settled by settle_now; kept so a direct call settles the same way.
+            Settlement::Ack | Settlement::Nack => {
+                let mut this = self;
+                this.settle_now(&settlement).expect("acks and nacks settle on the spot")
             }
             Settlement::Requeue { delay, attempt } => {
                 self.check_current()?;

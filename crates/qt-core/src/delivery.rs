@@ -8,6 +8,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -127,14 +128,55 @@ pub trait Settle: Send + Sync + 'static {
         })
     }
 
+    /// Settles right here when this adapter settles `settlement` without waiting for the
+    /// broker (a Kafka ack only marks its offset finished), so a caller settling a batch
+    /// builds no future for each of those messages. `None` when the settlement needs
+    /// [`Settle::settle`]; that is the default. Once this returns `Some`, the message is
+    /// settled: the handle is dropped without [`Settle::settle`] or [`Settle::abandon`].
+    fn settle_now(&mut self, settlement: &Settlement) -> Option<Result<(), SettleError>> {
+        let _ = settlement;
+        None
+    }
+
     /// Called when the handle is dropped unsettled. The default does nothing, which leaves
     /// the message to the broker's redelivery; adapters that track outstanding messages
     /// (Kafka offsets, the mock) note it here.
     fn abandon(self: Box<Self>) {}
 }
 
-/// A settlement under way: [`AckHandle::settle`]'s future.
-pub type Settling = Pin<Box<dyn Future<Output = Result<(), SettleError>> + Send>>;
+/// A settlement under way: [`AckHandle::settle`]'s future. It is either already done
+/// ([`Settle::settle_now`]) or the adapter's own future, not wrapped again, so a caller
+/// settling many messages can poll each once and keep only those still waiting.
+#[must_use = "a settlement does nothing unless polled"]
+pub struct Settling(SettlingState);
+
+enum SettlingState {
+    Done(Option<Result<(), SettleError>>),
+    Waiting(Pin<Box<dyn Future<Output = Result<(), SettleError>> + Send>>),
+}
+
+impl Future for Settling {
+    type Output = Result<(), SettleError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            SettlingState::Done(result) => {
+                Poll::Ready(result.take().expect("a Settling is not polled after it finished"))
+            }
+            SettlingState::Waiting(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl fmt::Debug for Settling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.0 {
+            SettlingState::Done(_) => "done",
+            SettlingState::Waiting(_) => "waiting",
+        };
+        f.debug_tuple("Settling").field(&state).finish()
+    }
+}
 
 /// Settle-once handle for one delivered message.
 pub struct AckHandle {
@@ -148,12 +190,13 @@ impl AckHandle {
         }
     }
 
-    /// Settles the message. The future is the adapter's own, not wrapped again, so a
-    /// caller settling many messages can poll each once and keep only those still waiting
-    /// (most settlements finish on their first poll).
+    /// Settles the message (see [`Settling`]).
     pub fn settle(mut self, settlement: Settlement) -> Settling {
-        let inner = self.inner.take().expect("an AckHandle is settled at most once");
-        inner.settle(settlement)
+        let mut inner = self.inner.take().expect("an AckHandle is settled at most once");
+        match inner.settle_now(&settlement) {
+            Some(done) => Settling(SettlingState::Done(Some(done))),
+            None => Settling(SettlingState::Waiting(inner.settle(settlement))),
+        }
     }
 
     pub async fn ack(self) -> Result<(), SettleError> {
@@ -229,6 +272,40 @@ mod tests {
         fn abandon(self: Box<Self>) {
             self.0.0.lock().unwrap().push("abandoned".to_owned());
         }
+    }
+
+    /// Settles acks on the spot and everything else through its future.
+    struct Immediate(Log);
+
+    #[async_trait]
+    impl Settle for Immediate {
+        async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), SettleError> {
+            self.0.0.lock().unwrap().push(format!("{} later", settlement.kind()));
+            Ok(())
+        }
+        fn settle_now(&mut self, settlement: &Settlement) -> Option<Result<(), SettleError>> {
+            (*settlement == Settlement::Ack).then(|| {
+                self.0.0.lock().unwrap().push("ack now".to_owned());
+                Ok(())
+            })
+        }
+        fn abandon(self: Box<Self>) {
+            self.0.0.lock().unwrap().push("abandoned".to_owned());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_settlement_done_on_the_spot_is_neither_repeated_nor_abandoned() {
+        let log = Log::default();
+        let settling = AckHandle::new(Immediate(log.clone())).settle(Settlement::Ack);
+        assert_eq!(
+            *log.0.lock().unwrap(),
+            vec!["ack now"],
+            "settled before the future is polled"
+        );
+        settling.await.unwrap();
+        AckHandle::new(Immediate(log.clone())).nack().await.unwrap();
+        assert_eq!(*log.0.lock().unwrap(), vec!["ack now", "nack later"]);
     }
 
     #[tokio::test]

@@ -141,7 +141,7 @@ async fn finish_batch(p: &Arc<Pipeline>, batch: &mut Vec<Finished>, settles: &Ta
         } in pending
         {
             let mut settling = handle.settle(settlement);
-            match futures::poll!(settling.as_mut()) {
+            match futures::poll!(&mut settling) {
                 Poll::Ready(result) => {
                     let at = *settled_at.get_or_insert_with(Instant::now);
                     settled(&p, after, result, at);
