@@ -1,9 +1,10 @@
 //! One message's run: wait for its turn (per-key order), take an agent slot, ask
 //! governance, run the agent with retries. A backoff gives the slot back while it waits.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::FutureExt;
@@ -33,7 +34,12 @@ pub(crate) struct Job {
 }
 
 /// Runs one message to its outcome.
-pub(crate) async fn run(p: &Pipeline, job: Job) -> Finished {
+///
+/// A future is made for every message, so it is kept small: this is not an `async fn`
+/// (which would keep the whole job beside the parts taken from it for the future's whole
+/// life), and the waits only some runs reach (for a slot, for a pending agent, for a
+/// backoff) are boxed where they happen.
+pub(crate) fn run(p: &Pipeline, job: Job) -> impl Future<Output = Finished> + Send + '_ {
     let Job {
         handle,
         meta,
@@ -46,28 +52,52 @@ pub(crate) async fn run(p: &Pipeline, job: Job) -> Finished {
         wait,
         done,
     } = job;
-    wait.wait().await;
-    let outcome = decide_outcome(p, &meta, envelope, selected_payload, &target, focus).await;
-    // The next message of this ordering key may start once this run is over.
-    drop(done);
-    Finished {
-        handle,
-        meta,
-        outcome,
-        claim,
-        permit,
+    async move {
+        wait.wait().await;
+        let outcome = decide_outcome(p, &meta, envelope, selected_payload, &target, focus).await;
+        // The next message of this ordering key may start once this run is over.
+        drop(done);
+        Finished {
+            handle,
+            meta,
+            outcome,
+            claim,
+            permit,
+        }
     }
 }
 
 /// An agent slot, or `None` when a stop abandons the wait.
 async fn slot(p: &Pipeline) -> Option<SemaphorePermit<'_>> {
-    if let Ok(free) = p.agent_slots.try_acquire() {
-        return Some(free);
+    match p.agent_slots.try_acquire() {
+        Ok(free) => Some(free),
+        Err(_) => Box::pin(wait_for_slot(p)).await,
     }
+}
+
+async fn wait_for_slot(p: &Pipeline) -> Option<SemaphorePermit<'_>> {
     tokio::select! {
         biased;
         () = p.abort.cancelled() => None,
         s = p.agent_slots.acquire() => Some(s.expect("the agent slot semaphore is never closed")),
+    }
+}
+
+/// Waits out a backoff. Returns false when a stop abandons the wait.
+async fn back_off(p: &Pipeline, delay: Duration) -> bool {
+    tokio::select! {
+        biased;
+        () = p.abort.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+    }
+}
+
+/// Waits for an agent call that did not finish at once. `None` when a stop abandons it.
+async fn finish_call<F: Future + Unpin>(p: &Pipeline, call: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        () = p.abort.cancelled() => None,
+        r = call => Some(r),
     }
 }
 
@@ -155,11 +185,7 @@ async fn decide_outcome(
             std::task::Poll::Ready(r) => Some(r),
             std::task::Poll::Pending => {
                 first_attempt_at.get_or_insert_with(Instant::now);
-                tokio::select! {
-                    biased;
-                    () = p.abort.cancelled() => None,
-                    r = &mut call => Some(r),
-                }
+                Box::pin(finish_call(p, &mut call)).await
             }
         };
         drop(call);
@@ -210,10 +236,8 @@ async fn decide_outcome(
                 p.metrics.retry(error.class);
                 // Waiting out a backoff does not occupy an agent slot.
                 slot_held = None;
-                tokio::select! {
-                    biased;
-                    () = p.abort.cancelled() => break Outcome::Abandoned,
-                    () = tokio::time::sleep(delay) => {}
+                if !Box::pin(back_off(p, delay)).await {
+                    break Outcome::Abandoned;
                 }
                 event.attempt += 1;
             }
