@@ -19,6 +19,7 @@ use super::order::{TurnDone, WaitTurn};
 use super::outcome::Outcome;
 use super::run::{Job, run};
 use super::{Finished, FinishedTx, Identity, MessageMeta, Pipeline};
+use crate::metrics::HistogramTally;
 
 /// This batch's place in the order batches link their messages: it links after the batch
 /// before it has linked, and lets the next one go when done.
@@ -90,10 +91,11 @@ fn prepare(
     let mut runnable = Vec::with_capacity(deliveries.len());
     // The batch is prepared in one go: one clock reading serves every message of it.
     let started = Instant::now();
+    let mut lags = HistogramTally::default();
     for (Delivery { message, handle }, permit) in deliveries.into_iter().zip(permits) {
         let consume_latency = message.consume_latency();
         if let Some(lag) = consume_latency {
-            p.metrics.observe_consume_lag(lag);
+            lags.observe(lag);
         }
         let queue = message.source.queue.clone();
         let received_at = message.received_at;
@@ -152,6 +154,7 @@ fn prepare(
             }
         }
     }
+    p.metrics.observe_consume_lag(&lags);
     runnable
 }
 

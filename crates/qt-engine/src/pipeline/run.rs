@@ -178,18 +178,21 @@ async fn decide_outcome(
             }
         }
         p.metrics.agent_attempt();
-        p.metrics.agent_running(1);
-        // Only a run that does not finish at once needs to watch for an abandoning stop.
+        // Only a run that does not finish at once needs to watch for an abandoning stop,
+        // and only such a run is ever seen running (the gauge is not touched for the
+        // others, which would cost two shared atomics per message for nothing).
         let mut call = AssertUnwindSafe(agent.trigger_event(&event)).catch_unwind();
         let result = match futures::poll!(&mut call) {
             std::task::Poll::Ready(r) => Some(r),
             std::task::Poll::Pending => {
                 first_attempt_at.get_or_insert_with(Instant::now);
-                Box::pin(finish_call(p, &mut call)).await
+                p.metrics.agent_running(1);
+                let r = Box::pin(finish_call(p, &mut call)).await;
+                p.metrics.agent_running(-1);
+                r
             }
         };
         drop(call);
-        p.metrics.agent_running(-1);
         let error = match result {
             None => break Outcome::Abandoned,
             Some(Ok(Ok(run))) => {

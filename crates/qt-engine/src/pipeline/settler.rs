@@ -9,12 +9,13 @@ use chrono::Utc;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use qt_core::{AckHandle, ClaimState, ClaimToken, LedgerRecord, Settlement, SettlementKind};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
 use super::outcome::{ClaimAction, Outcome, Resolution, resolve};
 use super::{Finished, FinishedRx, MessageMeta, Pipeline};
-use crate::metrics::DlqReason;
+use crate::metrics::{DlqReason, SettledTally};
 
 /// Most messages finished together in one batch.
 const MAX_BATCH: usize = 1024;
@@ -43,7 +44,7 @@ struct AfterSettle {
     dlq_reason: Option<DlqReason>,
     trace_id: qt_core::TraceId,
     message_id: String,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     started: Instant,
     status: qt_core::LedgerStatus,
 }
@@ -134,6 +135,7 @@ async fn finish_batch(p: &Arc<Pipeline>, batch: &mut Vec<Finished>, settles: &Ta
         // only those still waiting (a dead letter awaiting its publish confirm) are kept.
         let mut waiting = FuturesUnordered::new();
         let mut settled_at = None;
+        let mut done = Done::default();
         for Pending {
             handle,
             settlement,
@@ -144,18 +146,46 @@ async fn finish_batch(p: &Arc<Pipeline>, batch: &mut Vec<Finished>, settles: &Ta
             match futures::poll!(&mut settling) {
                 Poll::Ready(result) => {
                     let at = *settled_at.get_or_insert_with(Instant::now);
-                    settled(&p, after, result, at);
+                    settled(&p, after, result, at, &mut done);
                 }
                 Poll::Pending => waiting.push(async move { (after, settling.await) }),
             }
         }
+        done.count(&p);
         while let Some((after, result)) = waiting.next().await {
-            settled(&p, after, result, Instant::now());
+            let mut done = Done::default();
+            settled(&p, after, result, Instant::now(), &mut done);
+            done.count(&p);
         }
     });
 }
 
-fn settled(p: &Pipeline, m: AfterSettle, result: Result<(), qt_core::SettleError>, at: Instant) {
+/// Messages settled together: counted into the shared metrics and given back to the
+/// in-flight window at once, rather than each touching those shared atomics and the
+/// window's lock.
+#[derive(Default)]
+struct Done {
+    tally: SettledTally,
+    permits: Option<OwnedSemaphorePermit>,
+}
+
+impl Done {
+    fn add(&mut self, status: qt_core::LedgerStatus, processing: std::time::Duration, permit: OwnedSemaphorePermit) {
+        self.tally.settled(status, processing);
+        match &mut self.permits {
+            Some(all) => all.merge(permit),
+            None => self.permits = Some(permit),
+        }
+    }
+
+    /// Counts them, then gives their places in the window back.
+    fn count(self, p: &Pipeline) {
+        p.metrics.settled(&self.tally);
+        drop(self.permits);
+    }
+}
+
+fn settled(p: &Pipeline, m: AfterSettle, result: Result<(), qt_core::SettleError>, at: Instant, done: &mut Done) {
     match result {
         Ok(()) => {
             debug!(trace_id = %m.trace_id, message_id = %m.message_id, settlement = m.kind, "settled");
@@ -168,10 +198,7 @@ fn settled(p: &Pipeline, m: AfterSettle, result: Result<(), qt_core::SettleError
             warn!(trace_id = %m.trace_id, message_id = %m.message_id, settlement = m.kind, error = %e, "settle failed; the broker will redeliver");
         }
     }
-    p.metrics.processed(m.status);
-    p.metrics.observe_processing(at.saturating_duration_since(m.started));
-    p.metrics.left_pipeline();
-    drop(m.permit);
+    done.add(m.status, at.saturating_duration_since(m.started), m.permit);
 }
 
 fn warn_lost(tokens: &[ClaimToken], states: &[ClaimState], operation: &str) {
