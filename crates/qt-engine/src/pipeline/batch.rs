@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use qt_core::config::{OnStoreError, Ordering};
 use qt_core::envelope::build_envelope;
 use qt_core::{AckHandle, Claim, ClaimToken, Delivery, IdempotencyKey};
@@ -46,23 +46,23 @@ pub(crate) async fn process(
     finished: FinishedTx,
     link: LinkTurn,
 ) {
-    let finish = |handle, meta, outcome, permit| {
-        let _ = finished.send(Finished {
-            handle,
-            meta,
-            outcome,
-            claim: None,
-            permit,
-        });
+    let send = |done: Vec<Finished>| {
+        if !done.is_empty() {
+            let _ = finished.send(done);
+        }
     };
-    let runnable = prepare(&p, deliveries, permits, &finish);
-    let claimed = claim(&p, runnable, &finish).await;
+    let mut done = Vec::new();
+    let runnable = prepare(&p, deliveries, permits, &mut done);
+    // What cannot run is settled while the claims are out.
+    send(std::mem::take(&mut done));
+    let claimed = claim(&p, runnable, &mut done).await;
     let jobs = link_in_order(&p, claimed, link).await;
     // Each run is polled once as it is made; most finish there (the agent answered at once,
     // governance denied, ...), and only the runs still waiting join the set polled until
     // done, which saves the set's bookkeeping for the rest. Per-key order holds either
     // way: a run waiting for its key's turn is one that waits.
     let mut waiting = FuturesUnordered::new();
+    done.reserve(jobs.len());
     for job in jobs {
         // At debug, like the per-message log lines: at info the span (its fields
         // formatted, entered and left at every poll) cost a quarter of the throughput, and
@@ -70,15 +70,35 @@ pub(crate) async fn process(
         let span = tracing::debug_span!("message", trace_id = %job.meta.trace_id, message_id = %job.meta.message_id());
         let mut running = Box::pin(run(&p, job).instrument(span));
         match futures::poll!(running.as_mut()) {
-            Poll::Ready(done) => {
-                let _ = finished.send(done);
-            }
+            Poll::Ready(finished) => done.push(finished),
             Poll::Pending => waiting.push(running),
         }
     }
-    while let Some(done) = waiting.next().await {
-        let _ = finished.send(done);
+    send(done);
+    while let Some(first) = waiting.next().await {
+        let mut together = vec![first];
+        while let Some(Some(more)) = waiting.next().now_or_never() {
+            together.push(more);
+        }
+        send(together);
     }
+}
+
+/// A message that cannot run, on its way to the settler with its outcome.
+fn cannot_run(
+    done: &mut Vec<Finished>,
+    handle: AckHandle,
+    meta: MessageMeta,
+    outcome: Outcome,
+    permit: OwnedSemaphorePermit,
+) {
+    done.push(Finished {
+        handle,
+        meta,
+        outcome,
+        claim: None,
+        permit,
+    });
 }
 
 /// Parses, extracts and routes; messages that cannot run go straight to the settler.
@@ -86,7 +106,7 @@ fn prepare(
     p: &Pipeline,
     deliveries: Vec<Delivery>,
     permits: Vec<OwnedSemaphorePermit>,
-    finish: &impl Fn(AckHandle, MessageMeta, Outcome, OwnedSemaphorePermit),
+    done: &mut Vec<Finished>,
 ) -> Vec<Runnable> {
     let mut runnable = Vec::with_capacity(deliveries.len());
     // The batch is prepared in one go: one clock reading serves every message of it.
@@ -118,7 +138,7 @@ fn prepare(
                     attempt,
                 };
                 warn!(trace_id = %meta.trace_id, message_id = %meta.message_id(), queue = %meta.queue, error = %error, "message cannot be parsed");
-                finish(handle, meta, Outcome::ParseFailed(error), permit);
+                cannot_run(done, handle, meta, Outcome::ParseFailed(error), permit);
             }
             Ok(built) => {
                 let envelope = Arc::new(built.envelope);
@@ -139,7 +159,7 @@ fn prepare(
                     None => {
                         warn!(trace_id = %meta.trace_id, message_id = %meta.message_id(), event = meta.event_name().unwrap_or(""), "no route for event");
                         drop(envelope);
-                        finish(handle, meta, Outcome::Unrouted, permit);
+                        cannot_run(done, handle, meta, Outcome::Unrouted, permit);
                     }
                     Some(route) => runnable.push(Runnable {
                         handle,
@@ -160,11 +180,7 @@ fn prepare(
 
 /// Claims every key of the batch in one store call; duplicates and store failures are
 /// settled by policy, the rest go on with their claim token.
-async fn claim(
-    p: &Pipeline,
-    runnable: Vec<Runnable>,
-    finish: &impl Fn(AckHandle, MessageMeta, Outcome, OwnedSemaphorePermit),
-) -> Vec<(Runnable, Option<ClaimToken>)> {
+async fn claim(p: &Pipeline, runnable: Vec<Runnable>, done: &mut Vec<Finished>) -> Vec<(Runnable, Option<ClaimToken>)> {
     let Some(store) = &p.store else {
         return runnable.into_iter().map(|r| (r, None)).collect();
     };
@@ -184,11 +200,11 @@ async fn claim(
                     Claim::Acquired(token) => out.push((r, Some(token))),
                     Claim::Completed => {
                         debug!(trace_id = %r.meta.trace_id, message_id = %r.meta.message_id(), "duplicate: already processed");
-                        finish(r.handle, r.meta, Outcome::Duplicate, r.permit);
+                        cannot_run(done, r.handle, r.meta, Outcome::Duplicate, r.permit);
                     }
                     Claim::InFlight => {
                         debug!(trace_id = %r.meta.trace_id, message_id = %r.meta.message_id(), "duplicate: in flight elsewhere");
-                        finish(r.handle, r.meta, Outcome::DuplicateInFlight, r.permit);
+                        cannot_run(done, r.handle, r.meta, Outcome::DuplicateInFlight, r.permit);
                     }
                 }
             }
@@ -208,7 +224,13 @@ async fn claim(
                 OnStoreError::FailClosed => {
                     warn!(error = %reason, messages = runnable.len(), "idempotency store failed; requeueing (fail_closed)");
                     for r in runnable {
-                        finish(r.handle, r.meta, Outcome::StoreUnavailable(reason.clone()), r.permit);
+                        cannot_run(
+                            done,
+                            r.handle,
+                            r.meta,
+                            Outcome::StoreUnavailable(reason.clone()),
+                            r.permit,
+                        );
                     }
                     Vec::new()
                 }

@@ -150,5 +150,7 @@ pub(crate) struct Finished {
     pub permit: OwnedSemaphorePermit,
 }
 
-pub(crate) type FinishedTx = mpsc::UnboundedSender<Finished>;
-pub(crate) type FinishedRx = mpsc::UnboundedReceiver<Finished>;
+/// Messages reach the settler in groups (all that a batch finished together), so the
+/// channel, shared by every worker, is touched once per group rather than per message.
+pub(crate) type FinishedTx = mpsc::UnboundedSender<Vec<Finished>>;
+pub(crate) type FinishedRx = mpsc::UnboundedReceiver<Vec<Finished>>;

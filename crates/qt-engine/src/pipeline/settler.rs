@@ -17,14 +17,16 @@ use super::outcome::{ClaimAction, Outcome, Resolution, resolve};
 use super::{Finished, FinishedRx, MessageMeta, Pipeline};
 use crate::metrics::{DlqReason, SettledTally};
 
-/// Most messages finished together in one batch.
-const MAX_BATCH: usize = 1024;
+/// Most groups of finished messages taken together in one batch.
+const MAX_GROUPS: usize = 64;
 
 /// Runs until every sender is gone, then waits for the settles it started.
 pub(crate) async fn run(pipeline: Arc<Pipeline>, mut rx: FinishedRx) {
     let settles = TaskTracker::new();
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    let mut groups = Vec::with_capacity(MAX_GROUPS);
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut groups, MAX_GROUPS).await > 0 {
+        batch.extend(groups.drain(..).flatten());
         finish_batch(&pipeline, &mut batch, &settles).await;
     }
     settles.close();
