@@ -152,10 +152,17 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn claim_now(&self, key: IdempotencyKey, lease: Duration, now: u64) -> Claim {
+    /// Fencing tokens for `n` claims, taken from the shared counter in one step.
+    fn tokens(&self, n: usize) -> std::ops::Range<u64> {
+        let n = n as u64;
+        let first = self.next_token.fetch_add(n, Ordering::Relaxed);
+        first..first + n
+    }
+
+    /// `token` is this claim's own, from [`MemoryStore::tokens`].
+    fn claim_now(&self, key: IdempotencyKey, token: u64, lease: Duration, now: u64) -> Claim {
         let (hash, shard) = self.locate(&key);
         let mut shard = shard.lock();
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let until = nanos_after(now, lease);
         match shard.entries.entry(hash, |e| e.is(hash, &key), |e| e.hash) {
             Slot::Occupied(mut found) => {
@@ -221,12 +228,18 @@ impl MemoryStore {
 #[async_trait]
 impl IdempotencyStore for MemoryStore {
     async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> Result<Claim, StoreError> {
-        Ok(self.claim_now(key.clone(), lease, self.now()))
+        let token = self.tokens(1).start;
+        Ok(self.claim_now(key.clone(), token, lease, self.now()))
     }
 
     async fn claim_batch(&self, keys: Vec<IdempotencyKey>, lease: Duration) -> Result<Vec<Claim>, StoreError> {
         let now = self.now();
-        Ok(keys.into_iter().map(|k| self.claim_now(k, lease, now)).collect())
+        let tokens = self.tokens(keys.len());
+        Ok(keys
+            .into_iter()
+            .zip(tokens)
+            .map(|(k, token)| self.claim_now(k, token, lease, now))
+            .collect())
     }
 
     async fn complete(&self, token: &ClaimToken, window: Duration) -> Result<ClaimState, StoreError> {
