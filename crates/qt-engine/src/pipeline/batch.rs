@@ -18,7 +18,7 @@ use tracing::{Instrument, debug, warn};
 use super::order::{TurnDone, WaitTurn};
 use super::outcome::Outcome;
 use super::run::{Job, run};
-use super::{Finished, FinishedTx, Identity, MessageMeta, Pipeline};
+use super::{Finished, FinishedTx, Identity, MessageMeta, Pipeline, Unparsed};
 use crate::metrics::HistogramTally;
 
 /// This batch's place in the order batches link their messages: it links after the batch
@@ -34,7 +34,6 @@ struct Runnable {
     meta: MessageMeta,
     envelope: Arc<qt_core::MessageEnvelope>,
     agent_payload: Option<serde_json::Value>,
-    target: Arc<str>,
     focus: Option<Arc<str>>,
     permit: OwnedSemaphorePermit,
 }
@@ -117,7 +116,6 @@ fn prepare(
         if let Some(lag) = consume_latency {
             lags.observe(lag);
         }
-        let queue = message.source.queue.clone();
         let received_at = message.received_at;
         match build_envelope(message, p.parser.as_ref(), &p.config.processing.extraction) {
             Err(unparseable) => {
@@ -126,18 +124,19 @@ fn prepare(
                 let tenant_id = raw.headers.get(qt_core::headers::TENANT_ID).map(str::to_owned);
                 let meta = MessageMeta {
                     trace_id,
-                    identity: Identity::Unparsed {
+                    identity: Identity::Unparsed(Box::new(Unparsed {
                         message_id: raw.message_id,
                         tenant_id,
-                    },
-                    queue,
+                        queue: raw.source.queue,
+                        adapter: raw.source.adapter,
+                    })),
                     target: None,
                     received_at,
                     started,
                     consume_latency,
                     attempt,
                 };
-                warn!(trace_id = %meta.trace_id, message_id = %meta.message_id(), queue = %meta.queue, error = %error, "message cannot be parsed");
+                warn!(trace_id = %meta.trace_id, message_id = %meta.message_id(), queue = %meta.queue(), error = %error, "message cannot be parsed");
                 cannot_run(done, handle, meta, Outcome::ParseFailed(error), permit);
             }
             Ok(built) => {
@@ -145,31 +144,33 @@ fn prepare(
                 debug!(trace_id = %envelope.trace_id, message_id = %envelope.message_id, queue = %envelope.source.queue, "consumed and parsed");
                 let event_name = envelope.event_name.as_deref().unwrap_or(&envelope.source.queue);
                 let route = p.router.route(event_name);
+                let (target, focus) = match route {
+                    Some(r) => (Some(r.target), r.focus),
+                    None => (None, None),
+                };
+                let routed = target.is_some();
                 let meta = MessageMeta {
                     trace_id: envelope.trace_id,
                     identity: Identity::Parsed(envelope.clone()),
-                    queue,
-                    target: route.as_ref().map(|r| r.target.clone()),
+                    target,
                     received_at,
                     started,
                     consume_latency,
                     attempt: envelope.attempt,
                 };
-                match route {
-                    None => {
-                        warn!(trace_id = %meta.trace_id, message_id = %meta.message_id(), event = meta.event_name().unwrap_or(""), "no route for event");
-                        drop(envelope);
-                        cannot_run(done, handle, meta, Outcome::Unrouted, permit);
-                    }
-                    Some(route) => runnable.push(Runnable {
+                if routed {
+                    runnable.push(Runnable {
                         handle,
                         meta,
                         envelope,
                         agent_payload: built.agent_payload,
-                        target: route.target,
-                        focus: route.focus,
+                        focus,
                         permit,
-                    }),
+                    });
+                } else {
+                    warn!(trace_id = %meta.trace_id, message_id = %meta.message_id(), event = meta.event_name().unwrap_or(""), "no route for event");
+                    drop(envelope);
+                    cannot_run(done, handle, meta, Outcome::Unrouted, permit);
                 }
             }
         }
@@ -271,7 +272,6 @@ async fn link_in_order(p: &Pipeline, claimed: Vec<(Runnable, Option<ClaimToken>)
                 meta: r.meta,
                 envelope: r.envelope,
                 selected_payload: r.agent_payload.map(Arc::new),
-                target: r.target,
                 focus: r.focus,
                 claim,
                 permit: r.permit,

@@ -67,18 +67,29 @@ impl std::fmt::Debug for Pipeline {
 #[derive(Clone, Debug)]
 pub(crate) enum Identity {
     Parsed(Arc<MessageEnvelope>),
-    Unparsed {
-        message_id: String,
-        tenant_id: Option<String>,
-    },
+    Unparsed(Box<Unparsed>),
 }
 
-/// The strings a ledger record owns.
+/// What is known of a message that could not be parsed (boxed: it is rare, and every
+/// message's metadata is moved from stage to stage).
+#[derive(Clone, Debug)]
+pub(crate) struct Unparsed {
+    pub message_id: String,
+    pub tenant_id: Option<String>,
+    pub queue: Arc<str>,
+    pub adapter: Arc<str>,
+}
+
+/// The strings a ledger record owns. The queue and adapter names are moved out of the
+/// envelope rather than cloned: those `Arc`s are shared by every message of a topic, and
+/// each clone or drop is an atomic write to one cache line that every core touches.
 pub(crate) struct OwnedIdentity {
     pub message_id: String,
     pub event_name: Option<String>,
     pub tenant_id: Option<String>,
     pub dedup_key: Option<String>,
+    pub queue: Arc<str>,
+    pub adapter: Arc<str>,
 }
 
 /// What every ledger record and log line needs to know about a message.
@@ -86,7 +97,7 @@ pub(crate) struct OwnedIdentity {
 pub(crate) struct MessageMeta {
     pub trace_id: TraceId,
     pub identity: Identity,
-    pub queue: Arc<str>,
+    /// The agent target; set for every message that was routed.
     pub target: Option<Arc<str>>,
     pub received_at: DateTime<Utc>,
     pub started: Instant,
@@ -99,14 +110,14 @@ impl MessageMeta {
     pub fn message_id(&self) -> &str {
         match &self.identity {
             Identity::Parsed(env) => &env.message_id,
-            Identity::Unparsed { message_id, .. } => message_id,
+            Identity::Unparsed(u) => &u.message_id,
         }
     }
 
     pub fn tenant_id(&self) -> Option<&str> {
         match &self.identity {
             Identity::Parsed(env) => env.tenant_id.as_deref(),
-            Identity::Unparsed { tenant_id, .. } => tenant_id.as_deref(),
+            Identity::Unparsed(u) => u.tenant_id.as_deref(),
         }
     }
 
@@ -114,27 +125,48 @@ impl MessageMeta {
     pub fn event_name(&self) -> Option<&str> {
         match &self.identity {
             Identity::Parsed(env) => Some(env.event_name.as_deref().unwrap_or(&env.source.queue)),
-            Identity::Unparsed { .. } => None,
+            Identity::Unparsed(_) => None,
+        }
+    }
+
+    /// The topic or queue the message came from.
+    pub fn queue(&self) -> &str {
+        match &self.identity {
+            Identity::Parsed(env) => &env.source.queue,
+            Identity::Unparsed(u) => &u.queue,
         }
     }
 
     /// The identity strings, moved out of the envelope when nothing else holds it any
     /// more (the usual case once the run is over), copied otherwise.
-    pub fn into_owned_identity(identity: Identity, queue: &str) -> OwnedIdentity {
+    pub fn into_owned_identity(identity: Identity) -> OwnedIdentity {
         match identity {
-            Identity::Unparsed { message_id, tenant_id } => OwnedIdentity {
-                message_id,
-                event_name: None,
-                tenant_id,
-                dedup_key: None,
-            },
+            Identity::Unparsed(u) => {
+                let Unparsed {
+                    message_id,
+                    tenant_id,
+                    queue,
+                    adapter,
+                } = *u;
+                OwnedIdentity {
+                    message_id,
+                    event_name: None,
+                    tenant_id,
+                    dedup_key: None,
+                    queue,
+                    adapter,
+                }
+            }
             Identity::Parsed(env) => {
                 let env = Arc::try_unwrap(env).unwrap_or_else(|shared| (*shared).clone());
+                let event_name = env.event_name.unwrap_or_else(|| env.source.queue.to_string());
                 OwnedIdentity {
                     message_id: env.message_id,
-                    event_name: Some(env.event_name.unwrap_or_else(|| queue.to_owned())),
+                    event_name: Some(event_name),
                     tenant_id: env.tenant_id,
                     dedup_key: env.dedup_key,
+                    queue: env.source.queue,
+                    adapter: env.source.adapter,
                 }
             }
         }

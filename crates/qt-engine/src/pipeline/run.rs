@@ -25,7 +25,6 @@ pub(crate) struct Job {
     pub meta: MessageMeta,
     pub envelope: Arc<MessageEnvelope>,
     pub selected_payload: Option<Arc<serde_json::Value>>,
-    pub target: Arc<str>,
     pub focus: Option<Arc<str>>,
     pub claim: Option<ClaimToken>,
     pub permit: OwnedSemaphorePermit,
@@ -45,7 +44,6 @@ pub(crate) fn run(p: &Pipeline, job: Job) -> impl Future<Output = Finished> + Se
         meta,
         envelope,
         selected_payload,
-        target,
         focus,
         claim,
         permit,
@@ -54,7 +52,7 @@ pub(crate) fn run(p: &Pipeline, job: Job) -> impl Future<Output = Finished> + Se
     } = job;
     async move {
         wait.wait().await;
-        let outcome = decide_outcome(p, &meta, envelope, selected_payload, &target, focus).await;
+        let outcome = decide_outcome(p, &meta, envelope, selected_payload, focus).await;
         // The next message of this ordering key may start once this run is over.
         drop(done);
         Finished {
@@ -106,9 +104,9 @@ async fn decide_outcome(
     meta: &MessageMeta,
     envelope: Arc<MessageEnvelope>,
     selected_payload: Option<Arc<serde_json::Value>>,
-    target: &Arc<str>,
     focus: Option<Arc<str>>,
 ) -> Outcome {
+    let target = meta.target.as_ref().expect("a job is made only for a routed message");
     let Some(slot_held) = slot(p).await else {
         return Outcome::Abandoned;
     };
@@ -116,7 +114,7 @@ async fn decide_outcome(
         tenant_id: meta.tenant_id(),
         event_name: meta.event_name().unwrap_or_default(),
         message_id: meta.message_id(),
-        queue: &meta.queue,
+        queue: meta.queue(),
         adapter: &p.adapter_kind,
         target,
     };

@@ -99,7 +99,7 @@ async fn finish_batch(p: &Arc<Pipeline>, batch: &mut Vec<Finished>, settles: &Ta
                 status: row.status,
             },
         });
-        records.push(record(p, meta, outcome, row, now, now_instant));
+        records.push(record(meta, outcome, row, now, now_instant));
     }
     if let Some(store) = &p.store {
         let window = p.config.idempotency.window;
@@ -213,7 +213,6 @@ fn warn_lost(tokens: &[ClaimToken], states: &[ClaimState], operation: &str) {
 
 /// The ledger record of one outcome; takes the message's strings instead of copying them.
 fn record(
-    p: &Pipeline,
     meta: super::MessageMeta,
     outcome: Outcome,
     row: Resolution,
@@ -232,12 +231,12 @@ fn record(
         Outcome::Rejected { reason, policies } | Outcome::Deferred { reason, policies, .. } => (Some(reason), policies),
         _ => (None, Vec::new()),
     };
-    let identity = MessageMeta::into_owned_identity(meta.identity, &meta.queue);
+    let identity = MessageMeta::into_owned_identity(meta.identity);
     LedgerRecord {
         trace_id: meta.trace_id,
         message_id: identity.message_id,
-        queue: meta.queue,
-        adapter: p.adapter_kind.clone(),
+        queue: identity.queue,
+        adapter: identity.adapter,
         event_name: identity.event_name,
         tenant_id: identity.tenant_id,
         dedup_key: identity.dedup_key,
