@@ -1,5 +1,9 @@
 //! Message headers and the header names qt itself reads and writes.
 
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Deref;
+
 use serde::{Deserialize, Serialize};
 
 /// Default header carrying the event name.
@@ -26,6 +30,78 @@ pub mod dead_letter {
     pub const LAST_FAILURE_AT: &str = "x-qt-last-failure-at";
 }
 
+/// Names qt reads or writes on every message it handles; a header under one of these
+/// names (in this exact casing) shares the static name instead of allocating its own.
+const WELL_KNOWN: [&str; 15] = [
+    EVENT_NAME,
+    TENANT_ID,
+    DEDUP_KEY,
+    TRACEPARENT,
+    "tracestate",
+    ATTEMPT,
+    dead_letter::REASON,
+    dead_letter::ERROR_CLASS,
+    dead_letter::ATTEMPTS,
+    dead_letter::ORIGINAL_QUEUE,
+    dead_letter::ORIGINAL_PARTITION,
+    dead_letter::ORIGINAL_OFFSET,
+    dead_letter::ORIGINAL_MESSAGE_ID,
+    dead_letter::FIRST_FAILURE_AT,
+    dead_letter::LAST_FAILURE_AT,
+];
+
+/// A header's name. Made from a `&str`, one of qt's well-known names is not copied: an
+/// adapter turns every received header into a [`Headers`] entry, and the same few names
+/// arrive on every message.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HeaderName(Cow<'static, str>);
+
+impl HeaderName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for HeaderName {
+    fn from(name: &str) -> Self {
+        match WELL_KNOWN.iter().find(|known| **known == name) {
+            Some(known) => Self(Cow::Borrowed(known)),
+            None => Self(Cow::Owned(name.to_owned())),
+        }
+    }
+}
+
+impl From<&String> for HeaderName {
+    fn from(name: &String) -> Self {
+        Self::from(name.as_str())
+    }
+}
+
+impl From<String> for HeaderName {
+    fn from(name: String) -> Self {
+        Self(Cow::Owned(name))
+    }
+}
+
+impl From<HeaderName> for String {
+    fn from(name: HeaderName) -> Self {
+        name.0.into_owned()
+    }
+}
+
+impl Deref for HeaderName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for HeaderName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
 /// Ordered message headers. Lookups ignore ASCII case, as HTTP-style header names are
 /// written in every casing by producers; the original casing is kept for re-publishing.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,7 +109,7 @@ pub mod dead_letter {
     from = "std::collections::BTreeMap<String, String>",
     into = "std::collections::BTreeMap<String, String>"
 )]
-pub struct Headers(Vec<(String, String)>);
+pub struct Headers(Vec<(HeaderName, String)>);
 
 impl Headers {
     pub fn new() -> Self {
@@ -53,12 +129,12 @@ impl Headers {
     }
 
     /// Appends a header, keeping any existing value under the same name.
-    pub fn append(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    pub fn append(&mut self, name: impl Into<HeaderName>, value: impl Into<String>) {
         self.0.push((name.into(), value.into()));
     }
 
     /// Replaces every value under `name` with one value.
-    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    pub fn insert(&mut self, name: impl Into<HeaderName>, value: impl Into<String>) {
         let name = name.into();
         self.0.retain(|(k, _)| !k.eq_ignore_ascii_case(&name));
         self.0.push((name, value.into()));
@@ -81,7 +157,7 @@ impl Headers {
     }
 }
 
-impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
+impl<K: Into<HeaderName>, V: Into<String>> FromIterator<(K, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         Self(iter.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
     }
@@ -89,21 +165,22 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
 
 impl From<std::collections::BTreeMap<String, String>> for Headers {
     fn from(map: std::collections::BTreeMap<String, String>) -> Self {
-        Self(map.into_iter().collect())
+        map.into_iter().collect()
     }
 }
 
 impl From<Headers> for std::collections::BTreeMap<String, String> {
     fn from(headers: Headers) -> Self {
-        headers.0.into_iter().collect()
+        headers.into_iter().collect()
     }
 }
 
 impl IntoIterator for Headers {
     type Item = (String, String);
-    type IntoIter = std::vec::IntoIter<(String, String)>;
+    type IntoIter =
+        std::iter::Map<std::vec::IntoIter<(HeaderName, String)>, fn((HeaderName, String)) -> (String, String)>;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
+        self.0.into_iter().map(|(k, v)| (k.into(), v))
     }
 }
 
@@ -120,5 +197,25 @@ mod tests {
         assert_eq!(h.get("X-TENANT-ID"), Some("b"));
         h.remove("x-TENANT-id");
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn well_known_names_are_shared_and_others_kept_as_written() {
+        let known = HeaderName::from(TENANT_ID);
+        assert!(matches!(known.0, Cow::Borrowed(_)));
+        let other_casing = HeaderName::from("X-Tenant-Id");
+        assert!(matches!(other_casing.0, Cow::Owned(_)));
+        assert_eq!(&*other_casing, "X-Tenant-Id");
+        let mut h = Headers::new();
+        h.append(TENANT_ID, "a");
+        h.append("X-Custom", "b");
+        assert_eq!(h.iter().collect::<Vec<_>>(), vec![(TENANT_ID, "a"), ("X-Custom", "b")]);
+        assert_eq!(
+            h.into_iter().collect::<Vec<_>>(),
+            vec![
+                (TENANT_ID.to_owned(), "a".to_owned()),
+                ("X-Custom".to_owned(), "b".to_owned())
+            ]
+        );
     }
 }

@@ -32,7 +32,7 @@ pub use delivery::{AckHandle, DeadLetter, Delivery, Settle, SettleError, Settlem
 pub use envelope::{MessageEnvelope, Payload};
 pub use error_class::ErrorClass;
 pub use governance::{Decision, Governance, GovernanceContext, GovernanceError};
-pub use headers::Headers;
+pub use headers::{HeaderName, Headers};
 pub use health::Health;
 pub use idempotency::{Claim, ClaimState, ClaimToken, IdempotencyKey, IdempotencyStore, StoreError};
 pub use ledger::{Ledger, LedgerError, LedgerRecord, LedgerStatus, SettlementKind};
