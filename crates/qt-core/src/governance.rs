@@ -48,6 +48,14 @@ pub struct GovernanceError {
 pub trait Governance: Send + Sync + std::fmt::Debug {
     async fn check(&self, ctx: &GovernanceContext<'_>) -> Result<Decision, GovernanceError>;
 
+    /// Decides right here when this governance needs no I/O to decide (in-process
+    /// policies), so asking costs no future per message. `None` (the default) means ask
+    /// [`Governance::check`]; the engine asks this first.
+    fn check_now(&self, ctx: &GovernanceContext<'_>) -> Option<Result<Decision, GovernanceError>> {
+        let _ = ctx;
+        None
+    }
+
     fn finished(&self, ctx: &GovernanceContext<'_>) {
         let _ = ctx;
     }

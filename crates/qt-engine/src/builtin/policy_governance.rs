@@ -115,6 +115,31 @@ impl PolicyGovernance {
     }
 
     /// Takes one token from every bucket that applies, or says how long until one is free.
+    /// The decision for `ctx`: rules first, then the tenant's quota and rate limits.
+    fn decide(&self, ctx: &GovernanceContext<'_>) -> Result<Decision, GovernanceError> {
+        let tenant = ctx.tenant_id.unwrap_or(NO_TENANT);
+        if let Some(denied) = self.decide_rules(tenant, ctx.event_name) {
+            return Ok(denied);
+        }
+        if let Some(quota) = self.max_in_flight {
+            let mut in_flight = self.in_flight.lock();
+            let n = in_flight.entry(tenant.to_owned()).or_insert(0);
+            if *n >= quota {
+                return Ok(Decision::Defer {
+                    retry_after: self.defer_delay,
+                    reason: format!("tenant {tenant:?} has {quota} runs in progress (max_in_flight_per_tenant)"),
+                    policies: vec!["max_in_flight_per_tenant".to_owned()],
+                });
+            }
+            if let Some(deferred) = self.take_tokens(tenant) {
+                return Ok(deferred);
+            }
+            *n += 1;
+            return Ok(Decision::Allow);
+        }
+        Ok(self.take_tokens(tenant).unwrap_or(Decision::Allow))
+    }
+
     fn take_tokens(&self, tenant: &str) -> Option<Decision> {
         if self.limits.is_empty() {
             return None;
@@ -159,27 +184,12 @@ impl PolicyGovernance {
 #[async_trait]
 impl Governance for PolicyGovernance {
     async fn check(&self, ctx: &GovernanceContext<'_>) -> Result<Decision, GovernanceError> {
-        let tenant = ctx.tenant_id.unwrap_or(NO_TENANT);
-        if let Some(denied) = self.decide_rules(tenant, ctx.event_name) {
-            return Ok(denied);
-        }
-        if let Some(quota) = self.max_in_flight {
-            let mut in_flight = self.in_flight.lock();
-            let n = in_flight.entry(tenant.to_owned()).or_insert(0);
-            if *n >= quota {
-                return Ok(Decision::Defer {
-                    retry_after: self.defer_delay,
-                    reason: format!("tenant {tenant:?} has {quota} runs in progress (max_in_flight_per_tenant)"),
-                    policies: vec!["max_in_flight_per_tenant".to_owned()],
-                });
-            }
-            if let Some(deferred) = self.take_tokens(tenant) {
-                return Ok(deferred);
-            }
-            *n += 1;
-            return Ok(Decision::Allow);
-        }
-        Ok(self.take_tokens(tenant).unwrap_or(Decision::Allow))
+        self.decide(ctx)
+    }
+
+    /// Policies are decided in process, always on the spot.
+    fn check_now(&self, ctx: &GovernanceContext<'_>) -> Option<Result<Decision, GovernanceError>> {
+        Some(self.decide(ctx))
     }
 
     fn finished(&self, ctx: &GovernanceContext<'_>) {
@@ -249,6 +259,15 @@ mod tests {
             g.check(&ctx(Some("acme"), "user.create")).await.unwrap(),
             Decision::Allow
         );
+        // The engine asks check_now first; it decides every case on the spot, alike.
+        for (tenant, event) in [
+            ("evil-corp", "order.create"),
+            ("acme", "user.delete"),
+            ("acme", "user.create"),
+        ] {
+            let now = g.check_now(&ctx(Some(tenant), event)).expect("decided on the spot");
+            assert_eq!(now.unwrap(), g.check(&ctx(Some(tenant), event)).await.unwrap());
+        }
     }
 
     #[tokio::test]

@@ -119,7 +119,11 @@ async fn decide_outcome(
         target,
     };
     // `finished` is owed to governance only for its own Allow decisions.
-    let owes_finished = match p.governance.check(&gctx).await {
+    let decision = match p.governance.check_now(&gctx) {
+        Some(decided) => decided,
+        None => p.governance.check(&gctx).await,
+    };
+    let owes_finished = match decision {
         Ok(Decision::Allow) => true,
         Ok(Decision::Deny { reason, policies }) => {
             info!(trace_id = %meta.trace_id, message_id = %meta.message_id(), tenant = ?meta.tenant_id(), %reason, ?policies, "governance denied");
