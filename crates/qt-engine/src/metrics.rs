@@ -290,7 +290,8 @@ pub struct MetricsSnapshot {
     pub backlog: Option<u64>,
     /// Taken from the source and not yet settled.
     pub inflight: u64,
-    /// Agent runs in progress.
+    /// Agent runs in progress. A call that answers on its first poll is never counted: it
+    /// is over before any scrape could see it.
     pub running: u64,
 }
 
