@@ -95,7 +95,7 @@ impl KafkaSettle {
         source.partition = Some(o.tp.partition);
         source.offset = Some(o.offset);
         let added = dl.headers_for(&Headers::new(), &source, &o.message_id());
-        let headers = record::outgoing_headers(o.record.headers(), &DEAD_LETTER_HEADERS, added.iter());
+        let headers = record::outgoing_headers(o.record.headers(), &dead_letter::ALL, added.iter());
         self.reproduce("dead-letter", topic, headers).await
     }
 
@@ -193,17 +193,3 @@ impl Settle for KafkaSettle {
         self.ctx.fail(&self.origin, "handle dropped unsettled");
     }
 }
-
-/// Header names a dead letter replaces on the original, so a message dead-lettered again
-/// (after a replay) carries one set of reasons.
-const DEAD_LETTER_HEADERS: [&str; 9] = [
-    dead_letter::REASON,
-    dead_letter::ERROR_CLASS,
-    dead_letter::ATTEMPTS,
-    dead_letter::ORIGINAL_QUEUE,
-    dead_letter::ORIGINAL_PARTITION,
-    dead_letter::ORIGINAL_OFFSET,
-    dead_letter::ORIGINAL_MESSAGE_ID,
-    dead_letter::FIRST_FAILURE_AT,
-    dead_letter::LAST_FAILURE_AT,
-];

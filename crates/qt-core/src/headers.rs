@@ -28,27 +28,26 @@ pub mod dead_letter {
     pub const ORIGINAL_MESSAGE_ID: &str = "x-qt-original-message-id";
     pub const FIRST_FAILURE_AT: &str = "x-qt-first-failure-at";
     pub const LAST_FAILURE_AT: &str = "x-qt-last-failure-at";
+
+    /// Every dead-letter header: a message dead-lettered again (after a replay) has these
+    /// replaced, so it carries one set of reasons.
+    pub const ALL: [&str; 9] = [
+        REASON,
+        ERROR_CLASS,
+        ATTEMPTS,
+        ORIGINAL_QUEUE,
+        ORIGINAL_PARTITION,
+        ORIGINAL_OFFSET,
+        ORIGINAL_MESSAGE_ID,
+        FIRST_FAILURE_AT,
+        LAST_FAILURE_AT,
+    ];
 }
 
-/// Names qt reads or writes on every message it handles; a header under one of these
-/// names (in this exact casing) shares the static name instead of allocating its own.
-const WELL_KNOWN: [&str; 15] = [
-    EVENT_NAME,
-    TENANT_ID,
-    DEDUP_KEY,
-    TRACEPARENT,
-    "tracestate",
-    ATTEMPT,
-    dead_letter::REASON,
-    dead_letter::ERROR_CLASS,
-    dead_letter::ATTEMPTS,
-    dead_letter::ORIGINAL_QUEUE,
-    dead_letter::ORIGINAL_PARTITION,
-    dead_letter::ORIGINAL_OFFSET,
-    dead_letter::ORIGINAL_MESSAGE_ID,
-    dead_letter::FIRST_FAILURE_AT,
-    dead_letter::LAST_FAILURE_AT,
-];
+/// Names qt reads on every message it handles. A header under one of these names or a
+/// dead-letter header name (in this exact casing) shares the static name instead of
+/// allocating its own.
+const READ_ON_EVERY_MESSAGE: [&str; 6] = [EVENT_NAME, TENANT_ID, DEDUP_KEY, TRACEPARENT, "tracestate", ATTEMPT];
 
 /// A header's name. Made from a `&str`, one of qt's well-known names is not copied: an
 /// adapter turns every received header into a [`Headers`] entry, and the same few names
@@ -64,7 +63,11 @@ impl HeaderName {
 
 impl From<&str> for HeaderName {
     fn from(name: &str) -> Self {
-        match WELL_KNOWN.iter().find(|known| **known == name) {
+        match READ_ON_EVERY_MESSAGE
+            .iter()
+            .chain(&dead_letter::ALL)
+            .find(|known| **known == name)
+        {
             Some(known) => Self(Cow::Borrowed(known)),
             None => Self(Cow::Owned(name.to_owned())),
         }
