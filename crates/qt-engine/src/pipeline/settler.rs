@@ -67,7 +67,7 @@ async fn finish_batch(p: &Arc<Pipeline>, batch: &mut Vec<Finished>, settles: &Ta
             claim,
             permit,
         } = f;
-        let Some(row) = resolve(&outcome, &p.config, meta.attempt, meta.event_name()) else {
+        let Some(mut row) = resolve(&outcome, &p.config, meta.attempt, meta.event_name()) else {
             // Abandoned at stop: give the key back and leave the message to redelivery.
             if let Some(c) = claim {
                 releases.push(c);
@@ -86,20 +86,21 @@ async fn finish_batch(p: &Arc<Pipeline>, batch: &mut Vec<Finished>, settles: &Ta
         if matches!(outcome, Outcome::Duplicate) {
             p.metrics.dedup_hit();
         }
+        let after = AfterSettle {
+            kind: row.settlement.kind(),
+            dlq_reason: row.dlq_reason,
+            trace_id: meta.trace_id,
+            message_id: meta.message_id().to_owned(),
+            permit,
+            started: meta.started,
+            status: row.status,
+        };
+        records.push(record(meta, outcome, &mut row, now, now_instant));
         pending.push(Pending {
             handle,
-            settlement: row.settlement.clone(),
-            after: AfterSettle {
-                kind: row.settlement.kind(),
-                dlq_reason: row.dlq_reason,
-                trace_id: meta.trace_id,
-                message_id: meta.message_id().to_owned(),
-                permit,
-                started: meta.started,
-                status: row.status,
-            },
+            settlement: row.settlement,
+            after,
         });
-        records.push(record(meta, outcome, row, now, now_instant));
     }
     if let Some(store) = &p.store {
         let window = p.config.idempotency.window;
@@ -211,26 +212,36 @@ fn warn_lost(tokens: &[ClaimToken], states: &[ClaimState], operation: &str) {
     }
 }
 
-/// The ledger record of one outcome; takes the message's strings instead of copying them.
+/// The ledger record of one outcome; takes the message's strings, the outcome's and the
+/// row's error instead of copying them (the row keeps its settlement for the broker).
 fn record(
     meta: super::MessageMeta,
     outcome: Outcome,
-    row: Resolution,
+    row: &mut Resolution,
     now: chrono::DateTime<Utc>,
     now_instant: Instant,
 ) -> LedgerRecord {
     let settlement = SettlementKind::from(&row.settlement);
-    let (attempts, run_id, llm_calls, history) = match &outcome {
-        Outcome::Succeeded { run, attempts, history } => {
-            (*attempts, run.run_id.clone(), run.llm_calls, history.clone())
+    let (mut attempts, mut run_id, mut llm_calls, mut history) = (0, None, 0, Vec::new());
+    let (mut decision_reason, mut decision_policies) = (None, Vec::new());
+    match outcome {
+        Outcome::Succeeded {
+            run,
+            attempts: made,
+            history: tried,
+        } => {
+            (attempts, run_id, llm_calls, history) = (made, run.run_id, run.llm_calls, tried);
         }
-        Outcome::Failed { attempts, history, .. } => (*attempts, None, 0, history.clone()),
-        _ => (0, None, 0, Vec::new()),
-    };
-    let (decision_reason, decision_policies) = match outcome {
-        Outcome::Rejected { reason, policies } | Outcome::Deferred { reason, policies, .. } => (Some(reason), policies),
-        _ => (None, Vec::new()),
-    };
+        Outcome::Failed {
+            attempts: made,
+            history: tried,
+            ..
+        } => (attempts, history) = (made, tried),
+        Outcome::Rejected { reason, policies } | Outcome::Deferred { reason, policies, .. } => {
+            (decision_reason, decision_policies) = (Some(reason), policies);
+        }
+        _ => {}
+    }
     let identity = MessageMeta::into_owned_identity(meta.identity);
     LedgerRecord {
         trace_id: meta.trace_id,
@@ -248,7 +259,7 @@ fn record(
         consume_latency_ms: meta.consume_latency.map(|d| d.as_secs_f64() * 1000.0),
         agent_run_id: run_id,
         llm_calls,
-        error: row.error,
+        error: row.error.take(),
         error_class: row.error_class,
         decision_reason,
         decision_policies,
