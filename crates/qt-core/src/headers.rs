@@ -74,12 +74,6 @@ impl From<&str> for HeaderName {
     }
 }
 
-impl From<&String> for HeaderName {
-    fn from(name: &String) -> Self {
-        Self::from(name.as_str())
-    }
-}
-
 impl From<String> for HeaderName {
     fn from(name: String) -> Self {
         Self(Cow::Owned(name))
