@@ -1,6 +1,6 @@
 //! An in-process idempotency store: right for one instance and for tests.
 
-use std::hash::BuildHasher;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -9,6 +9,7 @@ use hashbrown::HashTable;
 use hashbrown::hash_table::{Entry as Slot, OccupiedEntry};
 use parking_lot::Mutex;
 use qt_core::{Claim, ClaimState, ClaimToken, Health, IdempotencyKey, IdempotencyStore, StoreError};
+use siphasher::sip128::{Hasher128, SipHasher13};
 
 const SHARDS: usize = 16;
 /// A shard is swept of expired entries once it took in as many new keys as it held after
@@ -17,59 +18,38 @@ const SHARDS: usize = 16;
 const MIN_SWEEP_EVERY: usize = 4096;
 /// The token of an entry whose claim completed.
 const DONE: u64 = 0;
-/// `tenant_len` of a key without a tenant.
-const NO_TENANT: u32 = u32::MAX;
 
-/// A remembered key. The store holds every key of the window (a million keys is an
-/// ordinary day), so an entry is kept small: tenant and key share one allocation, times
-/// are nanoseconds since the store began, and the hash is kept so neither a lookup's
-/// comparisons nor the table's growth hash a key again.
+/// A key's 128-bit fingerprint: SipHash-1-3 of (tenant, key) under a secret key drawn per
+/// store. The store remembers fingerprints, not keys: the window holds every key it saw
+/// (a million is an ordinary day), and fixed 32-byte entries with no allocation of their
+/// own make a claim, and the table's growth, several times cheaper than storing the
+/// strings. Two distinct keys share a fingerprint with probability about n²/2¹²⁹ (below
+/// 10⁻²¹ for a billion keys), and the secret key keeps senders from aiming for one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fingerprint(u128);
+
+impl Fingerprint {
+    /// The table's hash: bits the shard choice does not use.
+    fn table_hash(self) -> u64 {
+        self.0 as u64
+    }
+
+    fn shard(self) -> usize {
+        (self.0 >> 64) as usize % SHARDS
+    }
+}
+
+/// A remembered key.
 #[derive(Debug)]
 struct Entry {
-    hash: u64,
-    /// The tenant's bytes, then the key's.
-    bytes: Box<[u8]>,
-    tenant_len: u32,
+    fingerprint: Fingerprint,
     /// The live claim's fencing token, or [`DONE`].
     token: u64,
-    /// When the lease or the window ends.
+    /// When the lease or the window ends, in nanoseconds since the store began.
     until: u64,
 }
 
 impl Entry {
-    fn new(hash: u64, key: &IdempotencyKey, token: u64, until: u64) -> Self {
-        let tenant = key.tenant.as_deref();
-        let tenant_len = tenant.map_or(NO_TENANT, |t| {
-            // A tenant id comes from a message of at most `max_message_bytes`.
-            u32::try_from(t.len()).expect("a tenant id is shorter than 4 GiB")
-        });
-        let mut bytes = Vec::with_capacity(tenant.map_or(0, str::len) + key.key.len());
-        bytes.extend_from_slice(tenant.unwrap_or_default().as_bytes());
-        bytes.extend_from_slice(key.key.as_bytes());
-        Self {
-            hash,
-            bytes: bytes.into_boxed_slice(),
-            tenant_len,
-            token,
-            until,
-        }
-    }
-
-    fn is(&self, hash: u64, key: &IdempotencyKey) -> bool {
-        if self.hash != hash {
-            return false;
-        }
-        match &key.tenant {
-            None => self.tenant_len == NO_TENANT && *self.bytes == *key.key.as_bytes(),
-            Some(t) => {
-                self.tenant_len as usize == t.len()
-                    && self.bytes.len() == t.len() + key.key.len()
-                    && self.bytes[..t.len()] == *t.as_bytes()
-                    && self.bytes[t.len()..] == *key.key.as_bytes()
-            }
-        }
-    }
-
     fn live(&self, now: u64) -> bool {
         self.until > now
     }
@@ -105,8 +85,8 @@ impl Shard {
 pub struct MemoryStore {
     shards: Vec<Mutex<Shard>>,
     next_token: AtomicU64,
-    /// foldhash, seeded per process: several times cheaper than the default SipHash.
-    hasher: foldhash::fast::RandomState,
+    /// The secret key of [`Fingerprint`]s.
+    sip_key: [u8; 16],
     /// What entry times count from.
     epoch: Instant,
 }
@@ -122,7 +102,7 @@ impl MemoryStore {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             next_token: AtomicU64::new(DONE + 1),
-            hasher: Default::default(),
+            sip_key: rand::random(),
             epoch: Instant::now(),
         }
     }
@@ -132,11 +112,16 @@ impl MemoryStore {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// The key's hash and its shard. The shard is chosen from bits the table itself does
-    /// not use (it takes its bucket from the low bits and its tags from the top seven).
-    fn locate(&self, key: &IdempotencyKey) -> (u64, &Mutex<Shard>) {
-        let hash = self.hasher.hash_one(key);
-        (hash, &self.shards[(hash >> 32) as usize % SHARDS])
+    fn fingerprint(&self, key: &IdempotencyKey) -> Fingerprint {
+        let mut h = SipHasher13::new_with_key(&self.sip_key);
+        // The derived `Hash` of (Option<tenant>, key) ends each string with a marker, so
+        // no tenant/key split of the same bytes hashes alike.
+        key.hash(&mut h);
+        Fingerprint(h.finish128().as_u128())
+    }
+
+    fn shard(&self, fingerprint: Fingerprint) -> &Mutex<Shard> {
+        &self.shards[fingerprint.shard()]
     }
 
     /// Keys currently remembered (in flight or done), for tests and status.
@@ -161,10 +146,14 @@ impl MemoryStore {
 
     /// `token` is this claim's own, from [`MemoryStore::tokens`].
     fn claim_now(&self, key: IdempotencyKey, token: u64, lease: Duration, now: u64) -> Claim {
-        let (hash, shard) = self.locate(&key);
-        let mut shard = shard.lock();
+        let fingerprint = self.fingerprint(&key);
+        let mut shard = self.shard(fingerprint).lock();
         let until = nanos_after(now, lease);
-        match shard.entries.entry(hash, |e| e.is(hash, &key), |e| e.hash) {
+        match shard.entries.entry(
+            fingerprint.table_hash(),
+            |e| e.fingerprint == fingerprint,
+            |e| e.fingerprint.table_hash(),
+        ) {
             Slot::Occupied(mut found) => {
                 let entry = found.get_mut();
                 if entry.live(now) {
@@ -178,7 +167,11 @@ impl MemoryStore {
                 entry.until = until;
             }
             Slot::Vacant(free) => {
-                free.insert(Entry::new(hash, &key, token, until));
+                free.insert(Entry {
+                    fingerprint,
+                    token,
+                    until,
+                });
                 shard.note_insert(now);
             }
         }
@@ -194,9 +187,12 @@ impl MemoryStore {
         let Some(wanted) = token.token.parse::<u64>().ok().filter(|t| *t != DONE) else {
             return ClaimState::Lost;
         };
-        let (hash, shard) = self.locate(&token.key);
-        let mut shard = shard.lock();
-        match shard.entries.find_entry(hash, |e| e.is(hash, &token.key)) {
+        let fingerprint = self.fingerprint(&token.key);
+        let mut shard = self.shard(fingerprint).lock();
+        match shard
+            .entries
+            .find_entry(fingerprint.table_hash(), |e| e.fingerprint == fingerprint)
+        {
             Ok(found) if found.get().live(now) && found.get().token == wanted => {
                 f(found);
                 ClaimState::Held
@@ -398,6 +394,25 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Distinct (tenant, key) pairs are remembered apart: each is acquired once, then
+        /// seen in flight, whatever bytes the tenant and key hold.
+        #[test]
+        fn distinct_keys_are_remembered_apart(keys in prop::collection::hash_set((prop::option::of(".{0,6}"), ".{0,12}"), 1..64)) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let s = MemoryStore::new();
+                let lease = Duration::from_secs(5);
+                let keys: Vec<IdempotencyKey> = keys.iter().map(|(t, k)| IdempotencyKey::new(t.as_deref(), k)).collect();
+                for k in &keys {
+                    prop_assert!(matches!(s.claim(k, lease).await.unwrap(), Claim::Acquired(_)), "{:?}", k);
+                }
+                for k in &keys {
+                    prop_assert_eq!(s.claim(k, lease).await.unwrap(), Claim::InFlight);
+                }
+                Ok(())
+            })?;
+        }
 
         /// Idempotency: of many concurrent claims of one key exactly one is acquired, and
         /// tenants never share a key.
