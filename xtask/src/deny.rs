@@ -38,9 +38,12 @@ fn ensure_installed() -> Result<PathBuf> {
     Ok(root.join("bin"))
 }
 
-/// Licenses, bans and sources; none of these needs the network.
+/// Licenses, bans and sources; none of these needs the network once every crate of the
+/// lock file is in cargo's cache. A build fetches only the crates of this platform, and
+/// cargo-deny reads the metadata of all of them, so a fresh machine fetches the rest first.
 pub fn check() -> Result<()> {
     let bin_dir = ensure_installed()?;
+    run("cargo", &["fetch", "--locked"])?;
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
     run_with_env(
         "cargo",
