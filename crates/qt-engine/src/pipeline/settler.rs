@@ -17,20 +17,32 @@ use super::outcome::{ClaimAction, Outcome, Resolution, resolve};
 use super::{Finished, FinishedRx, MessageMeta, Pipeline};
 use crate::metrics::{DlqReason, SettledTally};
 
-/// Most groups of finished messages taken together in one batch.
-const MAX_GROUPS: usize = 64;
+/// Most groups of finished messages taken together in one batch (a batch task sends its
+/// messages in a group or a few). Bounded so a settler that fell behind works through its
+/// backlog in batches of a few thousand messages, not in one huge allocation.
+const MAX_GROUPS: usize = 8;
 
 /// Runs until every sender is gone, then waits for the settles it started.
 pub(crate) async fn run(pipeline: Arc<Pipeline>, mut rx: FinishedRx) {
     let settles = TaskTracker::new();
     let mut groups = Vec::with_capacity(MAX_GROUPS);
-    let mut batch = Vec::new();
+    let mut work = BatchWork::default();
     while rx.recv_many(&mut groups, MAX_GROUPS).await > 0 {
-        batch.extend(groups.drain(..).flatten());
-        finish_batch(&pipeline, &mut batch, &settles).await;
+        work.batch.extend(groups.drain(..).flatten());
+        finish_batch(&pipeline, &mut work, &settles).await;
     }
     settles.close();
     settles.wait().await;
+}
+
+/// One batch's working lists, kept from batch to batch (each is emptied by the batch that
+/// fills it), so a busy settler does not allocate and fault in fresh memory for every one.
+#[derive(Default)]
+struct BatchWork {
+    batch: Vec<Finished>,
+    completes: Vec<ClaimToken>,
+    releases: Vec<ClaimToken>,
+    pending: Vec<Pending>,
 }
 
 /// One message's settle work, after its record is durable.
@@ -51,12 +63,15 @@ struct AfterSettle {
     status: qt_core::LedgerStatus,
 }
 
-/// Finishes (and empties) one batch; the vector keeps its capacity for the next.
-async fn finish_batch(p: &Arc<Pipeline>, batch: &mut Vec<Finished>, settles: &TaskTracker) {
-    let mut completes: Vec<ClaimToken> = Vec::with_capacity(batch.len());
-    let mut releases: Vec<ClaimToken> = Vec::new();
+/// Finishes one batch and empties `work` for the next.
+async fn finish_batch(p: &Arc<Pipeline>, work: &mut BatchWork, settles: &TaskTracker) {
+    let BatchWork {
+        batch,
+        completes,
+        releases,
+        pending,
+    } = work;
     let mut records = Vec::with_capacity(batch.len());
-    let mut pending = Vec::with_capacity(batch.len());
     // One clock reading for the whole batch: its records finish together.
     let (now, now_instant) = (Utc::now(), Instant::now());
     for f in batch.drain(..) {
@@ -105,8 +120,8 @@ async fn finish_batch(p: &Arc<Pipeline>, batch: &mut Vec<Finished>, settles: &Ta
     if let Some(store) = &p.store {
         let window = p.config.idempotency.window;
         if !completes.is_empty() {
-            match store.complete_batch(&completes, window).await {
-                Ok(states) => warn_lost(&completes, &states, "complete"),
+            match store.complete_batch(completes, window).await {
+                Ok(states) => warn_lost(completes, &states, "complete"),
                 Err(e) => {
                     p.metrics.idempotency_error(completes.len() as u64);
                     warn!(error = %e, keys = completes.len(), "could not mark keys done; they will run again once their lease expires");
@@ -114,47 +129,53 @@ async fn finish_batch(p: &Arc<Pipeline>, batch: &mut Vec<Finished>, settles: &Ta
             }
         }
         if !releases.is_empty()
-            && let Err(e) = store.release_batch(&releases).await
+            && let Err(e) = store.release_batch(releases).await
         {
             p.metrics.idempotency_error(releases.len() as u64);
             warn!(error = %e, keys = releases.len(), "could not release keys; they are free again once their lease expires");
         }
     }
+    completes.clear();
+    releases.clear();
     if records.is_empty() {
         return;
     }
     if let Err(e) = p.ledger.record_batch(records).await {
         p.metrics.ledger_error();
         error!(error = %e, messages = pending.len(), "ledger write failed; leaving the batch unacknowledged for redelivery");
-        for m in pending {
+        for m in pending.drain(..) {
             p.metrics.left_pipeline();
             drop(m);
         }
         return;
     }
+    // Most settlements finish on their first poll (an ack is queued, not awaited), here;
+    // only those still waiting (a dead letter awaiting its publish confirm) go on in a
+    // task of their own, so the next batch's records need not wait for them.
+    let mut waiting = FuturesUnordered::new();
+    let mut settled_at = None;
+    let mut done = Done::default();
+    for Pending {
+        handle,
+        settlement,
+        after,
+    } in pending.drain(..)
+    {
+        let mut settling = handle.settle(settlement);
+        match futures::poll!(&mut settling) {
+            Poll::Ready(result) => {
+                let at = *settled_at.get_or_insert_with(Instant::now);
+                settled(p, after, result, at, &mut done);
+            }
+            Poll::Pending => waiting.push(async move { (after, settling.await) }),
+        }
+    }
+    done.count(p);
+    if waiting.is_empty() {
+        return;
+    }
     let p = p.clone();
     settles.spawn(async move {
-        // Most settlements finish on their first poll (an ack is queued, not awaited);
-        // only those still waiting (a dead letter awaiting its publish confirm) are kept.
-        let mut waiting = FuturesUnordered::new();
-        let mut settled_at = None;
-        let mut done = Done::default();
-        for Pending {
-            handle,
-            settlement,
-            after,
-        } in pending
-        {
-            let mut settling = handle.settle(settlement);
-            match futures::poll!(&mut settling) {
-                Poll::Ready(result) => {
-                    let at = *settled_at.get_or_insert_with(Instant::now);
-                    settled(&p, after, result, at, &mut done);
-                }
-                Poll::Pending => waiting.push(async move { (after, settling.await) }),
-            }
-        }
-        done.count(&p);
         while let Some((after, result)) = waiting.next().await {
             let mut done = Done::default();
             settled(&p, after, result, Instant::now(), &mut done);
