@@ -57,7 +57,9 @@ struct AfterSettle {
     kind: &'static str,
     dlq_reason: Option<DlqReason>,
     trace_id: qt_core::TraceId,
-    message_id: String,
+    /// Copied only where a log line may need it (the record takes the original): at debug,
+    /// and for settlements other than an ack. A failed ack's error names its message.
+    message_id: Option<String>,
     permit: OwnedSemaphorePermit,
     started: Instant,
     status: qt_core::LedgerStatus,
@@ -72,6 +74,7 @@ async fn finish_batch(p: &Arc<Pipeline>, work: &mut BatchWork, settles: &TaskTra
         pending,
     } = work;
     let mut records = Vec::with_capacity(batch.len());
+    let log_each = tracing::enabled!(tracing::Level::DEBUG);
     // One clock reading for the whole batch: its records finish together.
     let (now, now_instant) = (Utc::now(), Instant::now());
     for f in batch.drain(..) {
@@ -105,7 +108,7 @@ async fn finish_batch(p: &Arc<Pipeline>, work: &mut BatchWork, settles: &TaskTra
             kind: row.settlement.kind(),
             dlq_reason: row.dlq_reason,
             trace_id: meta.trace_id,
-            message_id: meta.message_id().to_owned(),
+            message_id: (log_each || !matches!(row.settlement, Settlement::Ack)).then(|| meta.message_id().to_owned()),
             permit,
             started: meta.started,
             status: row.status,
@@ -210,16 +213,18 @@ impl Done {
 }
 
 fn settled(p: &Pipeline, m: AfterSettle, result: Result<(), qt_core::SettleError>, at: Instant, done: &mut Done) {
+    // Recorded only when copied (see AfterSettle::message_id).
+    let message_id = m.message_id.as_deref();
     match result {
         Ok(()) => {
-            debug!(trace_id = %m.trace_id, message_id = %m.message_id, settlement = m.kind, "settled");
+            debug!(trace_id = %m.trace_id, message_id, settlement = m.kind, "settled");
             if let Some(reason) = m.dlq_reason {
                 p.metrics.dead_lettered(reason);
             }
         }
         Err(e) => {
             p.metrics.settle_error();
-            warn!(trace_id = %m.trace_id, message_id = %m.message_id, settlement = m.kind, error = %e, "settle failed; the broker will redeliver");
+            warn!(trace_id = %m.trace_id, message_id, settlement = m.kind, error = %e, "settle failed; the broker will redeliver");
         }
     }
     done.add(m.status, at.saturating_duration_since(m.started), m.permit);
