@@ -207,7 +207,7 @@ fn prefill(s: &Settings, topic: &str) {
 /// per message; without, it keeps librdkafka's defaults. Returns the time from the first
 /// message to the last stored offset, and the CPU time its threads used.
 fn drain_plain(s: &Settings, topic: &str, group: &str, fetch_like_qt: bool) -> (Duration, ThreadCpu) {
-    let cpu_before = ThreadCpu::now();
+    let cpu_before = ThreadTimes::now();
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &s.brokers)
@@ -249,7 +249,7 @@ fn drain_plain(s: &Settings, topic: &str, group: &str, fetch_like_qt: bool) -> (
         }
     }
     let elapsed = first.expect("at least one message").elapsed();
-    let cpu = ThreadCpu::now().since(&cpu_before);
+    let cpu = ThreadTimes::now().since(&cpu_before);
     consumer
         .commit_consumer_state(CommitMode::Sync)
         .expect("the final commit");
@@ -309,7 +309,7 @@ impl QueueAdapter for FirstReceive {
 /// the first delivery to the last settled message (the engine counts a message processed
 /// once its settle returned, after its ledger record), and the CPU time its threads used.
 async fn drain_qt(s: &Settings, topic: &str, group: &str) -> (Duration, ThreadCpu, f64) {
-    let cpu_before = ThreadCpu::now();
+    let cpu_before = ThreadTimes::now();
     let mut source = KafkaSourceConfig {
         brokers: s.brokers.split(',').map(str::to_owned).collect(),
         topics: vec![topic.to_owned()],
@@ -359,7 +359,7 @@ async fn drain_qt(s: &Settings, topic: &str, group: &str) -> (Duration, ThreadCp
     }
     let elapsed = adapter.first.get().expect("at least one delivery").elapsed();
     // Before the stop: the adapter's consumer thread ends with it.
-    let cpu = ThreadCpu::now().since(&cpu_before);
+    let cpu = ThreadTimes::now().since(&cpu_before);
     trigger.stop().await.expect("the trigger stops");
     let m = trigger.metrics();
     assert_eq!(
@@ -460,13 +460,20 @@ async fn measure(
 #[derive(Debug, Default)]
 struct ThreadCpu(BTreeMap<&'static str, Duration>);
 
-impl ThreadCpu {
+/// Each live thread's kind and CPU time so far, by thread id.
+#[derive(Debug, Default)]
+struct ThreadTimes(BTreeMap<u64, (&'static str, Duration)>);
+
+impl ThreadTimes {
     fn now() -> Self {
-        let mut by_kind = BTreeMap::new();
+        let mut by_thread = BTreeMap::new();
         let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-            return Self(by_kind);
+            return Self(by_thread);
         };
         for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u64>().ok()) else {
+                continue;
+            };
             let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
                 continue;
             };
@@ -485,20 +492,25 @@ impl ThreadCpu {
                 n if n.starts_with("rdk:") => "librdkafka",
                 _ => "other",
             };
-            *by_kind.entry(kind).or_default() += used;
+            by_thread.insert(tid, (kind, used));
         }
-        Self(by_kind)
+        Self(by_thread)
     }
 
-    fn since(&self, before: &Self) -> Self {
-        Self(
-            self.0
-                .iter()
-                .map(|(k, v)| (*k, v.saturating_sub(before.0.get(k).copied().unwrap_or_default())))
-                .collect(),
-        )
+    /// What each kind of thread used since `before`, thread by thread: a thread that
+    /// ended meanwhile (an idle tokio blocking thread retires after 10 s) takes its
+    /// earlier time with it instead of cancelling another thread's.
+    fn since(&self, before: &Self) -> ThreadCpu {
+        let mut by_kind = BTreeMap::new();
+        for (tid, (kind, used)) in &self.0 {
+            let earlier = before.0.get(tid).map_or(Duration::ZERO, |(_, t)| *t);
+            *by_kind.entry(*kind).or_default() += used.saturating_sub(earlier);
+        }
+        ThreadCpu(by_kind)
     }
+}
 
+impl ThreadCpu {
     fn total(&self) -> Duration {
         self.0.values().sum()
     }
