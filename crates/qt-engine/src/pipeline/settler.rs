@@ -41,6 +41,9 @@ pub(crate) async fn run(pipeline: Arc<Pipeline>, mut rx: FinishedRx) {
 struct BatchWork {
     batch: Vec<Finished>,
     completes: Vec<ClaimToken>,
+    /// For each of `completes`, its message's place in the batch's records, so a claim
+    /// found lost can be told with the message's trace and message ids.
+    completed_records: Vec<usize>,
     releases: Vec<ClaimToken>,
     pending: Vec<Pending>,
 }
@@ -70,6 +73,7 @@ async fn finish_batch(p: &Arc<Pipeline>, work: &mut BatchWork, settles: &TaskTra
     let BatchWork {
         batch,
         completes,
+        completed_records,
         releases,
         pending,
     } = work;
@@ -97,7 +101,10 @@ async fn finish_batch(p: &Arc<Pipeline>, work: &mut BatchWork, settles: &TaskTra
         };
         if let Some(c) = claim {
             match row.claim {
-                ClaimAction::Complete => completes.push(c),
+                ClaimAction::Complete => {
+                    completes.push(c);
+                    completed_records.push(records.len());
+                }
                 ClaimAction::Release => releases.push(c),
             }
         }
@@ -124,7 +131,7 @@ async fn finish_batch(p: &Arc<Pipeline>, work: &mut BatchWork, settles: &TaskTra
         let window = p.config.idempotency.window;
         if !completes.is_empty() {
             match store.complete_batch(completes, window).await {
-                Ok(states) => warn_lost(completes, &states, "complete"),
+                Ok(states) => warn_lost(completes, completed_records, &records, &states),
                 Err(e) => {
                     p.metrics.idempotency_error(completes.len() as u64);
                     warn!(error = %e, keys = completes.len(), "could not mark keys done; they will run again once their lease expires");
@@ -139,6 +146,7 @@ async fn finish_batch(p: &Arc<Pipeline>, work: &mut BatchWork, settles: &TaskTra
         }
     }
     completes.clear();
+    completed_records.clear();
     releases.clear();
     if records.is_empty() {
         return;
@@ -230,10 +238,19 @@ fn settled(p: &Pipeline, m: AfterSettle, result: Result<(), qt_core::SettleError
     done.add(m.status, at.saturating_duration_since(m.started), m.permit);
 }
 
-fn warn_lost(tokens: &[ClaimToken], states: &[ClaimState], operation: &str) {
-    for (t, s) in tokens.iter().zip(states) {
+/// Warns of each completed claim the store had already given up: its message ran past
+/// the lease, so another worker may have claimed and run the same key.
+fn warn_lost(tokens: &[ClaimToken], record_of: &[usize], records: &[LedgerRecord], states: &[ClaimState]) {
+    for ((t, r), s) in tokens.iter().zip(record_of).zip(states) {
         if *s == ClaimState::Lost {
-            warn!(key = %t.key.key, tenant = ?t.key.tenant, operation, "idempotency lease had expired: another worker may have run this key too; raise idempotency.lease above the longest run");
+            let record = &records[*r];
+            warn!(
+                trace_id = %record.trace_id,
+                message_id = %record.message_id,
+                key = %t.key.key,
+                tenant = ?t.key.tenant,
+                "idempotency lease had expired before the message finished: another worker may have run this key too; raise idempotency.lease above the longest run"
+            );
         }
     }
 }

@@ -106,3 +106,47 @@ fn configured_secrets_never_print() {
         assert!(out.contains("cache.internal"), "the host stays visible: {out}");
     }
 }
+
+/// A run that outlives its idempotency lease is reported with the message it concerns:
+/// the warning names trace id, message id and key, so an operator can find the run.
+#[test]
+fn an_expired_lease_is_reported_with_its_message() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(capture.clone())
+        .finish();
+    // One thread, so the whole trigger logs to this test's subscriber.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ran = tracing::subscriber::with_default(subscriber, || {
+        rt.block_on(async {
+            let mut c = config();
+            c.idempotency.lease = std::time::Duration::from_millis(20);
+            let agent = ScriptedAgent::new("default");
+            let slow = msg("slow", &[("x-dedup-key", "k-slow")], json!({"do": "sleep", "ms": 80}));
+            run_to_idle(c, &[("default", agent as Arc<dyn AgentRuntime>)], vec![slow]).await
+        })
+    });
+    let record = ran
+        .final_records()
+        .remove("slow")
+        .expect("the slow message has a record");
+    let text = String::from_utf8(capture.0.lock().clone()).unwrap();
+    let warning = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("idempotency lease had expired"))
+        })
+        .unwrap_or_else(|| panic!("no lease warning in:\n{text}"));
+    assert_eq!(warning["message_id"], "slow");
+    assert_eq!(warning["trace_id"], record.trace_id.to_string());
+    assert_eq!(warning["key"], "k-slow");
+}
