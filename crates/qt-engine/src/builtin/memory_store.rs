@@ -395,6 +395,30 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
+        /// A batch answers as the same claims one by one would, in its own order: a key
+        /// repeated in the batch is acquired where it first comes and in flight after.
+        #[test]
+        fn a_batch_claims_like_single_claims_in_order(picks in prop::collection::vec((0usize..3, 0usize..40), 1..300)) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let lease = Duration::from_secs(5);
+                let keys: Vec<IdempotencyKey> = picks
+                    .iter()
+                    .map(|(t, k)| IdempotencyKey::new((*t > 0).then(|| format!("t{t}")).as_deref(), &format!("k{k}")))
+                    .collect();
+                let batched = MemoryStore::new().claim_batch(keys.clone(), lease).await.unwrap();
+                let single = MemoryStore::new();
+                let mut seen = std::collections::HashSet::new();
+                for (k, got) in keys.iter().zip(&batched) {
+                    let first = seen.insert(k.clone());
+                    let expected = single.claim(k, lease).await.unwrap();
+                    prop_assert_eq!(first, matches!(got, Claim::Acquired(t) if t.key == *k), "{:?}: {:?}", k, got);
+                    prop_assert_eq!(std::mem::discriminant(got), std::mem::discriminant(&expected));
+                }
+                Ok(())
+            })?;
+        }
+
         /// Distinct (tenant, key) pairs are remembered apart: each is acquired once, then
         /// seen in flight, whatever bytes the tenant and key hold.
         #[test]
