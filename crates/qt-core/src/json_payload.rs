@@ -81,6 +81,8 @@ impl fmt::Debug for JsonPayload {
 
 impl Serialize for JsonPayload {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // serde_json makes a `RawValue` only by reading it, so the text is read once more
+        // here; that is paid by the messages written out to an agent, not by every message.
         let raw: &RawValue = serde_json::from_str(self.text()).expect("the raw text was validated as JSON when parsed");
         raw.serialize(serializer)
     }
