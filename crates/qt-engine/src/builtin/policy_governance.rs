@@ -114,7 +114,6 @@ impl PolicyGovernance {
         }
     }
 
-    /// Takes one token from every bucket that applies, or says how long until one is free.
     /// The decision for `ctx`: rules first, then the tenant's quota and rate limits.
     fn decide(&self, ctx: &GovernanceContext<'_>) -> Result<Decision, GovernanceError> {
         let tenant = ctx.tenant_id.unwrap_or(NO_TENANT);
@@ -140,6 +139,7 @@ impl PolicyGovernance {
         Ok(self.take_tokens(tenant).unwrap_or(Decision::Allow))
     }
 
+    /// Takes one token from every bucket that applies, or says how long until one is free.
     fn take_tokens(&self, tenant: &str) -> Option<Decision> {
         if self.limits.is_empty() {
             return None;
