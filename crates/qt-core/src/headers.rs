@@ -47,7 +47,7 @@ pub mod dead_letter {
 /// Names qt reads on every message it handles. A header under one of these names or a
 /// dead-letter header name (in this exact casing) shares the static name instead of
 /// allocating its own.
-const READ_ON_EVERY_MESSAGE: [&str; 6] = [EVENT_NAME, TENANT_ID, DEDUP_KEY, TRACEPARENT, "tracestate", ATTEMPT];
+const READ_ON_EVERY_MESSAGE: [&str; 5] = [EVENT_NAME, TENANT_ID, DEDUP_KEY, TRACEPARENT, ATTEMPT];
 
 /// A header's name. Made from a `&str`, one of qt's well-known names is not copied: an
 /// adapter turns every received header into a [`Headers`] entry, and the same few names
