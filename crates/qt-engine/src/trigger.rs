@@ -9,7 +9,7 @@ use qt_core::config::{Config, ConfigErrors, LedgerConfig, StoreConfig, Validate,
 use qt_core::parse::parser_for;
 use qt_core::{AgentRuntime, Governance, Health, IdempotencyStore, Ledger, QueueAdapter};
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,7 +20,7 @@ use crate::builtin::memory_ledger::MemoryLedger;
 use crate::builtin::memory_store::MemoryStore;
 use crate::builtin::policy_governance::PolicyGovernance;
 use crate::metrics::{Metrics, MetricsSnapshot};
-use crate::pipeline::{Pipeline, intake::Intake, settler};
+use crate::pipeline::{Pipeline, intake::Intake};
 use crate::routing::Router;
 
 /// Where a trigger is in its life.
@@ -224,9 +224,8 @@ impl TriggerBuilder {
 struct Running {
     stop_intake: CancellationToken,
     intake: JoinHandle<&'static str>,
-    /// The batch tasks: a stop waits for them (the drain).
+    /// The batch tasks, which settle their own messages: a stop waits for them (the drain).
     batches: TaskTracker,
-    settlers: Vec<JoinHandle<()>>,
     backlog_poller: JoinHandle<()>,
 }
 
@@ -354,15 +353,6 @@ impl QueueTrigger {
                 s.adapter.queue()
             )));
         }
-        // One settler per core: each finishes the batches routed to it, so finishing is
-        // not a single-task bottleneck.
-        let settler_count = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
-        let (senders, settlers): (Vec<_>, Vec<_>) = (0..settler_count)
-            .map(|_| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                (tx, tokio::spawn(settler::run(p.clone(), rx)))
-            })
-            .unzip();
         let batches = TaskTracker::new();
         let stop_intake = CancellationToken::new();
         let intake = Intake {
@@ -370,7 +360,6 @@ impl QueueTrigger {
             adapter: s.adapter.clone(),
             in_flight: s.in_flight.clone(),
             max_in_flight: s.max_in_flight,
-            finished: senders,
             batches: batches.clone(),
             stop: stop_intake.clone(),
             state: s.state.subscribe(),
@@ -392,7 +381,6 @@ impl QueueTrigger {
             stop_intake,
             intake,
             batches,
-            settlers,
             backlog_poller,
         });
         Ok(())
@@ -518,10 +506,6 @@ impl QueueTrigger {
             );
             p.abort.cancel();
             running.batches.wait().await;
-        }
-        // Every sender is gone now, so the settlers finish what is queued and return.
-        for settler in running.settlers {
-            let _ = settler.await;
         }
         if let Err(e) = p.ledger.flush().await {
             warn!(error = %e, "ledger flush at stop failed");

@@ -18,7 +18,8 @@ use tracing::{Instrument, debug, warn};
 use super::order::{TurnDone, WaitTurn};
 use super::outcome::Outcome;
 use super::run::{Job, run};
-use super::{Finished, FinishedTx, Identity, MessageMeta, Pipeline, Unparsed};
+use super::settler::Settler;
+use super::{Finished, Identity, MessageMeta, Pipeline, Unparsed};
 use crate::metrics::HistogramTally;
 
 /// This batch's place in the order batches link their messages: it links after the batch
@@ -42,18 +43,11 @@ pub(crate) async fn process(
     p: Arc<Pipeline>,
     deliveries: Vec<Delivery>,
     permits: Vec<OwnedSemaphorePermit>,
-    finished: FinishedTx,
     link: LinkTurn,
 ) {
-    let send = |done: Vec<Finished>| {
-        if !done.is_empty() {
-            let _ = finished.send(done);
-        }
-    };
+    let mut settler = Settler::default();
     let mut done = Vec::new();
     let runnable = prepare(&p, deliveries, permits, &mut done);
-    // What cannot run is settled while the claims are out.
-    send(std::mem::take(&mut done));
     let claimed = claim(&p, runnable, &mut done).await;
     let jobs = link_in_order(&p, claimed, link).await;
     // Each run is polled once as it is made; most finish there (the agent answered at once,
@@ -73,14 +67,15 @@ pub(crate) async fn process(
             Poll::Pending => waiting.push(running),
         }
     }
-    send(done);
+    settler.finish(&p, done).await;
     while let Some(first) = waiting.next().await {
         let mut together = vec![first];
         while let Some(Some(more)) = waiting.next().now_or_never() {
             together.push(more);
         }
-        send(together);
+        settler.finish(&p, together).await;
     }
+    settler.drain(&p).await;
 }
 
 /// A message that cannot run, on its way to the settler with its outcome.

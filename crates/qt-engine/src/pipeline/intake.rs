@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
+use super::Pipeline;
 use super::batch::{self, LinkTurn};
-use super::{FinishedTx, Pipeline};
 use crate::trigger::TriggerState;
 
 /// Longest intake waits for a busy pipeline to return permits before it takes a smaller
@@ -26,8 +26,6 @@ pub(crate) struct Intake {
     pub in_flight: Arc<Semaphore>,
     /// The size of the in-flight window (`in_flight`'s permits in all).
     pub max_in_flight: usize,
-    /// One sender per settler; batches are spread over them in turn.
-    pub finished: Vec<FinishedTx>,
     /// Batch tasks; a stop drains them.
     pub batches: TaskTracker,
     pub stop: CancellationToken,
@@ -41,7 +39,6 @@ impl Intake {
         let batch_size = self.pipeline.config.processing.batch_size;
         let mut receive_backoff = Duration::from_millis(100);
         let mut previous_link: Option<oneshot::Receiver<()>> = None;
-        let mut batch_number: usize = 0;
         loop {
             if !self.wait_until_running().await {
                 return "stopped";
@@ -88,14 +85,8 @@ impl Intake {
                 after: previous_link.replace(next),
                 done,
             };
-            self.batches.spawn(batch::process(
-                self.pipeline.clone(),
-                deliveries,
-                permits,
-                self.finished[batch_number % self.finished.len()].clone(),
-                link,
-            ));
-            batch_number = batch_number.wrapping_add(1);
+            self.batches
+                .spawn(batch::process(self.pipeline.clone(), deliveries, permits, link));
         }
     }
 

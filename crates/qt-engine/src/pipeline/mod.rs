@@ -1,11 +1,12 @@
-//! The per-message pipeline (DESIGN §4), in three stages joined by channels:
+//! The per-message pipeline (DESIGN §4).
 //!
-//! 1. **intake** (one task): receive a batch, parse and extract, route, claim the batch's
-//!    idempotency keys in one call, dispatch runnable messages;
-//! 2. **workers** (a pool of `concurrency` tasks; per-key order kept by the dispatcher):
-//!    governance, the agent with retries (backoffs wait on timers, not in workers);
-//! 3. **settler** (one task): complete/release claims, write the batch's ledger records,
-//!    and only then settle each message on the broker.
+//! **Intake** (one task) receives a batch, bounded by in-flight permits, and hands it to a
+//! task of its own. The **batch** task parses, extracts and routes each message, claims
+//! the batch's idempotency keys in one call and links the messages into their ordering
+//! chains; then each message **runs** (governance, the agent with retries; agent slots
+//! bound how many run at once, and backoffs wait on timers without holding one); and the
+//! batch task **settles** what finished: completes or releases claims, writes the ledger
+//! records, and only then settles each message on the broker.
 //!
 //! Every message carries an in-flight permit from intake until it is settled, which bounds
 //! memory and makes "drained" mean "nothing taken and unsettled".
@@ -25,7 +26,7 @@ use chrono::{DateTime, Utc};
 use qt_core::config::Config;
 use qt_core::parse::Parser;
 use qt_core::{AgentRuntime, ClaimToken, Governance, IdempotencyStore, Ledger, MessageEnvelope, TraceId};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -181,8 +182,3 @@ pub(crate) struct Finished {
     pub claim: Option<ClaimToken>,
     pub permit: OwnedSemaphorePermit,
 }
-
-/// Messages reach the settler in groups (all that a batch finished together), so the
-/// channel, shared by every worker, is touched once per group rather than per message.
-pub(crate) type FinishedTx = mpsc::UnboundedSender<Vec<Finished>>;
-pub(crate) type FinishedRx = mpsc::UnboundedReceiver<Vec<Finished>>;

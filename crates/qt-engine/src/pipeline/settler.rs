@@ -1,7 +1,9 @@
 //! Stage 3: finish claims, make the ledger records durable, then settle on the broker —
-//! in that order, batch by batch, so no message is acked before its record is written.
+//! in that order, group by group, so no message is acked before its record is written.
+//!
+//! A batch task finishes its own messages, on the thread that ran them: handing them to a
+//! separate task moved every message's data to another core and through one more list.
 
-use std::sync::Arc;
 use std::task::Poll;
 use std::time::Instant;
 
@@ -10,42 +12,24 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use qt_core::{AckHandle, ClaimState, ClaimToken, LedgerRecord, Settlement, SettlementKind};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
 use super::outcome::{ClaimAction, Outcome, Resolution, resolve};
-use super::{Finished, FinishedRx, MessageMeta, Pipeline};
+use super::{Finished, MessageMeta, Pipeline};
 use crate::metrics::{DlqReason, SettledTally};
 
-/// Most groups of finished messages taken together in one batch (a batch task sends its
-/// messages in a group or a few). Bounded so a settler that fell behind works through its
-/// backlog in batches of a few thousand messages, not in one huge allocation.
-const MAX_GROUPS: usize = 8;
-
-/// Runs until every sender is gone, then waits for the settles it started.
-pub(crate) async fn run(pipeline: Arc<Pipeline>, mut rx: FinishedRx) {
-    let settles = TaskTracker::new();
-    let mut groups = Vec::with_capacity(MAX_GROUPS);
-    let mut work = BatchWork::default();
-    while rx.recv_many(&mut groups, MAX_GROUPS).await > 0 {
-        work.batch.extend(groups.drain(..).flatten());
-        finish_batch(&pipeline, &mut work, &settles).await;
-    }
-    settles.close();
-    settles.wait().await;
-}
-
-/// One batch's working lists, kept from batch to batch (each is emptied by the batch that
-/// fills it), so a busy settler does not allocate and fault in fresh memory for every one.
+/// One batch's working lists, kept from group to group (each is emptied by the group that
+/// fills it).
 #[derive(Default)]
-struct BatchWork {
-    batch: Vec<Finished>,
+pub(crate) struct Settler {
     completes: Vec<ClaimToken>,
-    /// For each of `completes`, its message's place in the batch's records, so a claim
+    /// For each of `completes`, its message's place in the group's records, so a claim
     /// found lost can be told with the message's trace and message ids.
     completed_records: Vec<usize>,
     releases: Vec<ClaimToken>,
     pending: Vec<Pending>,
+    /// Settlements still waiting for the broker (a dead letter awaiting its confirm).
+    waiting: FuturesUnordered<futures::future::BoxFuture<'static, (AfterSettle, Result<(), qt_core::SettleError>)>>,
 }
 
 /// One message's settle work, after its record is durable.
@@ -68,20 +52,40 @@ struct AfterSettle {
     status: qt_core::LedgerStatus,
 }
 
-/// Finishes one batch and empties `work` for the next.
-async fn finish_batch(p: &Arc<Pipeline>, work: &mut BatchWork, settles: &TaskTracker) {
-    let BatchWork {
-        batch,
+impl Settler {
+    /// Finishes a group of messages: their settlements that answer at once are done when
+    /// this returns, the others are left in [`Settler::drain`]'s care.
+    pub(crate) async fn finish(&mut self, p: &Pipeline, batch: Vec<Finished>) {
+        if batch.is_empty() {
+            return;
+        }
+        finish_group(p, self, batch).await;
+    }
+
+    /// Waits for the settlements still waiting for the broker.
+    pub(crate) async fn drain(&mut self, p: &Pipeline) {
+        while let Some((after, result)) = self.waiting.next().await {
+            let mut done = Done::default();
+            settled(p, after, result, Instant::now(), &mut done);
+            done.count(p);
+        }
+    }
+}
+
+/// Finishes one group and empties `work`'s lists for the next.
+async fn finish_group(p: &Pipeline, work: &mut Settler, batch: Vec<Finished>) {
+    let Settler {
         completes,
         completed_records,
         releases,
         pending,
+        waiting,
     } = work;
     let mut records = Vec::with_capacity(batch.len());
     let log_each = tracing::enabled!(tracing::Level::DEBUG);
     // One clock reading for the whole batch: its records finish together.
     let (now, now_instant) = (Utc::now(), Instant::now());
-    for f in batch.drain(..) {
+    for f in batch {
         let Finished {
             handle,
             meta,
@@ -161,9 +165,8 @@ async fn finish_batch(p: &Arc<Pipeline>, work: &mut BatchWork, settles: &TaskTra
         return;
     }
     // Most settlements finish on their first poll (an ack is queued, not awaited), here;
-    // only those still waiting (a dead letter awaiting its publish confirm) go on in a
-    // task of their own, so the next batch's records need not wait for them.
-    let mut waiting = FuturesUnordered::new();
+    // only those still waiting (a dead letter awaiting its publish confirm) are left for
+    // `drain`, so the batch's next group need not wait for them.
     let mut settled_at = None;
     let mut done = Done::default();
     for Pending {
@@ -178,21 +181,10 @@ async fn finish_batch(p: &Arc<Pipeline>, work: &mut BatchWork, settles: &TaskTra
                 let at = *settled_at.get_or_insert_with(Instant::now);
                 settled(p, after, result, at, &mut done);
             }
-            Poll::Pending => waiting.push(async move { (after, settling.await) }),
+            Poll::Pending => waiting.push(Box::pin(async move { (after, settling.await) })),
         }
     }
     done.count(p);
-    if waiting.is_empty() {
-        return;
-    }
-    let p = p.clone();
-    settles.spawn(async move {
-        while let Some((after, result)) = waiting.next().await {
-            let mut done = Done::default();
-            settled(&p, after, result, Instant::now(), &mut done);
-            done.count(&p);
-        }
-    });
 }
 
 /// Messages settled together: counted into the shared metrics and given back to the
