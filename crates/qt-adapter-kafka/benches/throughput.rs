@@ -1,9 +1,9 @@
 //! Consume-process-commit throughput on Kafka: qt (the engine with this adapter, a no-op
-//! agent, the in-memory idempotency store and ledger) next to the minimal hand-written
-//! at-least-once consumer (an rdkafka `BaseConsumer` that parses each body as JSON and
-//! stores its offset, with `enable.auto.offset.store=false` and auto-commit). Both read the
-//! same pre-filled topic on the same broker in the same run, each drain in a consumer group
-//! of its own, taking turns.
+//! agent, the in-memory idempotency store sized for the run's keys, the in-memory ledger)
+//! next to the minimal hand-written at-least-once consumer (an rdkafka `BaseConsumer` that
+//! parses each body as JSON and stores its offset, with `enable.auto.offset.store=false`
+//! and auto-commit). Both read the same pre-filled topic on the same broker in the same
+//! run, each drain in a consumer group of its own, taking turns.
 //!
 //! The plain consumer fetches with qt's `fetch.queue.backoff.ms` (100 ms; librdkafka's
 //! default of 1 s idles any consumer that drains its prefetch queue faster than the broker
@@ -39,7 +39,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use qt_adapter_kafka::{FETCH_QUEUE_BACKOFF_MS, KafkaAdapter, KafkaAdmin};
 use qt_bench_support::{NoOpAgent, dedup_key, env_or, median, order_body, tenant_of};
-use qt_core::config::{Config, FailureAction, KafkaSourceConfig, SourceConfig, UnprocessableAction};
+use qt_core::config::{
+    Config, FailureAction, KafkaSourceConfig, MemoryStoreConfig, SourceConfig, StoreConfig, UnprocessableAction,
+};
 use qt_core::{AdapterError, AdapterSettings, Capabilities, Delivery, Health, LedgerStatus, QueueAdapter};
 use qt_engine::QueueTrigger;
 use qt_engine::builtin::memory_ledger::MemoryLedger;
@@ -327,6 +329,10 @@ async fn drain_qt(s: &Settings, topic: &str, group: &str) -> (Duration, ThreadCp
     config.processing.concurrency = s.concurrency;
     config.processing.batch_size = s.batch_size;
     config.processing.max_in_flight = Some(s.max_in_flight);
+    // Sized for the run's keys, as a long-running instance's store is once it has held one
+    // window: a store growing from empty doubles its tables again and again on the way to
+    // a million keys, which is start-up work, not per-message work.
+    config.idempotency.store = StoreConfig::Memory(MemoryStoreConfig { capacity: s.messages });
     // Nothing fails in this run; these keep the trigger from needing a DLQ topic.
     config.processing.on_failure = FailureAction::Nack;
     config.processing.on_parse_failure = UnprocessableAction::Nack;

@@ -181,7 +181,7 @@ impl TriggerBuilder {
         } else {
             match (self.store, &c.idempotency.store) {
                 (Some(s), _) => Some(s),
-                (None, StoreConfig::Memory) => Some(Arc::new(MemoryStore::new())),
+                (None, StoreConfig::Memory(memory)) => Some(Arc::new(MemoryStore::with_capacity(memory.capacity))),
                 (None, StoreConfig::Redis(_)) => return Err(BuildError::StoreNotGiven("redis")),
             }
         };

@@ -96,7 +96,7 @@ pub async fn store(config: &Config) -> anyhow::Result<Option<Arc<dyn Idempotency
         return Ok(None);
     }
     match &config.idempotency.store {
-        StoreConfig::Memory => Ok(None),
+        StoreConfig::Memory(_) => Ok(None),
         #[cfg(feature = "redis")]
         StoreConfig::Redis(r) => redis::store(r, config).await.map(Some),
         #[cfg(not(feature = "redis"))]

@@ -23,14 +23,35 @@ pub enum OnStoreError {
 /// Where claims are kept.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-#[derive(Default)]
 pub enum StoreConfig {
     /// In this process only: right for a single instance and for tests.
-    #[default]
-    Memory,
+    Memory(MemoryStoreConfig),
     /// Shared across processes.
     Redis(RedisStoreConfig),
 }
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self::Memory(MemoryStoreConfig::default())
+    }
+}
+
+/// The in-process store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryStoreConfig {
+    /// Keys the store makes room for when it starts. A store that runs out of room doubles
+    /// its table, copying every key into fresh memory while claims wait, several times on
+    /// the way to a busy window's size; sizing it for the keys one window holds avoids
+    /// that. The room costs 38 to 76 bytes a key (tables come in powers of two), taken
+    /// from the system as keys arrive. Default 0: the table grows as keys arrive.
+    #[serde(default)]
+    pub capacity: usize,
+}
+
+/// Most keys `capacity` may ask room for (hundreds of gigabytes): a typo should fail
+/// validation, not the start.
+const MAX_MEMORY_CAPACITY: usize = 1 << 32;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,8 +123,16 @@ impl Validate for IdempotencyConfig {
                 format!("must be non-empty without spaces, got {:?}", self.key_prefix),
             );
         }
-        if let StoreConfig::Redis(r) = &self.store {
-            r.validate(&join(path, "store"), problems);
+        match &self.store {
+            StoreConfig::Redis(r) => r.validate(&join(path, "store"), problems),
+            StoreConfig::Memory(m) => {
+                if m.capacity > MAX_MEMORY_CAPACITY {
+                    problems.push(
+                        join(&join(path, "store"), "capacity"),
+                        format!("must be at most {MAX_MEMORY_CAPACITY} keys, got {}", m.capacity),
+                    );
+                }
+            }
         }
     }
 }

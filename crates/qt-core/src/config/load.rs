@@ -287,6 +287,32 @@ agent:
         assert!(got.iter().any(|p| p.starts_with("source.url:")), "{got:#?}");
         assert!(got.iter().any(|p| p.starts_with("idempotency.store.url:")), "{got:#?}");
     }
+
+    #[test]
+    fn the_memory_store_takes_a_capacity_and_nothing_else() {
+        use crate::config::{MemoryStoreConfig, StoreConfig};
+        let with = |store: &str| {
+            format!(
+                "source: {{type: mock, queue: q}}\nidempotency: {{store: {store}}}\nagent: {{targets: {{a: {{type: log}}}}}}\n"
+            )
+        };
+        let loaded = |store: &str| load_str(&with(store), |_| None).map(|c| c.idempotency.store);
+        assert_eq!(
+            loaded("{type: memory}").unwrap(),
+            StoreConfig::Memory(MemoryStoreConfig { capacity: 0 })
+        );
+        assert_eq!(
+            loaded("{type: memory, capacity: 1000000}").unwrap(),
+            StoreConfig::Memory(MemoryStoreConfig { capacity: 1_000_000 })
+        );
+        let unknown = problems(&with("{type: memory, capacty: 10}"));
+        assert!(unknown.iter().any(|p| p.contains("capacty")), "{unknown:#?}");
+        let huge = problems(&with("{type: memory, capacity: 99999999999}"));
+        assert!(
+            huge.iter().any(|p| p.starts_with("idempotency.store.capacity:")),
+            "{huge:#?}"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ mod source;
 pub use agent::{AgentConfig, CommandTarget, Route, TargetConfig};
 pub use env::substitute;
 pub use governance::{GovernanceConfig, GovernanceRule, OnGovernanceError, RateLimitRule, RuleAction};
-pub use idempotency::{IdempotencyConfig, OnStoreError, StoreConfig};
+pub use idempotency::{IdempotencyConfig, MemoryStoreConfig, OnStoreError, StoreConfig};
 pub use ledger::{JsonlLedgerConfig, LedgerConfig};
 pub use load::{load_file, load_str};
 pub use observability::{AdminConfig, LogConfig, LogFormat, ObservabilityConfig, SecurityConfig};

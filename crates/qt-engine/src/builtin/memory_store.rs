@@ -99,8 +99,25 @@ impl Default for MemoryStore {
 
 impl MemoryStore {
     pub fn new() -> Self {
+        Self::with_capacity(0)
+    }
+
+    /// A store with room for `keys` keys before its table has to grow (see
+    /// `MemoryStoreConfig::capacity`).
+    pub fn with_capacity(keys: usize) -> Self {
+        // Keys spread evenly over the shards only on average; the slack keeps a shard that
+        // drew a few more than its share from doubling for them.
+        let per_shard = keys.div_ceil(SHARDS);
+        let per_shard = per_shard + per_shard / 16;
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        entries: HashTable::with_capacity(per_shard),
+                        ..Shard::default()
+                    })
+                })
+                .collect(),
             next_token: AtomicU64::new(DONE + 1),
             sip_key: rand::random(),
             epoch: Instant::now(),
@@ -268,6 +285,15 @@ mod tests {
 
     fn key(t: Option<&str>, k: &str) -> IdempotencyKey {
         IdempotencyKey::new(t, k)
+    }
+
+    #[test]
+    fn a_sized_store_has_room_for_its_keys_from_the_start() {
+        let s = MemoryStore::with_capacity(16_000);
+        for shard in &s.shards {
+            assert!(shard.lock().entries.capacity() >= 1_000);
+        }
+        assert!(MemoryStore::new().shards[0].lock().entries.capacity() < 1_000);
     }
 
     #[tokio::test]
