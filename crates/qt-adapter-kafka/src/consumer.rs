@@ -240,10 +240,11 @@ pub struct PollLoop {
     pub held_capacity: usize,
     pub commit_interval: Duration,
     pub redelivery_delay: Duration,
-    /// Interned topic names (a consumer reads a handful of topics: a scan beats hashing).
-    topics: Vec<Arc<str>>,
-    /// `kafka`, shared by every message's source.
-    adapter_kind: Arc<str>,
+    /// The topic names of the current poll batch (a consumer reads a handful of topics: a
+    /// scan beats hashing). Each batch makes its own copies, like its adapter name: every
+    /// message holds these names until it is settled, and a name shared by the whole
+    /// pipeline would have its reference count written by every thread for every message.
+    batch_topics: Vec<Arc<str>>,
     flow_paused: bool,
     /// Since when the buffer has been full without the engine taking anything.
     full_since: Option<Instant>,
@@ -270,8 +271,7 @@ impl PollLoop {
             held_capacity: (capacity * 4).max(MIN_HELD),
             commit_interval,
             redelivery_delay,
-            topics: Vec::new(),
-            adapter_kind: Arc::from("kafka"),
+            batch_topics: Vec::new(),
             flow_paused: false,
             full_since: None,
             polled: Vec::new(),
@@ -340,11 +340,11 @@ impl PollLoop {
             .clamp(1, MAX_BATCH);
         let Self {
             consumer,
-            topics,
-            adapter_kind,
+            batch_topics,
             polled: batch,
             ..
         } = &mut *self;
+        batch_topics.clear();
         let mut wait = timeout;
         // Taken when the first message arrived: one clock reading per batch.
         let mut times: Option<record::Batch> = None;
@@ -352,16 +352,16 @@ impl PollLoop {
             match consumer.poll(wait) {
                 None => break,
                 Some(Ok(msg)) => {
-                    let topic = match topics.iter().find(|t| ***t == *msg.topic()) {
+                    let topic = match batch_topics.iter().find(|t| ***t == *msg.topic()) {
                         Some(t) => t.clone(),
                         None => {
                             let t: Arc<str> = Arc::from(msg.topic());
-                            topics.push(t.clone());
+                            batch_topics.push(t.clone());
                             t
                         }
                     };
                     let times = times.get_or_insert_with(|| record::Batch {
-                        adapter: adapter_kind.clone(),
+                        adapter: Arc::from("kafka"),
                         received_at: chrono::Utc::now(),
                         now_wall: SystemTime::now(),
                         now: Instant::now(),

@@ -203,7 +203,7 @@ fn text(bytes: &[u8]) -> String {
 /// What every record of one poll batch shares.
 #[derive(Debug)]
 pub struct Batch {
-    /// `kafka`, shared by every message's source.
+    /// `kafka`, shared by the batch's messages (see `PollLoop::batch_topics`).
     pub adapter: Arc<str>,
     pub received_at: DateTime<Utc>,
     pub now_wall: SystemTime,
