@@ -11,7 +11,7 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use qt_core::config::{OnStoreError, Ordering};
 use qt_core::envelope::build_envelope;
-use qt_core::{AckHandle, Claim, ClaimToken, Delivery, IdempotencyKey};
+use qt_core::{AckHandle, Claim, Delivery, IdempotencyKey};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tracing::{Instrument, debug, warn};
 
@@ -29,16 +29,6 @@ pub(crate) struct LinkTurn {
     pub done: oneshot::Sender<()>,
 }
 
-/// A message that passed parsing and routing, waiting for its claim.
-struct Runnable {
-    handle: AckHandle,
-    meta: MessageMeta,
-    envelope: Arc<qt_core::MessageEnvelope>,
-    agent_payload: Option<serde_json::Value>,
-    focus: Option<Arc<str>>,
-    permit: OwnedSemaphorePermit,
-}
-
 pub(crate) async fn process(
     p: Arc<Pipeline>,
     deliveries: Vec<Delivery>,
@@ -47,9 +37,11 @@ pub(crate) async fn process(
 ) {
     let mut settler = Settler::default();
     let mut done = Vec::new();
-    let runnable = prepare(&p, deliveries, permits, &mut done);
-    let claimed = claim(&p, runnable, &mut done).await;
-    let jobs = link_in_order(&p, claimed, link).await;
+    // The jobs are made once and filled in place: each is a few hundred bytes, and every
+    // move between stages is a copy.
+    let mut jobs = prepare(&p, deliveries, permits, &mut done);
+    claim(&p, &mut jobs, &mut done).await;
+    link_in_order(&p, &mut jobs, link).await;
     // Each run is polled once as it is made; most finish there (the agent answered at once,
     // governance denied, ...), and only the runs still waiting join the set polled until
     // done, which saves the set's bookkeeping for the rest. Per-key order holds either
@@ -95,14 +87,14 @@ fn cannot_run(
     });
 }
 
-/// Parses, extracts and routes; messages that cannot run go straight to the settler.
+/// Parses, extracts and routes; messages that cannot run go straight to `done`.
 fn prepare(
     p: &Pipeline,
     deliveries: Vec<Delivery>,
     permits: Vec<OwnedSemaphorePermit>,
     done: &mut Vec<Finished>,
-) -> Vec<Runnable> {
-    let mut runnable = Vec::with_capacity(deliveries.len());
+) -> Vec<Job> {
+    let mut jobs = Vec::with_capacity(deliveries.len());
     // The batch is prepared in one go: one clock reading serves every message of it.
     let started = Instant::now();
     let mut lags = HistogramTally::default();
@@ -154,13 +146,16 @@ fn prepare(
                     attempt: envelope.attempt,
                 };
                 if routed {
-                    runnable.push(Runnable {
+                    jobs.push(Job {
                         handle,
                         meta,
                         envelope,
-                        agent_payload: built.agent_payload,
+                        selected_payload: built.agent_payload.map(Arc::new),
                         focus,
+                        claim: None,
                         permit,
+                        wait: WaitTurn::none(),
+                        done: TurnDone::none(),
                     });
                 } else {
                     warn!(trace_id = %meta.trace_id, message_id = %meta.message_id(), event = meta.event_name().unwrap_or(""), "no route for event");
@@ -171,64 +166,69 @@ fn prepare(
         }
     }
     p.metrics.observe_consume_lag(&lags);
-    runnable
+    jobs
 }
 
 /// Claims every key of the batch in one store call; duplicates and store failures are
-/// settled by policy, the rest go on with their claim token.
-async fn claim(p: &Pipeline, runnable: Vec<Runnable>, done: &mut Vec<Finished>) -> Vec<(Runnable, Option<ClaimToken>)> {
+/// settled by policy (taken out of `jobs`), the rest go on with their claim token.
+async fn claim(p: &Pipeline, jobs: &mut Vec<Job>, done: &mut Vec<Finished>) {
     let Some(store) = &p.store else {
-        return runnable.into_iter().map(|r| (r, None)).collect();
+        return;
     };
-    if runnable.is_empty() {
-        return Vec::new();
+    if jobs.is_empty() {
+        return;
     }
-    let keys: Vec<IdempotencyKey> = runnable
+    let keys: Vec<IdempotencyKey> = jobs
         .iter()
-        .map(|r| IdempotencyKey::new(r.envelope.tenant_id.as_deref(), r.envelope.idempotency_key()))
+        .map(|j| IdempotencyKey::new(j.envelope.tenant_id.as_deref(), j.envelope.idempotency_key()))
         .collect();
     let asked = keys.len();
     match store.claim_batch(keys, p.config.idempotency.lease).await {
-        Ok(claims) if claims.len() == runnable.len() => {
-            let mut out = Vec::with_capacity(runnable.len());
-            for (r, claim) in runnable.into_iter().zip(claims) {
+        Ok(claims) if claims.len() == jobs.len() => {
+            // Duplicates are rare: their outcomes wait here, in order, until they are
+            // taken out of the batch in one pass.
+            let mut duplicates = Vec::new();
+            for (job, claim) in jobs.iter_mut().zip(claims) {
                 match claim {
-                    Claim::Acquired(token) => out.push((r, Some(token))),
+                    Claim::Acquired(token) => job.claim = Some(token),
                     Claim::Completed => {
-                        debug!(trace_id = %r.meta.trace_id, message_id = %r.meta.message_id(), "duplicate: already processed");
-                        cannot_run(done, r.handle, r.meta, Outcome::Duplicate, r.permit);
+                        debug!(trace_id = %job.meta.trace_id, message_id = %job.meta.message_id(), "duplicate: already processed");
+                        duplicates.push(Outcome::Duplicate);
                     }
                     Claim::InFlight => {
-                        debug!(trace_id = %r.meta.trace_id, message_id = %r.meta.message_id(), "duplicate: in flight elsewhere");
-                        cannot_run(done, r.handle, r.meta, Outcome::DuplicateInFlight, r.permit);
+                        debug!(trace_id = %job.meta.trace_id, message_id = %job.meta.message_id(), "duplicate: in flight elsewhere");
+                        duplicates.push(Outcome::DuplicateInFlight);
                     }
                 }
             }
-            out
+            if !duplicates.is_empty() {
+                let taken = jobs.extract_if(.., |j| j.claim.is_none());
+                for (j, outcome) in taken.zip(duplicates) {
+                    cannot_run(done, j.handle, j.meta, outcome, j.permit);
+                }
+            }
         }
         other => {
             let reason = match other {
                 Err(e) => e.to_string(),
                 Ok(c) => format!("store answered {} claims for {asked} keys", c.len()),
             };
-            p.metrics.idempotency_error(runnable.len() as u64);
+            p.metrics.idempotency_error(jobs.len() as u64);
             match p.config.idempotency.on_store_error {
                 OnStoreError::FailOpen => {
-                    warn!(error = %reason, messages = runnable.len(), "idempotency store failed; running without dedup (fail_open)");
-                    runnable.into_iter().map(|r| (r, None)).collect()
+                    warn!(error = %reason, messages = jobs.len(), "idempotency store failed; running without dedup (fail_open)");
                 }
                 OnStoreError::FailClosed => {
-                    warn!(error = %reason, messages = runnable.len(), "idempotency store failed; requeueing (fail_closed)");
-                    for r in runnable {
+                    warn!(error = %reason, messages = jobs.len(), "idempotency store failed; requeueing (fail_closed)");
+                    for j in jobs.drain(..) {
                         cannot_run(
                             done,
-                            r.handle,
-                            r.meta,
+                            j.handle,
+                            j.meta,
                             Outcome::StoreUnavailable(reason.clone()),
-                            r.permit,
+                            j.permit,
                         );
                     }
-                    Vec::new()
                 }
             }
         }
@@ -237,19 +237,17 @@ async fn claim(p: &Pipeline, runnable: Vec<Runnable>, done: &mut Vec<Finished>) 
 
 /// Links the batch's messages into their keys' chains, after the previous batch did, so
 /// chains follow arrival order across batches.
-async fn link_in_order(p: &Pipeline, claimed: Vec<(Runnable, Option<ClaimToken>)>, link: LinkTurn) -> Vec<Job> {
+async fn link_in_order(p: &Pipeline, jobs: &mut [Job], link: LinkTurn) {
     let ordering = p.config.processing.ordering;
-    let keyed = ordering != Ordering::None;
-    if keyed && let Some(after) = link.after {
-        // Err means the previous batch ended without linking (it had nothing to link, or
-        // its task ended): either way its turn is over.
-        let _ = after.await;
-    }
-    let mut sequencer = keyed.then(|| p.sequencer.lock());
-    let jobs = claimed
-        .into_iter()
-        .map(|(r, claim)| {
-            let env = &r.envelope;
+    if ordering != Ordering::None {
+        if let Some(after) = link.after {
+            // Err means the previous batch ended without linking (it had nothing to link,
+            // or its task ended): either way its turn is over.
+            let _ = after.await;
+        }
+        let mut sequencer = p.sequencer.lock();
+        for job in jobs.iter_mut() {
+            let env = &job.envelope;
             let order_key = match ordering {
                 Ordering::None => None,
                 Ordering::Key => env.ordering_key.clone(),
@@ -258,24 +256,10 @@ async fn link_in_order(p: &Pipeline, claimed: Vec<(Runnable, Option<ClaimToken>)
                     None => env.source.key.clone(),
                 },
             };
-            let (wait, done) = match (order_key, sequencer.as_mut()) {
-                (Some(k), Some(seq)) => seq.link(k),
-                _ => (WaitTurn::none(), TurnDone::none()),
-            };
-            Job {
-                handle: r.handle,
-                meta: r.meta,
-                envelope: r.envelope,
-                selected_payload: r.agent_payload.map(Arc::new),
-                focus: r.focus,
-                claim,
-                permit: r.permit,
-                wait,
-                done,
+            if let Some(k) = order_key {
+                (job.wait, job.done) = sequencer.link(k);
             }
-        })
-        .collect();
-    drop(sequencer);
+        }
+    }
     drop(link.done);
-    jobs
 }

@@ -19,7 +19,8 @@ use super::outcome::Outcome;
 use super::{Finished, MessageMeta, Pipeline};
 use crate::backoff::{RetryDecision, decide};
 
-/// A message that passed parsing, routing and its idempotency claim.
+/// A message that passed parsing and routing. Made once per message; its claim and its
+/// turn in its key's order are filled in before it runs.
 pub(crate) struct Job {
     pub handle: qt_core::AckHandle,
     pub meta: MessageMeta,
