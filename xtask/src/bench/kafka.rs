@@ -27,7 +27,8 @@ pub fn run() -> Result<()> {
          dedup key and tenant headers) in {partitions} partitions, on the local Kafka-protocol broker \
          (Nisshi, in-memory storage), which shares the machine. **qt**: the engine with the Kafka \
          adapter, a no-op agent, the in-memory idempotency store (every message claimed and \
-         completed) and the in-memory ledger; concurrency {concurrency}, batch size {batch}, max in \
+         completed; sized for the run's keys with `capacity`, as a long-running instance's store \
+         is once it has held one window) and the in-memory ledger; concurrency {concurrency}, batch size {batch}, max in \
          flight {in_flight} (eight batches; the engine's default of two batches reads about 15% \
          less here, its stages hardly overlapping); offsets committed every second once finished. \
          **rdkafka**: the minimal \
