@@ -62,6 +62,35 @@ impl Router {
     }
 }
 
+/// The routes of one batch's event names. A batch carries a few event names, so each is
+/// matched once, and the target and focus names are the batch's own copies: every message
+/// holds them until its record is written, and names shared by the whole pipeline would
+/// have their reference counts written by every worker for every message.
+#[derive(Debug, Default)]
+pub(crate) struct BatchRoutes(Vec<(Box<str>, RouteMatch)>);
+
+impl BatchRoutes {
+    /// Beyond this many distinct names a batch routes each message on its own: scanning a
+    /// long list would cost more than matching.
+    const MAX_NAMES: usize = 8;
+
+    pub fn route(&mut self, router: &Router, event_name: &str) -> Option<RouteMatch> {
+        if let Some((_, found)) = self.0.iter().find(|(name, _)| **name == *event_name) {
+            return Some(found.clone());
+        }
+        let found = router.route(event_name)?;
+        if self.0.len() >= Self::MAX_NAMES {
+            return Some(found);
+        }
+        let own = RouteMatch {
+            target: Arc::from(&*found.target),
+            focus: found.focus.as_deref().map(Arc::from),
+        };
+        self.0.push((event_name.into(), own.clone()));
+        Some(own)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +135,23 @@ mod tests {
         assert_eq!(&*r.route("other").unwrap().target, "fallback");
         let strict = Router::new(&config(&[("order.*", "orders", None)], None), None).unwrap();
         assert_eq!(strict.route("other"), None);
+    }
+
+    #[test]
+    fn a_batch_routes_every_name_as_the_router_does() {
+        let c = config(
+            &[("order.*", "orders", Some("billing")), ("user.*", "users", None)],
+            None,
+        );
+        let r = Router::new(&c, c.effective_default_target()).unwrap();
+        let mut batch = BatchRoutes::default();
+        // More distinct names than the batch keeps, each asked twice, and unrouted ones.
+        let names: Vec<String> = (0..12)
+            .flat_map(|i| [format!("order.{i}"), format!("user.{i}"), format!("other.{i}")])
+            .collect();
+        for name in names.iter().chain(&names) {
+            assert_eq!(batch.route(&r, name), r.route(name), "{name}");
+        }
     }
 
     proptest! {

@@ -21,6 +21,7 @@ use super::run::{Job, run};
 use super::settler::Settler;
 use super::{Finished, Identity, MessageMeta, Pipeline, Unparsed};
 use crate::metrics::HistogramTally;
+use crate::routing::BatchRoutes;
 
 /// This batch's place in the order batches link their messages: it links after the batch
 /// before it has linked, and lets the next one go when done.
@@ -98,6 +99,7 @@ fn prepare(
     // The batch is prepared in one go: one clock reading serves every message of it.
     let started = Instant::now();
     let mut lags = HistogramTally::default();
+    let mut routes = BatchRoutes::default();
     for (Delivery { message, handle }, permit) in deliveries.into_iter().zip(permits) {
         let consume_latency = message.consume_latency();
         if let Some(lag) = consume_latency {
@@ -130,7 +132,7 @@ fn prepare(
                 let envelope = Arc::new(built.envelope);
                 debug!(trace_id = %envelope.trace_id, message_id = %envelope.message_id, queue = %envelope.source.queue, "consumed and parsed");
                 let event_name = envelope.event_name.as_deref().unwrap_or(&envelope.source.queue);
-                let route = p.router.route(event_name);
+                let route = routes.route(&p.router, event_name);
                 let (target, focus) = match route {
                     Some(r) => (Some(r.target), r.focus),
                     None => (None, None),
