@@ -258,6 +258,7 @@ impl QueueAdapter for KafkaAdapter {
 
     async fn receive(&self, max: usize) -> Result<Vec<Delivery>, AdapterError> {
         let max = max.max(1);
+        let settle = Arc::new(SettleContext::clone(&self.settle));
         loop {
             // Register interest before looking, so a wake-up between the look and the wait
             // is not missed.
@@ -272,10 +273,7 @@ impl QueueAdapter for KafkaAdapter {
                 }
                 if !st.buffer.is_empty() {
                     let taken = st.take(max, |p| {
-                        Delivery::new(
-                            p.message,
-                            AckHandle::new(KafkaSettle::new(self.settle.clone(), p.origin)),
-                        )
+                        Delivery::new(p.message, AckHandle::new(KafkaSettle::new(settle.clone(), p.origin)))
                     });
                     drop(st);
                     self.shared.notify_room();

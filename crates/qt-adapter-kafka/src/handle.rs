@@ -14,8 +14,11 @@ use crate::publisher::KafkaPublisher;
 use crate::record::{self, NOT_BEFORE};
 use crate::state::{Completion, Failure, Origin, Shared};
 
-/// What every handle of one adapter shares.
-#[derive(Debug)]
+/// What the handles of one adapter share. Each received batch's handles share a copy of
+/// their own (cheap: shared parts and two topic names): every handle holds it until its
+/// message is settled, and one context for the whole adapter would have its reference count
+/// written by every worker for every message.
+#[derive(Clone, Debug)]
 pub struct SettleContext {
     pub shared: Arc<Shared>,
     pub publisher: KafkaPublisher,
