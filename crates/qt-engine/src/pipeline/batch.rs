@@ -49,21 +49,33 @@ pub(crate) async fn process(
     // way: a run waiting for its key's turn is one that waits.
     let mut waiting = FuturesUnordered::new();
     done.reserve(jobs.len());
+    // The agent slot passed from run to run while runs finish at once (see `run`). It is
+    // held only within this loop, which never waits, and never given to a run that must
+    // wait for its key's turn first.
+    let mut spare = None;
     for job in jobs {
         // At debug, like the per-message log lines: at info the span (its fields
         // formatted, entered and left at every poll) cost a quarter of the throughput, and
         // every line about a message carries trace_id and message_id anyway.
         let span = tracing::debug_span!("message", trace_id = %job.meta.trace_id, message_id = %job.meta.message_id());
-        let mut running = Box::pin(run(&p, job).instrument(span));
+        let slot = if job.wait.is_none() { spare.take() } else { None };
+        let mut running = Box::pin(run(&p, job, slot).instrument(span));
         match futures::poll!(running.as_mut()) {
-            Poll::Ready(finished) => done.push(finished),
+            Poll::Ready((finished, slot)) => {
+                done.push(finished);
+                spare = spare.or(slot);
+            }
             Poll::Pending => waiting.push(running),
         }
     }
+    drop(spare);
     settler.finish(&p, done).await;
-    while let Some(first) = waiting.next().await {
+    // A run that waited gives its slot back as it ends, before its group is settled.
+    while let Some((first, slot)) = waiting.next().await {
+        drop(slot);
         let mut together = vec![first];
-        while let Some(Some(more)) = waiting.next().now_or_never() {
+        while let Some(Some((more, slot))) = waiting.next().now_or_never() {
+            drop(slot);
             together.push(more);
         }
         settler.finish(&p, together).await;

@@ -20,6 +20,11 @@ impl WaitTurn {
         Self(None)
     }
 
+    /// Whether there is nothing to wait for (no earlier message of the key is linked).
+    pub fn is_none(&self) -> bool {
+        self.0.is_none()
+    }
+
     pub async fn wait(self) {
         if let Some(rx) = self.0 {
             // Err means the predecessor dropped its sender: its run is over either way.

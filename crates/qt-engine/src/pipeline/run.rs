@@ -39,7 +39,16 @@ pub(crate) struct Job {
 /// (which would keep the whole job beside the parts taken from it for the future's whole
 /// life), and the waits only some runs reach (for a slot, for a pending agent, for a
 /// backoff) are boxed where they happen.
-pub(crate) fn run(p: &Pipeline, job: Job) -> impl Future<Output = Finished> + Send + '_ {
+///
+/// `slot` is an agent slot the caller already holds, for a message with no turn to wait
+/// for. The run hands back the slot it held at the end, so a batch whose runs finish at
+/// once passes one slot from run to run instead of taking and returning one per message
+/// (each a write to the semaphore every worker shares).
+pub(crate) fn run<'p>(
+    p: &'p Pipeline,
+    job: Job,
+    slot: Option<SemaphorePermit<'p>>,
+) -> impl Future<Output = (Finished, Option<SemaphorePermit<'p>>)> + Send + 'p {
     let Job {
         handle,
         meta,
@@ -51,18 +60,23 @@ pub(crate) fn run(p: &Pipeline, job: Job) -> impl Future<Output = Finished> + Se
         wait,
         done,
     } = job;
+    debug_assert!(
+        slot.is_none() || wait.is_none(),
+        "a run waiting for its turn holds no slot"
+    );
     async move {
         wait.wait().await;
-        let outcome = decide_outcome(p, &meta, envelope, selected_payload, focus).await;
+        let (outcome, slot) = decide_outcome(p, &meta, envelope, selected_payload, focus, slot).await;
         // The next message of this ordering key may start once this run is over.
         drop(done);
-        Finished {
+        let finished = Finished {
             handle,
             meta,
             outcome,
             claim,
             permit,
-        }
+        };
+        (finished, slot)
     }
 }
 
@@ -100,16 +114,22 @@ async fn finish_call<F: Future + Unpin>(p: &Pipeline, call: F) -> Option<F::Outp
     }
 }
 
-async fn decide_outcome(
-    p: &Pipeline,
+/// The outcome, and the agent slot still held at the end (see [`run`]).
+async fn decide_outcome<'p>(
+    p: &'p Pipeline,
     meta: &MessageMeta,
     envelope: Arc<MessageEnvelope>,
     selected_payload: Option<Arc<serde_json::Value>>,
     focus: Option<Arc<str>>,
-) -> Outcome {
+    given: Option<SemaphorePermit<'p>>,
+) -> (Outcome, Option<SemaphorePermit<'p>>) {
     let target = meta.target.as_ref().expect("a job is made only for a routed message");
-    let Some(slot_held) = slot(p).await else {
-        return Outcome::Abandoned;
+    let slot_held = match given {
+        Some(held) => held,
+        None => match slot(p).await {
+            Some(taken) => taken,
+            None => return (Outcome::Abandoned, None),
+        },
     };
     let gctx = GovernanceContext {
         tenant_id: meta.tenant_id(),
@@ -128,7 +148,7 @@ async fn decide_outcome(
         Ok(Decision::Allow) => true,
         Ok(Decision::Deny { reason, policies }) => {
             info!(trace_id = %meta.trace_id, message_id = %meta.message_id(), tenant = ?meta.tenant_id(), %reason, ?policies, "governance denied");
-            return Outcome::Rejected { reason, policies };
+            return (Outcome::Rejected { reason, policies }, Some(slot_held));
         }
         Ok(Decision::Defer {
             retry_after,
@@ -136,20 +156,22 @@ async fn decide_outcome(
             policies,
         }) => {
             debug!(trace_id = %meta.trace_id, message_id = %meta.message_id(), %reason, ?retry_after, "governance deferred");
-            return Outcome::Deferred {
+            let deferred = Outcome::Deferred {
                 retry_after,
                 reason,
                 policies,
             };
+            return (deferred, Some(slot_held));
         }
         Err(e) => match p.config.governance.on_error {
             OnGovernanceError::FailClosed => {
                 warn!(trace_id = %meta.trace_id, message_id = %meta.message_id(), error = %e, "governance unavailable; deferring (fail_closed)");
-                return Outcome::Deferred {
+                let deferred = Outcome::Deferred {
                     retry_after: p.config.governance.effective_defer_delay(),
                     reason: e.to_string(),
                     policies: Vec::new(),
                 };
+                return (deferred, Some(slot_held));
             }
             OnGovernanceError::FailOpen => {
                 warn!(trace_id = %meta.trace_id, message_id = %meta.message_id(), error = %e, "governance unavailable; running anyway (fail_open)");
@@ -262,8 +284,7 @@ async fn decide_outcome(
     if owes_finished {
         p.governance.finished(&gctx);
     }
-    drop(slot_held);
-    outcome
+    (outcome, slot_held)
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
