@@ -70,17 +70,26 @@ pub(crate) async fn process(
     }
     drop(spare);
     settler.finish(&p, done).await;
-    // A run that waited gives its slot back as it ends, before its group is settled.
-    while let Some((first, slot)) = waiting.next().await {
-        drop(slot);
-        let mut together = vec![first];
-        while let Some(Some((more, slot))) = waiting.next().now_or_never() {
-            drop(slot);
-            together.push(more);
+    // Runs still going and settlements still waiting for the broker go on side by side: a
+    // dead letter's confirm is counted, and its place in the window given back, when it
+    // comes, not after the batch's slowest run.
+    loop {
+        tokio::select! {
+            Some((first, slot)) = waiting.next(), if !waiting.is_empty() => {
+                // A run that waited gives its slot back as it ends, before its group is
+                // settled.
+                drop(slot);
+                let mut together = vec![first];
+                while let Some(Some((more, slot))) = waiting.next().now_or_never() {
+                    drop(slot);
+                    together.push(more);
+                }
+                settler.finish(&p, together).await;
+            }
+            Some(()) = settler.settle_next(&p), if settler.is_waiting() => {}
+            else => break,
         }
-        settler.finish(&p, together).await;
     }
-    settler.drain(&p).await;
 }
 
 /// A message that cannot run, on its way to the settler with its outcome.

@@ -54,7 +54,7 @@ struct AfterSettle {
 
 impl Settler {
     /// Finishes a group of messages: their settlements that answer at once are done when
-    /// this returns, the others are left in [`Settler::drain`]'s care.
+    /// this returns, the others are left to [`Settler::settle_next`].
     pub(crate) async fn finish(&mut self, p: &Pipeline, batch: Vec<Finished>) {
         if batch.is_empty() {
             return;
@@ -62,13 +62,19 @@ impl Settler {
         finish_group(p, self, batch).await;
     }
 
-    /// Waits for the settlements still waiting for the broker.
-    pub(crate) async fn drain(&mut self, p: &Pipeline) {
-        while let Some((after, result)) = self.waiting.next().await {
-            let mut done = Done::default();
-            settled(p, after, result, Instant::now(), &mut done);
-            done.count(p);
-        }
+    /// Whether settlements are still waiting for the broker.
+    pub(crate) fn is_waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// Waits for the next settlement still waiting for the broker and counts it; `None`
+    /// when none is left.
+    pub(crate) async fn settle_next(&mut self, p: &Pipeline) -> Option<()> {
+        let (after, result) = self.waiting.next().await?;
+        let mut done = Done::default();
+        settled(p, after, result, Instant::now(), &mut done);
+        done.count(p);
+        Some(())
     }
 }
 
@@ -166,7 +172,7 @@ async fn finish_group(p: &Pipeline, work: &mut Settler, batch: Vec<Finished>) {
     }
     // Most settlements finish on their first poll (an ack is queued, not awaited), here;
     // only those still waiting (a dead letter awaiting its publish confirm) are left for
-    // `drain`, so the batch's next group need not wait for them.
+    // `settle_next`, so the batch's next group need not wait for them.
     let mut settled_at = None;
     let mut done = Done::default();
     for Pending {

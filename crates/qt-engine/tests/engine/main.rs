@@ -8,3 +8,4 @@ mod lifecycle;
 mod observability;
 mod outcomes;
 mod routing;
+mod settling;
