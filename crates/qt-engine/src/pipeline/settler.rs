@@ -59,7 +59,118 @@ impl Settler {
         if batch.is_empty() {
             return;
         }
-        finish_group(p, self, batch).await;
+        let Settler {
+            completes,
+            completed_records,
+            releases,
+            pending,
+            waiting,
+        } = self;
+        let mut records = Vec::with_capacity(batch.len());
+        let log_each = tracing::enabled!(tracing::Level::DEBUG);
+        // One clock reading for the whole batch: its records finish together.
+        let (now, now_instant) = (Utc::now(), Instant::now());
+        for f in batch {
+            let Finished {
+                handle,
+                meta,
+                outcome,
+                claim,
+                permit,
+            } = f;
+            let Some(mut row) = resolve(&outcome, &p.config, meta.attempt, meta.event_name()) else {
+                // Abandoned at stop: give the key back and leave the message to redelivery.
+                if let Some(c) = claim {
+                    releases.push(c);
+                }
+                debug!(trace_id = %meta.trace_id, message_id = %meta.message_id(), "abandoned at stop; the broker will redeliver");
+                p.metrics.left_pipeline();
+                drop((handle, permit));
+                continue;
+            };
+            if let Some(c) = claim {
+                match row.claim {
+                    ClaimAction::Complete => {
+                        completes.push(c);
+                        completed_records.push(records.len());
+                    }
+                    ClaimAction::Release => releases.push(c),
+                }
+            }
+            if matches!(outcome, Outcome::Duplicate) {
+                p.metrics.dedup_hit();
+            }
+            let after = AfterSettle {
+                kind: row.settlement.kind(),
+                dlq_reason: row.dlq_reason,
+                trace_id: meta.trace_id,
+                message_id: (log_each || !matches!(row.settlement, Settlement::Ack))
+                    .then(|| meta.message_id().to_owned()),
+                permit,
+                started: meta.started,
+                status: row.status,
+            };
+            records.push(record(meta, outcome, &mut row, now, now_instant));
+            pending.push(Pending {
+                handle,
+                settlement: row.settlement,
+                after,
+            });
+        }
+        if let Some(store) = &p.store {
+            let window = p.config.idempotency.window;
+            if !completes.is_empty() {
+                match store.complete_batch(completes, window).await {
+                    Ok(states) => warn_lost(completes, completed_records, &records, &states),
+                    Err(e) => {
+                        p.metrics.idempotency_error(completes.len() as u64);
+                        warn!(error = %e, keys = completes.len(), "could not mark keys done; they will run again once their lease expires");
+                    }
+                }
+            }
+            if !releases.is_empty()
+                && let Err(e) = store.release_batch(releases).await
+            {
+                p.metrics.idempotency_error(releases.len() as u64);
+                warn!(error = %e, keys = releases.len(), "could not release keys; they are free again once their lease expires");
+            }
+        }
+        completes.clear();
+        completed_records.clear();
+        releases.clear();
+        if records.is_empty() {
+            return;
+        }
+        if let Err(e) = p.ledger.record_batch(records).await {
+            p.metrics.ledger_error();
+            error!(error = %e, messages = pending.len(), "ledger write failed; leaving the batch unacknowledged for redelivery");
+            for m in pending.drain(..) {
+                p.metrics.left_pipeline();
+                drop(m);
+            }
+            return;
+        }
+        // Most settlements finish on their first poll (an ack is queued, not awaited), here;
+        // only those still waiting (a dead letter awaiting its publish confirm) are left for
+        // `settle_next`, so the batch's next group need not wait for them.
+        let mut settled_at = None;
+        let mut done = Done::default();
+        for Pending {
+            handle,
+            settlement,
+            after,
+        } in pending.drain(..)
+        {
+            let mut settling = handle.settle(settlement);
+            match futures::poll!(&mut settling) {
+                Poll::Ready(result) => {
+                    let at = *settled_at.get_or_insert_with(Instant::now);
+                    settled(p, after, result, at, &mut done);
+                }
+                Poll::Pending => waiting.push(Box::pin(async move { (after, settling.await) })),
+            }
+        }
+        done.count(p);
     }
 
     /// Whether settlements are still waiting for the broker.
@@ -76,121 +187,6 @@ impl Settler {
         done.count(p);
         Some(())
     }
-}
-
-/// Finishes one group and empties `work`'s lists for the next.
-async fn finish_group(p: &Pipeline, work: &mut Settler, batch: Vec<Finished>) {
-    let Settler {
-        completes,
-        completed_records,
-        releases,
-        pending,
-        waiting,
-    } = work;
-    let mut records = Vec::with_capacity(batch.len());
-    let log_each = tracing::enabled!(tracing::Level::DEBUG);
-    // One clock reading for the whole batch: its records finish together.
-    let (now, now_instant) = (Utc::now(), Instant::now());
-    for f in batch {
-        let Finished {
-            handle,
-            meta,
-            outcome,
-            claim,
-            permit,
-        } = f;
-        let Some(mut row) = resolve(&outcome, &p.config, meta.attempt, meta.event_name()) else {
-            // Abandoned at stop: give the key back and leave the message to redelivery.
-            if let Some(c) = claim {
-                releases.push(c);
-            }
-            debug!(trace_id = %meta.trace_id, message_id = %meta.message_id(), "abandoned at stop; the broker will redeliver");
-            p.metrics.left_pipeline();
-            drop((handle, permit));
-            continue;
-        };
-        if let Some(c) = claim {
-            match row.claim {
-                ClaimAction::Complete => {
-                    completes.push(c);
-                    completed_records.push(records.len());
-                }
-                ClaimAction::Release => releases.push(c),
-            }
-        }
-        if matches!(outcome, Outcome::Duplicate) {
-            p.metrics.dedup_hit();
-        }
-        let after = AfterSettle {
-            kind: row.settlement.kind(),
-            dlq_reason: row.dlq_reason,
-            trace_id: meta.trace_id,
-            message_id: (log_each || !matches!(row.settlement, Settlement::Ack)).then(|| meta.message_id().to_owned()),
-            permit,
-            started: meta.started,
-            status: row.status,
-        };
-        records.push(record(meta, outcome, &mut row, now, now_instant));
-        pending.push(Pending {
-            handle,
-            settlement: row.settlement,
-            after,
-        });
-    }
-    if let Some(store) = &p.store {
-        let window = p.config.idempotency.window;
-        if !completes.is_empty() {
-            match store.complete_batch(completes, window).await {
-                Ok(states) => warn_lost(completes, completed_records, &records, &states),
-                Err(e) => {
-                    p.metrics.idempotency_error(completes.len() as u64);
-                    warn!(error = %e, keys = completes.len(), "could not mark keys done; they will run again once their lease expires");
-                }
-            }
-        }
-        if !releases.is_empty()
-            && let Err(e) = store.release_batch(releases).await
-        {
-            p.metrics.idempotency_error(releases.len() as u64);
-            warn!(error = %e, keys = releases.len(), "could not release keys; they are free again once their lease expires");
-        }
-    }
-    completes.clear();
-    completed_records.clear();
-    releases.clear();
-    if records.is_empty() {
-        return;
-    }
-    if let Err(e) = p.ledger.record_batch(records).await {
-        p.metrics.ledger_error();
-        error!(error = %e, messages = pending.len(), "ledger write failed; leaving the batch unacknowledged for redelivery");
-        for m in pending.drain(..) {
-            p.metrics.left_pipeline();
-            drop(m);
-        }
-        return;
-    }
-    // Most settlements finish on their first poll (an ack is queued, not awaited), here;
-    // only those still waiting (a dead letter awaiting its publish confirm) are left for
-    // `settle_next`, so the batch's next group need not wait for them.
-    let mut settled_at = None;
-    let mut done = Done::default();
-    for Pending {
-        handle,
-        settlement,
-        after,
-    } in pending.drain(..)
-    {
-        let mut settling = handle.settle(settlement);
-        match futures::poll!(&mut settling) {
-            Poll::Ready(result) => {
-                let at = *settled_at.get_or_insert_with(Instant::now);
-                settled(p, after, result, at, &mut done);
-            }
-            Poll::Pending => waiting.push(Box::pin(async move { (after, settling.await) })),
-        }
-    }
-    done.count(p);
 }
 
 /// Messages settled together: counted into the shared metrics and given back to the
