@@ -147,10 +147,13 @@ pub fn mask_url_credentials(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(pos) = rest.find("://") {
-        // Walk back to the start of the scheme.
+        // Walk back to the start of the scheme: just past the last character that cannot
+        // be part of one (which may be several bytes long).
         let scheme_start = rest[..pos]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.'))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         out.push_str(&rest[..scheme_start]);
         let url_part = &rest[scheme_start..];
         let end = url_part
@@ -227,6 +230,17 @@ mod tests {
         assert_eq!(u.masked(), "amqp://guest:***@127.0.0.1:5672/%2f");
         assert_eq!(format!("{u:?}"), "\"amqp://guest:***@127.0.0.1:5672/%2f\"");
         assert_eq!(u.scheme().as_deref(), Some("amqp"));
+    }
+
+    /// A multi-byte character right before a scheme once made the scheme's start fall
+    /// inside it, and masking panicked (found by `redact::known_secrets_never_survive`).
+    #[test]
+    fn a_scheme_after_a_multibyte_character_is_masked() {
+        assert_eq!(mask_url_credentials("aaaa¡://"), "aaaa¡://");
+        assert_eq!(
+            mask_url_credentials("café→redis://u:s3cr3t@h:6379 ¥"),
+            "café→redis://u:***@h:6379 ¥"
+        );
     }
 
     #[test]
