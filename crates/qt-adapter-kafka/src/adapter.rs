@@ -18,6 +18,7 @@ use crate::context::QtClientContext;
 use crate::handle::{KafkaSettle, SettleContext};
 use crate::health::BrokerHealth;
 use crate::publisher::KafkaPublisher;
+use crate::record;
 use crate::state::Shared;
 use qt_core::redact::Redactor;
 
@@ -272,12 +273,18 @@ impl QueueAdapter for KafkaAdapter {
                     });
                 }
                 if !st.buffer.is_empty() {
-                    let taken = st.take(max, |p| {
-                        Delivery::new(p.message, AckHandle::new(KafkaSettle::new(settle.clone(), p.origin)))
-                    });
+                    let taken = st.take(max);
                     drop(st);
                     self.shared.notify_room();
-                    return Ok(taken);
+                    // Like the settle context, the adapter name is this batch's own copy.
+                    let adapter: Arc<str> = Arc::from("kafka");
+                    return Ok(taken
+                        .into_iter()
+                        .map(|p| {
+                            let message = record::raw_message(&p, &adapter);
+                            Delivery::new(message, AckHandle::new(KafkaSettle::new(settle.clone(), p.origin)))
+                        })
+                        .collect());
                 }
                 if st.closing {
                     return Ok(Vec::new());

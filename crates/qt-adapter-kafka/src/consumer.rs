@@ -241,9 +241,9 @@ pub struct PollLoop {
     pub commit_interval: Duration,
     pub redelivery_delay: Duration,
     /// The topic names of the current poll batch (a consumer reads a handful of topics: a
-    /// scan beats hashing). Each batch makes its own copies, like its adapter name: every
-    /// message holds these names until it is settled, and a name shared by the whole
-    /// pipeline would have its reference count written by every thread for every message.
+    /// scan beats hashing). Each batch makes its own copies: every message holds these
+    /// names until it is settled, and a name shared by the whole pipeline would have its
+    /// reference count written by every thread for every message.
     batch_topics: Vec<Arc<str>>,
     flow_paused: bool,
     /// Since when the buffer has been full without the engine taking anything.
@@ -361,7 +361,6 @@ impl PollLoop {
                         }
                     };
                     let times = times.get_or_insert_with(|| record::Batch {
-                        adapter: Arc::from("kafka"),
                         received_at: chrono::Utc::now(),
                         now_wall: SystemTime::now(),
                         now: Instant::now(),

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
-use qt_core::RawMessage;
 
 use crate::offsets::OffsetTracker;
 use crate::record::{self, RecordBytes};
@@ -60,11 +59,20 @@ impl Origin {
     }
 }
 
-/// A message taken from the broker, not yet handed to the engine.
+/// A message taken from the broker, not yet handed to the engine: its exact bytes and
+/// where it came from. Its [`qt_core::RawMessage`] (header strings, key, message id) is
+/// made by the engine's thread as it receives the message ([`record::raw_message`]): what
+/// the consumer thread allocated would be read and freed on another core, and each such
+/// block is a cache miss there and a contended free back here.
 #[derive(Debug)]
 pub struct Pending {
-    pub message: RawMessage,
     pub origin: Origin,
+    /// Milliseconds since the Unix epoch, as the broker stamped the record.
+    pub broker_timestamp_ms: Option<i64>,
+    /// When the poll that took it began.
+    pub received_at: chrono::DateTime<chrono::Utc>,
+    /// Delivered before in this assignment (read again after a rewind).
+    pub redelivered: bool,
 }
 
 /// A requeued message whose `x-qt-not-before` time has not come yet.
@@ -248,7 +256,7 @@ impl State {
             return false;
         }
         if p.max_delivered.is_some_and(|m| offset <= m) {
-            pending.message.source.redelivered = true;
+            pending.redelivered = true;
         }
         p.max_delivered = Some(p.max_delivered.map_or(offset, |m| m.max(offset)));
         pending.origin.epoch = p.epoch;
@@ -282,16 +290,16 @@ impl State {
         self.held.peek().map(|h| h.due)
     }
 
-    /// Hands up to `max` buffered messages to the engine, each made into what the engine
-    /// receives by `hand_out` as it leaves the buffer.
-    pub fn take<T>(&mut self, max: usize, mut hand_out: impl FnMut(Pending) -> T) -> Vec<T> {
+    /// Hands up to `max` buffered messages to the engine. The caller makes them into
+    /// deliveries after letting go of the lock, which the consumer thread waits for.
+    pub fn take(&mut self, max: usize) -> Vec<Pending> {
         let n = max.min(self.buffer.len());
         let mut taken = Vec::with_capacity(n);
         for pending in self.buffer.drain(..n) {
             if let Some(p) = self.partitions.get_mut(&pending.origin.tp) {
                 p.handed_out += 1;
             }
-            taken.push(hand_out(pending));
+            taken.push(pending);
         }
         taken
     }
@@ -518,14 +526,12 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qt_core::SourceInfo;
 
     fn pending(tp: &TopicPartition, offset: i64) -> Pending {
-        let mut source = SourceInfo::new("kafka", tp.topic.clone());
-        source.partition = Some(tp.partition);
-        source.offset = Some(offset);
         Pending {
-            message: RawMessage::new(format!("{tp}/{offset}"), bytes::Bytes::new(), source),
+            broker_timestamp_ms: None,
+            received_at: chrono::Utc::now(),
+            redelivered: false,
             origin: Origin {
                 tp: tp.clone(),
                 offset,
@@ -543,7 +549,7 @@ mod tests {
         for o in 0..3 {
             assert!(st.admit(pending(&tp, o), None));
         }
-        let taken = st.take(10, |p| p);
+        let taken = st.take(10);
         assert_eq!(st.in_flight(std::slice::from_ref(&tp)), 3);
         assert_eq!(st.complete(&taken[0].origin), Completion::Counted);
         st.revoke_begin(std::slice::from_ref(&tp));
@@ -568,7 +574,7 @@ mod tests {
         for o in 10..15 {
             st.admit(pending(&tp, o), None);
         }
-        let taken = st.take(3, |p| p);
+        let taken = st.take(3);
         assert_eq!(st.buffer.len(), 2);
         st.complete(&taken[0].origin);
         let now = Instant::now();
@@ -587,8 +593,8 @@ mod tests {
         st.rewind_done(&tp, Ok(()));
         // Read again from 11: flagged as redelivered.
         assert!(st.admit(pending(&tp, 11), None));
-        let again = st.take(1, |p| p);
-        assert!(again[0].message.source.redelivered);
+        let again = st.take(1);
+        assert!(again[0].redelivered);
         st.complete(&again[0].origin);
         assert_eq!(st.store_candidates(), vec![(tp, 12)]);
     }
@@ -602,12 +608,12 @@ mod tests {
         st.admit(pending(&tp, 0), Some(now + Duration::from_secs(2)));
         st.admit(pending(&tp, 1), None);
         st.admit(pending(&tp, 2), Some(now + Duration::from_secs(1)));
-        assert_eq!(st.take(10, |p| p).len(), 1);
+        assert_eq!(st.take(10).len(), 1);
         assert_eq!(st.buffer.len() + st.held.len(), 2);
         assert_eq!(st.next_due(), Some(now + Duration::from_secs(1)));
         assert_eq!(st.release_due(now + Duration::from_secs(1)), 1);
-        assert_eq!(st.take(10, |p| p)[0].origin.offset, 2);
+        assert_eq!(st.take(10)[0].origin.offset, 2);
         assert_eq!(st.release_due(now + Duration::from_secs(3)), 1);
-        assert_eq!(st.take(10, |p| p)[0].origin.offset, 0);
+        assert_eq!(st.take(10)[0].origin.offset, 0);
     }
 }
