@@ -50,8 +50,10 @@ fn escape_tenant(t: &str) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClaimToken {
     pub key: IdempotencyKey,
-    /// Fencing token: unique per claim.
-    pub token: String,
+    /// Fencing token: unique per claim. A number, not text: a claim is made for every
+    /// message, and stores choose how to keep them unique (the memory store counts, Redis
+    /// draws 128 random bits so that the claims of many processes never share one).
+    pub token: u128,
 }
 
 /// The answer to a claim.

@@ -17,7 +17,7 @@ use crate::debts::{Debt, Debts, PAID_AHEAD, PAID_IN_BACKGROUND, Paid, Repayment,
 use crate::errors::{Operation, Phase, PoolTimeouts, Redactor, is_noscript, must_discard};
 use crate::keys::redis_key;
 use crate::scripts::{Call, ClaimReply, Codes, LuaScript, Scripts, calls, decode_held, millis};
-use crate::token::new_token;
+use crate::token::{new_token, token_text};
 
 /// Where `connect` reports configuration problems; the store is configured there in the
 /// `qt` YAML file.
@@ -226,8 +226,14 @@ impl RedisStore {
         }
         let asked = keys.len();
         let lease_ms = millis(lease);
-        let planned: Vec<(String, String)> = keys.iter().map(|k| (self.redis_key(k), new_token())).collect();
-        let calls = calls(&self.core.scripts.claim, Some(&lease_ms), &planned, |(k, t)| (k, t));
+        let planned: Vec<(String, u128, String)> = keys
+            .iter()
+            .map(|k| {
+                let token = new_token();
+                (self.redis_key(k), token, token_text(token))
+            })
+            .collect();
+        let calls = calls(&self.core.scripts.claim, Some(&lease_ms), &planned, |(k, _, t)| (k, t));
         let sizes: Vec<usize> = calls.iter().map(|c| c.keys).collect();
         let replies = match self.run(op, calls).await {
             Ok(r) => r,
@@ -235,7 +241,7 @@ impl RedisStore {
                 if failed.sent {
                     // Redis may have taken some of these claims before the exchange failed,
                     // and nobody will ever hold their tokens: release them once it answers.
-                    self.owe(op, release_debts(planned));
+                    self.owe(op, release_debts(planned.into_iter().map(|(k, _, t)| (k, t)).collect()));
                 }
                 return Err(failed.error);
             }
@@ -244,7 +250,7 @@ impl RedisStore {
         let mut claims = Vec::with_capacity(keys.len());
         let mut failures = Failures::default();
         let mut unknown = Vec::new();
-        for ((key, (rk, token)), reply) in keys.into_iter().zip(planned).zip(per_key(replies, &sizes)) {
+        for ((key, (rk, token, text)), reply) in keys.into_iter().zip(planned).zip(per_key(replies, &sizes)) {
             match reply.map(ClaimReply::decode) {
                 Ok(Some(ClaimReply::Acquired)) => claims.push(Claim::Acquired(ClaimToken { key, token })),
                 Ok(Some(ClaimReply::InFlight)) => claims.push(Claim::InFlight),
@@ -253,7 +259,7 @@ impl RedisStore {
                 Ok(None) => failures.add(&rk, "unexpected reply from the claim script"),
                 Err(reason) => {
                     failures.add(&rk, &reason);
-                    unknown.push((rk, token));
+                    unknown.push((rk, text));
                 }
             }
         }
@@ -301,13 +307,16 @@ impl RedisStore {
             Settle::Complete { window_ms } => Some(window_ms.as_str()),
             Settle::Release => None,
         };
-        let keys: Vec<(String, &ClaimToken)> = tokens.iter().map(|t| (self.redis_key(&t.key), t)).collect();
-        let debt = |(redis_key, t): (String, &ClaimToken)| Debt {
+        let keys: Vec<(String, String)> = tokens
+            .iter()
+            .map(|t| (self.redis_key(&t.key), token_text(t.token)))
+            .collect();
+        let debt = |(redis_key, token): (String, String)| Debt {
             redis_key,
-            token: t.token.clone(),
+            token,
             settle: settle.clone(),
         };
-        let calls = calls(script, shared, &keys, |(k, t)| (k, &t.token));
+        let calls = calls(script, shared, &keys, |(k, t)| (k, t));
         let sizes: Vec<usize> = calls.iter().map(|c| c.keys).collect();
         let replies = match self.run(op, calls).await {
             Ok(r) => r,

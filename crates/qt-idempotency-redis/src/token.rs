@@ -4,9 +4,14 @@
 //! claims on any number of processes and machines share a token with negligible probability
 //! and no coordination. A counter or a timestamp would need a shared source to stay unique.
 
-/// A new token: 32 lower-case hex digits.
-pub fn new_token() -> String {
-    format!("{:032x}", rand::random::<u128>())
+/// A new token.
+pub fn new_token() -> u128 {
+    rand::random::<u128>()
+}
+
+/// How a token is written in Redis: 32 lower-case hex digits.
+pub fn token_text(token: u128) -> String {
+    format!("{token:032x}")
 }
 
 #[cfg(test)]
@@ -16,7 +21,7 @@ mod tests {
 
     #[test]
     fn tokens_are_128_bit_hex_and_do_not_repeat() {
-        let tokens: HashSet<String> = (0..10_000).map(|_| new_token()).collect();
+        let tokens: HashSet<String> = (0..10_000).map(|_| token_text(new_token())).collect();
         assert_eq!(tokens.len(), 10_000);
         for t in tokens.iter().take(100) {
             assert_eq!(t.len(), 32);
@@ -30,7 +35,7 @@ mod tests {
     #[test]
     fn tokens_from_many_threads_do_not_repeat() {
         let handles: Vec<_> = (0..4)
-            .map(|_| std::thread::spawn(|| (0..2_000).map(|_| new_token()).collect::<Vec<_>>()))
+            .map(|_| std::thread::spawn(|| (0..2_000).map(|_| new_token()).collect::<Vec<u128>>()))
             .collect();
         let mut all = HashSet::new();
         for h in handles {

@@ -1,15 +1,17 @@
 //! An in-process idempotency store: right for one instance and for tests.
 
+mod table;
+
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use hashbrown::HashTable;
-use hashbrown::hash_table::{Entry as Slot, OccupiedEntry};
 use parking_lot::Mutex;
 use qt_core::{Claim, ClaimState, ClaimToken, Health, IdempotencyKey, IdempotencyStore, StoreError};
 use siphasher::sip128::{Hasher128, SipHasher13};
+
+use table::{Entry, Slot, Table};
 
 const SHARDS: usize = 16;
 /// A shard is swept of expired entries once it took in as many new keys as it held after
@@ -29,24 +31,14 @@ const DONE: u64 = 0;
 struct Fingerprint(u128);
 
 impl Fingerprint {
-    /// The table's hash: bits the shard choice does not use.
-    fn table_hash(self) -> u64 {
-        self.0 as u64
+    /// The table's key: the bits the shard choice does not use decide the slot.
+    fn table_key(self) -> u128 {
+        self.0
     }
 
     fn shard(self) -> usize {
         (self.0 >> 64) as usize % SHARDS
     }
-}
-
-/// A remembered key.
-#[derive(Debug)]
-struct Entry {
-    fingerprint: Fingerprint,
-    /// The live claim's fencing token, or [`DONE`].
-    token: u64,
-    /// When the lease or the window ends, in nanoseconds since the store began.
-    until: u64,
 }
 
 impl Entry {
@@ -62,7 +54,7 @@ fn nanos_after(now: u64, d: Duration) -> u64 {
 
 #[derive(Debug, Default)]
 struct Shard {
-    entries: HashTable<Entry>,
+    entries: Table,
     inserts_since_sweep: usize,
     sweep_every: usize,
 }
@@ -76,11 +68,73 @@ impl Shard {
             self.sweep_every = self.entries.len();
         }
     }
+
+    /// Claims one key under `token`.
+    fn claim(&mut self, fingerprint: Fingerprint, token: u64, until: u64, now: u64) -> Answer {
+        match self.entries.find(fingerprint.table_key()) {
+            Slot::Occupied(i) => {
+                let entry = self.entries.get_mut(i);
+                if entry.live(now) {
+                    return if entry.token == DONE {
+                        Answer::Completed
+                    } else {
+                        Answer::InFlight
+                    };
+                }
+                entry.token = token;
+                entry.until = until;
+            }
+            Slot::Vacant(i) => {
+                self.entries.insert(
+                    i,
+                    Entry {
+                        fingerprint: fingerprint.table_key(),
+                        token,
+                        until,
+                    },
+                );
+                self.note_insert(now);
+            }
+        }
+        Answer::Acquired
+    }
+
+    /// Completes (`Some(until)`: done until then) or releases (`None`) a claim, if `token`
+    /// still holds it.
+    fn settle(&mut self, fingerprint: Fingerprint, token: u64, done_until: Option<u64>, now: u64) -> ClaimState {
+        let Slot::Occupied(i) = self.entries.find(fingerprint.table_key()) else {
+            return ClaimState::Lost;
+        };
+        let entry = self.entries.get_mut(i);
+        if !entry.live(now) || entry.token != token {
+            return ClaimState::Lost;
+        }
+        match done_until {
+            Some(until) => {
+                entry.token = DONE;
+                entry.until = until;
+            }
+            None => self.entries.remove(i),
+        }
+        ClaimState::Held
+    }
+}
+
+/// A claim's answer before its token is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    Acquired,
+    InFlight,
+    Completed,
 }
 
 /// Claims are atomic per key (one lock per shard), leases and windows expire by time. Keys
 /// are (tenant, key) pairs, so tenants never share one; a key prefix has no use inside one
 /// process.
+///
+/// A batch takes each shard's lock once for all of its keys in that shard, and reads the
+/// slots of all of them before it looks at any (see `table`): in a table larger than the
+/// caches, each key costs a miss, and this way they overlap.
 #[derive(Debug)]
 pub struct MemoryStore {
     shards: Vec<Mutex<Shard>>,
@@ -113,7 +167,7 @@ impl MemoryStore {
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
-                        entries: HashTable::with_capacity(per_shard),
+                        entries: Table::with_capacity(per_shard),
                         ..Shard::default()
                     })
                 })
@@ -134,11 +188,8 @@ impl MemoryStore {
         // The derived `Hash` of (Option<tenant>, key) ends each string with a marker, so
         // no tenant/key split of the same bytes hashes alike.
         key.hash(&mut h);
-        Fingerprint(h.finish128().as_u128())
-    }
-
-    fn shard(&self, fingerprint: Fingerprint) -> &Mutex<Shard> {
-        &self.shards[fingerprint.shard()]
+        // 0 marks an empty slot; a key hashing to it shares 1's fingerprint instead.
+        Fingerprint(h.finish128().as_u128().max(1))
     }
 
     /// Keys currently remembered (in flight or done), for tests and status.
@@ -155,122 +206,108 @@ impl MemoryStore {
     }
 
     /// Fencing tokens for `n` claims, taken from the shared counter in one step.
-    fn tokens(&self, n: usize) -> std::ops::Range<u64> {
-        let n = n as u64;
-        let first = self.next_token.fetch_add(n, Ordering::Relaxed);
-        first..first + n
-    }
-
-    /// `token` is this claim's own, from [`MemoryStore::tokens`].
-    fn claim_now(&self, key: IdempotencyKey, token: u64, lease: Duration, now: u64) -> Claim {
-        let fingerprint = self.fingerprint(&key);
-        let mut shard = self.shard(fingerprint).lock();
-        let until = nanos_after(now, lease);
-        match shard.entries.entry(
-            fingerprint.table_hash(),
-            |e| e.fingerprint == fingerprint,
-            |e| e.fingerprint.table_hash(),
-        ) {
-            Slot::Occupied(mut found) => {
-                let entry = found.get_mut();
-                if entry.live(now) {
-                    return if entry.token == DONE {
-                        Claim::Completed
-                    } else {
-                        Claim::InFlight
-                    };
-                }
-                entry.token = token;
-                entry.until = until;
-            }
-            Slot::Vacant(free) => {
-                free.insert(Entry {
-                    fingerprint,
-                    token,
-                    until,
-                });
-                shard.note_insert(now);
-            }
-        }
-        let mut digits = itoa::Buffer::new();
-        Claim::Acquired(ClaimToken {
-            key,
-            token: digits.format(token).to_owned(),
-        })
-    }
-
-    /// Applies `f` to the entry, found once, if `token` still holds it.
-    fn with_held(&self, token: &ClaimToken, now: u64, f: impl FnOnce(OccupiedEntry<'_, Entry>)) -> ClaimState {
-        let Some(wanted) = token.token.parse::<u64>().ok().filter(|t| *t != DONE) else {
-            return ClaimState::Lost;
-        };
-        let fingerprint = self.fingerprint(&token.key);
-        let mut shard = self.shard(fingerprint).lock();
-        match shard
-            .entries
-            .find_entry(fingerprint.table_hash(), |e| e.fingerprint == fingerprint)
-        {
-            Ok(found) if found.get().live(now) && found.get().token == wanted => {
-                f(found);
-                ClaimState::Held
-            }
-            _ => ClaimState::Lost,
-        }
-    }
-
-    fn mark_done(&self, token: &ClaimToken, window: Duration, now: u64) -> ClaimState {
-        let until = nanos_after(now, window);
-        self.with_held(token, now, |mut found| {
-            let e = found.get_mut();
-            e.token = DONE;
-            e.until = until;
-        })
-    }
-
-    fn forget(&self, token: &ClaimToken, now: u64) -> ClaimState {
-        self.with_held(token, now, |found| {
-            found.remove();
-        })
+    fn tokens(&self, n: usize) -> u64 {
+        self.next_token.fetch_add(n as u64, Ordering::Relaxed)
     }
 
     fn now(&self) -> u64 {
         self.nanos(Instant::now())
+    }
+
+    /// Runs `each(shard, i)` for every `i` of `fingerprints`, grouped by shard: one lock per
+    /// shard, whose keys' slots are all touched before the first is looked at. Within a
+    /// shard (so for any one key) the order is that of `fingerprints`.
+    fn by_shard(&self, fingerprints: &[Fingerprint], mut each: impl FnMut(&mut Shard, usize)) {
+        let mut order: Vec<u32> = Vec::with_capacity(fingerprints.len());
+        let mut starts = [0usize; SHARDS + 1];
+        for f in fingerprints {
+            starts[f.shard() + 1] += 1;
+        }
+        for s in 0..SHARDS {
+            starts[s + 1] += starts[s];
+        }
+        let mut fill = starts;
+        order.resize(fingerprints.len(), 0);
+        for (i, f) in fingerprints.iter().enumerate() {
+            let slot = &mut fill[f.shard()];
+            order[*slot] = u32::try_from(i).expect("a batch holds fewer than 2³² keys");
+            *slot += 1;
+        }
+        for s in 0..SHARDS {
+            let group = &order[starts[s]..starts[s + 1]];
+            if group.is_empty() {
+                continue;
+            }
+            let mut shard = self.shards[s].lock();
+            for &i in group {
+                shard.entries.touch(fingerprints[i as usize].table_key());
+            }
+            for &i in group {
+                each(&mut shard, i as usize);
+            }
+        }
+    }
+
+    /// Completes or releases (see [`Shard::settle`]) a batch of claims.
+    fn settle_batch(&self, tokens: &[ClaimToken], done_until: Option<u64>) -> Vec<ClaimState> {
+        let now = self.now();
+        let fingerprints: Vec<Fingerprint> = tokens.iter().map(|t| self.fingerprint(&t.key)).collect();
+        let mut states = vec![ClaimState::Lost; tokens.len()];
+        self.by_shard(&fingerprints, |shard, i| {
+            // Tokens this store made are below 2⁶⁴ and never DONE; any other is not ours.
+            if let Some(token) = u64::try_from(tokens[i].token).ok().filter(|t| *t != DONE) {
+                states[i] = shard.settle(fingerprints[i], token, done_until, now);
+            }
+        });
+        states
     }
 }
 
 #[async_trait]
 impl IdempotencyStore for MemoryStore {
     async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> Result<Claim, StoreError> {
-        let token = self.tokens(1).start;
-        Ok(self.claim_now(key.clone(), token, lease, self.now()))
+        let mut claims = self.claim_batch(vec![key.clone()], lease).await?;
+        Ok(claims.pop().expect("one claim per key"))
     }
 
     async fn claim_batch(&self, keys: Vec<IdempotencyKey>, lease: Duration) -> Result<Vec<Claim>, StoreError> {
         let now = self.now();
-        let tokens = self.tokens(keys.len());
+        let until = nanos_after(now, lease);
+        let first_token = self.tokens(keys.len());
+        let fingerprints: Vec<Fingerprint> = keys.iter().map(|k| self.fingerprint(k)).collect();
+        let mut answers = vec![Answer::InFlight; keys.len()];
+        self.by_shard(&fingerprints, |shard, i| {
+            answers[i] = shard.claim(fingerprints[i], first_token + i as u64, until, now);
+        });
         Ok(keys
             .into_iter()
-            .zip(tokens)
-            .map(|(k, token)| self.claim_now(k, token, lease, now))
+            .zip(answers)
+            .enumerate()
+            .map(|(i, (key, answer))| match answer {
+                Answer::Acquired => Claim::Acquired(ClaimToken {
+                    key,
+                    token: u128::from(first_token + i as u64),
+                }),
+                Answer::InFlight => Claim::InFlight,
+                Answer::Completed => Claim::Completed,
+            })
             .collect())
     }
 
     async fn complete(&self, token: &ClaimToken, window: Duration) -> Result<ClaimState, StoreError> {
-        Ok(self.mark_done(token, window, self.now()))
+        Ok(self.complete_batch(std::slice::from_ref(token), window).await?[0])
     }
 
     async fn complete_batch(&self, tokens: &[ClaimToken], window: Duration) -> Result<Vec<ClaimState>, StoreError> {
-        let now = self.now();
-        Ok(tokens.iter().map(|t| self.mark_done(t, window, now)).collect())
+        Ok(self.settle_batch(tokens, Some(nanos_after(self.now(), window))))
     }
 
     async fn release_batch(&self, tokens: &[ClaimToken]) -> Result<Vec<ClaimState>, StoreError> {
-        let now = self.now();
-        Ok(tokens.iter().map(|t| self.forget(t, now)).collect())
+        Ok(self.settle_batch(tokens, None))
     }
 
     async fn release(&self, token: &ClaimToken) -> Result<ClaimState, StoreError> {
-        Ok(self.forget(token, self.now()))
+        Ok(self.release_batch(std::slice::from_ref(token)).await?[0])
     }
 
     async fn health(&self) -> Health {

@@ -139,7 +139,7 @@ async fn a_hanging_redis_times_out_naming_the_operation() {
         }
         let fake = qt_core::ClaimToken {
             key: key("warm"),
-            token: "0".repeat(32),
+            token: 0,
         };
         match store.complete_batch(std::slice::from_ref(&fake), WINDOW).await {
             Err(StoreError::Timeout { operation, .. }) => {
@@ -222,7 +222,7 @@ async fn what_redis_missed_during_an_outage_is_settled_when_it_returns() {
         .await;
         assert_eq!(
             get(&mut conn, &store.redis_key(&key("done-while-away"))).await,
-            Some(format!("done:{}", done.token))
+            Some(format!("done:{:032x}", done.token))
         );
         assert_eq!(get(&mut conn, &store.redis_key(&key("freed-while-away"))).await, None);
         for k in &lost {

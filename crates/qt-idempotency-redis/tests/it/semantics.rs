@@ -29,8 +29,11 @@ async fn claim_complete_release_lifecycle() {
         // First claim wins and writes an in-flight marker with the lease as TTL.
         let token = acquired(store.claim(&key, LEASE).await.unwrap());
         assert_eq!(token.key, key);
-        assert_eq!(token.token.len(), 32);
-        assert_eq!(get(&mut conn, &rk).await, Some(format!("inflight:{}", token.token)));
+        assert_ne!(token.token, 0);
+        assert_eq!(
+            get(&mut conn, &rk).await,
+            Some(format!("inflight:{:032x}", token.token))
+        );
         let ttl = pttl(&mut conn, &rk).await;
         assert!(ttl > 25_000 && ttl <= 30_000, "lease TTL {ttl}ms");
 
@@ -39,7 +42,7 @@ async fn claim_complete_release_lifecycle() {
 
         // Complete turns it into a done marker kept for the window.
         assert_eq!(store.complete(&token, WINDOW).await.unwrap(), ClaimState::Held);
-        assert_eq!(get(&mut conn, &rk).await, Some(format!("done:{}", token.token)));
+        assert_eq!(get(&mut conn, &rk).await, Some(format!("done:{:032x}", token.token)));
         let ttl = pttl(&mut conn, &rk).await;
         assert!(ttl > 55_000 && ttl <= 60_000, "window TTL {ttl}ms");
         assert_eq!(store.claim(&key, LEASE).await.unwrap(), Claim::Completed);
@@ -62,13 +65,13 @@ async fn claim_complete_release_lifecycle() {
         // A token that never held the key changes nothing.
         let forged = ClaimToken {
             key: other.clone(),
-            token: "0".repeat(32),
+            token: 0,
         };
         assert_eq!(store.complete(&forged, WINDOW).await.unwrap(), ClaimState::Lost);
         assert_eq!(store.release(&forged).await.unwrap(), ClaimState::Lost);
         assert_eq!(
             get(&mut conn, &store.redis_key(&other)).await,
-            Some(format!("inflight:{}", t3.token))
+            Some(format!("inflight:{:032x}", t3.token))
         );
     })
     .await;
@@ -106,7 +109,7 @@ async fn batches_answer_in_input_order() {
         // Complete a and the forged/expired c token together, release d and c together.
         let stale_c = ClaimToken {
             key: c.clone(),
-            token: "f".repeat(32),
+            token: u128::MAX,
         };
         let states = store
             .complete_batch(&[ta.clone(), stale_c.clone()], WINDOW)
@@ -205,9 +208,15 @@ async fn an_expired_lease_cannot_touch_the_next_workers_claim() {
         // The first worker finishes late: its complete and release are refused and change
         // nothing.
         assert_eq!(first.complete(&late, WINDOW).await.unwrap(), ClaimState::Lost);
-        assert_eq!(get(&mut conn, &rk).await, Some(format!("inflight:{}", current.token)));
+        assert_eq!(
+            get(&mut conn, &rk).await,
+            Some(format!("inflight:{:032x}", current.token))
+        );
         assert_eq!(first.release(&late).await.unwrap(), ClaimState::Lost);
-        assert_eq!(get(&mut conn, &rk).await, Some(format!("inflight:{}", current.token)));
+        assert_eq!(
+            get(&mut conn, &rk).await,
+            Some(format!("inflight:{:032x}", current.token))
+        );
         assert_eq!(
             first.complete_batch(std::slice::from_ref(&late), WINDOW).await.unwrap(),
             [ClaimState::Lost]
@@ -255,7 +264,7 @@ async fn tenants_claim_the_same_key_independently() {
         // A token of tenant A cannot act on tenant B's key.
         let crossed = ClaimToken {
             key: b.clone(),
-            token: ta.token.clone(),
+            token: ta.token,
         };
         assert_eq!(store.release(&crossed).await.unwrap(), ClaimState::Lost);
     })
@@ -277,7 +286,7 @@ async fn long_keys_are_stored_hashed_and_still_distinct() {
         assert!(rk.starts_with(&format!("{prefix}:acme:sha256-")), "{rk}");
 
         let t1 = acquired(store.claim(&one, LEASE).await.unwrap());
-        assert_eq!(get(&mut conn, &rk).await, Some(format!("inflight:{}", t1.token)));
+        assert_eq!(get(&mut conn, &rk).await, Some(format!("inflight:{:032x}", t1.token)));
         acquired(store.claim(&two, LEASE).await.unwrap());
         assert_eq!(store.claim(&one, LEASE).await.unwrap(), Claim::InFlight);
         assert_eq!(store.complete(&t1, WINDOW).await.unwrap(), ClaimState::Held);
