@@ -1,7 +1,8 @@
 //! One received batch, from raw deliveries to outcomes: parse and route every message,
 //! claim the batch's idempotency keys in one call, link runnable messages into their
-//! ordering chains, then run them side by side. Each batch is its own task, so batches are
-//! prepared and run on every core while intake keeps receiving.
+//! ordering chains, then run them side by side. Intake's lane takes a batch as far as it
+//! goes at once; a batch that waits (for the store, for a run) goes on as a task of its
+//! own while intake keeps receiving.
 
 use std::sync::Arc;
 use std::task::Poll;

@@ -1,12 +1,13 @@
 //! The per-message pipeline (DESIGN §4).
 //!
-//! **Intake** (one task) receives a batch, bounded by in-flight permits, and hands it to a
-//! task of its own. The **batch** task parses, extracts and routes each message, claims
-//! the batch's idempotency keys in one call and links the messages into their ordering
-//! chains; then each message **runs** (governance, the agent with retries; agent slots
-//! bound how many run at once, and backoffs wait on timers without holding one); and the
-//! batch task **settles** what finished: completes or releases claims, writes the ledger
-//! records, and only then settles each message on the broker.
+//! **Intake** (a receive loop per worker thread, see [`intake`]) receives a batch, bounded
+//! by in-flight permits, and takes it as far as it goes without waiting; a batch that has
+//! to wait goes on in a task of its own. The **batch** parses, extracts and routes each
+//! message, claims the batch's idempotency keys in one call and links the messages into
+//! their ordering chains; then each message **runs** (governance, the agent with retries;
+//! agent slots bound how many run at once, and backoffs wait on timers without holding
+//! one); and the batch **settles** what finished: completes or releases claims, writes the
+//! ledger records, and only then settles each message on the broker.
 //!
 //! Every message carries an in-flight permit from intake until it is settled, which bounds
 //! memory and makes "drained" mean "nothing taken and unsettled".

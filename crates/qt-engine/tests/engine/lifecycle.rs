@@ -220,3 +220,46 @@ async fn pause_stops_intake_and_resume_continues() {
     assert_eq!(agent.runs_of("while-paused"), 1);
     t.stop().await.unwrap();
 }
+
+/// With `ordering: none`, intake receives on one lane per worker thread: the lanes take
+/// every message exactly once between them, whether its batch finished at once on the
+/// lane or had to wait in a task of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn receive_lanes_take_every_message_once() {
+    let queue = MockQueue::new("q");
+    let n = 2_000;
+    queue.enqueue_all((0..n).map(|i| {
+        let body = if i % 7 == 0 {
+            json!({"do": "sleep", "ms": 1})
+        } else {
+            json!({"do": "ok"})
+        };
+        msg(&format!("m{i}"), &[], body)
+    }));
+    let mut c = config();
+    c.processing.batch_size = 8;
+    c.processing.max_in_flight = Some(64);
+    c.processing.concurrency = 16;
+    let agent = ScriptedAgent::new("default");
+    let ledger = Arc::new(MemoryLedger::new());
+    let t = QueueTrigger::builder(c)
+        .adapter(Arc::new(queue.adapter()))
+        .ledger(ledger.clone())
+        .agent("default", agent.clone() as Arc<dyn AgentRuntime>)
+        .build()
+        .unwrap();
+    t.start().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), queue.wait_idle())
+        .await
+        .expect("the queue drains");
+    t.stop().await.unwrap();
+    let acked: Vec<String> = queue.acked().into_iter().map(|s| s.message.message_id).collect();
+    let distinct: BTreeSet<&String> = acked.iter().collect();
+    assert_eq!(acked.len(), n, "every message is acked once");
+    assert_eq!(distinct.len(), n);
+    assert_eq!(ledger.records().len(), n, "one record per message");
+    assert!(
+        (0..n).all(|i| agent.runs_of(&format!("m{i}")) == 1),
+        "every message ran once"
+    );
+}
