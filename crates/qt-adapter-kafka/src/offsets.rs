@@ -52,7 +52,7 @@ impl OffsetTracker {
     /// Marks a registered offset finished. Returns false when it is not pending (never
     /// registered, already completed, or below the committable position).
     pub fn complete(&mut self, offset: i64) -> bool {
-        let Ok(i) = self.window.binary_search_by_key(&offset, |(o, _)| *o) else {
+        let Some(i) = self.index_of(offset) else {
             return false;
         };
         if self.window[i].1 {
@@ -83,9 +83,19 @@ impl OffsetTracker {
 
     /// Whether `offset` is registered and not yet finished.
     pub fn is_pending(&self, offset: i64) -> bool {
-        self.window
-            .binary_search_by_key(&offset, |(o, _)| *o)
-            .is_ok_and(|i| !self.window[i].1)
+        self.index_of(offset).is_some_and(|i| !self.window[i].1)
+    }
+
+    /// Where `offset` is in the window. Offsets without gaps (the usual case) sit at their
+    /// distance from the first, so that slot is looked at before searching: a search
+    /// reads several lines of a window the consumer thread keeps writing to.
+    fn index_of(&self, offset: i64) -> Option<usize> {
+        let &(first, _) = self.window.front()?;
+        let guess = usize::try_from(offset.checked_sub(first)?).ok()?;
+        if self.window.get(guess).is_some_and(|(o, _)| *o == offset) {
+            return Some(guess);
+        }
+        self.window.binary_search_by_key(&offset, |(o, _)| *o).ok()
     }
 
     /// Forgets everything from the first unfinished offset on, so the partition can be read
