@@ -67,6 +67,10 @@ impl Settler {
             waiting,
         } = self;
         let mut records = Vec::with_capacity(batch.len());
+        // A batch's settler starts empty: room for the whole group at once, not by doubling.
+        pending.reserve(batch.len());
+        completes.reserve(batch.len());
+        completed_records.reserve(batch.len());
         let log_each = tracing::enabled!(tracing::Level::DEBUG);
         // One clock reading for the whole batch: its records finish together.
         let (now, now_instant) = (Utc::now(), Instant::now());
