@@ -259,7 +259,7 @@ impl PollLoop {
         consumer: BaseConsumer<ConsumerCtx>,
         shared: Arc<Shared>,
         control: Arc<Control>,
-        capacity: usize,
+        max_in_flight: usize,
         commit_interval: Duration,
         redelivery_delay: Duration,
     ) -> Self {
@@ -267,8 +267,11 @@ impl PollLoop {
             consumer,
             shared,
             control,
-            capacity: capacity.max(1),
-            held_capacity: (capacity * 4).max(MIN_HELD),
+            // Room for a whole window beside the one the engine holds: the broker's fetches
+            // arrive in bursts, and a buffer only as deep as the window ran dry between them
+            // while the engine waited (a tenth of the Kafka benchmark's throughput).
+            capacity: max_in_flight.max(1) * 2,
+            held_capacity: (max_in_flight * 4).max(MIN_HELD),
             commit_interval,
             redelivery_delay,
             batch_topics: Vec::new(),

@@ -17,7 +17,7 @@
 //!   settled after its partition was revoked never moves a commit.
 //! - **Liveness.** One thread polls the consumer continuously; flow control and `pause()`
 //!   pause partitions at the consumer, so long handlers never exceed `max.poll.interval.ms`
-//!   and the group stays joined. At most `max_in_flight` messages wait unreceived (plus
+//!   and the group stays joined. At most 2 x `max_in_flight` messages wait unreceived (plus
 //!   delayed requeues held for their time, up to 4 x `max_in_flight`, at least 1000).
 //! - **Failures.** A failed settle or a dropped handle rewinds its partition to the first
 //!   unfinished offset after `redelivery_delay`: the message is delivered again without a
