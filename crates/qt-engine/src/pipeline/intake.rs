@@ -86,15 +86,19 @@ impl Intake {
         why.unwrap_or("stopped")
     }
 
-    /// One per worker thread, at most one per full batch the window holds; one when the
-    /// order of batches matters.
+    /// One per worker thread, at most one per full batch the window holds and one per agent
+    /// slot (a lane beyond that only waits for another's slot); one when the order of
+    /// batches matters.
     fn lanes(&self) -> usize {
         let processing = &self.pipeline.config.processing;
         if processing.ordering != Ordering::None {
             return 1;
         }
         let workers = tokio::runtime::Handle::current().metrics().num_workers();
-        workers.min(self.max_in_flight / processing.batch_size.max(1)).max(1)
+        workers
+            .min(self.max_in_flight / processing.batch_size.max(1))
+            .min(processing.concurrency)
+            .max(1)
     }
 
     /// Receives and processes batches until stopped or the source closes.
