@@ -49,7 +49,8 @@ pub(super) struct Table {
 }
 
 impl Table {
-    /// Room for `keys` entries before the table has to grow.
+    /// Room for `keys` entries before the table has to grow. Every slot is written here,
+    /// so the memory is the table's from the start rather than faulted in by claims.
     pub fn with_capacity(keys: usize) -> Self {
         if keys == 0 {
             return Self::default();
