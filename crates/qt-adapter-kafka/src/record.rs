@@ -266,10 +266,10 @@ fn due_in(value: &[u8], batch: &Batch) -> Option<Instant> {
 /// `adapter` is the receiving batch's copy of the adapter name.
 pub fn raw_message(pending: &Pending, adapter: &Arc<str>) -> RawMessage {
     let Origin { tp, offset, record, .. } = &pending.origin;
-    let mut headers = Headers::with_capacity(record.headers().count());
-    for (k, v) in record.headers() {
-        headers.append(k, v.map(text).unwrap_or_default());
-    }
+    let headers: Headers = record
+        .headers()
+        .map(|(k, v)| (k, v.map(text).unwrap_or_default()))
+        .collect();
     let source = SourceInfo {
         adapter: adapter.clone(),
         queue: tp.topic.clone(),
