@@ -218,7 +218,7 @@ impl MemoryStore {
     /// shard, whose keys' slots are all touched before the first is looked at. Within a
     /// shard (so for any one key) the order is that of `fingerprints`.
     fn by_shard(&self, fingerprints: &[Fingerprint], mut each: impl FnMut(&mut Shard, usize)) {
-        let mut order: Vec<u32> = Vec::with_capacity(fingerprints.len());
+        let mut order = vec![0u32; fingerprints.len()];
         let mut starts = [0usize; SHARDS + 1];
         for f in fingerprints {
             starts[f.shard() + 1] += 1;
@@ -227,7 +227,6 @@ impl MemoryStore {
             starts[s + 1] += starts[s];
         }
         let mut fill = starts;
-        order.resize(fingerprints.len(), 0);
         for (i, f) in fingerprints.iter().enumerate() {
             let slot = &mut fill[f.shard()];
             order[*slot] = u32::try_from(i).expect("a batch holds fewer than 2³² keys");
@@ -248,9 +247,11 @@ impl MemoryStore {
         }
     }
 
-    /// Completes or releases (see [`Shard::settle`]) a batch of claims.
-    fn settle_batch(&self, tokens: &[ClaimToken], done_until: Option<u64>) -> Vec<ClaimState> {
+    /// Completes (`Some(window)`: done for that long) or releases (`None`) a batch of
+    /// claims (see [`Shard::settle`]).
+    fn settle_batch(&self, tokens: &[ClaimToken], window: Option<Duration>) -> Vec<ClaimState> {
         let now = self.now();
+        let done_until = window.map(|w| nanos_after(now, w));
         let fingerprints: Vec<Fingerprint> = tokens.iter().map(|t| self.fingerprint(&t.key)).collect();
         let mut states = vec![ClaimState::Lost; tokens.len()];
         self.by_shard(&fingerprints, |shard, i| {
@@ -299,7 +300,7 @@ impl IdempotencyStore for MemoryStore {
     }
 
     async fn complete_batch(&self, tokens: &[ClaimToken], window: Duration) -> Result<Vec<ClaimState>, StoreError> {
-        Ok(self.settle_batch(tokens, Some(nanos_after(self.now(), window))))
+        Ok(self.settle_batch(tokens, Some(window)))
     }
 
     async fn release_batch(&self, tokens: &[ClaimToken]) -> Result<Vec<ClaimState>, StoreError> {

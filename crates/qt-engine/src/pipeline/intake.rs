@@ -16,7 +16,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures::FutureExt;
-
 use qt_core::QueueAdapter;
 use qt_core::config::Ordering;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
