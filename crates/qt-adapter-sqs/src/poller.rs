@@ -23,6 +23,9 @@ use crate::status::Status;
 
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long close waits for a receive already under way to answer. A long poll on a quiet
+/// queue answers only when its wait ends, so this bounds how much later close returns.
+const CLOSE_RECEIVE_GRACE: Duration = Duration::from_secs(2);
 
 /// A received message waiting in the buffer, its visibility already under watch.
 pub struct Received {
@@ -65,11 +68,20 @@ impl Poller {
             if let Some(timeout) = self.visibility_timeout_seconds {
                 request = request.visibility_timeout(timeout);
             }
+            let send = request.send();
+            tokio::pin!(send);
             let result = tokio::select! {
                 biased;
-                // Messages SQS hands to an abandoned request return after their timeout.
-                () = self.ctx.shutdown.cancelled() => return,
-                r = request.send() => r,
+                () = self.ctx.shutdown.cancelled() => {
+                    // A receive under way may already have taken messages, which SQS keeps
+                    // invisible for their timeout: waiting (briefly) for its answer buffers
+                    // them, so close hands them back at once.
+                    if let Ok(Ok(out)) = tokio::time::timeout(CLOSE_RECEIVE_GRACE, &mut send).await {
+                        self.buffer(out.messages.unwrap_or_default(), permit).await;
+                    }
+                    return;
+                }
+                r = &mut send => r,
             };
             match result {
                 Ok(out) => {
