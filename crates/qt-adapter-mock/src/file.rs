@@ -19,7 +19,9 @@ pub struct MessageLine {
     pub headers: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `Some(Value::Null)` when the line says `"json": null`, so that can be refused by
+    /// name rather than read as a missing body.
+    #[serde(default, deserialize_with = "given_json", skip_serializing_if = "Option::is_none")]
     pub json: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
@@ -62,6 +64,9 @@ impl MessageLine {
     }
 
     fn resolve_body(&mut self) -> Result<(), String> {
+        if self.json == Some(serde_json::Value::Null) {
+            return Err("\"json\" is null: a message needs a body; give a JSON value other than null, or \"text\": \"null\" to send the text null".to_owned());
+        }
         let given = [self.json.is_some(), self.text.is_some(), self.body_base64.is_some()];
         if given.iter().filter(|g| **g).count() != 1 {
             return Err("give exactly one of \"json\", \"text\" or \"body_base64\"".to_owned());
@@ -78,6 +83,11 @@ impl MessageLine {
         };
         Ok(())
     }
+}
+
+/// `"json"` as given, `null` included (a plain `Option` reads `null` as absent).
+fn given_json<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(deserializer).map(Some)
 }
 
 /// Reads a JSONL message file; blank lines and lines starting with `#` are skipped. Every
@@ -196,5 +206,19 @@ mod tests {
         assert!(err.contains("m.jsonl:1:") && err.contains("exactly one"), "{err}");
         std::fs::write(&p, "{\"id\":\"a\",\"jsn\":{}}\n").unwrap();
         assert!(read_messages(&p).unwrap_err().to_string().contains("unknown field"));
+    }
+
+    #[test]
+    fn a_null_json_body_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.jsonl");
+        std::fs::write(&p, "{\"id\": \"x\", \"json\": null}\n").unwrap();
+        let err = read_messages(&p).unwrap_err().to_string();
+        assert!(err.contains("m.jsonl:1:") && err.contains("\"json\" is null"), "{err}");
+        assert!(!err.contains("exactly one"), "{err}");
+
+        let sent: MessageLine = serde_json::from_str("{\"json\": null}").unwrap();
+        let err = sent.into_checked_raw("q").unwrap_err();
+        assert!(err.contains("\"json\" is null"), "{err}");
     }
 }
