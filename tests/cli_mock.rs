@@ -8,7 +8,7 @@ use std::time::Duration;
 
 mod support;
 
-use support::files::jsonl;
+use support::files::{by_message, jsonl, status_of};
 use support::free_port;
 use support::http::http_get;
 use support::process::{QtRun, qt, run_bounded, summary};
@@ -274,6 +274,59 @@ fn send_feeds_a_running_trigger_and_sigterm_drains() {
     let logs = run.logs();
     assert!(status.success(), "graceful stop exits 0 ({status}):\n{logs}");
     assert!(logs.contains("SIGTERM"), "{logs}");
+}
+
+/// A body nested past what a value tree holds, or with a lone surrogate escape, used to
+/// panic at the first extraction rule and be put back at the front of the queue forever.
+/// Each is now a parse failure, dead-lettered with its reason, and the queue goes on.
+#[test]
+fn hostile_json_bodies_are_dead_lettered_and_the_queue_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let lines = [
+        serde_json::json!({"id": "deep", "text": deep}),
+        serde_json::json!({"id": "surrogate", "text": r#"{"type": "order.created", "note": "\ud800"}"#}),
+        serde_json::json!({"id": "fine", "json": {"type": "order.created"}}),
+    ];
+    let messages = dir.path().join("messages.jsonl");
+    std::fs::write(&messages, lines.map(|l| l.to_string()).join("\n")).unwrap();
+    let (ledger, dlq) = (dir.path().join("ledger.jsonl"), dir.path().join("dlq.jsonl"));
+    let cfg = dir.path().join("hostile.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "source: {{type: mock, file: {}, dlq_file: {}}}\n\
+             processing: {{extraction: {{event_name: [{{pointer: /type}}]}}, on_parse_failure: dlq}}\n\
+             agent: {{targets: {{main: {{type: log}}}}}}\n\
+             ledger: {{type: jsonl, path: {}}}\n\
+             observability: {{admin: {{listen: \"127.0.0.1:0\"}}}}\n",
+            messages.display(),
+            dlq.display(),
+            ledger.display()
+        ),
+    )
+    .unwrap();
+    let out = run_bounded(qt().args(["run", "--until-idle", "-c"]).arg(&cfg), dir.path(), BOUND);
+    assert!(out.status.success(), "{}", out.stderr);
+    let records = by_message(&jsonl(&ledger));
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert_eq!(status_of(&records["fine"][0]), "succeeded");
+    for id in ["deep", "surrogate"] {
+        assert_eq!(records[id].len(), 1, "{id} has one outcome: {records:?}");
+        assert_eq!(status_of(&records[id][0]), "parse_failed", "{id}");
+    }
+    let dead: BTreeMap<String, String> = jsonl(&dlq)
+        .iter()
+        .map(|d| {
+            (
+                d["id"].as_str().unwrap().to_owned(),
+                d["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(dead["deep"].contains("recursion limit exceeded"), "{dead:?}");
+    assert!(dead["surrogate"].contains("line 1, column"), "{dead:?}");
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
 }
 
 /// `--until-idle` is refused for broker sources with a reason, and bad input exits

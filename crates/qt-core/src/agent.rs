@@ -87,9 +87,9 @@ impl AgentEvent {
     }
 
     /// The payload the agent should use: the selected sub-document, or the whole payload.
-    pub fn payload_json(&self) -> serde_json::Value {
+    pub fn payload_json(&self) -> Result<serde_json::Value, serde_json::Error> {
         match &self.selected_payload {
-            Some(v) => (**v).clone(),
+            Some(v) => Ok((**v).clone()),
             None => self.envelope.payload.to_json_value(),
         }
     }

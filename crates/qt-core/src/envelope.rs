@@ -34,22 +34,22 @@ impl Payload {
         Payload::Json(JsonPayload::from_value(value))
     }
 
-    /// The JSON document as a value tree (built on first use).
-    pub fn as_json(&self) -> Option<&serde_json::Value> {
+    /// The JSON document as a value tree (built on first use); `None` for text and binary.
+    pub fn as_json(&self) -> Result<Option<&serde_json::Value>, serde_json::Error> {
         match self {
-            Payload::Json(v) => Some(v.value()),
-            _ => None,
+            Payload::Json(v) => v.value().map(Some),
+            _ => Ok(None),
         }
     }
 
     /// The payload as a JSON value for an agent: JSON as is, text as a string, binary as a
     /// base64 string (the context's `payload_format` says which).
-    pub fn to_json_value(&self) -> serde_json::Value {
-        match self {
-            Payload::Json(v) => v.value().clone(),
+    pub fn to_json_value(&self) -> Result<serde_json::Value, serde_json::Error> {
+        Ok(match self {
+            Payload::Json(v) => v.value()?.clone(),
             Payload::Text(s) => serde_json::Value::String(s.clone()),
             Payload::Binary(b) => serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
-        }
+        })
     }
 }
 
@@ -218,6 +218,56 @@ mod tests {
         ));
     }
 
+    /// Text that is JSON or nearly so: the shapes that have hurt parsers (deep nesting,
+    /// lone and paired surrogate escapes, numbers past every width, duplicate keys),
+    /// joined at random.
+    fn jsonish() -> impl Strategy<Value = String> {
+        let token = prop_oneof![
+            Just("[".to_owned()),
+            Just("]".to_owned()),
+            Just("{".to_owned()),
+            Just("}".to_owned()),
+            Just(",".to_owned()),
+            Just(":".to_owned()),
+            Just(r#""type""#.to_owned()),
+            Just(r#""a""#.to_owned()),
+            Just(r#""\ud800""#.to_owned()),
+            Just(r#""\udc00x""#.to_owned()),
+            Just(r#""\ud83d\ude00""#.to_owned()),
+            Just(r#""\u0000\n\"""#.to_owned()),
+            Just("1e400".to_owned()),
+            Just("-1e-400".to_owned()),
+            Just("123456789012345678901234567890".to_owned()),
+            Just("-0".to_owned()),
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just(r#"{"a": 1, "a": {"b": 2}}"#.to_owned()),
+            "\\PC{0,8}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+        ];
+        let flat = prop::collection::vec(token, 0..40).prop_map(|t| t.concat());
+        let nested = (0usize..300, prop::bool::ANY, "[0-9a-z\"]{0,6}").prop_map(|(depth, objects, inner)| {
+            if objects {
+                format!("{}{inner}{}", r#"{"a":"#.repeat(depth), "}".repeat(depth))
+            } else {
+                format!("{}{inner}{}", "[".repeat(depth), "]".repeat(depth))
+            }
+        });
+        prop_oneof![flat, nested]
+    }
+
+    /// Every kind of rule, each looking into the payload where it can.
+    fn every_rule_kind() -> ExtractionRules {
+        serde_yaml_ng::from_str(
+            "event_name: [{pointer: /type}, {header: x-event-name}, {value: fallback}]\n\
+             tenant_id: [{pointer: /a/b}, {pointer: /0}, {header: x-tenant-id}]\n\
+             dedup_key: [{pointer: /a}, {source_key: true}]\n\
+             ordering_key: [{pointer: ''}, {source_key: false}]\n\
+             payload_pointer: /a\n\
+             required: [event_name]\n",
+        )
+        .unwrap()
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -263,10 +313,37 @@ mod tests {
                     prop_assert_eq!(&env.trace_id.to_string(), tp);
                 }
             match (format, env.payload) {
-                (PayloadFormat::Json, Payload::Json(v)) => prop_assert_eq!(v.value(), &serde_json::json!({"text": text})),
+                (PayloadFormat::Json, Payload::Json(v)) => prop_assert_eq!(v.value().unwrap(), &serde_json::json!({"text": text})),
                 (PayloadFormat::Text, Payload::Text(s)) => prop_assert_eq!(s, text),
                 (PayloadFormat::Binary, Payload::Binary(b)) => prop_assert_eq!(&b[..], &body[..]),
                 (f, p) => prop_assert!(false, "format {:?} gave {:?}", f, p),
+            }
+        }
+
+        /// Hostile bodies never panic: arbitrary bytes and JSON-ish text go through every
+        /// parser and every kind of extraction rule, and each ends as exactly one envelope
+        /// (whose JSON, if any, builds its value tree and serializes) or one error that
+        /// says why.
+        #[test]
+        fn hostile_bodies_become_an_envelope_or_a_reason_never_a_panic(
+            body in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..256),
+                jsonish().prop_map(String::into_bytes),
+            ],
+        ) {
+            let rules = every_rule_kind();
+            for format in [PayloadFormat::Json, PayloadFormat::Text, PayloadFormat::Binary] {
+                let raw = RawMessage::new("m", body.clone(), source());
+                match build_envelope(raw, parser_for(format, 1 << 20).as_ref(), &rules) {
+                    Ok(built) => {
+                        prop_assert!(built.envelope.payload.as_json().is_ok());
+                        prop_assert!(serde_json::to_vec(&built.envelope.payload).is_ok());
+                    }
+                    Err(unparseable) => {
+                        prop_assert_eq!(&unparseable.raw.message_id, "m");
+                        prop_assert!(!unparseable.error.to_string().is_empty());
+                    }
+                }
             }
         }
     }

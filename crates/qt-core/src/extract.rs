@@ -165,6 +165,15 @@ pub enum ExtractionError {
     PayloadPointerMissing { pointer: String },
     #[error("payload_pointer {pointer} needs a JSON payload, got {format}")]
     PayloadNotJson { pointer: String, format: &'static str },
+    #[error("the JSON payload cannot be read as a value: {0}")]
+    UnreadableJson(String),
+}
+
+/// The payload's value tree, for a rule that looks inside it.
+fn document(payload: &Payload) -> Result<Option<&serde_json::Value>, ExtractionError> {
+    payload
+        .as_json()
+        .map_err(|e| ExtractionError::UnreadableJson(e.to_string()))
 }
 
 /// What extraction found.
@@ -210,7 +219,7 @@ impl ExtractionRules {
             agent_payload: None,
         };
         if let Some(pointer) = &self.payload_pointer {
-            let Some(doc) = payload.as_json() else {
+            let Some(doc) = document(payload)? else {
                 return Err(ExtractionError::PayloadNotJson {
                     pointer: pointer.clone(),
                     format: payload.format(),
@@ -237,7 +246,7 @@ impl ExtractionRules {
         for rule in rules {
             let found = match rule {
                 FieldSource::Header(name) => headers.get(name).filter(|v| !v.is_empty()).map(str::to_owned),
-                FieldSource::Pointer(pointer) => match payload.as_json().and_then(|doc| doc.pointer(pointer)) {
+                FieldSource::Pointer(pointer) => match document(payload)?.and_then(|doc| doc.pointer(pointer)) {
                     None | Some(serde_json::Value::Null) => None,
                     Some(serde_json::Value::String(s)) if s.is_empty() => None,
                     Some(serde_json::Value::String(s)) => Some(s.clone()),

@@ -20,7 +20,8 @@ impl LogAgent {
 #[async_trait]
 impl AgentRuntime for LogAgent {
     async fn trigger_event(&self, event: &AgentEvent) -> Result<AgentRun, AgentError> {
-        let payload = event.payload_json().to_string();
+        let payload = serde_json::to_string(&event.to_json().context.payload)
+            .map_err(|e| AgentError::permanent(format!("cannot serialize the payload: {e}")))?;
         const SHOWN: usize = 512;
         let shown = if payload.len() > SHOWN {
             let cut = (0..=SHOWN).rev().find(|i| payload.is_char_boundary(*i)).unwrap_or(0);

@@ -67,7 +67,7 @@ impl AgentRuntime for ScriptedAgent {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         let _guard = RunningGuard(&self.running);
         self.max_running.fetch_max(now, Ordering::SeqCst);
-        let payload = event.payload_json();
+        let payload = event.payload_json().expect("a parsed payload builds its value tree");
         // Counted across deliveries, so "fail the first N calls" holds through requeues.
         let call_number = {
             let mut calls = self.calls.lock();
