@@ -85,6 +85,12 @@ impl Collector for Snapshot {
         labelled_counter(&mut e, "qt_dlq", "Messages dead-lettered, by reason.", "reason", &m.dlq)?;
         counter(
             &mut e,
+            "qt_panics",
+            "Panics caught while processing messages (each a bug; the message that panicked is dead-lettered).",
+            m.panics,
+        )?;
+        counter(
+            &mut e,
             "qt_idempotency_errors",
             "Idempotency store operations that failed.",
             m.idempotency_errors,

@@ -1,5 +1,7 @@
 //! The uniform envelope every message becomes before it reaches governance and the agent.
 
+use std::panic::AssertUnwindSafe;
+
 use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -102,6 +104,9 @@ pub enum EnvelopeError {
     Parse(#[from] ParseError),
     #[error("extraction failed: {0}")]
     Extraction(#[from] ExtractionError),
+    /// The parser or an extraction rule panicked: a bug, in qt or in a parser given to it.
+    #[error("parsing panicked: {0}")]
+    Panicked(String),
 }
 
 /// A message that could not be parsed or extracted, handed back whole so it can be
@@ -121,6 +126,15 @@ pub struct Built {
     pub agent_payload: Option<serde_json::Value>,
 }
 
+/// What a caught panic said, for a log line or a ledger record.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
 /// The trace id for a raw message: continued from `traceparent`, or new.
 pub fn trace_id_for(headers: &Headers) -> TraceId {
     headers
@@ -136,31 +150,26 @@ pub fn build_envelope(
     rules: &ExtractionRules,
 ) -> Result<Built, Box<Unparseable>> {
     let trace_id = trace_id_for(&raw.headers);
-    let payload = match parser.parse(&raw.body) {
-        Ok(p) => p,
-        Err(e) => {
-            return Err(Box::new(Unparseable {
-                raw,
-                trace_id,
-                error: e.into(),
-            }));
-        }
-    };
-    let Extracted {
-        event_name,
-        tenant_id,
-        dedup_key,
-        ordering_key,
-        agent_payload,
-    } = match rules.extract(&raw.headers, &payload, &raw.source) {
-        Ok(x) => x,
-        Err(e) => {
-            return Err(Box::new(Unparseable {
-                raw,
-                trace_id,
-                error: e.into(),
-            }));
-        }
+    // The body and the rules are read by reference, so a panic in either (a bug) still
+    // leaves the whole message to hand back.
+    let read = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<_, EnvelopeError> {
+        let payload = parser.parse(&raw.body)?;
+        let extracted = rules.extract(&raw.headers, &payload, &raw.source)?;
+        Ok((payload, extracted))
+    }))
+    .unwrap_or_else(|panic| Err(EnvelopeError::Panicked(panic_message(panic.as_ref()))));
+    let (
+        payload,
+        Extracted {
+            event_name,
+            tenant_id,
+            dedup_key,
+            ordering_key,
+            agent_payload,
+        },
+    ) = match read {
+        Ok(read) => read,
+        Err(error) => return Err(Box::new(Unparseable { raw, trace_id, error })),
     };
     let attempt = raw.attempt();
     let RawMessage {
@@ -266,6 +275,27 @@ mod tests {
              required: [event_name]\n",
         )
         .unwrap()
+    }
+
+    #[derive(Debug)]
+    struct PanickingParser;
+
+    impl Parser for PanickingParser {
+        fn format(&self) -> PayloadFormat {
+            PayloadFormat::Binary
+        }
+        fn parse(&self, _: &Bytes) -> Result<Payload, ParseError> {
+            panic!("parser bug on this body")
+        }
+    }
+
+    #[test]
+    fn a_panicking_parser_hands_the_whole_message_back_with_the_panic_message() {
+        let raw = RawMessage::new("m1", &b"anything"[..], source());
+        let err = build_envelope(raw, &PanickingParser, &ExtractionRules::default()).unwrap_err();
+        assert_eq!(err.raw.message_id, "m1");
+        assert_eq!(&err.raw.body[..], b"anything");
+        assert_eq!(err.error, EnvelopeError::Panicked("parser bug on this body".to_owned()));
     }
 
     proptest! {

@@ -35,16 +35,19 @@ pub enum DlqReason {
     PermanentFailure,
     RetriesExhausted,
     RetryBudgetExhausted,
+    /// Processing the message panicked (a bug, in qt or in a component given to it).
+    Panicked,
 }
 
 impl DlqReason {
-    pub const ALL: [DlqReason; 6] = [
+    pub const ALL: [DlqReason; 7] = [
         DlqReason::ParseFailed,
         DlqReason::Unrouted,
         DlqReason::Rejected,
         DlqReason::PermanentFailure,
         DlqReason::RetriesExhausted,
         DlqReason::RetryBudgetExhausted,
+        DlqReason::Panicked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +58,7 @@ impl DlqReason {
             DlqReason::PermanentFailure => "permanent_failure",
             DlqReason::RetriesExhausted => "retries_exhausted",
             DlqReason::RetryBudgetExhausted => "retry_budget_exhausted",
+            DlqReason::Panicked => "panicked",
         }
     }
 
@@ -168,7 +172,8 @@ pub struct Metrics {
     processed: [AtomicU64; 7],
     retries: [AtomicU64; 4],
     dedup_hits: AtomicU64,
-    dlq: [AtomicU64; 6],
+    dlq: [AtomicU64; 7],
+    panics: AtomicU64,
     idempotency_errors: AtomicU64,
     settle_errors: AtomicU64,
     ledger_errors: AtomicU64,
@@ -205,6 +210,9 @@ impl Metrics {
     }
     pub(crate) fn idempotency_error(&self, n: u64) {
         self.idempotency_errors.fetch_add(n, Relaxed);
+    }
+    pub(crate) fn panicked(&self) {
+        self.panics.fetch_add(1, Relaxed);
     }
     pub(crate) fn settle_error(&self) {
         self.settle_errors.fetch_add(1, Relaxed);
@@ -256,6 +264,7 @@ impl Metrics {
                 .iter()
                 .map(|r| (r.as_str(), self.dlq[r.index()].load(Relaxed)))
                 .collect(),
+            panics: self.panics.load(Relaxed),
             idempotency_errors: self.idempotency_errors.load(Relaxed),
             settle_errors: self.settle_errors.load(Relaxed),
             ledger_errors: self.ledger_errors.load(Relaxed),
@@ -280,6 +289,10 @@ pub struct MetricsSnapshot {
     pub dedup_hits: u64,
     /// (reason, count) for every dead-letter reason.
     pub dlq: Vec<(&'static str, u64)>,
+    /// Panics caught while processing messages: each is a bug. The message that panicked
+    /// is dead-lettered as a permanent failure; a batch that panicked outside any one
+    /// message's steps counts once, and its messages are then run one by one.
+    pub panics: u64,
     pub idempotency_errors: u64,
     pub settle_errors: u64,
     pub ledger_errors: u64,

@@ -202,6 +202,7 @@ impl TriggerBuilder {
             agent_slots: Semaphore::new(c.processing.concurrency),
             sequencer: parking_lot::Mutex::new(crate::pipeline::order::Sequencer::new(max_in_flight)),
             abort: CancellationToken::new(),
+            quarantine: Default::default(),
             adapter_kind: Arc::from(adapter.kind()),
             config: c,
         };

@@ -11,10 +11,10 @@ use std::time::Instant;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use qt_core::config::{OnStoreError, Ordering};
-use qt_core::envelope::build_envelope;
+use qt_core::envelope::{EnvelopeError, build_envelope};
 use qt_core::{AckHandle, Claim, Delivery, IdempotencyKey};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
-use tracing::{Instrument, debug, warn};
+use tracing::{Instrument, debug, error, warn};
 
 use super::order::{TurnDone, WaitTurn};
 use super::outcome::Outcome;
@@ -93,6 +93,57 @@ pub(crate) async fn process(
     }
 }
 
+/// Dead-letters a message whose processing panicked when it ran alone before (see
+/// [`super::quarantine`]), without running it again: recorded and settled like any other
+/// outcome.
+pub(crate) async fn dead_letter_poisoned(
+    p: Arc<Pipeline>,
+    delivery: Delivery,
+    permit: OwnedSemaphorePermit,
+    panic: String,
+) {
+    let Delivery { message, handle } = delivery;
+    error!(message_id = %message.message_id, queue = %message.source.queue, panic = %panic, "this message panicked when it ran alone; it is dead-lettered as a permanent failure instead of run again");
+    let trace_id = qt_core::envelope::trace_id_for(&message.headers);
+    let consume_latency = message.consume_latency();
+    let meta = unparsed_meta(message, trace_id, consume_latency, Instant::now());
+    let outcome = Outcome::Panicked {
+        stage: "processing an earlier delivery of it",
+        message: panic,
+    };
+    let mut settler = Settler::default();
+    let mut done = Vec::with_capacity(1);
+    cannot_run(&mut done, handle, meta, outcome, permit);
+    settler.finish(&p, done).await;
+    while settler.settle_next(&p).await.is_some() {}
+}
+
+/// What is known of a message that never became an envelope.
+fn unparsed_meta(
+    raw: qt_core::RawMessage,
+    trace_id: qt_core::TraceId,
+    consume_latency: Option<std::time::Duration>,
+    started: Instant,
+) -> MessageMeta {
+    let received_at = raw.received_at;
+    let attempt = raw.attempt();
+    let tenant_id = raw.headers.get(qt_core::headers::TENANT_ID).map(str::to_owned);
+    MessageMeta {
+        trace_id,
+        identity: Identity::Unparsed(Box::new(Unparsed {
+            message_id: raw.message_id,
+            tenant_id,
+            queue: raw.source.queue,
+            adapter: raw.source.adapter,
+        })),
+        target: None,
+        received_at,
+        started,
+        consume_latency,
+        attempt,
+    }
+}
+
 /// A message that cannot run, on its way to the settler with its outcome.
 fn cannot_run(
     done: &mut Vec<Finished>,
@@ -131,24 +182,22 @@ fn prepare(
         match build_envelope(message, p.parser.as_ref(), &p.config.processing.extraction) {
             Err(unparseable) => {
                 let qt_core::envelope::Unparseable { raw, trace_id, error } = *unparseable;
-                let attempt = raw.attempt();
-                let tenant_id = raw.headers.get(qt_core::headers::TENANT_ID).map(str::to_owned);
-                let meta = MessageMeta {
-                    trace_id,
-                    identity: Identity::Unparsed(Box::new(Unparsed {
-                        message_id: raw.message_id,
-                        tenant_id,
-                        queue: raw.source.queue,
-                        adapter: raw.source.adapter,
-                    })),
-                    target: None,
-                    received_at,
-                    started,
-                    consume_latency,
-                    attempt,
+                let meta = unparsed_meta(raw, trace_id, consume_latency, started);
+                let outcome = match error {
+                    EnvelopeError::Panicked(message) => {
+                        error!(trace_id = %meta.trace_id, message_id = %meta.message_id(), queue = %meta.queue(), panic = %message, "parsing the message panicked; it is dead-lettered as a permanent failure");
+                        p.metrics.panicked();
+                        Outcome::Panicked {
+                            stage: "parsing",
+                            message,
+                        }
+                    }
+                    error => {
+                        warn!(trace_id = %meta.trace_id, message_id = %meta.message_id(), queue = %meta.queue(), error = %error, "message cannot be parsed");
+                        Outcome::ParseFailed(error)
+                    }
                 };
-                warn!(trace_id = %meta.trace_id, message_id = %meta.message_id(), queue = %meta.queue(), error = %error, "message cannot be parsed");
-                cannot_run(done, handle, meta, Outcome::ParseFailed(error), permit);
+                cannot_run(done, handle, meta, outcome, permit);
             }
             Ok(built) => {
                 let envelope = Arc::new(built.envelope);

@@ -16,8 +16,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures::FutureExt;
-use qt_core::QueueAdapter;
 use qt_core::config::Ordering;
+use qt_core::envelope::panic_message;
+use qt_core::{Delivery, QueueAdapter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,12 +26,23 @@ use tracing::{error, warn};
 
 use super::Pipeline;
 use super::batch::{self, LinkTurn};
+use super::quarantine::Fingerprint;
 use crate::trigger::TriggerState;
 
-fn batch_ended(outcome: &std::thread::Result<()>) {
-    if outcome.is_err() {
-        error!("processing a batch panicked; its unsettled messages are left to the broker to deliver again");
+/// A batch that panicked outside any one message's steps (a bug) is remembered by the
+/// quarantine, so the panic is not repeated on every redelivery.
+fn batch_ended(p: &Pipeline, outcome: std::thread::Result<()>, fingerprints: &[Fingerprint]) {
+    let Err(panic) = outcome else {
+        return;
+    };
+    let panic = panic_message(panic.as_ref());
+    p.metrics.panicked();
+    if fingerprints.len() == 1 {
+        error!(%panic, "processing a message panicked; when the broker delivers it again it is dead-lettered as a permanent failure");
+    } else {
+        error!(%panic, messages = fingerprints.len(), "processing a batch panicked; the broker delivers its unsettled messages again, and each then runs alone to find the one that panics");
     }
+    p.quarantine.batch_panicked(fingerprints, &panic);
 }
 
 /// Longest intake waits for a busy pipeline to return permits before it takes a smaller
@@ -146,22 +158,68 @@ impl Intake {
                 permits.push(permit.split(1).expect("one permit per delivery was acquired"));
             }
             permits.push(permit);
-            let (done, next) = oneshot::channel();
-            let link = LinkTurn {
-                after: previous_link.replace(next),
-                done,
-            };
-            // A panic in a batch (a bug) costs that batch, not the lane: its messages'
-            // handles are dropped unsettled, so the broker delivers them again.
-            let mut batch = Box::pin(
-                AssertUnwindSafe(batch::process(self.pipeline.clone(), deliveries, permits, link)).catch_unwind(),
-            );
-            match futures::poll!(batch.as_mut()) {
-                Poll::Ready(outcome) => batch_ended(&outcome),
-                Poll::Pending => {
-                    self.batches.spawn(async move { batch_ended(&batch.await) });
-                }
+            if self.pipeline.quarantine.is_active() {
+                self.sort_and_start(deliveries, permits, &mut previous_link).await;
+            } else {
+                self.start_batch(deliveries, permits, &mut previous_link).await;
             }
+        }
+    }
+
+    /// Starts a batch with `deliveries`: takes it as far as it goes now, and hands it to a
+    /// task of its own if it has to wait.
+    async fn start_batch(
+        &self,
+        deliveries: Vec<Delivery>,
+        permits: Vec<OwnedSemaphorePermit>,
+        previous_link: &mut Option<oneshot::Receiver<()>>,
+    ) {
+        let (done, next) = oneshot::channel();
+        let link = LinkTurn {
+            after: previous_link.replace(next),
+            done,
+        };
+        let p = self.pipeline.clone();
+        // Who was in the batch, in case it panics: its unsettled messages are delivered
+        // again, and the quarantine then runs each alone.
+        let fingerprints: Vec<Fingerprint> = deliveries
+            .iter()
+            .map(|d| p.quarantine.fingerprint(&d.message))
+            .collect();
+        let mut batch = Box::pin(AssertUnwindSafe(batch::process(p.clone(), deliveries, permits, link)).catch_unwind());
+        match futures::poll!(batch.as_mut()) {
+            Poll::Ready(outcome) => batch_ended(&p, outcome, &fingerprints),
+            Poll::Pending => {
+                self.batches
+                    .spawn(async move { batch_ended(&p, batch.await, &fingerprints) });
+            }
+        }
+    }
+
+    /// Starts a batch received while the quarantine remembers messages: poisoned ones are
+    /// dead-lettered, suspects each run as a batch of their own, the rest together.
+    async fn sort_and_start(
+        &self,
+        deliveries: Vec<Delivery>,
+        permits: Vec<OwnedSemaphorePermit>,
+        previous_link: &mut Option<oneshot::Receiver<()>>,
+    ) {
+        let sorted = self.pipeline.quarantine.sort(deliveries, permits);
+        for ((delivery, permit), panic) in sorted.poisoned {
+            let p = self.pipeline.clone();
+            self.batches.spawn(async move {
+                let dead_lettering = AssertUnwindSafe(batch::dead_letter_poisoned(p, delivery, permit, panic));
+                if let Err(panic) = dead_lettering.catch_unwind().await {
+                    error!(panic = %panic_message(panic.as_ref()), "dead-lettering a poisoned message panicked too; the broker will deliver it again");
+                }
+            });
+        }
+        for (delivery, permit) in sorted.alone {
+            self.start_batch(vec![delivery], vec![permit], previous_link).await;
+        }
+        if !sorted.together.is_empty() {
+            let (deliveries, permits) = sorted.together.into_iter().unzip();
+            self.start_batch(deliveries, permits, previous_link).await;
         }
     }
 

@@ -16,6 +16,7 @@ pub(crate) mod batch;
 pub(crate) mod intake;
 pub(crate) mod order;
 pub(crate) mod outcome;
+pub(crate) mod quarantine;
 pub(crate) mod run;
 pub(crate) mod settler;
 
@@ -54,6 +55,8 @@ pub(crate) struct Pipeline {
     /// their messages left for redelivery.
     pub abort: CancellationToken,
     pub adapter_kind: Arc<str>,
+    /// Batches that panicked, remembered so their messages are not run together again.
+    pub quarantine: quarantine::Quarantine,
 }
 
 impl std::fmt::Debug for Pipeline {

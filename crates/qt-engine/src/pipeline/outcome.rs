@@ -45,6 +45,12 @@ pub(crate) enum Outcome {
         history: Vec<AttemptRecord>,
         first_failure: DateTime<Utc>,
     },
+    /// Processing this message panicked (a bug); `stage` says in which step. Running it
+    /// again would panic again, so it is never requeued.
+    Panicked {
+        stage: &'static str,
+        message: String,
+    },
     /// A stop ran out of drain time mid-run: nothing is recorded or settled, the broker
     /// redelivers.
     Abandoned,
@@ -213,6 +219,26 @@ pub(crate) fn resolve(outcome: &Outcome, config: &Config, attempt: u32, event: O
                 dlq_reason,
                 error: Some(reason),
                 error_class: Some(error.class),
+            }
+        }
+        Outcome::Panicked { stage, message } => {
+            let reason = format!("permanent: processing panicked while {stage}: {message}");
+            let (settlement, dlq_reason) = match p.on_failure {
+                FailureAction::Dlq => (
+                    dead_letter(reason.clone(), Some(ErrorClass::Permanent), 0),
+                    Some(DlqReason::Panicked),
+                ),
+                // A requeued message would only panic again.
+                FailureAction::Nack | FailureAction::Requeue => (Settlement::Nack, None),
+                FailureAction::Ack => (Settlement::Ack, None),
+            };
+            Resolution {
+                status: LedgerStatus::Failed,
+                settlement,
+                claim: ClaimAction::Release,
+                dlq_reason,
+                error: Some(reason),
+                error_class: Some(ErrorClass::Permanent),
             }
         }
         Outcome::Abandoned => return None,

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures::FutureExt;
 use qt_core::config::OnGovernanceError;
+use qt_core::envelope::panic_message;
 use qt_core::ledger::AttemptRecord;
 use qt_core::{AgentError, AgentEvent, ClaimToken, Decision, GovernanceContext, MessageEnvelope};
 use tokio::sync::{OwnedSemaphorePermit, SemaphorePermit};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::order::{TurnDone, WaitTurn};
 use super::outcome::Outcome;
@@ -66,7 +67,23 @@ pub(crate) fn run<'p>(
     );
     async move {
         wait.wait().await;
-        let (outcome, slot) = decide_outcome(p, &meta, envelope, selected_payload, focus, slot).await;
+        // A panic in governance or in the pipeline's own steps (a bug) costs this message
+        // only: it ends as `Panicked`, and the agent slot it held is given back as the
+        // panic drops it.
+        let deciding = AssertUnwindSafe(decide_outcome(p, &meta, envelope, selected_payload, focus, slot));
+        let (outcome, slot) = match deciding.catch_unwind().await {
+            Ok(decided) => decided,
+            Err(panic) => {
+                let message = panic_message(panic.as_ref());
+                error!(trace_id = %meta.trace_id, message_id = %meta.message_id(), panic = %message, "running the message panicked; it is dead-lettered as a permanent failure");
+                p.metrics.panicked();
+                let outcome = Outcome::Panicked {
+                    stage: "running",
+                    message,
+                };
+                (outcome, None)
+            }
+        };
         // The next message of this ordering key may start once this run is over.
         drop(done);
         let finished = Finished {
@@ -229,7 +246,7 @@ async fn decide_outcome<'p>(
                 };
             }
             Some(Ok(Err(e))) => e,
-            Some(Err(panic)) => AgentError::permanent(format!("agent panicked: {}", panic_message(&panic))),
+            Some(Err(panic)) => AgentError::permanent(format!("agent panicked: {}", panic_message(panic.as_ref()))),
         };
         let decision = decide(
             &p.config.retry,
@@ -285,12 +302,4 @@ async fn decide_outcome<'p>(
         p.governance.finished(&gctx);
     }
     (outcome, slot_held)
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_owned())
 }

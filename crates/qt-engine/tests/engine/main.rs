@@ -7,5 +7,6 @@ mod dedup;
 mod lifecycle;
 mod observability;
 mod outcomes;
+mod panics;
 mod routing;
 mod settling;

@@ -11,7 +11,7 @@ use qt_adapter_mock::MockQueue;
 use qt_core::config::{Config, LedgerConfig, MockSourceConfig, SourceConfig};
 use qt_core::{AgentError, AgentEvent, AgentRun, AgentRuntime, ErrorClass, LedgerRecord, RawMessage};
 use qt_engine::builtin::memory_ledger::MemoryLedger;
-use qt_engine::{MetricsSnapshot, QueueTrigger};
+use qt_engine::{MetricsSnapshot, QueueTrigger, TriggerBuilder};
 use serde_json::{Value, json};
 
 /// One call the agent received.
@@ -189,12 +189,25 @@ impl Ran {
 /// Builds a trigger for `config` with `agents`, feeds `messages`, runs until the queue is
 /// idle and stops it.
 pub async fn run_to_idle(config: Config, agents: &[(&str, Arc<dyn AgentRuntime>)], messages: Vec<RawMessage>) -> Ran {
+    run_to_idle_with(config, agents, messages, |b| b).await
+}
+
+/// [`run_to_idle`] with components of the test's own (a store, governance) given to the
+/// builder by `customize`.
+pub async fn run_to_idle_with(
+    config: Config,
+    agents: &[(&str, Arc<dyn AgentRuntime>)],
+    messages: Vec<RawMessage>,
+    customize: impl FnOnce(TriggerBuilder) -> TriggerBuilder,
+) -> Ran {
     let queue = MockQueue::new("q");
     queue.enqueue_all(messages);
     let ledger = Arc::new(MemoryLedger::new());
-    let mut builder = QueueTrigger::builder(config)
-        .adapter(Arc::new(queue.adapter()))
-        .ledger(ledger.clone());
+    let mut builder = customize(
+        QueueTrigger::builder(config)
+            .adapter(Arc::new(queue.adapter()))
+            .ledger(ledger.clone()),
+    );
     for (name, agent) in agents {
         builder = builder.agent(*name, agent.clone());
     }
