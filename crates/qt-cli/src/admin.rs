@@ -1,22 +1,98 @@
 //! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/status`, and for the mock
 //! source `POST /send` (what `qt send` uses).
+//!
+//! Connections are served with hyper directly rather than `axum::serve`, which has no
+//! connection bound and no header or idle timeouts; [`AdminLimits`] says what applies.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use qt_adapter_mock::{MessageLine, MockQueue};
 use qt_engine::QueueTrigger;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+/// Prometheus, the kubelet's probes and `qt send` each need one or two connections; 64
+/// leaves room for several scrapers while bounding the tasks and read buffers (up to about
+/// 400 KiB each in hyper) that a flood of connections can take.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// A real client sends its request head in one packet; 10 s allows for a slow network and
+/// still frees, soon, a slot held by a client that trickles its headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Far longer than a probe's or a scrape's own timeout (Kubernetes 1 s, Prometheus 10 s),
+/// so only a client that stalled mid-request or stopped reading its response is cut off.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Room in a `POST /send` body beyond twice the message itself: the JSON framing, the
+/// headers, the id and the key.
+pub const SEND_ENVELOPE_BYTES: usize = 64 << 10;
+
+/// What the admin server allows its clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// Connections served at once. Further connections are not accepted until one closes:
+    /// they wait in the listen backlog.
+    pub max_connections: usize,
+    /// A request head must be complete this long after the connection opens or after the
+    /// previous response on it ends, so it is also how long an idle keep-alive connection
+    /// is kept.
+    pub header_read_timeout: Duration,
+    /// A connection on which no byte is read or written for this long is closed, even in
+    /// the middle of a request.
+    pub idle_timeout: Duration,
+    /// The largest request body. A larger `Content-Length` is refused with 413 before any
+    /// of the body is read; a body without one is cut off with 413 when it passes this.
+    pub max_body_bytes: usize,
+}
+
+impl AdminLimits {
+    /// The limits for a trigger whose messages are at most `max_message_bytes`
+    /// (`processing.max_message_bytes`). The body limit is twice that plus
+    /// [`SEND_ENVELOPE_BYTES`]: `qt send` puts the message in a JSON line, where base64
+    /// makes a binary body 4/3 its size and escaping (`\n`, `\"`) at most doubles a
+    /// typical text one.
+    pub fn for_messages(max_message_bytes: usize) -> Self {
+        Self {
+            max_connections: MAX_CONNECTIONS,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+            max_body_bytes: max_message_bytes.saturating_mul(2).saturating_add(SEND_ENVELOPE_BYTES),
+        }
+    }
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        Self::for_messages(qt_core::config::ProcessingConfig::default().max_message_bytes)
+    }
+}
 
 #[derive(Clone)]
 struct AppState {
     trigger: QueueTrigger,
     mock: Option<MockQueue>,
+    max_body_bytes: usize,
 }
 
 /// A running admin server; dropping the handle does not stop it, `shutdown` does.
@@ -27,32 +103,230 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
+    /// Stops accepting, lets each connection finish the request it is serving (idle ones
+    /// close at once), and returns when every connection is closed.
     pub async fn shutdown(self) {
         self.stop.cancel();
         let _ = self.task.await;
     }
 }
 
-pub async fn serve(addr: SocketAddr, trigger: QueueTrigger, mock: Option<MockQueue>) -> anyhow::Result<AdminServer> {
+pub async fn serve(
+    addr: SocketAddr,
+    trigger: QueueTrigger,
+    mock: Option<MockQueue>,
+    limits: AdminLimits,
+) -> anyhow::Result<AdminServer> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("observability.admin.listen: cannot listen on {addr}: {e}"))?;
     let addr = listener.local_addr()?;
+    let state = AppState {
+        trigger,
+        mock,
+        max_body_bytes: limits.max_body_bytes,
+    };
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/send", post(send))
-        .with_state(AppState { trigger, mock });
+        .layer(middleware::from_fn_with_state(state.clone(), refuse_declared_oversize))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .with_state(state);
     let stop = CancellationToken::new();
-    let signal = stop.clone();
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { signal.cancelled().await })
-            .await;
-    });
+    let task = tokio::spawn(accept_loop(listener, app, limits, stop.clone()));
     Ok(AdminServer { addr, stop, task })
+}
+
+async fn accept_loop(listener: TcpListener, app: Router, limits: AdminLimits, stop: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    loop {
+        // A slot is taken before accepting, so connections past the bound wait in the
+        // kernel's backlog instead of being accepted and left unserved.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = stop.cancelled() => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.cancelled() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                connections.spawn(serve_connection(
+                    stream,
+                    peer,
+                    app.clone(),
+                    limits,
+                    stop.clone(),
+                    permit,
+                ));
+            }
+            Err(e) => {
+                // Out of file descriptors, for one: retrying at once would spin.
+                warn!(error = %e, "admin server: cannot accept a connection; retrying in 1 s");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stop.cancelled() => break,
+                }
+            }
+        }
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    limits: AdminLimits,
+    stop: CancellationToken,
+    _slot: OwnedSemaphorePermit,
+) {
+    let activity = Activity::new();
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let conn = http.serve_connection(io, TowerToHyperService::new(app));
+    tokio::pin!(conn);
+    let mut stopping = false;
+    loop {
+        let quiet_until = activity.last() + limits.idle_timeout;
+        tokio::select! {
+            served = conn.as_mut() => {
+                if let Err(e) = served {
+                    debug!(%peer, error = %e, "admin connection ended with an error");
+                }
+                return;
+            }
+            () = stop.cancelled(), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep_until(quiet_until) => {
+                if activity.last() + limits.idle_timeout <= Instant::now() {
+                    debug!(%peer, idle = ?limits.idle_timeout, "admin connection closed: idle");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// When a byte last moved on a connection, in milliseconds since it opened.
+#[derive(Clone)]
+struct Activity {
+    opened: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// A TCP stream that notes in its [`Activity`] every read or write that moves bytes.
+struct Watched {
+    inner: TcpStream,
+    activity: Activity,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Answers 413 from the `Content-Length` header alone, so a client announcing a huge body
+/// is not kept waiting while the server would read it.
+async fn refuse_declared_oversize(State(s): State<AppState>, request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > s.max_body_bytes as u64 => too_large(s.max_body_bytes, Some(len)),
+        _ => next.run(request).await,
+    }
+}
+
+fn too_large(limit: usize, declared: Option<u64>) -> Response {
+    let size = declared.map_or_else(
+        || "the request body".to_owned(),
+        |n| format!("a request body of {n} bytes"),
+    );
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "{size} is over the admin server's limit of {limit} bytes (twice processing.max_message_bytes plus {SEND_ENVELOPE_BYTES}); send a smaller message, or raise processing.max_message_bytes if messages this large are expected"
+        ),
+    )
+        .into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
@@ -92,7 +366,12 @@ async fn status(State(s): State<AppState>) -> Response {
     Json(serde_json::json!({ "status": status, "health": health })).into_response()
 }
 
-async fn send(State(s): State<AppState>, Json(line): Json<MessageLine>) -> Response {
+async fn send(State(s): State<AppState>, line: Result<Json<MessageLine>, JsonRejection>) -> Response {
+    let line = match line {
+        Ok(Json(line)) => line,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return too_large(s.max_body_bytes, None),
+        Err(e) => return e.into_response(),
+    };
     let Some(mock) = &s.mock else {
         return (
             StatusCode::CONFLICT,
@@ -107,5 +386,203 @@ async fn send(State(s): State<AppState>, Json(line): Json<MessageLine>) -> Respo
             (StatusCode::ACCEPTED, Json(serde_json::json!({ "message_id": id }))).into_response()
         }
         Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use qt_engine::QueueTrigger;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::time::{Instant, timeout};
+
+    use super::{AdminLimits, AdminServer, serve};
+
+    /// An admin server for a mock-source trigger on a free loopback port.
+    async fn server(limits: AdminLimits) -> AdminServer {
+        let config = qt_core::config::load_str(
+            "source: {type: mock}\nagent: {targets: {main: {type: log}}}\nledger: {type: memory}\n",
+            |_| None,
+        )
+        .expect("the test configuration is valid");
+        let source = crate::wiring::source(&config).await.expect("the mock source builds");
+        let mut builder = QueueTrigger::builder(config.clone()).adapter(source.adapter.clone());
+        for (name, agent) in crate::agents::build(&config.agent).expect("the log agent builds") {
+            builder = builder.agent(name, agent);
+        }
+        let trigger = builder.build().expect("the trigger builds");
+        serve(([127, 0, 0, 1], 0).into(), trigger, source.mock, limits)
+            .await
+            .expect("the admin server listens")
+    }
+
+    /// Reads until the peer closes, failing if it has not within `within`.
+    async fn read_to_close(stream: &mut TcpStream, within: Duration) -> String {
+        let mut out = Vec::new();
+        timeout(within, stream.read_to_end(&mut out))
+            .await
+            .unwrap_or_else(|_| panic!("the server kept the connection open for {within:?}"))
+            .ok();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Reads one HTTP/1.1 response whose body has a `content-length`.
+    async fn read_response(stream: &mut TcpStream) -> String {
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = timeout(Duration::from_secs(5), stream.read(&mut chunk))
+                .await
+                .expect("a response within 5 s")
+                .expect("the connection reads");
+            assert!(n > 0, "closed mid-response: {}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&out);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_owned())
+                    })
+                    .expect("a content-length")
+                    .parse()
+                    .expect("a numeric content-length");
+                if body.len() >= length {
+                    return text.into_owned();
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_declared_body_over_the_limit_is_refused_with_413_before_it_is_sent() {
+        let admin = server(AdminLimits::default()).await;
+        let mut client = TcpStream::connect(admin.addr).await.unwrap();
+        client
+            .write_all(b"POST /send HTTP/1.1\r\nHost: qt\r\nContent-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let response = read_to_close(&mut client, Duration::from_secs(5)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+        let limit = AdminLimits::default().max_body_bytes;
+        assert!(response.contains(&format!("limit of {limit} bytes")), "{response}");
+        admin.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_over_the_limit_is_cut_off_with_413_naming_the_limit() {
+        let admin = server(AdminLimits {
+            max_body_bytes: 1000,
+            ..AdminLimits::default()
+        })
+        .await;
+        let mut client = TcpStream::connect(admin.addr).await.unwrap();
+        client
+            .write_all(b"POST /send HTTP/1.1\r\nHost: qt\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        let chunk = format!("800\r\n{}\r\n", "x".repeat(0x800));
+        client.write_all(chunk.as_bytes()).await.unwrap();
+        let response = read_response(&mut client).await;
+        assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+        assert!(response.contains("limit of 1000 bytes"), "{response}");
+        admin.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stalls_in_its_headers_is_disconnected_after_the_header_timeout() {
+        let admin = server(AdminLimits {
+            header_read_timeout: Duration::from_millis(300),
+            ..AdminLimits::default()
+        })
+        .await;
+        let mut client = TcpStream::connect(admin.addr).await.unwrap();
+        client.write_all(b"GET /metrics HTTP/1.1\r\nHost: q").await.unwrap();
+        let started = Instant::now();
+        read_to_close(&mut client, Duration::from_secs(3)).await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "closed after {:?}",
+            started.elapsed()
+        );
+        admin.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_maximum_wait_until_one_closes() {
+        let admin = server(AdminLimits {
+            max_connections: 1,
+            ..AdminLimits::default()
+        })
+        .await;
+        let first = TcpStream::connect(admin.addr).await.unwrap();
+        let mut second = TcpStream::connect(admin.addr).await.unwrap();
+        second
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: qt\r\n\r\n")
+            .await
+            .unwrap();
+        let mut byte = [0u8; 1];
+        assert!(
+            timeout(Duration::from_millis(500), second.read(&mut byte))
+                .await
+                .is_err(),
+            "the second connection was served while the first held the only slot"
+        );
+        drop(first);
+        let response = read_response(&mut second).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        admin.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+        let admin = server(AdminLimits {
+            idle_timeout: Duration::from_millis(300),
+            ..AdminLimits::default()
+        })
+        .await;
+        let mut client = TcpStream::connect(admin.addr).await.unwrap();
+        for _ in 0..2 {
+            client
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: qt\r\n\r\n")
+                .await
+                .unwrap();
+            let response = read_response(&mut client).await;
+            assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        }
+        let answered = Instant::now();
+        let rest = read_to_close(&mut client, Duration::from_secs(3)).await;
+        assert!(rest.is_empty(), "{rest}");
+        assert!(
+            answered.elapsed() >= Duration::from_millis(250),
+            "closed after {:?}",
+            answered.elapsed()
+        );
+        admin.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_idle_connections_and_returns() {
+        let admin = server(AdminLimits::default()).await;
+        let mut client = TcpStream::connect(admin.addr).await.unwrap();
+        client
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: qt\r\n\r\n")
+            .await
+            .unwrap();
+        read_response(&mut client).await;
+        timeout(Duration::from_secs(2), admin.shutdown())
+            .await
+            .expect("shutdown returns while a keep-alive connection is open");
+        read_to_close(&mut client, Duration::from_secs(1)).await;
     }
 }

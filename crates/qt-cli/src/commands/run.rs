@@ -51,7 +51,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     trigger.start().await?;
     let admin = if config.observability.admin.enabled {
-        match admin::serve(config.observability.admin.listen, trigger.clone(), source.mock.clone()).await {
+        let limits = admin::AdminLimits::for_messages(config.processing.max_message_bytes);
+        match admin::serve(
+            config.observability.admin.listen,
+            trigger.clone(),
+            source.mock.clone(),
+            limits,
+        )
+        .await
+        {
             Ok(server) => {
                 info!(addr = %server.addr, "admin server listening (/metrics /healthz /readyz /status)");
                 Some(server)
