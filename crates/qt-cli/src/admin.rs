@@ -323,7 +323,7 @@ fn too_large(limit: usize, declared: Option<u64>) -> Response {
     (
         StatusCode::PAYLOAD_TOO_LARGE,
         format!(
-            "{size} is over the admin server's limit of {limit} bytes (twice processing.max_message_bytes plus {SEND_ENVELOPE_BYTES}); send a smaller message, or raise processing.max_message_bytes if messages this large are expected"
+            "{size} is over the admin server's limit of {limit} bytes (`qt run` sets it to twice processing.max_message_bytes plus {SEND_ENVELOPE_BYTES} bytes); send a smaller message, or raise processing.max_message_bytes if messages this large are expected"
         ),
     )
         .into_response()
@@ -509,7 +509,8 @@ mod tests {
         let mut client = TcpStream::connect(admin.addr).await.unwrap();
         client.write_all(b"GET /metrics HTTP/1.1\r\nHost: q").await.unwrap();
         let started = Instant::now();
-        read_to_close(&mut client, Duration::from_secs(3)).await;
+        let answer = read_to_close(&mut client, Duration::from_secs(3)).await;
+        assert!(answer.is_empty(), "closed without a response: {answer}");
         assert!(
             started.elapsed() >= Duration::from_millis(250),
             "closed after {:?}",
