@@ -1,24 +1,50 @@
-//! A target that runs a program per message: the event as JSON on stdin; exit 0 is success
-//! (stdout may carry `{"run_id": "...", "llm_calls": N}`), exit 75 (EX_TEMPFAIL) is a
-//! retryable failure (stdout may carry `{"retry_after_ms": N}`, making it rate-limited),
-//! any other exit is permanent; a run past the timeout is killed and counts as a timeout.
+//! A target that runs a program per message.
+//!
+//! The event goes to the program as JSON on stdin. Exit 0 is success (stdout may carry
+//! `{"run_id": "...", "llm_calls": N}`), exit 75 (EX_TEMPFAIL) is a retryable failure (stdout
+//! may carry `{"retry_after_ms": N}`, making it rate-limited), any other exit is permanent.
+//!
+//! The input is written and stdout and stderr are read at the same time, each until it closes,
+//! so a program never blocks on a full pipe however much it writes: the first 64 KiB of stdout
+//! are kept as the report, the end of stderr for the error message, the rest is discarded.
+//!
+//! Each program runs in a process group of its own. When it runs past its timeout, or its run is
+//! abandoned (a stop whose drain timeout passed, exit), the whole group — the program and
+//! everything it started — gets SIGTERM, and SIGKILL if any of it is still there
+//! [`KILL_GRACE`] later. A run past its timeout counts as a timeout. What a program leaves
+//! running after it exits by itself is its own business and is left alone.
 
+use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 use qt_core::config::CommandTarget;
 use qt_core::{AgentError, AgentEvent, AgentRun, AgentRuntime, ErrorClass, Health};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tracing::warn;
 
 /// `sysexits.h` EX_TEMPFAIL: the conventional "try again later" exit code.
 const EXIT_RETRYABLE: i32 = 75;
 /// How much of a failing program's stderr goes into the error.
 const STDERR_TAIL: usize = 2048;
+/// How much of stdout is kept for the report. The report is a small JSON object; anything
+/// past this is output the program did not mean for us, and is read only to be discarded.
 const STDOUT_LIMIT: usize = 64 * 1024;
+/// How long a program's process group has between SIGTERM and SIGKILL when its run is ended.
+/// Long enough for a program that catches TERM to stop its children and clean up; short enough
+/// that a run abandoned by a stop is gone soon after. `CommandTarget` has no field for it.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+/// How often an ending looks whether the group is gone before its grace runs out.
+const GROUP_POLL: Duration = Duration::from_millis(20);
 
 #[derive(Debug)]
 pub struct CommandAgent {
@@ -37,6 +63,14 @@ struct ProgramReport {
     retry_after_ms: Option<u64>,
 }
 
+/// What a program left when it exited: its status and what was kept of its output.
+#[derive(Debug)]
+struct Finished {
+    status: io::Result<ExitStatus>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
 impl CommandAgent {
     pub fn new(target: &str, config: &CommandTarget) -> Result<Self, String> {
         let program = resolve_program(&config.program, config.working_dir.as_deref())?;
@@ -50,12 +84,30 @@ impl CommandAgent {
     async fn run(&self, event: &AgentEvent) -> Result<AgentRun, AgentError> {
         let input = serde_json::to_vec(&event.to_json())
             .map_err(|e| AgentError::permanent(format!("cannot serialize the event: {e}")))?;
+        let mut child = self.spawn(event)?;
+        // Armed from here on: if this future is dropped mid-run, the group is ended.
+        let group = ProcessGroup::of(&child, self.describe());
+        let finished = match tokio::time::timeout(self.config.timeout, exchange(&mut child, input)).await {
+            Ok(finished) => finished,
+            Err(_) => {
+                let ending = group.end(&mut child).await;
+                return Err(self.timed_out(ending));
+            }
+        };
+        group.release();
+        self.outcome(finished)
+    }
+
+    /// Starts the program in a process group of its own, so that ending its run reaches
+    /// everything it started. Not `kill_on_drop`: that would SIGKILL the program alone, at
+    /// once; [`ProcessGroup`] ends all of it, with SIGTERM first.
+    fn spawn(&self, event: &AgentEvent) -> Result<Child, AgentError> {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.config.args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .process_group(0);
         for (k, v) in &self.config.env {
             cmd.env(k, v.expose());
         }
@@ -65,57 +117,115 @@ impl CommandAgent {
         if let Some(dir) = &self.config.working_dir {
             cmd.current_dir(dir);
         }
-        let mut child = cmd.spawn().map_err(|e| {
+        cmd.spawn().map_err(|e| {
             AgentError::retryable(format!(
                 "cannot start {} for target {}: {e}",
                 self.program.display(),
                 self.target
             ))
-        })?;
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        let mut stdout = child.stdout.take().expect("stdout is piped");
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-        let io = async {
-            // A program that exits without reading its input is not an error of ours.
-            let _ = stdin.write_all(&input).await;
-            drop(stdin);
-            let mut out = Vec::new();
-            let mut err = Vec::new();
-            let mut limited = (&mut stdout).take(STDOUT_LIMIT as u64);
-            // Read errors only shorten what we report; the exit status decides the outcome.
-            let _ = tokio::join!(limited.read_to_end(&mut out), stderr.read_to_end(&mut err));
-            let status = child.wait().await;
-            (status, out, err)
-        };
-        let (status, out, err) = match tokio::time::timeout(self.config.timeout, io).await {
-            Ok(r) => r,
-            Err(_) => {
-                return Err(AgentError::timeout(format!(
-                    "{} ran longer than {} and was killed",
-                    self.program.display(),
-                    humantime::format_duration(self.config.timeout)
-                )));
-            }
-        };
+        })
+    }
+
+    /// The outcome of a program that exited by itself.
+    fn outcome(&self, finished: Finished) -> Result<AgentRun, AgentError> {
+        let Finished { status, stdout, stderr } = finished;
         let status =
-            status.map_err(|e| AgentError::retryable(format!("waiting for {} failed: {e}", self.program.display())))?;
-        let report: ProgramReport = serde_json::from_slice(out.trim_ascii()).unwrap_or_default();
+            status.map_err(|e| AgentError::retryable(format!("waiting for {} failed: {e}", self.describe())))?;
+        let report: ProgramReport = serde_json::from_slice(stdout.trim_ascii()).unwrap_or_default();
         match status.code() {
             Some(0) => Ok(AgentRun {
                 run_id: report.run_id,
                 llm_calls: report.llm_calls.unwrap_or(0),
             }),
             Some(EXIT_RETRYABLE) => {
-                let message = format!("exit {EXIT_RETRYABLE} (retryable): {}", tail(&err));
+                let message = format!("exit {EXIT_RETRYABLE} (retryable): {}", tail(&stderr));
                 Err(match report.retry_after_ms {
                     Some(ms) => AgentError::rate_limited(message, Some(Duration::from_millis(ms))),
                     None => AgentError::new(ErrorClass::Retryable, message),
                 })
             }
-            Some(code) => Err(AgentError::permanent(format!("exit {code}: {}", tail(&err)))),
-            None => Err(AgentError::retryable(format!("killed by a signal: {}", tail(&err)))),
+            Some(code) => Err(AgentError::permanent(format!("exit {code}: {}", tail(&stderr)))),
+            None => Err(AgentError::retryable(format!("killed by a signal: {}", tail(&stderr)))),
         }
     }
+
+    fn timed_out(&self, ending: Ending) -> AgentError {
+        let how = match ending {
+            Ending::Terminated => "was sent SIGTERM and ended".to_owned(),
+            Ending::Killed => format!(
+                "was sent SIGTERM and, still running {} later, SIGKILL",
+                humantime::format_duration(KILL_GRACE)
+            ),
+        };
+        AgentError::timeout(format!(
+            "{} ran longer than agent.targets.{}.timeout ({}); its process group {how}. \
+             Raise the timeout if runs this long are expected, or find where the program hangs",
+            self.describe(),
+            self.target,
+            humantime::format_duration(self.config.timeout),
+        ))
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (target {})", self.program.display(), self.target)
+    }
+}
+
+/// Writes the input, reads stdout and stderr each until it closes, then waits for the program.
+/// The three go on at once, so a program blocked writing one pipe (or not yet reading its
+/// input) never waits for us to get to another.
+async fn exchange(child: &mut Child, input: Vec<u8>) -> Finished {
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let write = async move {
+        // A program that exits without reading its input is not an error of ours. Dropping
+        // stdin afterwards closes it, so the program sees the end of its input.
+        let _ = stdin.write_all(&input).await;
+    };
+    // Twice the tail, so that `tail` still sees the text was longer than what it shows.
+    let ((), stdout, stderr) = tokio::join!(
+        write,
+        read_head(stdout, STDOUT_LIMIT),
+        read_tail(stderr, 2 * STDERR_TAIL)
+    );
+    let status = child.wait().await;
+    Finished { status, stdout, stderr }
+}
+
+/// Reads a pipe until it closes, handing each chunk to `keep`. A read error ends it early:
+/// that only shortens what is reported, the exit status decides the outcome.
+async fn drain(mut pipe: impl AsyncRead + Unpin, mut keep: impl FnMut(&[u8])) {
+    let mut buf = vec![0; 16 * 1024];
+    while let Ok(n @ 1..) = pipe.read(&mut buf).await {
+        keep(&buf[..n]);
+    }
+}
+
+/// Reads a pipe until it closes, keeping its first `limit` bytes.
+async fn read_head(pipe: impl AsyncRead + Unpin, limit: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    drain(pipe, |chunk| {
+        let room = limit - kept.len();
+        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    })
+    .await;
+    kept
+}
+
+/// Reads a pipe until it closes, keeping its last `limit` bytes.
+async fn read_tail(pipe: impl AsyncRead + Unpin, limit: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    drain(pipe, |chunk| {
+        kept.extend_from_slice(chunk);
+        // Cut only once twice the limit has piled up, so the copying stays linear.
+        if kept.len() > 2 * limit {
+            kept.drain(..kept.len() - limit);
+        }
+    })
+    .await;
+    kept.drain(..kept.len().saturating_sub(limit));
+    kept
 }
 
 fn tail(stderr: &[u8]) -> String {
@@ -130,6 +240,158 @@ fn tail(stderr: &[u8]) -> String {
     let start = text.len() - STDERR_TAIL;
     let start = (start..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(start);
     format!("…{}", &text[start..])
+}
+
+/// The process group a program runs in: its own, with the program as leader, so the group id
+/// is its pid. Until released, dropping it ends the group, so that a run abandoned mid-way
+/// leaves nothing it started behind.
+#[derive(Debug)]
+struct ProcessGroup {
+    pgid: Option<Pid>,
+    /// The program and its target, for the log.
+    what: String,
+}
+
+/// How an ended group went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// Gone within the grace after SIGTERM.
+    Terminated,
+    /// Part of it was still there after the grace and got SIGKILL.
+    Killed,
+}
+
+impl ProcessGroup {
+    fn of(child: &Child, what: String) -> Self {
+        let pgid = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
+        Self { pgid, what }
+    }
+
+    /// The program exited by itself: its run is over and there is nothing to end.
+    fn release(mut self) {
+        self.pgid = None;
+    }
+
+    /// Ends the group and waits until it is gone.
+    async fn end(mut self, child: &mut Child) -> Ending {
+        let Some(pgid) = self.pgid.take() else {
+            return Ending::Terminated;
+        };
+        let Some(ending) = begin_ending(pgid) else {
+            return Ending::Killed;
+        };
+        // A leader that has exited but not been reaped still counts as a member: reap it so
+        // the ending can see the group empty out.
+        let _ = child.wait().await;
+        match tokio::task::spawn_blocking(move || ending.join()).await {
+            Ok(Ok(ending)) => ending,
+            // The ending's thread cannot panic; if it did, the group may not have been killed.
+            _ => Ending::Terminated,
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        let Some(pgid) = self.pgid.take() else { return };
+        warn!(
+            program = %self.what,
+            pgid = pgid.as_raw(),
+            "a run was abandoned before its program exited; ending the program's process group"
+        );
+        if let Some(ending) = begin_ending(pgid) {
+            track(ending);
+        }
+    }
+}
+
+/// Sends the group SIGTERM and starts a thread that sends SIGKILL if any of the group is still
+/// there [`KILL_GRACE`] later: a thread, because a `Drop` cannot wait and the async runtime
+/// may be shutting down. Without a thread to wait with, SIGKILL goes at once (`None`).
+fn begin_ending(pgid: Pid) -> Option<JoinHandle<Ending>> {
+    let _ = killpg(pgid, Signal::SIGTERM);
+    let spawned = std::thread::Builder::new()
+        .name("qt-agent-ending".to_owned())
+        .spawn(move || kill_after_grace(pgid));
+    match spawned {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            warn!(pgid = pgid.as_raw(), error = %e, "no thread to wait out the grace; sending SIGKILL now");
+            let _ = killpg(pgid, Signal::SIGKILL);
+            None
+        }
+    }
+}
+
+/// Waits up to [`KILL_GRACE`] for the group to be gone, then sends SIGKILL to what is left.
+fn kill_after_grace(pgid: Pid) -> Ending {
+    let deadline = Instant::now() + KILL_GRACE;
+    while Instant::now() < deadline {
+        if !group_running(pgid) {
+            return Ending::Terminated;
+        }
+        std::thread::sleep(GROUP_POLL);
+    }
+    if !group_running(pgid) {
+        return Ending::Terminated;
+    }
+    warn!(
+        pgid = pgid.as_raw(),
+        "an agent's process group was still running {} after SIGTERM; sending SIGKILL",
+        humantime::format_duration(KILL_GRACE)
+    );
+    let _ = killpg(pgid, Signal::SIGKILL);
+    Ending::Killed
+}
+
+/// Whether any process of the group is still running. `kill(2)` counts zombies too, which have
+/// exited and only wait to be reaped (by a PID 1 that may be slow to, or never do it), so where
+/// there is a /proc its members' states decide.
+fn group_running(pgid: Pid) -> bool {
+    // Signal 0 checks without sending: ESRCH means no process at all is left in the group.
+    if killpg(pgid, None) == Err(Errno::ESRCH) {
+        return false;
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    procs
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .any(|stat| running_member_of(&stat, pgid))
+}
+
+/// Reads a `/proc/PID/stat` line: whether that process is in group `pgid` and has not exited.
+fn running_member_of(stat: &str, pgid: Pid) -> bool {
+    // The command name is in parentheses and may hold anything: count fields after its last ')'.
+    let Some((_, fields)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let mut fields = fields.split_whitespace();
+    let (state, _parent, group) = (fields.next(), fields.next(), fields.next());
+    let exited = matches!(state, Some("Z" | "X"));
+    !exited && group.and_then(|g| g.parse().ok()) == Some(pgid.as_raw())
+}
+
+/// Endings of abandoned runs still inside their grace. The engine drops the runs a stop
+/// abandons just before `qt run` exits, and an ending thread that has not sent its SIGKILL yet
+/// would die with the process: [`wait_for_ending_groups`] waits for them.
+static ENDINGS: Mutex<Vec<JoinHandle<Ending>>> = Mutex::new(Vec::new());
+
+fn track(ending: JoinHandle<Ending>) {
+    let mut endings = ENDINGS.lock().unwrap_or_else(PoisonError::into_inner);
+    endings.retain(|e| !e.is_finished());
+    endings.push(ending);
+}
+
+/// Blocks until every abandoned run's process group is gone or has been sent SIGKILL: at most
+/// [`KILL_GRACE`] and a little more. Call it after the engine has stopped, before exiting.
+pub fn wait_for_ending_groups() {
+    let endings = std::mem::take(&mut *ENDINGS.lock().unwrap_or_else(PoisonError::into_inner));
+    for ending in endings {
+        let _ = ending.join();
+    }
 }
 
 /// Finds the program the way a shell would (relative paths against the working directory,
@@ -165,5 +427,252 @@ impl AgentRuntime for CommandAgent {
 
     async fn health(&self) -> Health {
         Health::Healthy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use qt_core::{Headers, MessageEnvelope, Payload, SourceInfo, TraceId};
+
+    use super::*;
+
+    /// An agent running `sh -c script`, so that no test writes an executable it then runs
+    /// (a file another thread's fork still holds open for writing cannot be executed).
+    fn shell_agent(script: &str, timeout: Duration) -> CommandAgent {
+        let config = CommandTarget {
+            program: PathBuf::from("sh"),
+            args: vec!["-c".to_owned(), script.to_owned(), "agent".to_owned()],
+            timeout,
+            env: Default::default(),
+            working_dir: None,
+        };
+        CommandAgent::new("script", &config).expect("sh is on PATH")
+    }
+
+    fn event() -> AgentEvent {
+        AgentEvent {
+            target: Arc::from("script"),
+            focus: None,
+            attempt: 1,
+            envelope: Arc::new(MessageEnvelope {
+                message_id: "m-1".to_owned(),
+                payload: Payload::json(serde_json::json!({"order": 7})),
+                headers: Headers::new(),
+                received_at: chrono::Utc::now(),
+                broker_timestamp: None,
+                source: SourceInfo::new("mock", "orders"),
+                dedup_key: None,
+                event_name: None,
+                tenant_id: None,
+                ordering_key: None,
+                trace_id: TraceId::random(),
+                attempt: 1,
+            }),
+            selected_payload: None,
+        }
+    }
+
+    /// A file in `dir` the script writes its background process's pid to.
+    fn pid_file(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("pid")
+    }
+
+    fn read_pid(file: &Path) -> i32 {
+        let text = std::fs::read_to_string(file).expect("the agent wrote its background pid");
+        text.trim().parse().expect("a pid")
+    }
+
+    /// Whether a process is still alive: exists and is not a zombie (a zombie has exited and
+    /// only waits for its parent, maybe a PID 1 that never reaps, to collect its status).
+    fn alive(pid: i32) -> bool {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        !matches!(state.and_then(|s| s.chars().next()), Some('Z' | 'X'))
+    }
+
+    /// Polls until `pid` is gone, for at most `within`.
+    async fn gone_within(pid: i32, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if !alive(pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        !alive(pid)
+    }
+
+    #[test]
+    fn a_stat_line_tells_a_running_member_from_an_exited_one_or_a_stranger() {
+        let group = Pid::from_raw(4242);
+        assert!(running_member_of("4243 (sleep) S 4242 4242 4242 0 -1", group));
+        assert!(running_member_of("4243 (a) b (c) R 1 4242 4242 0 -1", group));
+        assert!(!running_member_of("4243 (sleep) Z 1 4242 4242 0 -1", group));
+        assert!(!running_member_of("4243 (sleep) S 4242 4243 4242 0 -1", group));
+        assert!(!running_member_of("garbage", group));
+    }
+
+    #[tokio::test]
+    async fn output_past_the_limits_is_drained_so_the_program_can_exit() {
+        let agent = shell_agent(
+            r#"head -c 1048576 /dev/zero | tr '\0' o
+               head -c 1048576 /dev/zero | tr '\0' e >&2
+               exit 0"#,
+            Duration::from_secs(20),
+        );
+        let started = Instant::now();
+        let run = agent.trigger_event(&event()).await;
+        assert_eq!(run, Ok(AgentRun::default()));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_report_is_read_from_stdout_while_a_large_stderr_is_drained() {
+        let agent = shell_agent(
+            r#"head -c 1048576 /dev/zero | tr '\0' e >&2
+               printf '{"run_id": "r-7", "llm_calls": 3}'"#,
+            Duration::from_secs(20),
+        );
+        let run = agent.trigger_event(&event()).await;
+        assert_eq!(
+            run,
+            Ok(AgentRun {
+                run_id: Some("r-7".to_owned()),
+                llm_calls: 3
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failure_reports_the_end_of_a_large_stderr() {
+        let agent = shell_agent(
+            r#"head -c 1048576 /dev/zero | tr '\0' e >&2
+               echo ' the last line' >&2
+               exit 3"#,
+            Duration::from_secs(20),
+        );
+        let err = agent.trigger_event(&event()).await.expect_err("exit 3 fails");
+        assert_eq!(err.class, ErrorClass::Permanent);
+        assert!(err.message.starts_with("exit 3: …e"), "{}", err.message);
+        assert!(err.message.ends_with("eee the last line"), "{}", err.message);
+        assert!(err.message.len() < STDERR_TAIL + 64, "{} bytes", err.message.len());
+    }
+
+    #[tokio::test]
+    async fn a_timeout_ends_the_programs_whole_process_group_with_sigterm() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = pid_file(&dir);
+        let agent = shell_agent(
+            &format!("sleep 300 & echo $! > {}; sleep 300", pids.display()),
+            Duration::from_millis(500),
+        );
+        let started = Instant::now();
+        let err = agent.trigger_event(&event()).await.expect_err("the run times out");
+        assert_eq!(err.class, ErrorClass::Timeout);
+        assert!(
+            err.message.contains("agent.targets.script.timeout (500ms)"),
+            "{}",
+            err.message
+        );
+        assert!(err.message.contains("was sent SIGTERM and ended"), "{}", err.message);
+        // SIGTERM was enough: the run did not wait out the grace.
+        assert!(
+            started.elapsed() < Duration::from_millis(500) + KILL_GRACE,
+            "took {:?}",
+            started.elapsed()
+        );
+        let grandchild = read_pid(&pids);
+        assert!(
+            gone_within(grandchild, Duration::from_secs(3)).await,
+            "pid {grandchild} outlived the run"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_program_gets_sigterm_first_so_it_can_clean_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("cleaned");
+        let agent = shell_agent(
+            &format!(
+                "trap 'echo cleaned > {}; exit 1' TERM; sleep 300 & wait",
+                marker.display()
+            ),
+            Duration::from_millis(500),
+        );
+        let err = agent.trigger_event(&event()).await.expect_err("the run times out");
+        assert_eq!(err.class, ErrorClass::Timeout);
+        assert_eq!(std::fs::read_to_string(&marker).unwrap_or_default(), "cleaned\n");
+    }
+
+    #[tokio::test]
+    async fn a_group_that_ignores_sigterm_is_killed_after_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = pid_file(&dir);
+        // An ignored signal stays ignored in the shell's children, so `sleep` ignores it too.
+        let agent = shell_agent(
+            &format!("trap '' TERM; sleep 300 & echo $! > {}; sleep 300", pids.display()),
+            Duration::from_millis(500),
+        );
+        let started = Instant::now();
+        let err = agent.trigger_event(&event()).await.expect_err("the run times out");
+        assert_eq!(err.class, ErrorClass::Timeout);
+        assert!(err.message.contains("SIGKILL"), "{}", err.message);
+        assert!(
+            started.elapsed() >= Duration::from_millis(500) + KILL_GRACE,
+            "took {:?}",
+            started.elapsed()
+        );
+        let grandchild = read_pid(&pids);
+        assert!(
+            gone_within(grandchild, Duration::from_secs(1)).await,
+            "pid {grandchild} survived SIGKILL"
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_a_run_mid_way_ends_the_programs_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = pid_file(&dir);
+        let agent = shell_agent(
+            &format!("sleep 300 & echo $! > {}; sleep 300", pids.display()),
+            Duration::from_secs(60),
+        );
+        let abandoned = tokio::time::timeout(Duration::from_millis(500), agent.trigger_event(&event())).await;
+        assert!(abandoned.is_err(), "the run was still going when dropped");
+        let grandchild = read_pid(&pids);
+        assert!(
+            gone_within(grandchild, KILL_GRACE).await,
+            "pid {grandchild} outlived the dropped run"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_run_whose_group_ignores_sigterm_is_killed_before_qt_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = pid_file(&dir);
+        let agent = shell_agent(
+            &format!("trap '' TERM; sleep 300 & echo $! > {}; sleep 300", pids.display()),
+            Duration::from_secs(60),
+        );
+        let abandoned = tokio::time::timeout(Duration::from_millis(500), agent.trigger_event(&event())).await;
+        assert!(abandoned.is_err(), "the run was still going when dropped");
+        let grandchild = read_pid(&pids);
+        // SIGTERM is ignored: it is still there until the grace has passed.
+        tokio::time::sleep(KILL_GRACE / 2).await;
+        assert!(alive(grandchild), "pid {grandchild} should have ignored SIGTERM");
+        tokio::task::spawn_blocking(wait_for_ending_groups).await.unwrap();
+        assert!(
+            gone_within(grandchild, Duration::from_secs(1)).await,
+            "pid {grandchild} survived SIGKILL"
+        );
     }
 }

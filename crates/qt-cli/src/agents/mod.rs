@@ -9,7 +9,7 @@ use std::sync::Arc;
 use qt_core::AgentRuntime;
 use qt_core::config::{AgentConfig, TargetConfig};
 
-pub use command::CommandAgent;
+pub use command::{CommandAgent, wait_for_ending_groups};
 pub use log::LogAgent;
 
 /// One agent per configured target. A command target whose program cannot be found is an

@@ -84,7 +84,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
     };
     info!(reason, "stopping");
-    let report = trigger.stop().await?;
+    let report = trigger.stop().await;
+    // The stop dropped the runs it abandoned; their agents' process groups get their SIGKILL
+    // before qt exits, not never.
+    let _ = tokio::task::spawn_blocking(agents::wait_for_ending_groups).await;
+    let report = report?;
     if let Some(admin) = admin {
         admin.shutdown().await;
     }

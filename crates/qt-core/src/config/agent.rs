@@ -11,8 +11,8 @@ use crate::secret::Secret;
 
 /// A program run once per message: the event as JSON on stdin; exit 0 is success (stdout
 /// may carry `{"run_id": "...", "llm_calls": N}`), exit 75 (EX_TEMPFAIL) is a retryable
-/// failure, any other exit is permanent; running past `timeout` kills it and counts as a
-/// timeout.
+/// failure, any other exit is permanent; running past `timeout` counts as a timeout and ends
+/// the program's process group (SIGTERM, then SIGKILL after a grace).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommandTarget {
