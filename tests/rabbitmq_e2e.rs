@@ -330,7 +330,7 @@ source:
   url: "{url}"
   queue: {queue}
   declare: {{queue: {{durable: true}}}}
-  dlq: {{routing_key: {queue}.dlq, declare: true}}
+  dlq: {{routing_key: {queue}.dlq, declare: {{durable: true}}}}
   connect_timeout: 5s
   reconnect_initial: 100ms
   reconnect_max: 1s

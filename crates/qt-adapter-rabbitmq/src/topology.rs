@@ -34,7 +34,8 @@ struct QueuePlan {
 pub(crate) struct DlqTarget {
     pub exchange: String,
     pub routing_key: String,
-    declare: bool,
+    /// Set when qt declares the DLQ queue itself (`source.dlq.declare`).
+    declare: Option<QueuePlan>,
 }
 
 /// The declarations and checks made on every connect, resolved from configuration once.
@@ -68,12 +69,23 @@ impl TopologyPlan {
             exchanges: Vec::new(),
             bindings: Vec::new(),
             retry_queue: cfg.retry_queue_name(),
-            dlq: cfg.dlq.as_ref().map(|d| DlqTarget {
+            dlq: None,
+        };
+        if let Some(d) = &cfg.dlq {
+            let declare = match &d.declare {
+                Some(q) => Some(QueuePlan {
+                    durable: q.durable,
+                    arguments: arguments_from_config(&q.arguments)
+                        .map_err(|e| config_error("source.dlq.declare.arguments".into(), e))?,
+                }),
+                None => None,
+            };
+            plan.dlq = Some(DlqTarget {
                 exchange: d.exchange.clone(),
                 routing_key: d.routing_key.clone(),
-                declare: d.declare,
-            }),
-        };
+                declare,
+            });
+        }
         if let Some(dlq) = &plan.dlq
             && dlq.routing_key.is_empty()
         {
@@ -287,13 +299,13 @@ impl TopologyPlan {
     ) -> Result<(), AdapterError> {
         let vhost = connection.status().vhost();
         let channel = open(connection, redactor).await?;
-        let result = if dlq.declare {
+        let result = if let Some(q) = &dlq.declare {
+            let options = QueueDeclareOptions {
+                durable: q.durable,
+                ..QueueDeclareOptions::default()
+            };
             channel
-                .queue_declare(
-                    dlq.routing_key.as_str().into(),
-                    QueueDeclareOptions::durable(),
-                    FieldTable::default(),
-                )
+                .queue_declare(dlq.routing_key.as_str().into(), options, q.arguments.clone())
                 .await
                 .map(|_| ())
         } else if dlq.exchange.is_empty() {
@@ -314,7 +326,7 @@ impl TopologyPlan {
         };
         close(&channel).await;
         result.map_err(|e| {
-            let (kind, name) = if dlq.exchange.is_empty() || dlq.declare {
+            let (kind, name) = if dlq.exchange.is_empty() || dlq.declare.is_some() {
                 ("queue", &dlq.routing_key)
             } else {
                 ("exchange", &dlq.exchange)
@@ -326,7 +338,7 @@ impl TopologyPlan {
                         "the dead-letter {kind} {name:?} (source.dlq) does not exist in vhost {:?}; create it{}",
                         vhost.as_str(),
                         if kind == "queue" {
-                            ", or set source.dlq.declare: true"
+                            ", or set source.dlq.declare: {durable: true}"
                         } else {
                             ""
                         }

@@ -179,7 +179,7 @@ async fn dead_letter_goes_to_the_dlq_with_its_headers() {
     adapter_cfg.dlq = Some(RabbitMqDlq {
         exchange: String::new(),
         routing_key: dlq.clone(),
-        declare: true,
+        declare: Some(QueueDeclaration::default()),
     });
     let _cleanup = Cleanup::new(&[&q, &dlq, &adapter_cfg.retry_queue_name()]);
     broker.declare(&q, FieldTable::default()).await;

@@ -106,7 +106,7 @@ async fn missing_dlq_and_missing_binding_exchange_are_named() {
     cfg.dlq = Some(RabbitMqDlq {
         exchange: String::new(),
         routing_key: dlq.clone(),
-        declare: false,
+        declare: None,
     });
     assert_missing(&cfg, &dlq, "source.dlq").await;
 

@@ -2,13 +2,18 @@
 
 use std::path::Path;
 
+use serde::de::DeserializeOwned;
 use serde_yaml_ng::{Mapping, Value};
 
+use super::env::substitute_marked;
 use super::problems::{ConfigErrors, Validate};
-use super::{Config, substitute};
+use super::{Config, KafkaSourceConfig, MockSourceConfig, RabbitMqSourceConfig, SourceConfig, SqsSourceConfig};
 
 /// How many structural problems are collected before giving up on a file.
 const MAX_STRUCTURAL_PROBLEMS: usize = 50;
+
+/// The source types, as `source.type` spells them.
+const SOURCE_TYPES: &str = "mock, kafka, rabbitmq or sqs";
 
 /// Reads, substitutes and validates a configuration file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
@@ -20,53 +25,243 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     load_str(&text, |name| std::env::var(name).ok())
 }
 
-/// Substitutes with `env`, parses and validates a configuration text.
+/// The problems found so far, and the paths whose further problems would only repeat them.
+#[derive(Default)]
+struct Found {
+    problems: ConfigErrors,
+    /// A node set aside for a structural problem falls back to its default, and a field
+    /// whose variable is unset holds a stand-in: checks of either would only repeat the
+    /// problem already recorded.
+    quiet: Vec<String>,
+}
+
+impl Found {
+    fn is_quiet(&self, path: &str) -> bool {
+        self.quiet
+            .iter()
+            .any(|q| path == q || path.starts_with(&format!("{q}.")) || path.starts_with(&format!("{q}[")))
+    }
+
+    /// Records a problem unless it concerns a quiet path.
+    fn push(&mut self, path: String, message: String) {
+        if !self.is_quiet(&path) {
+            self.problems.push(path, message);
+        }
+    }
+
+    fn quiet(&mut self, path: String) {
+        self.quiet.push(path);
+    }
+}
+
+/// Substitutes with `env`, parses and validates a configuration text. Every problem is in
+/// the one list: unset variables (with their line and field), YAML syntax, structure (unknown
+/// fields, wrong types) and meaning.
 pub fn load_str(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
-    let text = substitute(text, env)?;
-    let mut value: Value = serde_yaml_ng::from_str(&text).map_err(|e| {
-        let mut errs = ConfigErrors::default();
-        let at = e
-            .location()
-            .map(|l| format!("line {}, column {}", l.line(), l.column()))
-            .unwrap_or_default();
-        errs.push(at, format!("not valid YAML: {e}"));
-        errs
-    })?;
+    let substituted = substitute_marked(text, env);
+    let mut found = Found::default();
+    let parsed = serde_yaml_ng::from_str::<Value>(&substituted.text);
+    // Where each unset variable landed, once the YAML is read.
+    for p in &substituted.problems {
+        let at = format!("line {}", p.line);
+        let fields = match (&p.marker, &parsed) {
+            (Some(marker), Ok(value)) => {
+                let mut fields = Vec::new();
+                find_marker(value, marker, &mut Vec::new(), &mut fields);
+                fields
+            }
+            _ => Vec::new(),
+        };
+        if fields.is_empty() {
+            found.problems.push(at.clone(), p.message.clone());
+        }
+        for field in fields {
+            let field = unmark(&field, &substituted.problems);
+            let message = p.message.replacen(" is not set", &format!(" is not set ({at})"), 1);
+            found.problems.push(field.clone(), message);
+            found.quiet(field);
+        }
+    }
+    let mut value = match parsed {
+        Ok(v) => v,
+        Err(e) => {
+            let at = e
+                .location()
+                .map(|l| format!("line {}, column {}", l.line(), l.column()))
+                .unwrap_or_default();
+            found.problems.push(at, format!("not valid YAML: {e}"));
+            return Err(found.problems);
+        }
+    };
     if value.is_null() {
         value = Value::Mapping(Mapping::new());
     }
-    let mut problems = ConfigErrors::default();
-    let config = loop {
-        match serde_path_to_error::deserialize::<_, Config>(value.clone()) {
-            Ok(config) => break Some(config),
-            Err(err) => {
-                let path = segments(err.path());
-                let message = err.inner().to_string();
-                let (report_path, repaired) = repair(&mut value, &path, &message);
-                problems.push(report_path, tidy(&message));
-                if !repaired || problems.problems.len() >= MAX_STRUCTURAL_PROBLEMS {
-                    break None;
-                }
-            }
-        }
+    // `source` is read on its own (see `read_source`); a mock source stands in meanwhile.
+    let source = match &mut value {
+        Value::Mapping(m) => m
+            .get_mut("source")
+            .map(|s| std::mem::replace(s, serde_yaml_ng::from_str("{type: mock}").expect("static YAML"))),
+        _ => None,
     };
-    let Some(config) = config else {
-        return Err(problems);
+    let Some(mut config) = read::<Config>(&mut value, &[], &mut found) else {
+        return Err(found.problems);
     };
-    let structural: Vec<String> = problems.problems.iter().map(|p| p.path.clone()).collect();
+    if let Some(source) = source {
+        config.source = read_source(source, &mut found);
+    }
     let mut semantic = ConfigErrors::default();
     config.validate("", &mut semantic);
     for p in semantic.problems {
-        // A node removed for a structural problem falls back to its default, which may
-        // then fail a "required" check: report the structural problem only.
-        if !structural
-            .iter()
-            .any(|s| p.path == *s || p.path.starts_with(&format!("{s}.")))
-        {
-            problems.problems.push(p);
+        found.push(p.path, p.message);
+    }
+    found.problems.into_result(config)
+}
+
+/// Deserializes `value` as a `T` found at `prefix`, recording each structural problem and
+/// setting the offending node aside to read on, until it reads or cannot be repaired.
+fn read<T: DeserializeOwned>(value: &mut Value, prefix: &[Seg], found: &mut Found) -> Option<T> {
+    let mut count = 0;
+    loop {
+        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(t) => return Some(t),
+            Err(err) => {
+                let path = segments(err.path());
+                let message = err.inner().to_string();
+                let (at, repaired) = repair(value, &path, &message);
+                let full = render(&[prefix, &at].concat());
+                found.push(full.clone(), tidy(&message));
+                found.quiet(full);
+                if message.starts_with("missing field ") && at.len() > 1 {
+                    // The mapping that lacks the field is set aside as a whole.
+                    found.quiet(render(&[prefix, &at[..at.len() - 1]].concat()));
+                }
+                count += 1;
+                if !repaired || count >= MAX_STRUCTURAL_PROBLEMS {
+                    return None;
+                }
+            }
         }
     }
-    problems.into_result(config)
+}
+
+/// `source`, in two steps: `type` picks the broker, then the rest of the mapping is read as
+/// that broker's section, so that a problem inside it keeps its whole path. (An internally
+/// tagged enum would buffer the section and lose the path below `source`.)
+fn read_source(value: Value, found: &mut Found) -> SourceConfig {
+    let stand_in = SourceConfig::Mock(MockSourceConfig::default());
+    let mut map = match value {
+        Value::Mapping(m) => m,
+        Value::Tagged(t) => match t.value {
+            Value::Mapping(m) => m,
+            _ => Mapping::new(),
+        },
+        other => {
+            found.push(
+                "source".to_owned(),
+                format!(
+                    "expected a mapping with `type` ({SOURCE_TYPES}) and the fields of that source, got {}",
+                    describe(&other)
+                ),
+            );
+            found.quiet("source".to_owned());
+            return stand_in;
+        }
+    };
+    let kind = match map.remove("type") {
+        Some(Value::String(kind)) => kind,
+        None => {
+            found.push("source.type".to_owned(), format!("required: one of {SOURCE_TYPES}"));
+            found.quiet("source".to_owned());
+            return stand_in;
+        }
+        Some(other) => {
+            found.push(
+                "source.type".to_owned(),
+                format!("expected one of {SOURCE_TYPES}, got {}", describe(&other)),
+            );
+            found.quiet("source".to_owned());
+            return stand_in;
+        }
+    };
+    let mut section = Value::Mapping(map);
+    let prefix = [Seg::Key("source".to_owned())];
+    let read = match kind.as_str() {
+        "mock" => read::<MockSourceConfig>(&mut section, &prefix, found).map(SourceConfig::Mock),
+        "kafka" => read::<KafkaSourceConfig>(&mut section, &prefix, found).map(SourceConfig::Kafka),
+        "rabbitmq" => read::<RabbitMqSourceConfig>(&mut section, &prefix, found).map(SourceConfig::Rabbitmq),
+        "sqs" => read::<SqsSourceConfig>(&mut section, &prefix, found).map(SourceConfig::Sqs),
+        other => {
+            found.push(
+                "source.type".to_owned(),
+                format!("unknown source type {other:?}: expected one of {SOURCE_TYPES}"),
+            );
+            None
+        }
+    };
+    read.unwrap_or_else(|| {
+        found.quiet("source".to_owned());
+        stand_in
+    })
+}
+
+/// A YAML value's kind, for messages.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "nothing".to_owned(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the string {s:?}"),
+        Value::Sequence(_) => "a list".to_owned(),
+        Value::Mapping(_) => "a mapping".to_owned(),
+        Value::Tagged(t) => describe(&t.value),
+    }
+}
+
+/// Every path at which `marker` appears in a key or a string value.
+fn find_marker(value: &Value, marker: &str, at: &mut Vec<Seg>, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) if s.contains(marker) => out.push(render(at)),
+        Value::Sequence(items) => {
+            for (i, item) in items.iter().enumerate() {
+                at.push(Seg::Index(i));
+                find_marker(item, marker, at, out);
+                at.pop();
+            }
+        }
+        Value::Mapping(m) => {
+            for (k, v) in m {
+                let key = match k {
+                    Value::String(s) => s.clone(),
+                    other => serde_yaml_ng::to_string(other).unwrap_or_default().trim().to_owned(),
+                };
+                at.push(Seg::Key(key.clone()));
+                if key.contains(marker) {
+                    out.push(render(at));
+                } else {
+                    find_marker(v, marker, at, out);
+                }
+                at.pop();
+            }
+        }
+        Value::Tagged(t) => find_marker(&t.value, marker, at, out),
+        _ => {}
+    }
+}
+
+/// A path with the stand-ins of unset variables written back as `${NAME}`.
+fn unmark(path: &str, problems: &[super::env::EnvProblem]) -> String {
+    let mut out = path.to_owned();
+    for p in problems {
+        if let Some(marker) = &p.marker {
+            let name = marker
+                .strip_prefix("__qt_unset_")
+                .and_then(|rest| rest.split_once('_'))
+                .and_then(|(_, rest)| rest.strip_suffix("__"))
+                .unwrap_or_default();
+            out = out.replace(marker.as_str(), &format!("${{{name}}}"));
+        }
+    }
+    out
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -110,20 +305,63 @@ fn quoted_field<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
 }
 
 /// Serde's messages end with position noise for YAML; keep the part that explains.
+/// Rust type names in serde's messages are replaced by the YAML shape they stand for.
 fn tidy(message: &str) -> String {
     let m = message.trim();
-    match m.find(" at line ") {
-        Some(i) => m[..i].to_owned(),
-        None => m.to_owned(),
+    let m = match m.find(" at line ") {
+        Some(i) => &m[..i],
+        None => m,
+    };
+    let mut out = String::with_capacity(m.len());
+    let mut rest = m;
+    while let Some(i) = rest.find("expected ") {
+        let (before, after) = rest.split_at(i + "expected ".len());
+        out.push_str(before);
+        let (shape, used) = yaml_shape(after);
+        out.push_str(&shape);
+        rest = &after[used..];
     }
+    out.push_str(rest);
+    out
+}
+
+/// The YAML shape for the Rust type named at the start of `text` (after "expected "), and
+/// how many bytes of `text` that name took; `text` unchanged when it names none.
+fn yaml_shape(text: &str) -> (String, usize) {
+    let word = |t: &str| -> usize {
+        t.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(t.len())
+    };
+    // serde_yaml_ng's own wording for a list or mapping where a name belongs.
+    if let Some(rest) = text.strip_prefix("a Value::Tagged enum") {
+        return ("a single name".to_owned(), text.len() - rest.len());
+    }
+    for (prefix, shape) in [
+        ("internally tagged enum ", "a mapping with `type`"),
+        ("struct ", "a mapping"),
+        ("enum ", "one of the names this field takes"),
+    ] {
+        if let Some(name) = text.strip_prefix(prefix) {
+            return (shape.to_owned(), prefix.len() + word(name));
+        }
+    }
+    let n = word(text);
+    let shape = match &text[..n] {
+        "u8" => "a whole number from 0 to 255",
+        "u16" => "a whole number from 0 to 65535",
+        "u32" => "a whole number from 0 to 4294967295",
+        "u64" | "usize" => "a whole number, 0 or more",
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        _ => return (String::new(), 0),
+    };
+    (shape.to_owned(), n)
 }
 
 /// Sets the failing node aside so deserialization can go on. Returns the path to report and
 /// whether anything changed.
-fn repair(root: &mut Value, path: &[Seg], message: &str) -> (String, bool) {
-    if let Some(field) =
-        quoted_field(message, "unknown field ").or_else(|| quoted_field(message, "unknown variant ").filter(|_| false))
-    {
+fn repair(root: &mut Value, path: &[Seg], message: &str) -> (Vec<Seg>, bool) {
+    if let Some(field) = quoted_field(message, "unknown field ") {
         // The path may or may not already end with the unknown key.
         let parent: Vec<Seg> = if path.last() == Some(&Seg::Key(field.to_owned())) {
             path[..path.len() - 1].to_vec()
@@ -133,26 +371,21 @@ fn repair(root: &mut Value, path: &[Seg], message: &str) -> (String, bool) {
         let mut full = parent;
         full.push(Seg::Key(field.to_owned()));
         let removed = remove_at(root, &full);
-        return (render(&full), removed);
+        return (full, removed);
     }
     if let Some(field) = quoted_field(message, "missing field ") {
         let mut full = path.to_vec();
         full.push(Seg::Key(field.to_owned()));
-        let report = render(&full);
-        // A missing `source` (or its `type`) cannot be defaulted: stand a mock source in so
-        // the other sections can still be checked; the problem is already recorded.
-        if path.is_empty() && field == "source" || path == [Seg::Key("source".into())] {
+        // A missing `source` cannot be defaulted: stand a mock source in so the other
+        // sections can still be checked; the problem is already recorded.
+        if path.is_empty() && field == "source" {
             let placeholder = serde_yaml_ng::from_str::<Value>("{type: mock}").expect("static YAML");
-            return (report, set_at(root, &[Seg::Key("source".into())], placeholder));
+            return (full, set_at(root, &[Seg::Key("source".into())], placeholder));
         }
-        return (report, remove_at(root, path));
+        return (full, remove_at(root, path));
     }
-    let report = render(path);
-    if path == [Seg::Key("source".into())] {
-        let placeholder = serde_yaml_ng::from_str::<Value>("{type: mock}").expect("static YAML");
-        return (report, set_at(root, path, placeholder));
-    }
-    (report, !path.is_empty() && remove_at(root, path))
+    let removed = !path.is_empty() && remove_at(root, path);
+    (path.to_vec(), removed)
 }
 
 fn navigate<'a>(root: &'a mut Value, path: &[Seg]) -> Option<&'a mut Value> {
@@ -269,7 +502,7 @@ agent:
 
     #[test]
     fn env_substitution_feeds_secrets_and_they_never_print() {
-        let yaml = "source: {type: rabbitmq, url: \"amqp://guest:${RMQ_PASSWORD}@localhost:5672/%2f\", queue: q}\n\
+        let yaml = "source: {type: rabbitmq, url: \"amqp://guest:${RMQ_PASSWORD}@localhost:5672/%2f\", queue: q, dlq: {routing_key: q.dlq}}\n\
                     agent: {targets: {a: {type: log}}}\n";
         let c = load_str(yaml, |n| (n == "RMQ_PASSWORD").then(|| "s3cr3t-pw".to_owned())).unwrap();
         let SourceConfig::Rabbitmq(r) = &c.source else { panic!() };
@@ -286,6 +519,187 @@ agent:
         let got = problems(yaml);
         assert!(got.iter().any(|p| p.starts_with("source.url:")), "{got:#?}");
         assert!(got.iter().any(|p| p.starts_with("idempotency.store.url:")), "{got:#?}");
+    }
+
+    /// Every problem of `yaml` whose path starts with `path:`.
+    fn at<'a>(got: &'a [String], path: &str) -> Vec<&'a String> {
+        got.iter().filter(|p| p.starts_with(&format!("{path}:"))).collect()
+    }
+
+    /// No Rust type name leaks into a message.
+    fn assert_no_rust_names(got: &[String]) {
+        for p in got {
+            for rust in [
+                "struct ",
+                "enum ",
+                "Value::",
+                "Config",
+                "Declaration",
+                "u16",
+                "usize",
+                "i32",
+                "Option<",
+                "Vec<",
+            ] {
+                assert!(!p.contains(rust), "{rust:?} in {p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unset_variable_joins_every_other_problem_of_the_file_with_its_line_and_field() {
+        let yaml = "source:\n  type: rabbitmq\n  url: \"amqp://app:${RMQ_PASSWORD}@localhost\"\n  queue: q\n  dlq: {routing_key: q.dlq}\n  bogus: 1\n\
+                    processing: {concurrency: 0}\nagent: {targets: {a: {type: log}}}\n";
+        let got = problems(yaml);
+        let unset = at(&got, "source.url");
+        assert_eq!(
+            unset.len(),
+            1,
+            "one problem for the field, not a second about its stand-in: {got:#?}"
+        );
+        assert!(
+            unset[0].contains("RMQ_PASSWORD is not set") && unset[0].contains("line 3"),
+            "{got:#?}"
+        );
+        assert_eq!(at(&got, "source.bogus").len(), 1, "{got:#?}");
+        assert_eq!(at(&got, "processing.concurrency").len(), 1, "{got:#?}");
+        assert_eq!(got.len(), 3, "{got:#?}");
+    }
+
+    #[test]
+    fn an_unset_variable_in_a_typed_field_is_reported_once_and_the_rest_still_checked() {
+        let yaml = "source: {type: kafka, brokers: [\"k:9092\"], topics: [t], consumer_group: g, dlq_topic: d}\n\
+                    processing: {concurrency: ${CONCURRENCY}, batch_size: ${BATCH}}\n\
+                    retry: {max_retries: x}\nagent: {targets: {a: {type: log}}}\n";
+        let got = problems(yaml);
+        assert_eq!(at(&got, "processing.concurrency").len(), 1, "{got:#?}");
+        assert!(at(&got, "processing.concurrency")[0].contains("CONCURRENCY is not set (line 2)"));
+        assert_eq!(at(&got, "processing.batch_size").len(), 1, "{got:#?}");
+        assert_eq!(at(&got, "retry.max_retries").len(), 1, "{got:#?}");
+        assert_eq!(got.len(), 3, "{got:#?}");
+    }
+
+    #[test]
+    fn an_unset_variable_outside_any_field_is_reported_with_its_line() {
+        let got = problems(
+            "# set ${NOWHERE}\nsource: {type: mock}\nprocessing: {concurrency: 0}\nagent: {targets: {a: {type: log}}}\n",
+        );
+        assert!(
+            got.iter()
+                .any(|p| p.starts_with("line 1: environment variable NOWHERE")),
+            "{got:#?}"
+        );
+        assert_eq!(at(&got, "processing.concurrency").len(), 1, "{got:#?}");
+    }
+
+    #[test]
+    fn a_wrong_type_inside_a_rabbitmq_source_names_its_path_and_yaml_shape() {
+        let got = problems(
+            "source: {type: rabbitmq, url: \"amqp://localhost\", queue: q, declare: {queue: true}, prefetch: lots, dlq: {routing_key: d}}\n\
+             agent: {targets: {a: {type: log}}}\n",
+        );
+        let declare = at(&got, "source.declare.queue");
+        assert_eq!(declare.len(), 1, "{got:#?}");
+        assert!(
+            declare[0].contains("a mapping with `durable`") && declare[0].contains("`arguments`"),
+            "{got:#?}"
+        );
+        assert!(
+            at(&got, "source.prefetch")[0].contains("a whole number from 0 to 65535"),
+            "{got:#?}"
+        );
+        assert_no_rust_names(&got);
+    }
+
+    #[test]
+    fn a_wrong_type_inside_a_kafka_source_names_its_path_and_yaml_shape() {
+        let got = problems(
+            "source: {type: kafka, brokers: [\"k:9092\"], topics: [t], consumer_group: g, dlq_topic: d, \
+             security_protocol: sasl_ssl, sasl: {mechanism: [PLAIN], username: u, password: p}, ssl: true}\n\
+             agent: {targets: {a: {type: log}}}\n",
+        );
+        assert!(
+            at(&got, "source.sasl.mechanism")[0].contains("expected a single name"),
+            "{got:#?}"
+        );
+        assert!(
+            at(&got, "source.ssl")[0].contains("a mapping with `ca_location`"),
+            "{got:#?}"
+        );
+        assert_no_rust_names(&got);
+    }
+
+    #[test]
+    fn a_wrong_type_inside_an_sqs_source_names_its_path_and_yaml_shape() {
+        let got = problems(
+            "source: {type: sqs, queue_url: q, region: r, dlq_queue_url: d, max_messages: many, pollers: [2]}\n\
+             agent: {targets: {a: {type: log}}}\n",
+        );
+        assert!(
+            at(&got, "source.max_messages")[0].contains("a whole number"),
+            "{got:#?}"
+        );
+        assert!(
+            at(&got, "source.pollers")[0].contains("a whole number, 0 or more"),
+            "{got:#?}"
+        );
+        assert_no_rust_names(&got);
+    }
+
+    #[test]
+    fn a_wrong_type_inside_a_mock_source_names_its_path_and_yaml_shape() {
+        let got =
+            problems("source: {type: mock, queue: [a, b], file: {path: x}}\nagent: {targets: {a: {type: log}}}\n");
+        assert!(at(&got, "source.queue")[0].contains("expected a string"), "{got:#?}");
+        assert_eq!(at(&got, "source.file").len(), 1, "{got:#?}");
+        assert_no_rust_names(&got);
+    }
+
+    #[test]
+    fn an_unknown_or_missing_source_type_is_named_with_the_types_there_are() {
+        let unknown = problems("source: {type: kafak}\nagent: {targets: {a: {type: log}}}\n");
+        assert!(
+            at(&unknown, "source.type")[0].contains("mock, kafka, rabbitmq or sqs"),
+            "{unknown:#?}"
+        );
+        let scalar = problems("source: kafka\nagent: {targets: {a: {type: log}}}\n");
+        assert!(
+            at(&scalar, "source")[0].contains("expected a mapping with `type`"),
+            "{scalar:#?}"
+        );
+    }
+
+    #[test]
+    fn the_dlq_queue_is_declared_in_the_same_shape_as_the_consumed_queue() {
+        let yaml = "source: {type: rabbitmq, url: \"amqp://localhost\", queue: q, \
+                    declare: {queue: {durable: true, arguments: {x-queue-type: quorum}}}, \
+                    dlq: {routing_key: q.dlq, declare: {durable: false, arguments: {x-max-length: 10}}}}\n\
+                    agent: {targets: {a: {type: log}}}\n";
+        let c = load_str(yaml, no_env).unwrap();
+        let SourceConfig::Rabbitmq(r) = &c.source else { panic!() };
+        let dlq = r.dlq.as_ref().unwrap().declare.as_ref().unwrap();
+        assert!(!dlq.durable);
+        assert_eq!(dlq.arguments["x-max-length"], serde_json::json!(10));
+        let empty = yaml.replace("{durable: false, arguments: {x-max-length: 10}}", "{}");
+        let c = load_str(&empty, no_env).unwrap();
+        let SourceConfig::Rabbitmq(r) = &c.source else { panic!() };
+        assert!(
+            r.dlq.as_ref().unwrap().declare.as_ref().unwrap().durable,
+            "durable by default"
+        );
+    }
+
+    #[test]
+    fn the_former_boolean_dlq_declare_says_what_to_write_instead() {
+        for (old, says) in [("true", "declare: {durable: true}"), ("false", "leave `declare` out")] {
+            let got = problems(&format!(
+                "source: {{type: rabbitmq, url: \"amqp://localhost\", queue: q, dlq: {{routing_key: d, declare: {old}}}}}\n\
+                 agent: {{targets: {{a: {{type: log}}}}}}\n"
+            ));
+            let declare = at(&got, "source.dlq.declare");
+            assert_eq!(declare.len(), 1, "{got:#?}");
+            assert!(declare[0].contains(says), "{got:#?}");
+        }
     }
 
     #[test]

@@ -12,7 +12,10 @@ use crate::config::problems::{ConfigErrors, Validate, join};
 use crate::secret::{REDACTED, Secret};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(
+    rename_all = "snake_case",
+    expecting = "one of plaintext, ssl, sasl_plaintext or sasl_ssl"
+)]
 pub enum KafkaSecurityProtocol {
     #[default]
     Plaintext,
@@ -45,6 +48,7 @@ impl KafkaSecurityProtocol {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(expecting = "one of PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")]
 pub enum SaslMechanism {
     #[serde(rename = "PLAIN", alias = "plain")]
     Plain,
@@ -65,7 +69,10 @@ impl SaslMechanism {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `mechanism` (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512), `username` and `password`"
+)]
 pub struct KafkaSaslConfig {
     pub mechanism: SaslMechanism,
     #[serde(default)]
@@ -76,7 +83,10 @@ pub struct KafkaSaslConfig {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `ca_location`, `certificate_location`, `key_location` and `key_password`"
+)]
 pub struct KafkaSslConfig {
     /// CA bundle to verify brokers with. Default: the system store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,7 +103,10 @@ pub struct KafkaSslConfig {
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with the kafka source fields (`brokers`, `topics`, `consumer_group`, ...)"
+)]
 pub struct KafkaSourceConfig {
     /// Bootstrap brokers, `host:port`. Required.
     #[serde(default)]

@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::problems::{ConfigErrors, Validate, join};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with the mock source fields (`queue`, `file`, `dlq_file`)"
+)]
 pub struct MockSourceConfig {
     /// Queue name used in logs and the ledger. Default `mock`.
     #[serde(default = "default_queue", alias = "queue_name")]

@@ -12,9 +12,13 @@ use crate::secret::SecretUrl;
 /// AMQP 0-9-1 short strings (queue, exchange and routing key names) hold at most 255 bytes.
 const MAX_NAME_BYTES: usize = 255;
 
-/// The queue to declare.
+/// A queue for qt to declare: the consumed queue (`declare.queue`) or the dead-letter queue
+/// (`dlq.declare`), in the same shape.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `durable` (true or false) and `arguments` (a mapping of queue arguments), e.g. {durable: true}"
+)]
 pub struct QueueDeclaration {
     /// Default true.
     #[serde(default = "default_true")]
@@ -25,8 +29,21 @@ pub struct QueueDeclaration {
     pub arguments: BTreeMap<String, serde_json::Value>,
 }
 
+/// Durable, without arguments.
+impl Default for QueueDeclaration {
+    fn default() -> Self {
+        Self {
+            durable: true,
+            arguments: BTreeMap::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `name`, `kind` (direct, fanout, topic or headers) and `durable`"
+)]
 pub struct ExchangeDeclaration {
     /// Required.
     #[serde(default)]
@@ -41,7 +58,7 @@ pub struct ExchangeDeclaration {
 
 /// Binds the consumed queue to an exchange.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a mapping with `exchange` and `routing_key`")]
 pub struct QueueBinding {
     /// Required (the default exchange cannot be bound).
     #[serde(default)]
@@ -53,12 +70,18 @@ pub struct QueueBinding {
 /// What to declare at start (and after every reconnect). Without `queue`, qt only checks
 /// passively that the queue exists and fails with an error naming it when it does not.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `queue` (a mapping with `durable` and `arguments`), `exchanges` (a list) and `bindings` (a list)"
+)]
 pub struct RabbitMqDeclare {
+    /// Declare the consumed queue with these settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueDeclaration>,
+    /// Exchanges to declare, each `{name, kind, durable}`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exchanges: Vec<ExchangeDeclaration>,
+    /// Bindings of the consumed queue, each `{exchange, routing_key}`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bindings: Vec<QueueBinding>,
 }
@@ -66,7 +89,10 @@ pub struct RabbitMqDeclare {
 /// Where qt publishes dead letters (with publisher confirms, before acking the original).
 /// Without it, dead-lettering a message fails and the message is redelivered.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `exchange`, `routing_key` and `declare` (a mapping with `durable` and `arguments`)"
+)]
 pub struct RabbitMqDlq {
     /// Exchange name; `""` is the default exchange, which routes by queue name.
     #[serde(default)]
@@ -74,14 +100,60 @@ pub struct RabbitMqDlq {
     /// Routing key (the DLQ queue name when `exchange` is `""`). Required.
     #[serde(default)]
     pub routing_key: String,
-    /// Declare the DLQ queue (durable, named `routing_key`). Only with `exchange: ""`.
-    /// Default false: the DLQ destination is checked passively at start.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub declare: bool,
+    /// Declare the DLQ queue, named `routing_key`, with these settings: the same shape as
+    /// `declare.queue` (`{durable: true, arguments: {...}}`; `{}` is a durable queue without
+    /// arguments). Only with `exchange: ""`. Default: none, and the DLQ destination is
+    /// checked passively at start. (The former `declare: true` is refused with this shape.)
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "queue_declaration_not_bool"
+    )]
+    pub declare: Option<QueueDeclaration>,
+}
+
+/// `dlq.declare` as a mapping, with a message that says what to write for the former boolean.
+/// The mapping is read through the same deserializer, so a wrong nested field keeps its path.
+fn queue_declaration_not_bool<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<QueueDeclaration>, D::Error> {
+    use serde::de::{self, MapAccess, Visitor};
+
+    struct Declaration;
+
+    impl<'de> Visitor<'de> for Declaration {
+        type Value = Option<QueueDeclaration>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a mapping with `durable` (true or false) and `arguments` (a mapping of queue arguments), e.g. {durable: true}")
+        }
+
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Err(E::custom(if v {
+                "`declare: true` is no longer accepted: write `declare: {durable: true}` (a mapping with `durable` \
+                 and `arguments`, as in declare.queue) to have qt declare the DLQ queue"
+            } else {
+                "`declare: false` is no longer accepted: leave `declare` out to have the DLQ queue checked, not declared"
+            }))
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            QueueDeclaration::deserialize(de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+
+    deserializer.deserialize_any(Declaration)
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with the rabbitmq source fields (`url`, `queue`, `declare`, `dlq`, ...)"
+)]
 pub struct RabbitMqSourceConfig {
     /// `amqp://user:pass@host:5672/vhost` or `amqps://` for TLS. Required; the password is
     /// masked whenever the URL is printed. Query options such as `?heartbeat=30` are passed
@@ -195,6 +267,17 @@ fn check_name(problems: &mut ConfigErrors, at: String, name: &str) {
     }
 }
 
+/// The arguments of a queue declaration at `at` (`...declare.queue` or `...dlq.declare`).
+fn check_arguments(problems: &mut ConfigErrors, at: &str, q: &QueueDeclaration) {
+    for (key, value) in &q.arguments {
+        let field = format!("{at}.arguments.{key}");
+        check_name(problems, field.clone(), key);
+        if !(value.is_string() || value.is_number() || value.is_boolean()) {
+            problems.push(field, "must be a string, a number or a boolean");
+        }
+    }
+}
+
 impl Validate for RabbitMqSourceConfig {
     fn validate(&self, path: &str, problems: &mut ConfigErrors) {
         match self.url.scheme().as_deref() {
@@ -216,15 +299,7 @@ impl Validate for RabbitMqSourceConfig {
         if let Some(d) = &self.declare {
             let declare = join(path, "declare");
             if let Some(q) = &d.queue {
-                for (key, value) in &q.arguments {
-                    check_name(problems, format!("{declare}.queue.arguments.{key}"), key);
-                    if !(value.is_string() || value.is_number() || value.is_boolean()) {
-                        problems.push(
-                            format!("{declare}.queue.arguments.{key}"),
-                            "must be a string, a number or a boolean",
-                        );
-                    }
-                }
+                check_arguments(problems, &join(&declare, "queue"), q);
             }
             for (i, e) in d.exchanges.iter().enumerate() {
                 if e.name.is_empty() {
@@ -258,7 +333,10 @@ impl Validate for RabbitMqSourceConfig {
             }
             check_name(problems, join(path, "dlq.routing_key"), &dlq.routing_key);
             check_name(problems, join(path, "dlq.exchange"), &dlq.exchange);
-            if dlq.declare && !dlq.exchange.is_empty() {
+            if let Some(q) = &dlq.declare {
+                check_arguments(problems, &join(path, "dlq.declare"), q);
+            }
+            if dlq.declare.is_some() && !dlq.exchange.is_empty() {
                 problems.push(
                     join(path, "dlq.declare"),
                     "only with exchange \"\" (qt declares the queue named routing_key); declare and bind \
@@ -350,7 +428,7 @@ mod tests {
         cfg.dlq = Some(RabbitMqDlq {
             exchange: "dlx".into(),
             routing_key: String::new(),
-            declare: true,
+            declare: Some(QueueDeclaration::default()),
         });
         cfg.ca_file = Some("/ca.pem".into());
         cfg.client_cert_file = Some("/c.pem".into());
@@ -397,7 +475,7 @@ mod tests {
         cfg.dlq = Some(RabbitMqDlq {
             exchange: String::new(),
             routing_key: "q".into(),
-            declare: false,
+            declare: None,
         });
         cfg.retry_queue = Some("q".into());
         let got = problems(&cfg);

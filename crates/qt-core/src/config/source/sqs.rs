@@ -12,7 +12,10 @@ pub const SQS_MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
 pub const SQS_MAX_WAIT: Duration = Duration::from_secs(20);
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with the sqs source fields (`queue_url`, `region`, ...)"
+)]
 pub struct SqsSourceConfig {
     /// Queue URL (`https://sqs.<region>.amazonaws.com/<account>/<name>`), or a bare queue
     /// name that is looked up with GetQueueUrl on connect. Required. (`queue_name` is
