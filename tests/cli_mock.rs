@@ -337,7 +337,7 @@ fn until_idle_needs_the_mock_source() {
     let cfg = dir.path().join("kafka.yaml");
     std::fs::write(
         &cfg,
-        "source: {type: kafka, brokers: [\"127.0.0.1:1\"], topics: [t], consumer_group: g}\nagent: {targets: {main: {type: log}}}\n",
+        "source: {type: kafka, brokers: [\"127.0.0.1:1\"], topics: [t], consumer_group: g, dlq_topic: t.dlq}\nagent: {targets: {main: {type: log}}}\n",
     )
     .unwrap();
     let out = run_bounded(qt().args(["run", "--until-idle", "-c"]).arg(&cfg), dir.path(), BOUND);

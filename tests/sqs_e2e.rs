@@ -416,14 +416,16 @@ fn validate_send_and_every_outcome_on_sqs() {
         )
         .assert_refused(&["source.endpoint_url", "require_tls"]);
     }
-    // The queue by name and the endpoint from the environment: the file is valid, and the
-    // adapter and publisher refuse the plaintext endpoint the SDK would use.
+    // The queue by name and the endpoint from the environment: the file alone is valid, and
+    // with that environment validate, the adapter and the publisher refuse the plaintext
+    // endpoint the SDK would use.
     let queue_name = queue.rsplit('/').next().unwrap();
     let env_cfg = dir.path().join("env-endpoint.yaml");
     std::fs::write(
         &env_cfg,
         format!(
             "source: {{type: sqs, queue_url: {queue_name}, region: {REGION}}}\n\
+             processing: {{on_failure: nack, on_parse_failure: nack, on_unrouted: nack}}\n\
              agent: {{targets: {{main: {{type: log}}}}}}\n\
              observability: {{admin: {{listen: \"127.0.0.1:0\"}}}}\n\
              security: {{require_tls: true}}\n"
@@ -436,7 +438,11 @@ fn validate_send_and_every_outcome_on_sqs() {
         Duration::from_secs(30),
     );
     assert!(valid.status.success(), "{}", valid.stderr);
-    for subcommand in [&["send", "--body", "{}", "-c"][..], &["run", "-c"][..]] {
+    for subcommand in [
+        &["validate", "-c"][..],
+        &["send", "--body", "{}", "-c"][..],
+        &["run", "-c"][..],
+    ] {
         let refused = run_bounded(
             qt(dir.path())
                 .args(subcommand)
@@ -609,6 +615,7 @@ fn qt_send_to_a_fifo_queue_uses_key_and_id() {
         &cfg,
         format!(
             "source: {{type: sqs, queue_url: \"{queue}\", region: {REGION}, endpoint_url: \"{}\"}}\n\
+             processing: {{on_failure: nack, on_parse_failure: nack, on_unrouted: nack}}\n\
              agent: {{targets: {{main: {{type: log}}}}}}\n",
             endpoint()
         ),

@@ -390,22 +390,9 @@ impl QueueTrigger {
     /// Settlement policies that the adapter cannot carry out are refused at start, not
     /// discovered on the first failing message.
     fn check_capabilities(&self) -> Result<(), String> {
-        use qt_core::config::{DenyAction, FailureAction, UnprocessableAction};
         let caps = self.shared.adapter.capabilities();
-        let p = &self.shared.pipeline.config.processing;
-        let mut needs_dlq = Vec::new();
-        if p.on_failure == FailureAction::Dlq {
-            needs_dlq.push("processing.on_failure");
-        }
-        if p.on_parse_failure == UnprocessableAction::Dlq {
-            needs_dlq.push("processing.on_parse_failure");
-        }
-        if p.on_unrouted == UnprocessableAction::Dlq {
-            needs_dlq.push("processing.on_unrouted");
-        }
-        if p.on_governance_deny == DenyAction::Dlq {
-            needs_dlq.push("processing.on_governance_deny");
-        }
+        // The same list configuration validation checks against the source's settings.
+        let needs_dlq = self.shared.pipeline.config.processing.dead_letter_requests();
         if !caps.dead_letter && !needs_dlq.is_empty() {
             return Err(format!(
                 "{} {} dead-lettering, but this {} source has no dead-letter destination configured; configure one or choose another action",

@@ -1,8 +1,11 @@
 //! The subcommands.
 
+mod preflight;
 mod run;
 mod send;
 mod validate;
+
+pub use preflight::{Ready, preflight};
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -20,6 +23,14 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => validate::validate(&args.config).await,
         Command::Send(args) => send::send(args).await,
     }
+}
+
+/// Runs [`preflight()`], printing every problem (with its path) on failure.
+pub async fn preflight_or_report(path: &Path, config: &Config) -> Result<Ready, ExitCode> {
+    preflight(config).await.map_err(|errors| {
+        crate::logging::fatal(&format!("{}: {errors}", path.display()));
+        ExitCode::from(EXIT_INVALID_CONFIG)
+    })
 }
 
 /// Loads a configuration, printing every problem (with its path) on failure.

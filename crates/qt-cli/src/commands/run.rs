@@ -7,10 +7,10 @@ use anyhow::Context;
 use qt_engine::{BuildError, QueueTrigger};
 use tracing::{error, info};
 
-use super::{EXIT_INVALID_CONFIG, load_or_report};
+use super::{EXIT_INVALID_CONFIG, Ready, load_or_report, preflight_or_report};
 use crate::cli::RunArgs;
 use crate::summary::Summary;
-use crate::{admin, agents, logging, wiring};
+use crate::{admin, logging, wiring};
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let path = &args.config.config;
@@ -23,14 +23,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         logging::fatal("--until-idle needs `source.type: mock`: a broker source is never idle for good");
         return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
     }
-    let agents = match agents::build(&config.agent) {
-        Ok(a) => a,
-        Err(e) => {
-            logging::fatal(&format!("{}: invalid configuration:\n  - {e}", path.display()));
-            return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
-        }
+    // The same checks as `qt validate`, so that a file it accepts gets as far as connecting.
+    let Ready { agents, source } = match preflight_or_report(path, &config).await {
+        Ok(ready) => ready,
+        Err(code) => return Ok(code),
     };
-    let source = wiring::source(&config).await.context("cannot set up the source")?;
     let store = wiring::store(&config)
         .await
         .context("cannot set up the idempotency store")?;
@@ -87,7 +84,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let report = trigger.stop().await;
     // The stop dropped the runs it abandoned; their agents' process groups get their SIGKILL
     // before qt exits, not never.
-    let _ = tokio::task::spawn_blocking(agents::wait_for_ending_groups).await;
+    let _ = tokio::task::spawn_blocking(crate::agents::wait_for_ending_groups).await;
     let report = report?;
     if let Some(admin) = admin {
         admin.shutdown().await;

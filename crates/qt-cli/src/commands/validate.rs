@@ -4,17 +4,17 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::{EXIT_INVALID_CONFIG, load_or_report};
+use super::{load_or_report, preflight_or_report};
 
 pub async fn validate(path: &Path) -> anyhow::Result<ExitCode> {
     let config = match load_or_report(path) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    // Targets are checked too: a command that does not exist fails here, not at run time.
-    if let Err(e) = crate::agents::build(&config.agent) {
-        crate::logging::fatal(&format!("{}: invalid configuration:\n  - {e}", path.display()));
-        return Ok(ExitCode::from(EXIT_INVALID_CONFIG));
+    // Everything `qt run` checks before it connects: a command that does not exist, a
+    // dead-letter policy the source cannot carry out, ... fails here, not at run time.
+    if let Err(code) = preflight_or_report(path, &config).await {
+        return Ok(code);
     }
     let mut out = std::io::stdout().lock();
     writeln!(

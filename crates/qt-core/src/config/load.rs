@@ -703,6 +703,39 @@ agent:
     }
 
     #[test]
+    fn a_kafka_source_without_dlq_topic_is_refused_while_the_policies_ask_for_dead_letters() {
+        let kafka = "source: {type: kafka, brokers: [\"k:9092\"], topics: [t], consumer_group: g}\n\
+                     agent: {targets: {a: {type: log}}}\n";
+        let got = problems(kafka);
+        let dlq = at(&got, "source.dlq_topic");
+        assert_eq!(dlq.len(), 1, "{got:#?}");
+        for field in [
+            "processing.on_failure",
+            "processing.on_parse_failure",
+            "processing.on_unrouted",
+        ] {
+            assert!(dlq[0].contains(field), "{field} in {got:#?}");
+        }
+        assert!(!dlq[0].contains("on_governance_deny"), "its default is ack: {got:#?}");
+        let no_dlq_actions =
+            format!("{kafka}processing: {{on_failure: nack, on_parse_failure: ack, on_unrouted: ack}}\n");
+        load_str(&no_dlq_actions, no_env).expect("nothing asks for dead-lettering");
+        let one = format!("{kafka}processing: {{on_parse_failure: ack, on_unrouted: ack}}\n");
+        let got = problems(&one);
+        assert!(
+            at(&got, "source.dlq_topic")[0].contains("processing.on_failure asks"),
+            "{got:#?}"
+        );
+        for (source, field) in [
+            ("{type: rabbitmq, url: \"amqp://localhost\", queue: q}", "source.dlq"),
+            ("{type: sqs, queue_url: q, region: r}", "source.dlq_queue_url"),
+        ] {
+            let got = problems(&format!("source: {source}\nagent: {{targets: {{a: {{type: log}}}}}}\n"));
+            assert_eq!(at(&got, field).len(), 1, "{got:#?}");
+        }
+    }
+
+    #[test]
     fn the_memory_store_takes_a_capacity_and_nothing_else() {
         use crate::config::{MemoryStoreConfig, StoreConfig};
         let with = |store: &str| {

@@ -99,6 +99,23 @@ impl Validate for Config {
         self.governance.validate(&join(path, "governance"), problems);
         self.agent.validate(&join(path, "agent"), problems);
         self.ledger.validate(&join(path, "ledger"), problems);
+        let asks = self.processing.dead_letter_requests();
+        if let Some(field) = self.source.missing_dead_letter_field()
+            && !asks.is_empty()
+        {
+            let verb = if asks.len() == 1 { "asks" } else { "ask" };
+            problems.push(
+                join(path, &format!("source.{field}")),
+                format!(
+                    "required: {} {verb} for dead-lettering (dlq, the default of on_failure, on_parse_failure and \
+                     on_unrouted), but this {} source has no dead-letter destination; set source.{field}, or set {} \
+                     to another action (e.g. nack or ack)",
+                    asks.join(", "),
+                    self.source.kind(),
+                    asks.join(", ")
+                ),
+            );
+        }
         if self.security.require_tls {
             for (at, endpoint) in self.source.plaintext_endpoints(&join(path, "source")) {
                 problems.push(at, format!("security.require_tls is set but {endpoint} is not TLS"));

@@ -127,6 +127,27 @@ fn default_in_flight_delay() -> Duration {
     Duration::from_secs(5)
 }
 
+impl ProcessingConfig {
+    /// The fields (as `processing.*` paths) whose action is to dead-letter; the source must
+    /// then have a dead-letter destination.
+    pub fn dead_letter_requests(&self) -> Vec<&'static str> {
+        let mut asks = Vec::new();
+        if self.on_failure == FailureAction::Dlq {
+            asks.push("processing.on_failure");
+        }
+        if self.on_parse_failure == UnprocessableAction::Dlq {
+            asks.push("processing.on_parse_failure");
+        }
+        if self.on_unrouted == UnprocessableAction::Dlq {
+            asks.push("processing.on_unrouted");
+        }
+        if self.on_governance_deny == DenyAction::Dlq {
+            asks.push("processing.on_governance_deny");
+        }
+        asks
+    }
+}
+
 impl Default for ProcessingConfig {
     fn default() -> Self {
         Self {

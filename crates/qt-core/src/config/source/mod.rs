@@ -36,6 +36,17 @@ impl SourceConfig {
         }
     }
 
+    /// The field (under `source`) that names a dead-letter destination when it is not set,
+    /// `None` when this source can dead-letter as configured. The mock source always can.
+    pub fn missing_dead_letter_field(&self) -> Option<&'static str> {
+        match self {
+            SourceConfig::Mock(_) => None,
+            SourceConfig::Kafka(k) => k.dlq_topic.is_none().then_some("dlq_topic"),
+            SourceConfig::Rabbitmq(r) => r.dlq.is_none().then_some("dlq"),
+            SourceConfig::Sqs(s) => s.dlq_queue_url.is_none().then_some("dlq_queue_url"),
+        }
+    }
+
     /// Endpoints that would be reached without TLS, as (field path, masked endpoint), for
     /// `security.require_tls`.
     pub fn plaintext_endpoints(&self, path: &str) -> Vec<(String, String)> {
