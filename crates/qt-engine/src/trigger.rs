@@ -201,6 +201,7 @@ impl TriggerBuilder {
             metrics: Arc::new(Metrics::new()),
             agent_slots: Semaphore::new(c.processing.concurrency),
             sequencer: parking_lot::Mutex::new(crate::pipeline::order::Sequencer::new(max_in_flight)),
+            stopping: CancellationToken::new(),
             abort: CancellationToken::new(),
             quarantine: Default::default(),
             adapter_kind: Arc::from(adapter.kind()),
@@ -451,9 +452,11 @@ impl QueueTrigger {
         Ok(())
     }
 
-    /// Graceful stop: stop intake, let in-flight messages finish up to the drain timeout,
-    /// settle what finished, flush the ledger, close the source. Messages still running
-    /// after the timeout are abandoned unacknowledged, so the broker redelivers them.
+    /// Graceful stop: stop intake; start no agent run or retry; hand every message taken but
+    /// not running back to the broker at once (its claim released, nothing recorded); let
+    /// runs in progress finish up to the drain timeout, settle what finished, flush the
+    /// ledger, close the source. Runs still going after the timeout are abandoned
+    /// unacknowledged, so the broker redelivers them.
     pub async fn stop(&self) -> Result<StopReport, LifecycleError> {
         let mut guard = self.shared.running.lock().await;
         let Some(running) = guard.take() else {
@@ -481,6 +484,7 @@ impl QueueTrigger {
         s.state.send_replace(TriggerState::Stopping);
         let started = Instant::now();
         running.stop_intake.cancel();
+        p.stopping.cancel();
         let _ = running.intake.await;
         running.backlog_poller.abort();
         running.batches.close();

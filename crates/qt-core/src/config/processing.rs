@@ -80,8 +80,9 @@ pub struct ProcessingConfig {
     /// at least 2 x batch_size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<usize>,
-    /// On stop, how long in-flight messages may take to finish before they are left for
-    /// redelivery. Default 30s.
+    /// On stop, how long agent runs already in progress may take to finish before they are
+    /// abandoned for redelivery; messages not yet running are handed back at once, and no
+    /// run or retry starts. Default 30s.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
     #[serde(default)]

@@ -51,6 +51,9 @@ pub(crate) struct Pipeline {
     pub agent_slots: Semaphore,
     /// Per-key chains for `ordering: key` / `partition`.
     pub sequencer: parking_lot::Mutex<order::Sequencer>,
+    /// Cancelled when a stop begins: from then on no agent run or retry starts, and each
+    /// message not yet running is handed back to the broker at once.
+    pub stopping: CancellationToken,
     /// Cancelled when a stop's drain timeout passes: runs still going are abandoned and
     /// their messages left for redelivery.
     pub abort: CancellationToken,

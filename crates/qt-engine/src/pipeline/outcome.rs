@@ -51,6 +51,10 @@ pub(crate) enum Outcome {
         stage: &'static str,
         message: String,
     },
+    /// A stop began before the message's agent run started, or between its attempts:
+    /// nothing is recorded or settled, its claim is released, and the message is handed
+    /// back to the broker at once.
+    HandedBack,
     /// A stop ran out of drain time mid-run: nothing is recorded or settled, the broker
     /// redelivers.
     Abandoned,
@@ -90,7 +94,8 @@ fn unprocessable(action: UnprocessableAction, reason: String, dlq: DlqReason) ->
 }
 
 /// Applies the table. `attempt` is the delivery attempt of the message; a requeue carries
-/// `attempt + 1`. `None` for [`Outcome::Abandoned`].
+/// `attempt + 1`. `None` for [`Outcome::HandedBack`] and [`Outcome::Abandoned`]: those
+/// messages are left to the broker.
 pub(crate) fn resolve(outcome: &Outcome, config: &Config, attempt: u32, event: Option<&str>) -> Option<Resolution> {
     let p = &config.processing;
     let requeue = |delay: Duration| Settlement::Requeue {
@@ -241,7 +246,7 @@ pub(crate) fn resolve(outcome: &Outcome, config: &Config, attempt: u32, event: O
                 error_class: Some(ErrorClass::Permanent),
             }
         }
-        Outcome::Abandoned => return None,
+        Outcome::HandedBack | Outcome::Abandoned => return None,
     };
     Some(row)
 }

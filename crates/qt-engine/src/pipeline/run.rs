@@ -97,7 +97,7 @@ pub(crate) fn run<'p>(
     }
 }
 
-/// An agent slot, or `None` when a stop abandons the wait.
+/// An agent slot, or `None` when a stop begins while waiting for one.
 async fn slot(p: &Pipeline) -> Option<SemaphorePermit<'_>> {
     match p.agent_slots.try_acquire() {
         Ok(free) => Some(free),
@@ -108,16 +108,16 @@ async fn slot(p: &Pipeline) -> Option<SemaphorePermit<'_>> {
 async fn wait_for_slot(p: &Pipeline) -> Option<SemaphorePermit<'_>> {
     tokio::select! {
         biased;
-        () = p.abort.cancelled() => None,
+        () = p.stopping.cancelled() => None,
         s = p.agent_slots.acquire() => Some(s.expect("the agent slot semaphore is never closed")),
     }
 }
 
-/// Waits out a backoff. Returns false when a stop abandons the wait.
+/// Waits out a backoff. Returns false when a stop begins: no retry starts after that.
 async fn back_off(p: &Pipeline, delay: Duration) -> bool {
     tokio::select! {
         biased;
-        () = p.abort.cancelled() => false,
+        () = p.stopping.cancelled() => false,
         () = tokio::time::sleep(delay) => true,
     }
 }
@@ -145,9 +145,12 @@ async fn decide_outcome<'p>(
         Some(held) => held,
         None => match slot(p).await {
             Some(taken) => taken,
-            None => return (Outcome::Abandoned, None),
+            None => return (Outcome::HandedBack, None),
         },
     };
+    if p.stopping.is_cancelled() {
+        return (Outcome::HandedBack, Some(slot_held));
+    }
     let gctx = GovernanceContext {
         tenant_id: meta.tenant_id(),
         event_name: meta.event_name().unwrap_or_default(),
@@ -216,8 +219,11 @@ async fn decide_outcome<'p>(
         if slot_held.is_none() {
             match slot(p).await {
                 Some(s) => slot_held = Some(s),
-                None => break Outcome::Abandoned,
+                None => break Outcome::HandedBack,
             }
+        }
+        if p.stopping.is_cancelled() {
+            break Outcome::HandedBack;
         }
         p.metrics.agent_attempt();
         // Only a run that does not finish at once needs to watch for an abandoning stop,
@@ -282,7 +288,7 @@ async fn decide_outcome<'p>(
                 // Waiting out a backoff does not occupy an agent slot.
                 slot_held = None;
                 if !Box::pin(back_off(p, delay)).await {
-                    break Outcome::Abandoned;
+                    break Outcome::HandedBack;
                 }
                 event.attempt += 1;
             }

@@ -83,11 +83,16 @@ impl Settler {
                 permit,
             } = f;
             let Some(mut row) = resolve(&outcome, &p.config, meta.attempt, meta.event_name()) else {
-                // Abandoned at stop: give the key back and leave the message to redelivery.
+                // Left to the broker at stop: give the key back; dropping the handle hands
+                // the message back for redelivery.
                 if let Some(c) = claim {
                     releases.push(c);
                 }
-                debug!(trace_id = %meta.trace_id, message_id = %meta.message_id(), "abandoned at stop; the broker will redeliver");
+                let why = match outcome {
+                    Outcome::HandedBack => "not started when the stop began; handed back to the broker",
+                    _ => "still running when the drain timeout passed; abandoned for the broker to redeliver",
+                };
+                debug!(trace_id = %meta.trace_id, message_id = %meta.message_id(), "{why}");
                 p.metrics.left_pipeline();
                 drop((handle, permit));
                 continue;

@@ -197,6 +197,62 @@ async fn drain_timeout_abandons_unfinished_runs_unacked() {
     assert_eq!(queue.redeliveries(), 1);
 }
 
+/// A stop starts no new run: messages taken but waiting for an agent slot, or waiting out
+/// a retry's backoff, are handed back to the broker at once with nothing recorded, and
+/// only the run already going finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_hands_back_what_has_not_started_and_lets_only_running_runs_finish() {
+    let queue = MockQueue::new("q");
+    queue.enqueue(msg("backing-off", &[], json!({"do": "fail", "class": "retryable"})));
+    queue.enqueue(msg("running", &[], json!({"do": "sleep", "ms": 300})));
+    queue.enqueue_all((0..4).map(|i| msg(&format!("waiting-{i}"), &[], json!({"do": "sleep", "ms": 300}))));
+    let mut c = config();
+    c.processing.concurrency = 1;
+    c.processing.ordering = qt_core::config::Ordering::None;
+    c.retry.max_retries = 5;
+    c.retry.backoff.initial = Duration::from_secs(30);
+    c.retry.backoff.max = Duration::from_secs(30);
+    c.processing.drain_timeout = Duration::from_secs(10);
+    let agent = ScriptedAgent::new("default");
+    let ledger = Arc::new(MemoryLedger::new());
+    let t = QueueTrigger::builder(c)
+        .adapter(Arc::new(queue.adapter()))
+        .ledger(ledger.clone())
+        .agent("default", agent.clone() as Arc<dyn AgentRuntime>)
+        .build()
+        .unwrap();
+    t.start().await.unwrap();
+    // "backing-off" fails at once and waits 30 s for its retry; "running" then holds the
+    // one agent slot, and the rest wait for it.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while agent.runs_of("backing-off") == 0 || agent.runs_of("running") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("both reach the agent");
+    let stopping = std::time::Instant::now();
+    let report = t.stop().await.unwrap();
+    assert!(report.drained);
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "the stop waited only for the running run, not for the queue behind it: {:?}",
+        stopping.elapsed()
+    );
+    let calls: Vec<String> = agent.calls().into_iter().map(|c| c.message_id).collect();
+    assert_eq!(
+        calls.iter().filter(|c| c.starts_with("waiting-")).count(),
+        0,
+        "no run started after the stop: {calls:?}"
+    );
+    assert_eq!(agent.runs_of("backing-off"), 1, "its retry did not start");
+    let recorded: Vec<String> = ledger.records().into_iter().map(|r| r.message_id).collect();
+    assert_eq!(recorded, ["running"], "only the finished run is recorded");
+    assert_eq!(queue.acked().len(), 1);
+    assert_eq!(queue.pending(), 5, "everything else is back in the queue at once");
+    assert!(queue.requeued().is_empty(), "handed back, not requeued with a delay");
+}
+
 /// Pausing stops intake; resuming picks up where it left off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_stops_intake_and_resume_continues() {
