@@ -127,7 +127,11 @@ fn string_attribute(value: String) -> MessageAttributeValue {
 }
 
 pub fn is_sqs_header(name: &str) -> bool {
-    name.len() >= SQS_HEADER_PREFIX.len() && name[..SQS_HEADER_PREFIX.len()].eq_ignore_ascii_case(SQS_HEADER_PREFIX)
+    // Compared as bytes: a producer's header name may have a multi-byte character where the
+    // prefix ends, and a `str` cannot be cut there.
+    name.as_bytes()
+        .get(..SQS_HEADER_PREFIX.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(SQS_HEADER_PREFIX.as_bytes()))
 }
 
 /// SQS attribute names: up to 256 of `[A-Za-z0-9_.-]`, no leading, trailing or doubled
@@ -228,6 +232,17 @@ mod tests {
         assert_eq!(back.get("ctl"), Some("a\u{1}b"));
         assert_eq!(back.get("empty"), Some(""));
         assert_eq!(back.get("x-sqs-message-group-id"), None);
+    }
+
+    #[test]
+    fn a_header_name_with_a_multi_byte_character_where_the_prefix_ends_is_no_sqs_header() {
+        for name in ["x-sq\u{20ac}", "x-s\u{e9}", "\u{20ac}\u{20ac}", "X-SQS-Group"] {
+            assert_eq!(is_sqs_header(name), name.eq_ignore_ascii_case("x-sqs-group"), "{name}");
+        }
+        let mut headers = Headers::new();
+        headers.append("x-sq\u{20ac}", "folded, since SQS names are ASCII");
+        let back = to_headers(Some(&to_attributes(&headers)));
+        assert_eq!(back.get("x-sq\u{20ac}"), Some("folded, since SQS names are ASCII"));
     }
 
     #[test]
