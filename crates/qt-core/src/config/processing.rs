@@ -87,8 +87,9 @@ pub struct ProcessingConfig {
     pub drain_timeout: Duration,
     #[serde(default)]
     pub extraction: ExtractionRules,
-    /// Agent failed permanently or ran out of retries. Default `dlq`. (`ack_policy` is
-    /// accepted as an alias.)
+    /// Agent failed permanently or ran out of retries; also a message whose processing
+    /// panicked, for which `requeue` means `nack` (it would only panic again). Default
+    /// `dlq`. (`ack_policy` is accepted as an alias.)
     #[serde(default, alias = "ack_policy")]
     pub on_failure: FailureAction,
     /// Delay before a requeued message returns when `on_failure: requeue`. Default 10s.
