@@ -104,9 +104,25 @@ pub(crate) async fn dead_letter_poisoned(
 ) {
     let Delivery { message, handle } = delivery;
     error!(message_id = %message.message_id, queue = %message.source.queue, panic = %panic, "this message panicked when it ran alone; it is dead-lettered as a permanent failure instead of run again");
-    let trace_id = qt_core::envelope::trace_id_for(&message.headers);
     let consume_latency = message.consume_latency();
-    let meta = unparsed_meta(message, trace_id, consume_latency, Instant::now());
+    let received_at = message.received_at;
+    // Parsed (a parse cannot panic here: it is caught) so that the record carries the
+    // event, tenant and dedup key an operator looks it up by.
+    let meta = match build_envelope(message, p.parser.as_ref(), &p.config.processing.extraction) {
+        Ok(built) => MessageMeta {
+            trace_id: built.envelope.trace_id,
+            attempt: built.envelope.attempt,
+            identity: Identity::Parsed(Arc::new(built.envelope)),
+            target: None,
+            received_at,
+            started: Instant::now(),
+            consume_latency,
+        },
+        Err(unparseable) => {
+            let qt_core::envelope::Unparseable { raw, trace_id, .. } = *unparseable;
+            unparsed_meta(raw, trace_id, consume_latency, Instant::now())
+        }
+    };
     let outcome = Outcome::Panicked {
         stage: "processing an earlier delivery of it",
         message: panic,
