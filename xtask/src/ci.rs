@@ -36,6 +36,11 @@ pub fn run() -> Result<()> {
         ],
         &env_refs,
     )?;
+    // The library example checks its own outcomes and exits non-zero when one differs.
+    sh(
+        "cargo",
+        &["run", "--locked", "-p", "qt-engine", "--example", "in_process_agent"],
+    )?;
     // Doc tests are not run by nextest.
     crate::cmd::run_with_env("cargo", &["test", "--workspace", "--locked", "--doc"], &env_refs)?;
     crate::cmd::run_with_env(
