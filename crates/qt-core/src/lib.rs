@@ -4,6 +4,12 @@
 //! messages and deliveries with their settle-once handles, the envelope and its parsers,
 //! extraction rules, configuration, secrets, and the traits each component implements.
 //! Adapters and stores depend on this crate only.
+//!
+//! To run an agent of your own in process, implement [`AgentRuntime`] and hand it to the
+//! `qt-engine` crate's `QueueTrigger`; that crate's documentation shows the whole program,
+//! and its example
+//! [`in_process_agent.rs`](https://github.com/qt-runtime/qt/blob/main/crates/qt-engine/examples/in_process_agent.rs)
+//! runs one over the mock queue.
 
 pub mod adapter;
 pub mod agent;
