@@ -1,6 +1,6 @@
 //! `cargo xtask ci`: the one command CI runs.
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 use crate::cmd::run as sh;
 use crate::services;
@@ -20,6 +20,7 @@ pub fn run() -> Result<()> {
             "warnings",
         ],
     )?;
+    check_packages()?;
     services::ensure_all()?;
     let env = services::test_env();
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -49,5 +50,32 @@ pub fn run() -> Result<()> {
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     eprintln!("xtask ci: all checks passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// The crates published to crates.io; `qt-bench-support` and `xtask` are not.
+const PUBLISHED: [&str; 8] = [
+    "qt-core",
+    "qt-engine",
+    "qt-adapter-mock",
+    "qt-adapter-kafka",
+    "qt-adapter-rabbitmq",
+    "qt-adapter-sqs",
+    "qt-idempotency-redis",
+    "qt-cli",
+];
+
+/// Each published crate packages (its manifest has what crates.io needs, its files are
+/// found) and carries its README, which crates.io shows as the crate's page. `--list`
+/// needs no registry, so the workspace's path dependencies need not be published yet.
+fn check_packages() -> Result<()> {
+    for krate in PUBLISHED {
+        let args = ["package", "--list", "--locked", "--allow-dirty", "-p", krate];
+        eprintln!("$ cargo {}", args.join(" "));
+        let files = crate::cmd::output("cargo", &args)?;
+        if !files.lines().any(|f| f == "README.md") {
+            bail!("the {krate} package does not include its README.md:\n{files}");
+        }
+    }
     Ok(())
 }
