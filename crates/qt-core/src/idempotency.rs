@@ -24,8 +24,14 @@ impl IdempotencyKey {
     /// `<prefix>:<tenant>:<key>` with `_` for "no tenant". A tenant containing ':' is
     /// percent-escaped so that tenant `a:b` + key `c` cannot equal tenant `a` + key `b:c`.
     pub fn storage_key(&self, prefix: &str) -> String {
+        format!("{prefix}:{}", self.scoped())
+    }
+
+    /// `<tenant>:<key>` with `_` for "no tenant", escaped as in [`Self::storage_key`]: the key
+    /// scoped to its tenant, unique across tenants. Agents see it as their idempotency key.
+    pub fn scoped(&self) -> String {
         let tenant = self.tenant.as_deref().map_or_else(|| "_".to_owned(), escape_tenant);
-        format!("{prefix}:{tenant}:{}", self.key)
+        format!("{tenant}:{}", self.key)
     }
 }
 

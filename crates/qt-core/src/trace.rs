@@ -64,6 +64,21 @@ impl TraceId {
     pub fn to_hex(self) -> String {
         self.to_string()
     }
+
+    /// A W3C `traceparent` value (version 00, sampled) that continues this trace from a new
+    /// span, for handing the trace on to an agent: `00-<trace id>-<16 hex span id>-01`.
+    pub fn child_traceparent(self) -> String {
+        let span: u64 = TRACE_ID_RNG.with_borrow_mut(|rng| {
+            loop {
+                // W3C reserves the all-zero span id as invalid.
+                let span: u64 = rng.random();
+                if span != 0 {
+                    return span;
+                }
+            }
+        });
+        format!("00-{self}-{span:016x}-01")
+    }
 }
 
 impl fmt::Display for TraceId {
@@ -116,5 +131,16 @@ mod tests {
         let t = TraceId::random();
         assert_eq!(t.to_string().len(), 32);
         assert_eq!(TraceId::from_hex(&t.to_string()), Some(t));
+    }
+
+    #[test]
+    fn a_child_traceparent_carries_the_trace_id_and_a_fresh_span() {
+        let id = TraceId::random();
+        let a = id.child_traceparent();
+        let b = id.child_traceparent();
+        assert_eq!(TraceId::from_traceparent(&a), Some(id));
+        assert_eq!(a.len(), 55);
+        assert!(a.starts_with(&format!("00-{id}-")) && a.ends_with("-01"), "{a}");
+        assert_ne!(a, b);
     }
 }

@@ -1,6 +1,7 @@
-//! The agent targets the CLI ships: `command` and `log`.
+//! The agent targets the CLI ships: `command`, `http` and `log`.
 
 mod command;
+mod http;
 mod log;
 
 use std::collections::HashMap;
@@ -10,10 +11,12 @@ use qt_core::AgentRuntime;
 use qt_core::config::{AgentConfig, TargetConfig};
 
 pub use command::{CommandAgent, wait_for_ending_groups};
+pub use http::HttpAgent;
 pub use log::LogAgent;
 
-/// One agent per configured target. A command target whose program cannot be found is an
-/// error here, at start, not on the first message.
+/// One agent per configured target. A command target whose program cannot be found, or an
+/// http target whose TLS files cannot be read, is an error here, at start, not on the first
+/// message.
 pub fn build(config: &AgentConfig) -> anyhow::Result<HashMap<String, Arc<dyn AgentRuntime>>> {
     let mut out = HashMap::new();
     let mut problems = Vec::new();
@@ -24,6 +27,13 @@ pub fn build(config: &AgentConfig) -> anyhow::Result<HashMap<String, Arc<dyn Age
                 Ok(a) => Arc::new(a),
                 Err(e) => {
                     problems.push(format!("agent.targets.{name}.program: {e}"));
+                    continue;
+                }
+            },
+            TargetConfig::Http(h) => match HttpAgent::new(name, h) {
+                Ok(a) => Arc::new(a),
+                Err(e) => {
+                    problems.push(format!("agent.targets.{name}.{e}"));
                     continue;
                 }
             },

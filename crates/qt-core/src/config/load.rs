@@ -521,6 +521,78 @@ agent:
         assert!(got.iter().any(|p| p.starts_with("idempotency.store.url:")), "{got:#?}");
     }
 
+    #[test]
+    fn an_http_target_takes_its_defaults_and_keeps_its_secrets_masked() {
+        let yaml = "source: {type: mock, queue: q}\n\
+                    agent: {targets: {a: {type: http, url: \"https://bot:url-pw-1@agents.test/run\", \
+                    headers: {x-api-key: \"${API_KEY}\"}, auth: {bearer: \"${TOKEN}\"}}}}\n";
+        let env = |n: &str| match n {
+            "API_KEY" => Some("header-secret-1".to_owned()),
+            "TOKEN" => Some("bearer-secret-1".to_owned()),
+            _ => None,
+        };
+        let c = load_str(yaml, env).unwrap();
+        let crate::config::TargetConfig::Http(h) = &c.agent.targets["a"] else {
+            panic!()
+        };
+        assert_eq!(h.method, "POST");
+        assert_eq!(h.timeout, std::time::Duration::from_secs(30));
+        assert_eq!(h.max_response_bytes, 64 * 1024);
+        assert_eq!(h.max_concurrency, None);
+        assert_eq!(h.headers["x-api-key"].expose(), "header-secret-1");
+        let printed = format!("{}\n{c:?}", c.to_masked_yaml());
+        for secret in ["header-secret-1", "bearer-secret-1", "url-pw-1"] {
+            assert!(!printed.contains(secret), "{secret} printed in {printed}");
+        }
+        assert!(printed.contains("agents.test/run"), "{printed}");
+    }
+
+    #[test]
+    fn an_http_target_reports_each_bad_field_by_path() {
+        let yaml = "source: {type: mock, queue: q}\n\
+                    agent: {targets: {a: {type: http, url: \"ftp://x\", method: GET, timeout: 0s, \
+                    headers: {traceparent: x, \"bad name\": y, authorization: z}, auth: {basic: {username: \"u:v\"}}, \
+                    tls: {client_cert_file: c.pem}, max_concurrency: 0, max_response_bytes: 0}, \
+                    b: {type: http}}}\n";
+        let got = problems(yaml);
+        for path in [
+            "agent.targets.a.url",
+            "agent.targets.a.method",
+            "agent.targets.a.timeout",
+            "agent.targets.a.headers.traceparent",
+            "agent.targets.a.headers.bad name",
+            "agent.targets.a.headers.authorization",
+            "agent.targets.a.auth.basic.username",
+            "agent.targets.a.tls.client_key_file",
+            "agent.targets.a.max_concurrency",
+            "agent.targets.a.max_response_bytes",
+            "agent.targets.b.url",
+        ] {
+            assert_eq!(at(&got, path).len(), 1, "{path} in {got:#?}");
+        }
+        assert_no_rust_names(&got);
+    }
+
+    #[test]
+    fn an_http_target_rejects_unknown_fields() {
+        let got = problems(
+            "source: {type: mock, queue: q}\nagent: {targets: {a: {type: http, url: \"https://h\", bogus: 1}}}\n",
+        );
+        assert!(got.iter().any(|p| p.contains("bogus")), "{got:#?}");
+    }
+
+    #[test]
+    fn require_tls_rejects_a_plain_http_agent_url_naming_the_field() {
+        let yaml = "source: {type: mock, queue: q}\n\
+                    agent: {targets: {plain: {type: http, url: \"http://u:pw-9@h/run\"}, tls: {type: http, url: \"https://h/run\"}}}\n\
+                    security: {require_tls: true}\n";
+        let got = problems(yaml);
+        let plain = at(&got, "agent.targets.plain.url");
+        assert_eq!(plain.len(), 1, "{got:#?}");
+        assert!(!plain[0].contains("pw-9"), "{got:#?}");
+        assert!(at(&got, "agent.targets.tls.url").is_empty(), "{got:#?}");
+    }
+
     /// Every problem of `yaml` whose path starts with `path:`.
     fn at<'a>(got: &'a [String], path: &str) -> Vec<&'a String> {
         got.iter().filter(|p| p.starts_with(&format!("{path}:"))).collect()

@@ -18,7 +18,9 @@ mod redis;
 mod retry;
 mod source;
 
-pub use agent::{AgentConfig, CommandTarget, Route, TargetConfig};
+pub use agent::{
+    AgentConfig, BasicAuth, CommandTarget, HTTP_METHODS, HttpAuth, HttpTarget, HttpTls, Route, TargetConfig,
+};
 pub use env::substitute;
 pub use governance::{GovernanceConfig, GovernanceRule, OnGovernanceError, RateLimitRule, RuleAction};
 pub use idempotency::{IdempotencyConfig, MemoryStoreConfig, OnStoreError, StoreConfig};
@@ -127,6 +129,16 @@ impl Validate for Config {
                     join(path, "idempotency.store.url"),
                     format!("security.require_tls is set but {} is not TLS (use rediss://)", r.url),
                 );
+            }
+            for (name, target) in &self.agent.targets {
+                if let TargetConfig::Http(h) = target
+                    && h.is_plaintext()
+                {
+                    problems.push(
+                        join(path, &format!("agent.targets.{name}.url")),
+                        format!("security.require_tls is set but {} is not TLS (use https://)", h.url),
+                    );
+                }
             }
         }
     }
