@@ -213,6 +213,113 @@ observability: {{admin: {{listen: "127.0.0.1:0"}}, log: {{level: debug}}}}
     assert!(validate.stdout.contains("API_TOKEN: '***'"), "masked, not dropped");
 }
 
+/// An `http` target's header values, token and password never appear in `qt validate` or
+/// `qt run` output, even when the agent echoes them back in a failure's body; the failure is
+/// permanent (401) and its status reaches the ledger.
+#[test]
+fn http_target_secrets_never_appear_in_output_even_when_the_agent_echoes_them() {
+    use std::io::{Read, Write};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = Vec::new();
+            let mut buf = [0; 4096];
+            // Read the head and the body: the body's length is in content-length.
+            while let Ok(n @ 1..) = stream.read(&mut buf) {
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= length {
+                        break;
+                    }
+                }
+            }
+            let echo = String::from_utf8_lossy(&request).into_owned();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 401 Unauthorized\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{echo}",
+                echo.len()
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("http.yaml");
+    let messages = dir.path().join("m.jsonl");
+    let ledger = dir.path().join("ledger.jsonl");
+    std::fs::write(&messages, "{\"id\":\"a\",\"json\":{}}\n").unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+source: {{type: mock, file: {}}}
+processing: {{on_failure: ack}}
+agent:
+  targets:
+    main:
+      type: http
+      url: "http://bot:${{QT_TEST_URL_PW}}@{addr}/run"
+      headers: {{x-api-key: "${{QT_TEST_KEY}}"}}
+      auth: {{bearer: "${{QT_TEST_TOKEN}}"}}
+ledger: {{type: jsonl, path: {}}}
+observability: {{admin: {{listen: "127.0.0.1:0"}}, log: {{level: debug}}}}
+"#,
+            messages.display(),
+            ledger.display()
+        ),
+    )
+    .unwrap();
+    let secrets = [
+        ("QT_TEST_URL_PW", "urlpw-1a2b3c"),
+        ("QT_TEST_KEY", "key-4d5e6f"),
+        ("QT_TEST_TOKEN", "tok-7a8b9c"),
+    ];
+    let with_secrets = |cmd: &mut std::process::Command| {
+        for (k, v) in secrets {
+            cmd.env(k, v);
+        }
+    };
+    let mut validate_cmd = qt();
+    validate_cmd.args(["validate", "-c"]).arg(&cfg);
+    with_secrets(&mut validate_cmd);
+    let validate = run_bounded(&mut validate_cmd, dir.path(), BOUND);
+    assert!(validate.status.success(), "{}", validate.stderr);
+    let mut run_cmd = qt();
+    run_cmd.args(["run", "--until-idle", "-c"]).arg(&cfg);
+    with_secrets(&mut run_cmd);
+    let run_out = run_bounded(&mut run_cmd, dir.path(), BOUND);
+    assert!(run_out.status.success(), "{}", run_out.stderr);
+    let ledger_text = std::fs::read_to_string(&ledger).unwrap();
+    assert!(ledger_text.contains("401"), "{ledger_text}");
+    let url_basic = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "bot:urlpw-1a2b3c");
+    for secret in secrets.iter().map(|(_, v)| *v).chain([url_basic.as_str()]) {
+        for (what, text) in [
+            ("validate stdout", &validate.stdout),
+            ("validate stderr", &validate.stderr),
+            ("run stdout", &run_out.stdout),
+            ("run stderr", &run_out.stderr),
+            ("ledger", &ledger_text),
+        ] {
+            assert!(!text.contains(secret), "{secret} in {what}: {text}");
+        }
+    }
+    assert!(
+        validate.stdout.contains("x-api-key: '***'"),
+        "masked, not dropped: {}",
+        validate.stdout
+    );
+}
+
 /// `qt send` publishes into a running `qt run` of the same configuration; SIGTERM drains
 /// and exits cleanly.
 #[test]

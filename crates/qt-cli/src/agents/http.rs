@@ -112,6 +112,14 @@ impl HttpAgent {
                 basic.password.expose()
             )));
         }
+        if let Some(password) = url.password() {
+            // reqwest sends URL credentials as basic auth; mask them in every form they travel.
+            let user = percent_decode(url.username());
+            let plain = percent_decode(password);
+            redactor.add(password);
+            redactor.add(base64::engine::general_purpose::STANDARD.encode(format!("{user}:{plain}")));
+            redactor.add(plain);
+        }
         let mut builder = Client::builder()
             .use_rustls_tls()
             .redirect(reqwest::redirect::Policy::none())
@@ -355,6 +363,29 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<(
         body.extend_from_slice(&chunk);
     }
     Ok((body, true))
+}
+
+/// `%XX` escapes decoded, as reqwest decodes URL credentials before sending them.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn read_file(path: &Path, field: &str) -> Result<Vec<u8>, String> {
