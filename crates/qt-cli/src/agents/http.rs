@@ -798,4 +798,156 @@ mod tests {
             "{e}"
         );
     }
+
+    /// A private CA, a server certificate for 127.0.0.1 and a client certificate, made with
+    /// the `openssl` command line tool (as the Redis TLS tests make theirs).
+    fn make_certs(dir: &Path) {
+        let p = |name: &str| dir.join(name).display().to_string();
+        std::fs::write(p("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=qt-test-ca",
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.crt"),
+        ]);
+        for (name, cn) in [("server", "localhost"), ("client", "qt-test-client")] {
+            let (key, csr, crt) = (
+                p(&format!("{name}.key")),
+                p(&format!("{name}.csr")),
+                p(&format!("{name}.crt")),
+            );
+            let subject = format!("/CN={cn}");
+            openssl(&[
+                "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out", &csr,
+            ]);
+            openssl(&[
+                "x509",
+                "-req",
+                "-days",
+                "1",
+                "-CAcreateserial",
+                "-in",
+                &csr,
+                "-CA",
+                &p("ca.crt"),
+                "-CAkey",
+                &p("ca.key"),
+                "-extfile",
+                &p("san.ext"),
+                "-out",
+                &crt,
+            ]);
+        }
+    }
+
+    fn openssl(args: &[&str]) {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run openssl to make test certificates (install openssl): {e}"));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// An HTTPS server that requires a client certificate signed by the test CA and answers
+    /// 200 with a report. Counts the handshakes that succeeded.
+    async fn serve_mtls(dir: &Path) -> (SocketAddr, Arc<AtomicUsize>) {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(dir.join("ca.crt")).unwrap())
+            .unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .unwrap();
+        let chain = vec![CertificateDer::from_pem_file(dir.join("server.crt")).unwrap()];
+        let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+        let tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        let counted = handshakes.clone();
+        let app = Router::new().fallback(|| async { (StatusCode::OK, r#"{"run_id": "tls-1"}"#) });
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, app, counted) = (acceptor.clone(), app.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+                        .await;
+                });
+            }
+        });
+        (addr, handshakes)
+    }
+
+    #[tokio::test]
+    async fn an_https_target_trusts_its_ca_file_and_presents_its_client_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        make_certs(dir.path());
+        let (addr, handshakes) = serve_mtls(dir.path()).await;
+        let url = format!("https://127.0.0.1:{}/run", addr.port());
+        let tls = HttpTls {
+            ca_file: Some(dir.path().join("ca.crt")),
+            client_cert_file: Some(dir.path().join("client.crt")),
+            client_key_file: Some(dir.path().join("client.key")),
+        };
+
+        let mut c = config(url.clone());
+        c.tls = tls.clone();
+        let run = HttpAgent::new("bot", &c)
+            .unwrap()
+            .trigger_event(&event())
+            .await
+            .unwrap();
+        assert_eq!(run.run_id.as_deref(), Some("tls-1"));
+        assert_eq!(handshakes.load(Ordering::SeqCst), 1);
+
+        // Without the CA the server is not trusted; without the client certificate the
+        // server refuses the client. Neither call reaches the agent.
+        let mut untrusted = config(url.clone());
+        untrusted.tls.client_cert_file = tls.client_cert_file.clone();
+        untrusted.tls.client_key_file = tls.client_key_file.clone();
+        let e = HttpAgent::new("bot", &untrusted)
+            .unwrap()
+            .trigger_event(&event())
+            .await
+            .unwrap_err();
+        assert_eq!(e.class, ErrorClass::Retryable, "{e}");
+        assert!(e.message.to_lowercase().contains("certificate"), "{e}");
+        let mut anonymous = config(url);
+        anonymous.tls.ca_file = tls.ca_file.clone();
+        let e = HttpAgent::new("bot", &anonymous)
+            .unwrap()
+            .trigger_event(&event())
+            .await
+            .unwrap_err();
+        assert!(e.class.is_retryable(), "{e}");
+        assert_eq!(handshakes.load(Ordering::SeqCst), 1);
+    }
 }
