@@ -3,6 +3,9 @@
 //! The event goes to the program as JSON on stdin. Exit 0 is success (stdout may carry
 //! `{"run_id": "...", "llm_calls": N}`), exit 75 (EX_TEMPFAIL) is a retryable failure (stdout
 //! may carry `{"retry_after_ms": N}`, making it rate-limited), any other exit is permanent.
+//! The environment carries what the `http` target sends as headers: `QT_MESSAGE_ID`,
+//! `QT_EVENT`, `QT_TENANT_ID`, `QT_ATTEMPT`, `QT_FOCUS`, `QT_IDEMPOTENCY_KEY` and a W3C
+//! `TRACEPARENT` (plus `QT_TRACE_ID`). `docs/agent-protocol.md` is the whole protocol.
 //!
 //! The input is written and stdout and stderr are read at the same time, each until it closes,
 //! so a program never blocks on a full pipe however much it writes: the first 64 KiB of stdout
@@ -26,7 +29,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use qt_core::config::CommandTarget;
-use qt_core::{AgentError, AgentEvent, AgentRun, AgentRuntime, ErrorClass, Health};
+use qt_core::{AgentError, AgentEvent, AgentRun, AgentRuntime, ErrorClass, Health, IdempotencyKey};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
@@ -111,9 +114,7 @@ impl CommandAgent {
         for (k, v) in &self.config.env {
             cmd.env(k, v.expose());
         }
-        cmd.env("QT_TRACE_ID", event.envelope.trace_id.to_string());
-        cmd.env("QT_MESSAGE_ID", &event.envelope.message_id);
-        cmd.env("QT_ATTEMPT", event.attempt.to_string());
+        set_event_env(&mut cmd, event);
         if let Some(dir) = &self.config.working_dir {
             cmd.current_dir(dir);
         }
@@ -394,6 +395,30 @@ pub fn wait_for_ending_groups() {
     }
 }
 
+/// The per-message environment: the same values the `http` target sends as headers
+/// (`QT_MESSAGE_ID` is `x-qt-message-id`, `QT_IDEMPOTENCY_KEY` is `idempotency-key`,
+/// `TRACEPARENT` is `traceparent`, ...), plus `QT_TRACE_ID`. Variables of the same names in
+/// the target's `env` are overridden; `QT_TENANT_ID` and `QT_FOCUS` are removed when the
+/// message has no tenant or focus, so that qt's own environment cannot leak a stale one in.
+fn set_event_env(cmd: &mut Command, event: &AgentEvent) {
+    let env = &event.envelope;
+    let key = IdempotencyKey::new(env.tenant_id.as_deref(), env.idempotency_key()).scoped();
+    cmd.env("QT_MESSAGE_ID", &env.message_id)
+        .env("QT_EVENT", event.event_name())
+        .env("QT_ATTEMPT", event.attempt.to_string())
+        .env("QT_IDEMPOTENCY_KEY", key)
+        .env("QT_TRACE_ID", env.trace_id.to_string())
+        .env("TRACEPARENT", env.trace_id.child_traceparent());
+    match event.tenant_id() {
+        Some(tenant) => cmd.env("QT_TENANT_ID", tenant),
+        None => cmd.env_remove("QT_TENANT_ID"),
+    };
+    match event.focus() {
+        Some(focus) => cmd.env("QT_FOCUS", focus),
+        None => cmd.env_remove("QT_FOCUS"),
+    };
+}
+
 /// Finds the program the way a shell would (relative paths against the working directory,
 /// bare names on PATH) and checks it can be executed.
 fn resolve_program(program: &Path, working_dir: Option<&Path>) -> Result<PathBuf, String> {
@@ -434,7 +459,7 @@ impl AgentRuntime for CommandAgent {
 mod tests {
     use std::sync::Arc;
 
-    use qt_core::{Headers, MessageEnvelope, Payload, SourceInfo, TraceId};
+    use qt_core::{Headers, MessageEnvelope, Payload, Secret, SourceInfo, TraceId};
 
     use super::*;
 
@@ -674,5 +699,97 @@ mod tests {
             gone_within(grandchild, Duration::from_secs(1)).await,
             "pid {grandchild} survived SIGKILL"
         );
+    }
+
+    /// The event of `event()` with a tenant, a focus, a dedup key, an event name, headers and
+    /// every source field set, at its second attempt.
+    fn full_event(payload: Payload) -> AgentEvent {
+        let mut headers = Headers::new();
+        headers.insert("x-tenant-id", "acme");
+        headers.insert("x-dedup-key", "order-7");
+        let mut source = SourceInfo::new("kafka", "orders");
+        source.partition = Some(3);
+        source.offset = Some(42);
+        source.key = Some("k-1".to_owned());
+        source.delivery_count = Some(2);
+        source.redelivered = true;
+        let mut envelope = (*event().envelope).clone();
+        envelope.payload = payload;
+        envelope.headers = headers;
+        envelope.source = source;
+        envelope.dedup_key = Some("order-7".to_owned());
+        envelope.event_name = Some("order.created".to_owned());
+        envelope.tenant_id = Some("acme".to_owned());
+        envelope.attempt = 2;
+        AgentEvent {
+            focus: Some(Arc::from("billing")),
+            attempt: 2,
+            envelope: Arc::new(envelope),
+            ..event()
+        }
+    }
+
+    /// `NAME=value` lines of an `env` dump, as a map (no value here spans lines).
+    fn read_env(file: &Path) -> std::collections::HashMap<String, String> {
+        std::fs::read_to_string(file)
+            .expect("the agent wrote its environment")
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    fn is_lower_hex(s: &str, len: usize) -> bool {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
+
+    #[tokio::test]
+    async fn the_program_gets_the_http_targets_per_message_headers_as_environment_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        let dump = dir.path().join("env");
+        let agent = shell_agent(&format!("env > {}", dump.display()), Duration::from_secs(20));
+        let event = full_event(Payload::json(serde_json::json!({"order": 7})));
+        assert_eq!(agent.trigger_event(&event).await, Ok(AgentRun::default()));
+        let env = read_env(&dump);
+        let var = |name: &str| env.get(name).map(String::as_str);
+        assert_eq!(var("QT_MESSAGE_ID"), Some("m-1"));
+        assert_eq!(var("QT_EVENT"), Some("order.created"));
+        assert_eq!(var("QT_TENANT_ID"), Some("acme"));
+        assert_eq!(var("QT_ATTEMPT"), Some("2"));
+        assert_eq!(var("QT_FOCUS"), Some("billing"));
+        assert_eq!(var("QT_IDEMPOTENCY_KEY"), Some("acme:order-7"));
+        let trace_id = event.envelope.trace_id.to_string();
+        assert_eq!(var("QT_TRACE_ID"), Some(trace_id.as_str()));
+        // W3C: version 00, the message's trace id, a fresh non-zero span id, flags 01 (sampled).
+        let traceparent = var("TRACEPARENT").expect("TRACEPARENT is set");
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{traceparent}");
+        assert_eq!(parts[0], "00", "{traceparent}");
+        assert_eq!(parts[1], trace_id, "{traceparent}");
+        assert!(
+            is_lower_hex(parts[2], 16) && parts[2] != "0000000000000000",
+            "{traceparent}"
+        );
+        assert_eq!(parts[3], "01", "{traceparent}");
+        assert_eq!(TraceId::from_traceparent(traceparent), Some(event.envelope.trace_id));
+    }
+
+    #[tokio::test]
+    async fn without_tenant_focus_or_dedup_key_those_variables_are_absent_and_the_key_is_the_message_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let dump = dir.path().join("env");
+        let mut config = shell_agent(&format!("env > {}", dump.display()), Duration::from_secs(20)).config;
+        // A stale value in the target's own env must not pass for the message's.
+        config.env.insert("QT_TENANT_ID".to_owned(), Secret::new("stale"));
+        config.env.insert("QT_FOCUS".to_owned(), Secret::new("stale"));
+        let agent = CommandAgent::new("script", &config).unwrap();
+        assert_eq!(agent.trigger_event(&event()).await, Ok(AgentRun::default()));
+        let env = read_env(&dump);
+        assert_eq!(env.get("QT_TENANT_ID"), None);
+        assert_eq!(env.get("QT_FOCUS"), None);
+        assert_eq!(env.get("QT_EVENT").map(String::as_str), Some("orders"));
+        assert_eq!(env.get("QT_ATTEMPT").map(String::as_str), Some("1"));
+        assert_eq!(env.get("QT_IDEMPOTENCY_KEY").map(String::as_str), Some("_:m-1"));
+        assert!(env.contains_key("TRACEPARENT"));
     }
 }
