@@ -459,6 +459,7 @@ impl AgentRuntime for CommandAgent {
 mod tests {
     use std::sync::Arc;
 
+    use base64::Engine as _;
     use qt_core::{Headers, MessageEnvelope, Payload, Secret, SourceInfo, TraceId};
 
     use super::*;
@@ -729,6 +730,16 @@ mod tests {
         }
     }
 
+    /// `event()` with another payload.
+    fn event_with(payload: Payload) -> AgentEvent {
+        let mut envelope = (*event().envelope).clone();
+        envelope.payload = payload;
+        AgentEvent {
+            envelope: Arc::new(envelope),
+            ..event()
+        }
+    }
+
     /// `NAME=value` lines of an `env` dump, as a map (no value here spans lines).
     fn read_env(file: &Path) -> std::collections::HashMap<String, String> {
         std::fs::read_to_string(file)
@@ -791,5 +802,235 @@ mod tests {
         assert_eq!(env.get("QT_ATTEMPT").map(String::as_str), Some("1"));
         assert_eq!(env.get("QT_IDEMPOTENCY_KEY").map(String::as_str), Some("_:m-1"));
         assert!(env.contains_key("TRACEPARENT"));
+    }
+
+    /// The event schema shipped in `docs/`.
+    fn event_schema() -> serde_json::Value {
+        let text = include_str!("../../../../docs/agent-event.schema.json");
+        serde_json::from_str(text).expect("docs/agent-event.schema.json is JSON")
+    }
+
+    /// A validator for exactly the JSON Schema keywords `docs/agent-event.schema.json` uses
+    /// (`type`, `required`, `properties`, `additionalProperties`, `enum`, `const`, `minimum`,
+    /// `pattern` of the form `^[class]{n}$`, `format: date-time`, `contentEncoding: base64`,
+    /// `allOf`, `if`/`then`, and annotations), with `format` and `contentEncoding` asserted.
+    /// It panics on any other keyword, so the schema cannot grow a rule this test skips.
+    ///
+    /// Not the `jsonschema` crate: it is not in Cargo.lock, and its default features bring an
+    /// HTTP client with aws-lc-rs TLS (a C build), too much for a dev-dependency that checks
+    /// one small, closed document on a shared 2-core machine.
+    fn schema_errors(schema: &serde_json::Value, value: &serde_json::Value, at: &str) -> Vec<String> {
+        use serde_json::Value;
+        let mut errors = Vec::new();
+        let Value::Object(schema) = schema else {
+            panic!("{at}: a schema is an object");
+        };
+        let if_matches = schema.get("if").map(|s| schema_errors(s, value, at).is_empty());
+        for (keyword, rule) in schema {
+            match keyword.as_str() {
+                "$schema" | "$id" | "title" | "description" | "if" => {}
+                "type" => {
+                    let ok = match rule.as_str().expect("type is a string") {
+                        "object" => value.is_object(),
+                        "string" => value.is_string(),
+                        "integer" => value.is_i64() || value.is_u64(),
+                        "boolean" => value.is_boolean(),
+                        other => panic!("type {other} is not supported here"),
+                    };
+                    if !ok {
+                        errors.push(format!("{at}: {value} is not of type {rule}"));
+                    }
+                }
+                "required" => {
+                    for name in rule.as_array().expect("required is an array") {
+                        let name = name.as_str().expect("required names are strings");
+                        if value.as_object().is_some_and(|o| !o.contains_key(name)) {
+                            errors.push(format!("{at}: {name} is missing"));
+                        }
+                    }
+                }
+                "properties" => {
+                    let Some(object) = value.as_object() else { continue };
+                    for (name, sub) in rule.as_object().expect("properties is an object") {
+                        if let Some(v) = object.get(name) {
+                            errors.extend(schema_errors(sub, v, &format!("{at}/{name}")));
+                        }
+                    }
+                }
+                "additionalProperties" => {
+                    let Some(object) = value.as_object() else { continue };
+                    let known = schema.get("properties").and_then(Value::as_object);
+                    for (name, v) in object {
+                        if known.is_some_and(|k| k.contains_key(name)) {
+                            continue;
+                        }
+                        match rule {
+                            Value::Bool(false) => errors.push(format!("{at}: {name} is not allowed")),
+                            Value::Object(_) => errors.extend(schema_errors(rule, v, &format!("{at}/{name}"))),
+                            other => panic!("additionalProperties {other} is not supported here"),
+                        }
+                    }
+                }
+                "enum" => {
+                    if !rule.as_array().expect("enum is an array").contains(value) {
+                        errors.push(format!("{at}: {value} is not one of {rule}"));
+                    }
+                }
+                "const" => {
+                    if value != rule {
+                        errors.push(format!("{at}: {value} is not {rule}"));
+                    }
+                }
+                "minimum" => {
+                    let min = rule.as_i64().expect("an integer minimum");
+                    if value.as_i64().is_some_and(|v| v < min) {
+                        errors.push(format!("{at}: {value} is below {min}"));
+                    }
+                }
+                "pattern" => {
+                    let pattern = rule.as_str().expect("pattern is a string");
+                    if let Some(s) = value.as_str()
+                        && !matches_class_repeat(pattern, s)
+                    {
+                        errors.push(format!("{at}: {s:?} does not match {pattern}"));
+                    }
+                }
+                "format" => {
+                    assert_eq!(rule, "date-time", "{at}: only format date-time is supported here");
+                    if let Some(s) = value.as_str()
+                        && chrono::DateTime::parse_from_rfc3339(s).is_err()
+                    {
+                        errors.push(format!("{at}: {s:?} is not an RFC 3339 date-time"));
+                    }
+                }
+                "contentEncoding" => {
+                    assert_eq!(rule, "base64", "{at}: only contentEncoding base64 is supported here");
+                    if let Some(s) = value.as_str()
+                        && base64::engine::general_purpose::STANDARD.decode(s).is_err()
+                    {
+                        errors.push(format!("{at}: {s:?} is not base64"));
+                    }
+                }
+                "allOf" => {
+                    for sub in rule.as_array().expect("allOf is an array") {
+                        errors.extend(schema_errors(sub, value, at));
+                    }
+                }
+                "then" => {
+                    if if_matches == Some(true) {
+                        errors.extend(schema_errors(rule, value, at));
+                    }
+                }
+                other => panic!("{at}: keyword {other} is not supported by this validator"),
+            }
+        }
+        errors
+    }
+
+    /// Whether `s` matches `pattern` of the one form the schema uses: `^[class]{n}$`, the class
+    /// made of single characters and `a-z` ranges.
+    fn matches_class_repeat(pattern: &str, s: &str) -> bool {
+        let inner = pattern.strip_prefix("^[").and_then(|p| p.strip_suffix('$'));
+        let (class, count) = inner
+            .and_then(|p| p.split_once("]{"))
+            .and_then(|(class, n)| Some((class, n.strip_suffix('}')?.parse::<usize>().ok()?)))
+            .unwrap_or_else(|| panic!("pattern {pattern} is not of the form ^[class]{{n}}$"));
+        let class: Vec<char> = class.chars().collect();
+        let in_class = |c: char| {
+            let mut i = 0;
+            while i < class.len() {
+                if i + 2 < class.len() && class[i + 1] == '-' {
+                    if (class[i]..=class[i + 2]).contains(&c) {
+                        return true;
+                    }
+                    i += 3;
+                } else {
+                    if class[i] == c {
+                        return true;
+                    }
+                    i += 1;
+                }
+            }
+            false
+        };
+        s.chars().count() == count && s.chars().all(in_class)
+    }
+
+    /// Events of every payload format, with and without tenant, focus and dedup key.
+    fn sample_events() -> Vec<AgentEvent> {
+        let binary = Payload::Binary(bytes::Bytes::from_static(&[0, 159, 146, 150, 255, b'\n']));
+        let mut selected = full_event(Payload::json(serde_json::json!({"order": {"id": 7}})));
+        selected.selected_payload = Some(Arc::new(serde_json::json!([7, "seven"])));
+        vec![
+            event(),
+            full_event(Payload::json(
+                serde_json::json!({"order": 7, "lines": [1, 2], "note": null}),
+            )),
+            event_with(Payload::json(serde_json::json!("a bare string"))),
+            event_with(Payload::Text("plain text, ünïcode\nand a second line".to_owned())),
+            full_event(Payload::Text(String::new())),
+            event_with(binary.clone()),
+            full_event(binary),
+            selected,
+        ]
+    }
+
+    #[tokio::test]
+    async fn the_events_a_program_reads_on_stdin_match_docs_agent_event_schema() {
+        let schema = event_schema();
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("stdin.json");
+        let agent = shell_agent(&format!("cat > {}", input.display()), Duration::from_secs(20));
+        let mut formats = std::collections::BTreeSet::new();
+        for event in sample_events() {
+            assert_eq!(agent.trigger_event(&event).await, Ok(AgentRun::default()));
+            let read: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&input).unwrap()).expect("stdin is JSON");
+            assert_eq!(read, serde_json::to_value(event.to_json()).unwrap());
+            let errors = schema_errors(&schema, &read, "");
+            assert!(errors.is_empty(), "{read}\n{errors:#?}");
+            formats.insert(read["context"]["payload_format"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(formats.len(), 3, "every payload format was checked: {formats:?}");
+    }
+
+    #[test]
+    fn the_schema_rejects_documents_that_break_the_protocol() {
+        /// Makes a valid document break one rule.
+        type Change = fn(&mut serde_json::Value);
+        let schema = event_schema();
+        let valid = serde_json::to_value(full_event(Payload::Text("hi".to_owned())).to_json()).unwrap();
+        assert_eq!(schema_errors(&schema, &valid, ""), Vec::<String>::new());
+        let broken = |change: Change| {
+            let mut doc = valid.clone();
+            change(&mut doc);
+            schema_errors(&schema, &doc, "")
+        };
+        let cases: [(&str, Change); 10] = [
+            ("extra top-level field", |d| d["extra"] = 1.into()),
+            ("extra context field", |d| d["context"]["extra"] = 1.into()),
+            ("missing event_name", |d| {
+                d.as_object_mut().unwrap().remove("event_name");
+            }),
+            ("missing context.payload", |d| {
+                d["context"].as_object_mut().unwrap().remove("payload");
+            }),
+            ("unknown payload_format", |d| {
+                d["context"]["payload_format"] = "xml".into();
+            }),
+            ("text payload that is not a string", |d| {
+                d["context"]["payload"] = serde_json::json!({"a": 1});
+            }),
+            ("binary payload that is not base64", |d| {
+                d["context"]["payload_format"] = "binary".into();
+                d["context"]["payload"] = "not base64!".into();
+            }),
+            ("attempt 0", |d| d["attempt"] = 0.into()),
+            ("short trace id", |d| d["context"]["trace_id"] = "abc".into()),
+            ("bad received_at", |d| d["context"]["received_at"] = "yesterday".into()),
+        ];
+        for (what, change) in cases {
+            assert!(!broken(change).is_empty(), "the schema accepted a document with {what}");
+        }
     }
 }
