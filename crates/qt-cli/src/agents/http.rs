@@ -1,6 +1,7 @@
 //! A target that calls an HTTP endpoint per message.
 //!
 //! The request body is the event JSON, the same document a `command` target reads on stdin.
+//! `docs/agent-protocol.md` specifies the request, its headers and the table below for users.
 //! Each target has one client, so connections are kept alive and reused across calls (HTTP/2
 //! when the server offers it by ALPN). Redirects are not followed: the event is not re-sent to
 //! a place the configuration does not name.
