@@ -8,6 +8,7 @@ use std::time::Duration;
 
 mod support;
 
+use support::agent::ExampleHttpAgent;
 use support::files::{by_message, jsonl, status_of};
 use support::free_port;
 use support::http::http_get;
@@ -453,4 +454,179 @@ fn until_idle_needs_the_mock_source() {
     let missing = run_bounded(qt().args(["run", "-c", "/nonexistent/qt.yaml"]), dir.path(), BOUND);
     assert_eq!(missing.status.code(), Some(2));
     assert!(missing.stderr.contains("cannot read /nonexistent/qt.yaml"));
+}
+
+/// The ids of a dead-letter file, each with its record; an id dead-lettered twice fails.
+fn dead_letters(path: &std::path::Path) -> BTreeMap<String, serde_json::Value> {
+    let mut out = BTreeMap::new();
+    for d in jsonl(path) {
+        let id = d["id"].as_str().unwrap().to_owned();
+        assert!(out.insert(id.clone(), d).is_none(), "{id} dead-lettered twice");
+    }
+    out
+}
+
+/// The README's two commands: `examples/http_agent.py` answers by the protocol and
+/// `examples/http-agent.yaml` takes each message to its outcome: a success, a 503 with
+/// `Retry-After` that succeeds on the retry, and a 422 that is dead-lettered at once.
+#[test]
+fn the_http_example_succeeds_retries_after_a_503_and_dead_letters_a_422() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let agent = ExampleHttpAgent::start(out_dir.path(), BOUND);
+    let out = run_bounded(
+        qt().args(["run", "-c", "examples/http-agent.yaml", "--until-idle"])
+            .env("QT_AGENT_URL", &agent.url)
+            .env("QT_OUT_DIR", out_dir.path())
+            .env("QT_ADMIN_LISTEN", "127.0.0.1:0"),
+        out_dir.path(),
+        BOUND,
+    );
+    eprintln!("http_agent.py log:\n{}", agent.logs());
+    assert!(out.status.success(), "{}", out.stderr);
+    let s = summary(&out.stdout);
+    assert_eq!(s["received"], 4, "{s:?}");
+    assert_eq!(s["succeeded"], 3, "{s:?}");
+    assert_eq!(s["retried"], 1, "{s:?}");
+    assert_eq!(s["dead-lettered"], 1, "{s:?}");
+
+    let records = by_message(&jsonl(&out_dir.path().join("ledger.jsonl")));
+    assert_eq!(records.len(), 4, "{records:#?}");
+    for (id, rs) in &records {
+        assert_eq!(rs.len(), 1, "{id} has one outcome: {rs:#?}");
+    }
+    let record = |id: &str| &records[id][0];
+    for id in ["ok-1", "ok-2"] {
+        let r = record(id);
+        assert_eq!(status_of(r), "succeeded", "{r}");
+        assert_eq!(r["settlement"], "ack", "{r}");
+        assert_eq!(r["attempts"], 1, "{r}");
+        assert_eq!(
+            r["agent_run_id"],
+            format!("run-{id}-1"),
+            "the agent's report is recorded: {r}"
+        );
+        assert_eq!(r["llm_calls"], 0, "{r}");
+    }
+    let retried = record("retry-1");
+    assert_eq!(status_of(retried), "succeeded", "{retried}");
+    assert_eq!(retried["settlement"], "ack", "{retried}");
+    assert_eq!(retried["attempts"], 2, "{retried}");
+    assert_eq!(retried["agent_run_id"], "run-retry-1-2", "{retried}");
+    let first_try = &retried["retries"][0];
+    assert_eq!(first_try["class"], "retryable", "{retried}");
+    assert!(first_try["reason"].as_str().unwrap().contains("503"), "{retried}");
+    assert_eq!(first_try["backoff_ms"], 1000, "Retry-After: 1 is the delay: {retried}");
+    let rejected = record("reject-1");
+    assert_eq!(status_of(rejected), "failed", "{rejected}");
+    assert_eq!(rejected["settlement"], "dead_letter", "{rejected}");
+    assert_eq!(
+        rejected["attempts"], 1,
+        "a permanent failure is not retried: {rejected}"
+    );
+    assert_eq!(rejected["error_class"], "permanent", "{rejected}");
+    assert!(rejected["error"].as_str().unwrap().contains("422"), "{rejected}");
+
+    let dlq = dead_letters(&out_dir.path().join("dlq.jsonl"));
+    assert_eq!(dlq.keys().collect::<Vec<_>>(), ["reject-1"], "{dlq:#?}");
+    assert!(
+        dlq["reject-1"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("permanent_failure")
+    );
+    assert_eq!(dlq["reject-1"]["json"]["fail"], "always", "the original body is kept");
+
+    // The server's side: one log line per request, the retry carrying the same key.
+    let log = agent.logs();
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with("POST /events ")).count(),
+        5,
+        "{log}"
+    );
+    assert!(log.contains("message=retry-1 key=acme:A-2 attempt=1 -> 503"), "{log}");
+    assert!(log.contains("message=retry-1 key=acme:A-2 attempt=2 -> 200"), "{log}");
+    assert!(log.contains("message=reject-1 key=acme:A-3 attempt=1 -> 422"), "{log}");
+}
+
+/// With nothing listening at the agent's URL, no message is acked or lost: each is tried
+/// until its retries run out, then recorded `failed` (retryable, connection refused) and
+/// dead-lettered with its body.
+#[test]
+fn when_the_http_agent_is_down_every_message_is_retried_then_dead_lettered_and_none_is_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, dlq) = (dir.path().join("ledger.jsonl"), dir.path().join("dlq.jsonl"));
+    let cfg = dir.path().join("down.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+source: {{type: mock, file: examples/http-messages.jsonl, dlq_file: {dlq}}}
+processing:
+  extraction: {{event_name: [{{pointer: /type}}], tenant_id: [{{header: x-tenant-id}}], dedup_key: [{{pointer: /order_id}}]}}
+  on_failure: dlq
+retry: {{max_retries: 2, backoff: {{initial: 10ms, multiplier: 2.0, max: 50ms}}}}
+agent:
+  targets:
+    service: {{type: http, url: "${{QT_AGENT_URL}}", timeout: 2s}}
+ledger: {{type: jsonl, path: {ledger}}}
+observability: {{admin: {{listen: "127.0.0.1:0"}}}}
+"#,
+            dlq = dlq.display(),
+            ledger = ledger.display()
+        ),
+    )
+    .unwrap();
+    let url = format!("http://127.0.0.1:{}/events", free_port());
+    let out = run_bounded(
+        qt().args(["run", "--until-idle", "-c"])
+            .arg(&cfg)
+            .env("QT_AGENT_URL", &url),
+        dir.path(),
+        BOUND,
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    let s = summary(&out.stdout);
+    assert_eq!(s["received"], 4, "{s:?}");
+    assert_eq!(s["succeeded"], 0, "{s:?}");
+    assert_eq!(s["dead-lettered"], 4, "{s:?}");
+
+    let ids = ["ok-1", "ok-2", "retry-1", "reject-1"];
+    let records = by_message(&jsonl(&ledger));
+    assert_eq!(records.len(), ids.len(), "{records:#?}");
+    for id in ids {
+        let rs = &records[id];
+        assert_eq!(rs.len(), 1, "{id} has one outcome: {rs:#?}");
+        let r = &rs[0];
+        assert_eq!(status_of(r), "failed", "{r}");
+        assert_eq!(r["settlement"], "dead_letter", "not acked: {r}");
+        assert_eq!(r["error_class"], "retryable", "{r}");
+        assert_eq!(r["attempts"], 3, "the first try and two retries: {r}");
+        let tries = r["retries"].as_array().unwrap();
+        assert_eq!(tries.len(), 3, "{r}");
+        for t in tries {
+            assert_eq!(t["class"], "retryable", "{r}");
+            let reason = t["reason"].as_str().unwrap();
+            assert!(reason.contains(&url) && reason.contains("failed"), "{r}");
+        }
+        let error = r["error"].as_str().unwrap();
+        assert!(error.starts_with("retries_exhausted"), "{r}");
+        assert!(
+            error.to_ascii_lowercase().contains("connect"),
+            "a connection error: {r}"
+        );
+    }
+    assert!(
+        jsonl(&ledger).iter().all(|r| r["settlement"] != "ack"),
+        "nothing is acked while the agent is down"
+    );
+
+    let dead = dead_letters(&dlq);
+    assert_eq!(dead.len(), ids.len(), "{dead:#?}");
+    for id in ids {
+        let d = &dead[id];
+        assert!(d["reason"].as_str().unwrap().starts_with("retries_exhausted"), "{d}");
+        assert_eq!(d["headers"]["x-qt-error-class"], "retryable", "{d}");
+        assert_eq!(d["headers"]["x-qt-attempts"], "3", "{d}");
+        assert!(d["json"]["order_id"].is_string(), "the original body is kept: {d}");
+    }
 }

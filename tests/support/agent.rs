@@ -36,3 +36,66 @@ pub fn agent_runs(path: &Path) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// `examples/http_agent.py` running on a free port, killed when dropped (on every path,
+/// panics included). Its stderr (one line per request) goes to a file.
+#[derive(Debug)]
+pub struct ExampleHttpAgent {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT/events`
+    pub url: String,
+    log: PathBuf,
+}
+
+impl ExampleHttpAgent {
+    /// Starts `python3 examples/http_agent.py --port 0` and reads the port it chose from
+    /// its first stdout line, waiting at most `within`.
+    pub fn start(dir: &Path, within: std::time::Duration) -> Self {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+
+        let log = dir.join("http_agent.stderr");
+        let mut child = Command::new("python3")
+            .args(["examples/http_agent.py", "--port", "0"])
+            .current_dir(super::repo_root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("python3 runs examples/http_agent.py (Python 3.11 or later on PATH)");
+        let stdout = child.stdout.take().unwrap();
+        let mut agent = Self {
+            child,
+            url: String::new(),
+            log,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            // Keep the pipe open (and drained) for the life of the server.
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+        });
+        let line = rx.recv_timeout(within).unwrap_or_default();
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("http_agent.py did not say where it listens: {line:?}\n{}", agent.logs()));
+        agent.url = format!("{base}/events");
+        agent
+    }
+
+    /// What the server logged to stderr so far: one line per request.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ExampleHttpAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
