@@ -180,8 +180,7 @@ fn run_reqwest(
     rt.block_on(async {
         let mut tasks = Vec::new();
         for _ in 0..concurrency {
-            let (client, next, requests, url) =
-                (client.clone(), next.clone(), requests.clone(), url.to_owned());
+            let (client, next, requests, url) = (client.clone(), next.clone(), requests.clone(), url.to_owned());
             tasks.push(tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -213,10 +212,7 @@ fn median_and_range(mut v: Vec<f64>) -> (f64, f64, f64) {
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn main() {

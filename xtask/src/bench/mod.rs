@@ -2,6 +2,7 @@
 //! report in its own section of `docs/benchmarks.md`.
 
 mod engine;
+mod http;
 mod kafka;
 mod rabbitmq;
 mod redis;
@@ -26,6 +27,9 @@ pub enum Which {
     Redis,
     /// Consume throughput on SQS (moto): qt (engine + adapter, no-op agent) next to plain aws-sdk-sqs.
     Sqs,
+    /// The `http` target through the `qt` binary (mock source, local server) next to a plain
+    /// reqwest loop; the `command` target for contrast.
+    Http,
 }
 
 pub fn run(which: Which) -> Result<()> {
@@ -35,6 +39,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Kafka => kafka::run(),
         Which::Redis => redis::run(),
         Which::Sqs => sqs::run(),
+        Which::Http => http::run(),
     }
 }
 
