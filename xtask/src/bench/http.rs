@@ -54,18 +54,19 @@ pub fn run() -> Result<()> {
             f(r, "qt_max"),
         ));
     }
-    let best = http
-        .iter()
-        .map(|r| f(r, "qt_messages_per_second"))
-        .fold(0.0_f64, f64::max);
-    let best_ratio = http.iter().map(|r| f(r, "ratio")).fold(0.0_f64, f64::max);
+    // Each concurrency is held to the goals on its own: the best of several is not a verdict.
     let verdict = |ok: bool| if ok { "meets" } else { "falls short of" };
-    body.push_str(&format!(
-        "\nThe best qt median, {best:.0} messages/s, {} the goal of {GOAL_MESSAGES_PER_SECOND:.0}; \
-         the best ratio, {best_ratio:.2}, {} the goal of {GOAL_RATIO}.\n",
-        verdict(best >= GOAL_MESSAGES_PER_SECOND),
-        verdict(best_ratio >= GOAL_RATIO),
-    ));
+    body.push('\n');
+    for r in &http {
+        let (rate, ratio) = (f(r, "qt_messages_per_second"), f(r, "ratio"));
+        body.push_str(&format!(
+            "At concurrency {}, qt's median of {rate:.0} messages/s {} the goal of \
+             {GOAL_MESSAGES_PER_SECOND:.0}, and its ratio of {ratio:.2} {} the goal of {GOAL_RATIO}.\n",
+            r["concurrency"],
+            verdict(rate >= GOAL_MESSAGES_PER_SECOND),
+            verdict(ratio >= GOAL_RATIO),
+        ));
+    }
     body.push_str(&format!(
         "\nCommand: `cargo xtask bench http` (release profile; `QT_BENCH_HTTP_MESSAGES`, \
          `QT_BENCH_HTTP_CONCURRENCY`, `QT_BENCH_COMMAND_MESSAGES` change the workload). \
