@@ -316,22 +316,12 @@ fn event_headers(event: &AgentEvent) -> HeaderMap {
 /// control characters, `%`, the bytes of non-ASCII characters) percent-encoded as `%XX`.
 /// Typical ids pass unchanged, and distinct values stay distinct.
 fn header_safe(value: &str) -> HeaderValue {
-    let plain = |b: u8| b.is_ascii_graphic() && b != b'%';
-    if value.bytes().all(plain)
-        && let Ok(v) = HeaderValue::from_str(value)
-    {
-        return v;
-    }
-    let mut out = String::with_capacity(value.len() + 8);
-    for b in value.bytes() {
-        if plain(b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    HeaderValue::from_str(&out).expect("percent-encoded text is visible ASCII")
+    let encoded: std::borrow::Cow<'_, str> = percent_encoding::utf8_percent_encode(value, NOT_PLAIN_IN_HEADERS).into();
+    HeaderValue::from_str(&encoded).expect("percent-encoded text is visible ASCII")
 }
+
+/// What [`header_safe`] encodes besides non-ASCII bytes: controls, space and `%` itself.
+const NOT_PLAIN_IN_HEADERS: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b' ').add(b'%');
 
 fn sensitive(value: &str) -> Result<HeaderValue, String> {
     let mut v = HeaderValue::from_str(value).map_err(|_| {
@@ -368,25 +358,9 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<(
 
 /// `%XX` escapes decoded, as reqwest decodes URL credentials before sending them.
 fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn read_file(path: &Path, field: &str) -> Result<Vec<u8>, String> {
