@@ -26,8 +26,15 @@ failed_once = set()
 failed_once_lock = threading.Lock()
 
 
+LOG_LOCK = threading.Lock()
+
+
 def log(line):
-    print(line, file=sys.stderr, flush=True)
+    # One write per line under a lock: requests are answered on several threads, and print()
+    # writes the line and its newline separately, so two lines could interleave.
+    with LOG_LOCK:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
 class Handler(BaseHTTPRequestHandler):
