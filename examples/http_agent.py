@@ -9,7 +9,7 @@ picks the answer, so examples/http-agent.yaml reaches every outcome:
     "fail": "once"    503 with Retry-After: 1 the first time this idempotency key is seen
                       (retryable: qt waits a second and calls again), then 200
     "fail": "always"  422 (permanent: dead-lettered without retries)
-    otherwise         200 {"run_id": "...", "llm_calls": 0}
+    otherwise         200 {"run_id": "...", "llm_calls": 0, "output": {"handled": EVENT_NAME}}
 
 `--port 0` picks a free port. The first line on stdout is `listening on http://HOST:PORT`;
 each request logs one line to stderr.
@@ -72,7 +72,11 @@ class Handler(BaseHTTPRequestHandler):
                     {"Retry-After": "1"},
                 )
                 return
-        run = {"run_id": f"run-{message_id}-{attempt}", "llm_calls": 0}
+        run = {
+            "run_id": f"run-{message_id}-{attempt}",
+            "llm_calls": 0,
+            "output": {"handled": event.get("event_name")},
+        }
         self.answer(200, run, message_id, key, attempt)
 
     def answer(self, status, document, message_id, key, attempt, headers=None):

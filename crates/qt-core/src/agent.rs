@@ -124,11 +124,14 @@ impl AgentEvent {
     }
 }
 
-/// What a successful run reports back (requirement 7.3).
+/// What a successful run reports back (requirement 7.3); the ledger records all of it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct AgentRun {
+    /// The agent's own id for the run.
     pub run_id: Option<String>,
     pub llm_calls: u32,
+    /// Whatever result the agent wants kept with the outcome.
+    pub output: Option<serde_json::Value>,
 }
 
 /// A failed run, classified for retry policy.

@@ -97,6 +97,9 @@ pub struct LedgerRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_run_id: Option<String>,
     pub llm_calls: u32,
+    /// What the agent reported as its output, as it reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_output: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -40,6 +40,7 @@ impl AgentRuntime for FulfilmentAgent {
             _ => Ok(AgentRun {
                 run_id: Some(format!("fulfil-{}", event.envelope.message_id)),
                 llm_calls: 1,
+                output: None,
             }),
         }
     }

@@ -31,7 +31,7 @@
 //!     async fn trigger_event(&self, event: &AgentEvent) -> Result<AgentRun, AgentError> {
 //!         let payload = event.payload_json().map_err(|e| AgentError::permanent(e.to_string()))?;
 //!         match payload.get("name").and_then(|n| n.as_str()) {
-//!             Some(_) => Ok(AgentRun { run_id: None, llm_calls: 0 }),
+//!             Some(_) => Ok(AgentRun::default()),
 //!             None => Err(AgentError::permanent("no name to greet")),
 //!         }
 //!     }

@@ -1,7 +1,7 @@
 //! A target that runs a program per message.
 //!
 //! The event goes to the program as JSON on stdin. Exit 0 is success (stdout may carry
-//! `{"run_id": "...", "llm_calls": N}`), exit 75 (EX_TEMPFAIL) is a retryable failure (stdout
+//! `{"run_id": "...", "llm_calls": N, "output": ...}`), exit 75 (EX_TEMPFAIL) is a retryable failure (stdout
 //! may carry `{"retry_after_ms": N}`, making it rate-limited), any other exit is permanent.
 //! The environment carries what the `http` target sends as headers: `QT_MESSAGE_ID`,
 //! `QT_EVENT`, `QT_TENANT_ID`, `QT_ATTEMPT`, `QT_FOCUS`, `QT_IDEMPOTENCY_KEY` and a W3C
@@ -29,11 +29,14 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use qt_core::config::CommandTarget;
+use qt_core::redact::Redactor;
 use qt_core::{AgentError, AgentEvent, AgentRun, AgentRuntime, ErrorClass, Health, IdempotencyKey};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tracing::warn;
+
+use super::report::Report;
 
 /// `sysexits.h` EX_TEMPFAIL: the conventional "try again later" exit code.
 const EXIT_RETRYABLE: i32 = 75;
@@ -54,14 +57,13 @@ pub struct CommandAgent {
     target: String,
     program: PathBuf,
     config: CommandTarget,
+    /// Masks the `env` values in what the program reports.
+    redactor: Redactor,
 }
 
+/// What an exit 75 may say on stdout: when to try again.
 #[derive(Debug, Default, Deserialize)]
-struct ProgramReport {
-    #[serde(default)]
-    run_id: Option<String>,
-    #[serde(default)]
-    llm_calls: Option<u32>,
+struct RetryReport {
     #[serde(default)]
     retry_after_ms: Option<u64>,
 }
@@ -81,6 +83,7 @@ impl CommandAgent {
             target: target.to_owned(),
             program,
             config: config.clone(),
+            redactor: Redactor::new(config.env.values().map(|v| v.expose().to_owned())),
         })
     }
 
@@ -132,14 +135,11 @@ impl CommandAgent {
         let Finished { status, stdout, stderr } = finished;
         let status =
             status.map_err(|e| AgentError::retryable(format!("waiting for {} failed: {e}", self.describe())))?;
-        let report: ProgramReport = serde_json::from_slice(stdout.trim_ascii()).unwrap_or_default();
         match status.code() {
-            Some(0) => Ok(AgentRun {
-                run_id: report.run_id,
-                llm_calls: report.llm_calls.unwrap_or(0),
-            }),
+            Some(0) => Ok(Report::read(&stdout).into_run(&self.redactor)),
             Some(EXIT_RETRYABLE) => {
                 let message = format!("exit {EXIT_RETRYABLE} (retryable): {}", tail(&stderr));
+                let report: RetryReport = serde_json::from_slice(stdout.trim_ascii()).unwrap_or_default();
                 Err(match report.retry_after_ms {
                     Some(ms) => AgentError::rate_limited(message, Some(Duration::from_millis(ms))),
                     None => AgentError::new(ErrorClass::Retryable, message),
@@ -573,7 +573,8 @@ mod tests {
             run,
             Ok(AgentRun {
                 run_id: Some("r-7".to_owned()),
-                llm_calls: 3
+                llm_calls: 3,
+                output: None,
             })
         );
     }

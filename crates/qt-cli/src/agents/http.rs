@@ -8,7 +8,7 @@
 //!
 //! | response                                   | outcome                                   |
 //! |--------------------------------------------|-------------------------------------------|
-//! | 2xx                                        | success; body `{"run_id", "llm_calls"}` read if within `max_response_bytes` |
+//! | 2xx                                        | success; body `{"run_id", "llm_calls", "output"}` read if within `max_response_bytes` |
 //! | 408                                        | `timeout` (retried), `Retry-After` honoured |
 //! | 429                                        | `rate_limited` (retried), `Retry-After` honoured |
 //! | 425, 500, 502, 503, 504                    | `retryable`, `Retry-After` honoured        |
@@ -25,14 +25,15 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use base64::Engine;
-use qt_core::config::{HttpAuth, HttpTarget};
+use qt_core::config::{HttpAuth, HttpTarget, HttpVersion};
 use qt_core::redact::Redactor;
 use qt_core::{AgentError, AgentEvent, AgentRun, AgentRuntime, ErrorClass, IdempotencyKey};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Client, Method, StatusCode};
-use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tracing::warn;
+
+use super::report::Report;
 
 /// Most bytes of a failed call's response body that go into its error.
 pub const SNIPPET_LIMIT: usize = 512;
@@ -65,14 +66,6 @@ impl fmt::Debug for HttpAgent {
             .field("max_concurrency", &self.slots.as_ref().map(|_| "bounded"))
             .finish()
     }
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Report {
-    #[serde(default)]
-    run_id: Option<String>,
-    #[serde(default)]
-    llm_calls: Option<u32>,
 }
 
 impl HttpAgent {
@@ -126,6 +119,11 @@ impl HttpAgent {
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(usize::MAX)
             .tcp_nodelay(true);
+        builder = match config.http_version {
+            HttpVersion::Auto => builder,
+            HttpVersion::Http1 => builder.http1_only(),
+            HttpVersion::Http2 => builder.http2_prior_knowledge(),
+        };
         if let Some(ca) = &config.tls.ca_file {
             let pem = read_file(ca, "tls.ca_file")?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
@@ -210,15 +208,11 @@ impl HttpAgent {
                 warn!(
                     target_name = %self.target,
                     limit = self.max_response_bytes,
-                    "the agent's response body is longer than max_response_bytes; run id and llm_calls not read"
+                    "the agent's response body is longer than max_response_bytes; its report (run id, llm_calls, output) is not read"
                 );
                 return Ok(AgentRun::default());
             }
-            let report: Report = serde_json::from_slice(body.trim_ascii()).unwrap_or_default();
-            return Ok(AgentRun {
-                run_id: report.run_id,
-                llm_calls: report.llm_calls.unwrap_or(0),
-            });
+            return Ok(Report::read(body).into_run(&self.redactor));
         }
         let class = classify(status);
         let message = format!(
@@ -474,6 +468,7 @@ mod tests {
             tls: HttpTls::default(),
             max_concurrency: None,
             max_response_bytes: 64 * 1024,
+            http_version: HttpVersion::Auto,
         }
     }
 
@@ -505,14 +500,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_2xx_is_a_success_and_its_body_reports_run_id_and_llm_calls() {
+    async fn a_2xx_is_a_success_and_its_body_reports_run_id_llm_calls_and_output() {
         let server = serve(status(200, r#"{"run_id": "r-9", "llm_calls": 3, "output": "done"}"#)).await;
         let run = agent_for(&server).trigger_event(&event()).await.unwrap();
         assert_eq!(
             run,
             AgentRun {
                 run_id: Some("r-9".to_owned()),
-                llm_calls: 3
+                llm_calls: 3,
+                output: Some(serde_json::json!("done")),
             }
         );
         for code in [201, 202, 204] {
@@ -836,56 +832,123 @@ mod tests {
         );
     }
 
-    /// An HTTPS server that requires a client certificate signed by the test CA and answers
-    /// 200 with a report. Counts the handshakes that succeeded.
-    async fn serve_mtls(dir: &Path) -> (SocketAddr, Arc<AtomicUsize>) {
+    /// Answers 200 with a report whose run id is the HTTP version the request came in.
+    fn version_app() -> Router {
+        Router::new().fallback(|version: axum::http::Version| async move {
+            (StatusCode::OK, format!(r#"{{"run_id": "{version:?}"}}"#))
+        })
+    }
+
+    /// Serves one connection with HTTP/1.1 or HTTP/2, whichever the client speaks.
+    async fn serve_any_version<S>(stream: S, app: Router)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+            .await;
+    }
+
+    /// An HTTPS server with the test CA's server certificate that offers HTTP/2 and HTTP/1.1
+    /// by ALPN and answers with [`version_app`]; with `client_auth`, it requires a client
+    /// certificate signed by the test CA. Counts the handshakes that succeeded.
+    async fn serve_tls(dir: &Path, client_auth: bool) -> (SocketAddr, Arc<AtomicUsize>) {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_file(dir.join("ca.crt")).unwrap())
-            .unwrap();
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .unwrap();
         let chain = vec![CertificateDer::from_pem_file(dir.join("server.crt")).unwrap()];
         let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
-        let tls = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
             .unwrap();
+        let mut tls = if client_auth {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_file(dir.join("ca.crt")).unwrap())
+                .unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+            builder
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain, key)
+                .unwrap()
+        } else {
+            builder.with_no_client_auth().with_single_cert(chain, key).unwrap()
+        };
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let handshakes = Arc::new(AtomicUsize::new(0));
         let counted = handshakes.clone();
-        let app = Router::new().fallback(|| async { (StatusCode::OK, r#"{"run_id": "tls-1"}"#) });
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (acceptor, app, counted) = (acceptor.clone(), app.clone(), counted.clone());
+                let (acceptor, counted) = (acceptor.clone(), counted.clone());
                 tokio::spawn(async move {
                     let Ok(stream) = acceptor.accept(stream).await else {
                         return;
                     };
                     counted.fetch_add(1, Ordering::SeqCst);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
-                        .await;
+                    serve_any_version(stream, version_app()).await;
                 });
             }
         });
         (addr, handshakes)
     }
 
+    fn with_version(mut c: HttpTarget, version: HttpVersion) -> HttpTarget {
+        c.http_version = version;
+        c
+    }
+
+    async fn version_spoken(c: &HttpTarget) -> Result<String, AgentError> {
+        let run = HttpAgent::new("bot", c).unwrap().trigger_event(&event()).await?;
+        Ok(run.run_id.unwrap())
+    }
+
+    #[tokio::test]
+    async fn over_https_http2_is_spoken_when_the_server_offers_it_unless_http1_is_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        make_certs(dir.path());
+        let (addr, _) = serve_tls(dir.path(), false).await;
+        let mut c = config(format!("https://127.0.0.1:{}/run", addr.port()));
+        c.tls.ca_file = Some(dir.path().join("ca.crt"));
+        assert_eq!(version_spoken(&c).await.unwrap(), "HTTP/2.0");
+        let c1 = with_version(c.clone(), HttpVersion::Http1);
+        assert_eq!(version_spoken(&c1).await.unwrap(), "HTTP/1.1");
+        let c2 = with_version(c, HttpVersion::Http2);
+        assert_eq!(version_spoken(&c2).await.unwrap(), "HTTP/2.0");
+    }
+
+    #[tokio::test]
+    async fn over_plain_http_http2_is_spoken_with_prior_knowledge_only_when_configured() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve_any_version(stream, version_app()));
+            }
+        });
+        let c = config(format!("http://{addr}/run"));
+        assert_eq!(version_spoken(&c).await.unwrap(), "HTTP/1.1");
+        let c2 = with_version(c, HttpVersion::Http2);
+        assert_eq!(version_spoken(&c2).await.unwrap(), "HTTP/2.0");
+
+        // A server that speaks only HTTP/1.1 fails every call of an http2 target, retryably.
+        let h1_only = serve(status(200, "")).await;
+        let c2 = with_version(config(format!("http://{}/run", h1_only.addr)), HttpVersion::Http2);
+        let e = version_spoken(&c2).await.unwrap_err();
+        assert_eq!(e.class, ErrorClass::Retryable, "{e}");
+        assert!(h1_only.seen.lock().unwrap().is_empty());
+    }
+
     #[tokio::test]
     async fn an_https_target_trusts_its_ca_file_and_presents_its_client_certificate() {
         let dir = tempfile::tempdir().unwrap();
         make_certs(dir.path());
-        let (addr, handshakes) = serve_mtls(dir.path()).await;
+        let (addr, handshakes) = serve_tls(dir.path(), true).await;
         let url = format!("https://127.0.0.1:{}/run", addr.port());
         let tls = HttpTls {
             ca_file: Some(dir.path().join("ca.crt")),
@@ -900,7 +963,7 @@ mod tests {
             .trigger_event(&event())
             .await
             .unwrap();
-        assert_eq!(run.run_id.as_deref(), Some("tls-1"));
+        assert_eq!(run.run_id.as_deref(), Some("HTTP/2.0"));
         assert_eq!(handshakes.load(Ordering::SeqCst), 1);
 
         // Without the CA the server is not trusted; without the client certificate the

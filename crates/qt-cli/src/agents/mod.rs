@@ -3,6 +3,7 @@
 mod command;
 mod http;
 mod log;
+mod report;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -72,10 +72,33 @@ pub struct HttpTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<usize>,
     /// How much of a response body is read. A 2xx body longer than this is not parsed (the run
-    /// still succeeds, with no run id or LLM call count); a failure's error shows at most the
-    /// first 512 bytes. At least 1. Default 65536 (64 KiB).
+    /// still succeeds, with no run id, LLM call count or output); a failure's error shows at
+    /// most the first 512 bytes. At least 1. Default 65536 (64 KiB).
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
+    /// Which HTTP version to speak. Default `auto`.
+    #[serde(default, skip_serializing_if = "HttpVersion::is_auto")]
+    pub http_version: HttpVersion,
+}
+
+/// The HTTP version an `http` target speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpVersion {
+    /// HTTP/1.1, or HTTP/2 when an `https://` server offers it during the TLS handshake (ALPN).
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only: negotiated by ALPN over `https://`; over `http://` spoken from the first
+    /// byte (prior knowledge, "h2c"), which the server must support.
+    Http2,
+}
+
+impl HttpVersion {
+    pub fn is_auto(&self) -> bool {
+        *self == HttpVersion::Auto
+    }
 }
 
 /// How an `http` target authenticates: the `authorization` header it sends.

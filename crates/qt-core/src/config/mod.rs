@@ -19,7 +19,8 @@ mod retry;
 mod source;
 
 pub use agent::{
-    AgentConfig, BasicAuth, CommandTarget, HTTP_METHODS, HttpAuth, HttpTarget, HttpTls, Route, TargetConfig,
+    AgentConfig, BasicAuth, CommandTarget, HTTP_METHODS, HttpAuth, HttpTarget, HttpTls, HttpVersion, Route,
+    TargetConfig,
 };
 pub use env::substitute;
 pub use governance::{GovernanceConfig, GovernanceRule, OnGovernanceError, RateLimitRule, RuleAction};

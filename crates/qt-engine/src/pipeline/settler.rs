@@ -10,7 +10,7 @@ use std::time::Instant;
 use chrono::Utc;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use qt_core::{AckHandle, ClaimState, ClaimToken, LedgerRecord, Settlement, SettlementKind};
+use qt_core::{AckHandle, AgentRun, ClaimState, ClaimToken, LedgerRecord, Settlement, SettlementKind};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, warn};
 
@@ -268,16 +268,14 @@ fn record(
     now_instant: Instant,
 ) -> LedgerRecord {
     let settlement = SettlementKind::from(&row.settlement);
-    let (mut attempts, mut run_id, mut llm_calls, mut history) = (0, None, 0, Vec::new());
+    let (mut attempts, mut run, mut history) = (0, AgentRun::default(), Vec::new());
     let (mut decision_reason, mut decision_policies) = (None, Vec::new());
     match outcome {
         Outcome::Succeeded {
-            run,
+            run: reported,
             attempts: made,
             history: tried,
-        } => {
-            (attempts, run_id, llm_calls, history) = (made, run.run_id, run.llm_calls, tried);
-        }
+        } => (attempts, run, history) = (made, reported, tried),
         Outcome::Failed {
             attempts: made,
             history: tried,
@@ -303,8 +301,9 @@ fn record(
         attempts,
         duration_ms: now_instant.saturating_duration_since(meta.started).as_secs_f64() * 1000.0,
         consume_latency_ms: meta.consume_latency.map(|d| d.as_secs_f64() * 1000.0),
-        agent_run_id: run_id,
-        llm_calls,
+        agent_run_id: run.run_id,
+        llm_calls: run.llm_calls,
+        agent_output: run.output,
         error: row.error.take(),
         error_class: row.error_class,
         decision_reason,

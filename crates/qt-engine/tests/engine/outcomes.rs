@@ -98,6 +98,8 @@ proptest! {
                         prop_assert!(ran.acked_ids().contains(&id));
                         prop_assert_eq!(r.llm_calls, 2);
                         prop_assert!(r.agent_run_id.is_some());
+                        // The successful attempt's output, not an earlier one's.
+                        prop_assert_eq!(r.agent_output.clone(), Some(json!({"attempt": r.attempts})));
                         prop_assert_eq!(r.tenant_id.as_deref(), Some("acme"));
                     }
                     LedgerStatus::Failed | LedgerStatus::ParseFailed => {

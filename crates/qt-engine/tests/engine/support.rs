@@ -112,6 +112,7 @@ impl AgentRuntime for ScriptedAgent {
         Ok(AgentRun {
             run_id: Some(format!("run-{}-{}", event.envelope.message_id, event.attempt)),
             llm_calls: 2,
+            output: Some(serde_json::json!({"attempt": event.attempt})),
         })
     }
 }
