@@ -506,6 +506,7 @@ fn the_http_example_succeeds_retries_after_a_503_and_dead_letters_a_422() {
             "the agent's report is recorded: {r}"
         );
         assert_eq!(r["llm_calls"], 0, "{r}");
+        assert_eq!(r["agent_output"]["handled"], r["event_name"], "{r}");
     }
     let retried = record("retry-1");
     assert_eq!(status_of(retried), "succeeded", "{retried}");
@@ -546,6 +547,91 @@ fn the_http_example_succeeds_retries_after_a_503_and_dead_letters_a_422() {
     assert!(log.contains("message=retry-1 key=acme:A-2 attempt=1 -> 503"), "{log}");
     assert!(log.contains("message=retry-1 key=acme:A-2 attempt=2 -> 200"), "{log}");
     assert!(log.contains("message=reject-1 key=acme:A-3 attempt=1 -> 422"), "{log}");
+}
+
+/// An agent that is not up yet when qt starts: its calls are refused and retried, and once
+/// the agent listens the retries succeed. Nothing is dead-lettered.
+#[test]
+fn a_refused_http_agent_is_retried_until_it_starts_and_then_the_messages_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ledger, dlq) = (dir.path().join("ledger.jsonl"), dir.path().join("dlq.jsonl"));
+    let messages = dir.path().join("messages.jsonl");
+    std::fs::write(
+        &messages,
+        "{\"id\": \"late-1\", \"json\": {\"type\": \"order.created\", \"order_id\": \"L-1\"}}\n\
+         {\"id\": \"late-2\", \"json\": {\"type\": \"order.created\", \"order_id\": \"L-2\"}}\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("late.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+source: {{type: mock, file: {messages}, dlq_file: {dlq}}}
+processing:
+  extraction: {{event_name: [{{pointer: /type}}], dedup_key: [{{pointer: /order_id}}]}}
+  on_failure: dlq
+retry: {{max_retries: 100, backoff: {{initial: 50ms, multiplier: 2.0, max: 200ms}}}}
+agent:
+  targets:
+    service: {{type: http, url: "${{QT_AGENT_URL}}", timeout: 2s}}
+ledger: {{type: jsonl, path: {ledger}}}
+observability: {{admin: {{listen: "127.0.0.1:0"}}, log: {{format: text, level: warn}}}}
+"#,
+            messages = messages.display(),
+            dlq = dlq.display(),
+            ledger = ledger.display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/events");
+    let mut run = QtRun::spawn(
+        qt().args(["run", "--until-idle", "-c"])
+            .arg(&cfg)
+            .env("QT_AGENT_URL", &url),
+        &dir.path().join("qt.log"),
+        0,
+    );
+    wait_until(
+        "both messages refused at least once",
+        BOUND,
+        || {
+            let log = run.logs();
+            ["late-1", "late-2"].iter().all(|id| {
+                log.lines()
+                    .any(|l| l.contains("agent attempt failed") && l.contains(id))
+            })
+        },
+        || run.logs(),
+    );
+    let agent = ExampleHttpAgent::start_on(dir.path(), port, BOUND);
+    let status = run.wait_exit(BOUND);
+    eprintln!("http_agent.py log:\n{}", agent.logs());
+    assert!(status.success(), "{}", run.logs());
+    let s = summary(&run.stdout());
+    assert_eq!(s["succeeded"], 2, "{s:?}");
+    assert_eq!(s["dead-lettered"], 0, "{s:?}");
+
+    let records = by_message(&jsonl(&ledger));
+    for id in ["late-1", "late-2"] {
+        let rs = &records[id];
+        assert_eq!(rs.len(), 1, "{id} has one outcome: {rs:#?}");
+        let r = &rs[0];
+        assert_eq!(status_of(r), "succeeded", "{r}");
+        assert_eq!(r["settlement"], "ack", "{r}");
+        let tries = r["retries"].as_array().unwrap();
+        assert!(!tries.is_empty(), "the refused attempts are recorded: {r}");
+        for t in tries {
+            assert_eq!(t["class"], "retryable", "{r}");
+            assert!(t["reason"].as_str().unwrap().to_lowercase().contains("connect"), "{r}");
+        }
+        assert_eq!(r["attempts"], tries.len() + 1, "{r}");
+    }
+    assert!(
+        !dlq.exists() || dead_letters(&dlq).is_empty(),
+        "nothing is dead-lettered"
+    );
 }
 
 /// With nothing listening at the agent's URL, no message is acked or lost: each is tried

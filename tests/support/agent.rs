@@ -51,12 +51,18 @@ impl ExampleHttpAgent {
     /// Starts `python3 examples/http_agent.py --port 0` and reads the port it chose from
     /// its first stdout line, waiting at most `within`.
     pub fn start(dir: &Path, within: std::time::Duration) -> Self {
+        Self::start_on(dir, 0, within)
+    }
+
+    /// Starts the example agent on `port` (0: a free one) and waits at most `within` until
+    /// it listens.
+    pub fn start_on(dir: &Path, port: u16, within: std::time::Duration) -> Self {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
 
         let log = dir.join("http_agent.stderr");
         let mut child = Command::new("python3")
-            .args(["examples/http_agent.py", "--port", "0"])
+            .args(["examples/http_agent.py", "--port", &port.to_string()])
             .current_dir(super::repo_root())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
