@@ -24,7 +24,7 @@
 //! process's wall time, start-up included (there is no server to time it by).
 //!
 //! Environment: `QT_BENCH_HTTP_MESSAGES` (default 100000), `QT_BENCH_HTTP_CONCURRENCY`
-//! (comma-separated, default `16,64`), `QT_BENCH_COMMAND_MESSAGES` (default 2000).
+//! (comma-separated, default `8,16,64`: 8 is `processing.concurrency`'s default), `QT_BENCH_COMMAND_MESSAGES` (default 2000).
 
 // Printing results is what a benchmark binary is for.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -219,7 +219,7 @@ fn main() {
     let n = env_usize("QT_BENCH_HTTP_MESSAGES", 100_000);
     let n_command = env_usize("QT_BENCH_COMMAND_MESSAGES", 2_000);
     let concurrencies: Vec<usize> = std::env::var("QT_BENCH_HTTP_CONCURRENCY")
-        .unwrap_or_else(|_| "16,64".into())
+        .unwrap_or_else(|_| "8,16,64".into())
         .split(',')
         .map(|c| c.trim().parse().expect("QT_BENCH_HTTP_CONCURRENCY: numbers"))
         .collect();
