@@ -6,6 +6,8 @@ use std::sync::Arc;
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use qt_core::headers::TRACEPARENT;
+use qt_core::trace::traceparent_from_xray;
 use qt_core::{Headers, RawMessage, SourceInfo};
 
 use crate::attributes::{self, is_sqs_header};
@@ -56,6 +58,15 @@ pub fn convert(message: Message, queue: &Arc<str>, received_at: DateTime<Utc>) -
     }
     if let Some(s) = system_text(&system, &MessageSystemAttributeName::SequenceNumber) {
         headers.insert(SEQUENCE_NUMBER_HEADER, s);
+    }
+    // A producer traced by AWS X-Ray has its context in a system attribute; a W3C
+    // `traceparent` of its own, when it sent one, wins.
+    if headers.get(TRACEPARENT).is_none()
+        && let Some(traceparent) = system_text(&system, &MessageSystemAttributeName::AwsTraceHeader)
+            .as_deref()
+            .and_then(traceparent_from_xray)
+    {
+        headers.insert(TRACEPARENT, traceparent);
     }
 
     let mut source = SourceInfo::new("sqs", Arc::clone(queue));
@@ -130,6 +141,38 @@ mod tests {
         assert_eq!(m.headers.get(GROUP_ID_HEADER), Some("customer-7"));
         assert_eq!(m.headers.get(DEDUPLICATION_ID_HEADER), Some("order-42"));
         assert_eq!(m.headers.iter().filter(|(k, _)| *k == GROUP_ID_HEADER).count(), 1);
+    }
+
+    fn with_trace(xray: &str, traceparent: Option<&str>) -> RawMessage {
+        let mut message = Message::builder()
+            .message_id("m-1")
+            .receipt_handle("rh")
+            .body("x")
+            .attributes(MessageSystemAttributeName::AwsTraceHeader, xray);
+        if let Some(tp) = traceparent {
+            message = message.message_attributes(
+                "traceparent",
+                MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(tp)
+                    .build()
+                    .unwrap(),
+            );
+        }
+        convert(message.build(), &Arc::from("q"), Utc::now()).unwrap().message
+    }
+
+    #[test]
+    fn an_xray_trace_header_is_continued_unless_the_producer_sent_a_traceparent() {
+        let xray = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+        let m = with_trace(xray, None);
+        assert_eq!(
+            m.headers.get(TRACEPARENT),
+            Some("00-5759e988bd862e3fe1be46a994272793-53995c3f42cd8ad8-01")
+        );
+        let own = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(with_trace(xray, Some(own)).headers.get(TRACEPARENT), Some(own));
+        assert_eq!(with_trace("Root=broken", None).headers.get(TRACEPARENT), None);
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub const TENANT_ID: &str = "x-tenant-id";
 pub const DEDUP_KEY: &str = "x-dedup-key";
 /// W3C trace context header; when present its trace id is continued.
 pub const TRACEPARENT: &str = "traceparent";
+/// W3C vendor trace state, passed on to agents with the trace it belongs to.
+pub const TRACESTATE: &str = "tracestate";
 /// How many times qt has already handed this message back to the broker for another try.
 pub const ATTEMPT: &str = "x-qt-attempt";
 

@@ -44,4 +44,4 @@ pub use idempotency::{Claim, ClaimState, ClaimToken, IdempotencyKey, Idempotency
 pub use ledger::{Ledger, LedgerError, LedgerRecord, LedgerStatus, SettlementKind};
 pub use message::{RawMessage, SourceInfo};
 pub use secret::{Secret, SecretUrl};
-pub use trace::TraceId;
+pub use trace::{OutgoingContext, TraceId};

@@ -8,6 +8,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::headers::{Headers, TRACEPARENT, TRACESTATE};
+
 thread_local! {
     /// Every message without a `traceparent` gets a new trace id. Trace ids must be unique,
     /// not unpredictable, so a fast generator per thread (seeded from the OS-seeded thread
@@ -68,6 +70,11 @@ impl TraceId {
     /// A W3C `traceparent` value (version 00, sampled) that continues this trace from a new
     /// span, for handing the trace on to an agent: `00-<trace id>-<16 hex span id>-01`.
     pub fn child_traceparent(self) -> String {
+        self.child_traceparent_with(true)
+    }
+
+    /// Like [`TraceId::child_traceparent`], with the sampled flag given.
+    pub fn child_traceparent_with(self, sampled: bool) -> String {
         let span: u64 = TRACE_ID_RNG.with_borrow_mut(|rng| {
             loop {
                 // W3C reserves the all-zero span id as invalid.
@@ -77,8 +84,106 @@ impl TraceId {
                 }
             }
         });
-        format!("00-{self}-{span:016x}-01")
+        format!("00-{self}-{span:016x}-{:02x}", u8::from(sampled))
     }
+}
+
+/// The trace context handed on to an agent for a message: its trace continued from a new
+/// span, keeping the producer's sampling decision and vendor state when the message came with
+/// a valid `traceparent` (a new trace is sampled and has no state).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutgoingContext<'a> {
+    /// The `traceparent` value: `00-<trace id>-<new span id>-<flags>`.
+    pub traceparent: String,
+    /// The producer's `tracestate`, passed on unchanged.
+    pub tracestate: Option<&'a str>,
+}
+
+impl<'a> OutgoingContext<'a> {
+    /// The context for a message with trace id `trace_id` and headers `headers`. The
+    /// producer's flags and `tracestate` are kept only when its `traceparent` is valid and
+    /// names this trace (W3C: a `tracestate` without a valid `traceparent` is discarded).
+    pub fn for_message(trace_id: TraceId, headers: &'a Headers) -> Self {
+        let producer = headers
+            .get(TRACEPARENT)
+            .and_then(parse_traceparent)
+            .filter(|p| p.trace_id == trace_id);
+        match producer {
+            Some(p) => Self {
+                traceparent: trace_id.child_traceparent_with(p.sampled),
+                tracestate: headers.get(TRACESTATE).map(str::trim).filter(|s| is_tracestate(s)),
+            },
+            None => Self {
+                traceparent: trace_id.child_traceparent(),
+                tracestate: None,
+            },
+        }
+    }
+}
+
+/// What qt reads of a `traceparent`.
+struct Parent {
+    trace_id: TraceId,
+    sampled: bool,
+}
+
+/// A W3C `traceparent` (`version-traceid-parentid-flags`): version 00 exactly, or a later
+/// version whose first four fields read the same way; ids not all zero.
+fn parse_traceparent(value: &str) -> Option<Parent> {
+    let value = value.trim();
+    let mut parts = value.split('-');
+    let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let later_version = version != "00";
+    if version.len() != 2 || version == "ff" || !is_lower_hex(version) || (!later_version && parts.next().is_some()) {
+        return None;
+    }
+    if parent.len() != 16 || !is_lower_hex(parent) || parent == "0000000000000000" {
+        return None;
+    }
+    if flags.len() != 2 || !is_lower_hex(flags) || !is_lower_hex(trace) {
+        return None;
+    }
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    Some(Parent {
+        trace_id: TraceId::from_hex(trace)?,
+        sampled: flags & 1 == 1,
+    })
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A `tracestate` worth passing on: at most 512 characters (the length W3C lets a vendor
+/// keep) of visible ASCII, spaces and tabs.
+fn is_tracestate(value: &str) -> bool {
+    !value.is_empty() && value.len() <= 512 && value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
+/// The `traceparent` for an AWS X-Ray trace header (SQS's `AWSTraceHeader` system attribute,
+/// `Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1`): the root's
+/// epoch and unique parts make the trace id, `Parent` the parent span. `None` without a
+/// well-formed root and parent. A missing or deferred (`?`) sampling decision reads as sampled.
+pub fn traceparent_from_xray(header: &str) -> Option<String> {
+    let (mut root, mut parent, mut sampled) = (None, None, true);
+    for field in header.split(';') {
+        let (key, value) = field.trim().split_once('=')?;
+        match key.trim() {
+            "Root" => root = Some(value.trim()),
+            "Parent" => parent = Some(value.trim()),
+            "Sampled" => sampled = value.trim() != "0",
+            _ => {}
+        }
+    }
+    let mut root_parts = root?.split('-');
+    let (version, epoch, unique) = (root_parts.next()?, root_parts.next()?, root_parts.next()?);
+    if version != "1" || root_parts.next().is_some() || epoch.len() != 8 || unique.len() != 24 {
+        return None;
+    }
+    let trace = format!("{epoch}{unique}").to_ascii_lowercase();
+    let parent = parent?.to_ascii_lowercase();
+    let traceparent = format!("00-{trace}-{parent}-{:02x}", u8::from(sampled));
+    parse_traceparent(&traceparent).map(|_| traceparent)
 }
 
 impl fmt::Display for TraceId {
@@ -131,6 +236,108 @@ mod tests {
         let t = TraceId::random();
         assert_eq!(t.to_string().len(), 32);
         assert_eq!(TraceId::from_hex(&t.to_string()), Some(t));
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> Headers {
+        let mut h = Headers::new();
+        for (k, v) in pairs {
+            h.insert(*k, (*v).to_owned());
+        }
+        h
+    }
+
+    #[test]
+    fn an_agent_gets_the_producers_sampling_decision_and_tracestate() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let h = headers(&[
+            ("traceparent", tp),
+            ("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"),
+        ]);
+        let id = TraceId::from_traceparent(tp).unwrap();
+        let out = OutgoingContext::for_message(id, &h);
+        assert!(
+            out.traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{}",
+            out.traceparent
+        );
+        assert!(
+            out.traceparent.ends_with("-00"),
+            "not sampled, as the producer said: {}",
+            out.traceparent
+        );
+        assert!(
+            !out.traceparent.contains("00f067aa0ba902b7"),
+            "a new span: {}",
+            out.traceparent
+        );
+        assert_eq!(out.tracestate, Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"));
+
+        let sampled = headers(&[("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")]);
+        let out = OutgoingContext::for_message(id, &sampled);
+        assert!(out.traceparent.ends_with("-01"));
+        assert_eq!(out.tracestate, None);
+    }
+
+    #[test]
+    fn without_a_valid_traceparent_the_agent_gets_a_new_sampled_trace_and_no_tracestate() {
+        let id = TraceId::random();
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            let h = headers(&[("traceparent", bad), ("tracestate", "congo=t61rcWkgMzE")]);
+            let out = OutgoingContext::for_message(id, &h);
+            assert!(
+                out.traceparent.starts_with(&format!("00-{id}-")),
+                "{bad:?}: {}",
+                out.traceparent
+            );
+            assert!(out.traceparent.ends_with("-01"), "{bad:?}");
+            assert_eq!(out.tracestate, None, "{bad:?}");
+        }
+        // A later version is read by its first four fields.
+        let later = headers(&[(
+            "traceparent",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-what",
+        )]);
+        let id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        assert!(OutgoingContext::for_message(id, &later).traceparent.ends_with("-00"));
+        // A tracestate that could not travel as a header is dropped.
+        let h = headers(&[
+            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            ("tracestate", "a=b\nc=d"),
+        ]);
+        assert_eq!(OutgoingContext::for_message(id, &h).tracestate, None);
+    }
+
+    #[test]
+    fn an_xray_trace_header_becomes_a_traceparent() {
+        assert_eq!(
+            traceparent_from_xray("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1")
+                .as_deref(),
+            Some("00-5759e988bd862e3fe1be46a994272793-53995c3f42cd8ad8-01")
+        );
+        assert_eq!(
+            traceparent_from_xray(
+                "Sampled=0; Parent=53995C3F42CD8AD8; Root=1-5759E988-BD862E3FE1BE46A994272793;Lineage=a:1"
+            )
+            .as_deref(),
+            Some("00-5759e988bd862e3fe1be46a994272793-53995c3f42cd8ad8-00")
+        );
+        for bad in [
+            "Root=1-5759e988-bd862e3fe1be46a994272793",
+            "Root=2-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8",
+            "Root=1-5759e988-bd862e3f;Parent=53995c3f42cd8ad8",
+            "Root=1-5759e988-bd862e3fe1be46a99427279z;Parent=53995c3f42cd8ad8",
+            "Root=1-00000000-000000000000000000000000;Parent=53995c3f42cd8ad8",
+            "garbage",
+            "",
+        ] {
+            assert_eq!(traceparent_from_xray(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

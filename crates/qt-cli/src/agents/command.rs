@@ -30,7 +30,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use qt_core::config::CommandTarget;
 use qt_core::redact::Redactor;
-use qt_core::{AgentError, AgentEvent, AgentRun, AgentRuntime, ErrorClass, Health, IdempotencyKey};
+use qt_core::{AgentError, AgentEvent, AgentRun, AgentRuntime, ErrorClass, Health, IdempotencyKey, OutgoingContext};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
@@ -398,8 +398,8 @@ pub fn wait_for_ending_groups() {
 /// The per-message environment: the same values the `http` target sends as headers
 /// (`QT_MESSAGE_ID` is `x-qt-message-id`, `QT_IDEMPOTENCY_KEY` is `idempotency-key`,
 /// `TRACEPARENT` is `traceparent`, ...), plus `QT_TRACE_ID`. Variables of the same names in
-/// the target's `env` are overridden; `QT_TENANT_ID` and `QT_FOCUS` are removed when the
-/// message has no tenant or focus, so that qt's own environment cannot leak a stale one in.
+/// the target's `env` are overridden; `QT_TENANT_ID`, `QT_FOCUS` and `TRACESTATE` are removed
+/// when the message has no tenant, focus or trace state, so that qt's own environment cannot leak a stale one in.
 fn set_event_env(cmd: &mut Command, event: &AgentEvent) {
     let env = &event.envelope;
     let key = IdempotencyKey::new(env.tenant_id.as_deref(), env.idempotency_key()).scoped();
@@ -407,8 +407,13 @@ fn set_event_env(cmd: &mut Command, event: &AgentEvent) {
         .env("QT_EVENT", event.event_name())
         .env("QT_ATTEMPT", event.attempt.to_string())
         .env("QT_IDEMPOTENCY_KEY", key)
-        .env("QT_TRACE_ID", env.trace_id.to_string())
-        .env("TRACEPARENT", env.trace_id.child_traceparent());
+        .env("QT_TRACE_ID", env.trace_id.to_string());
+    let trace = OutgoingContext::for_message(env.trace_id, &env.headers);
+    cmd.env("TRACEPARENT", trace.traceparent);
+    match trace.tracestate {
+        Some(state) => cmd.env("TRACESTATE", state),
+        None => cmd.env_remove("TRACESTATE"),
+    };
     match event.tenant_id() {
         Some(tenant) => cmd.env("QT_TENANT_ID", tenant),
         None => cmd.env_remove("QT_TENANT_ID"),
@@ -784,6 +789,30 @@ mod tests {
         );
         assert_eq!(parts[3], "01", "{traceparent}");
         assert_eq!(TraceId::from_traceparent(traceparent), Some(event.envelope.trace_id));
+        assert_eq!(var("TRACESTATE"), None, "no producer context, no trace state");
+    }
+
+    #[tokio::test]
+    async fn the_program_gets_the_producers_sampling_decision_and_tracestate() {
+        let dir = tempfile::tempdir().unwrap();
+        let dump = dir.path().join("env");
+        let agent = shell_agent(&format!("env > {}", dump.display()), Duration::from_secs(20));
+        let mut event = full_event(Payload::json(serde_json::json!({"order": 7})));
+        let mut envelope = (*event.envelope).clone();
+        envelope.trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        envelope
+            .headers
+            .insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        envelope.headers.insert("tracestate", "rojo=00f067aa0ba902b7");
+        event.envelope = Arc::new(envelope);
+        assert_eq!(agent.trigger_event(&event).await, Ok(AgentRun::default()));
+        let env = read_env(&dump);
+        let traceparent = env.get("TRACEPARENT").expect("TRACEPARENT is set");
+        assert!(
+            traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && traceparent.ends_with("-00"),
+            "{traceparent}"
+        );
+        assert_eq!(env.get("TRACESTATE").map(String::as_str), Some("rojo=00f067aa0ba902b7"));
     }
 
     #[tokio::test]

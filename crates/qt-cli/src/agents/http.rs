@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use base64::Engine;
 use qt_core::config::{HttpAuth, HttpTarget, HttpVersion};
 use qt_core::redact::Redactor;
-use qt_core::{AgentError, AgentEvent, AgentRun, AgentRuntime, ErrorClass, IdempotencyKey};
+use qt_core::{AgentError, AgentEvent, AgentRun, AgentRuntime, ErrorClass, IdempotencyKey, OutgoingContext};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Client, Method, StatusCode};
 use tokio::sync::Semaphore;
@@ -298,11 +298,17 @@ fn event_headers(event: &AgentEvent) -> HeaderMap {
     if let Some(focus) = event.focus() {
         h.insert("x-qt-focus", header_safe(focus));
     }
-    let traceparent = env.trace_id.child_traceparent();
+    let trace = OutgoingContext::for_message(env.trace_id, &env.headers);
     h.insert(
         "traceparent",
-        HeaderValue::from_str(&traceparent).expect("a traceparent is lower-case hex and dashes"),
+        HeaderValue::from_str(&trace.traceparent).expect("a traceparent is lower-case hex and dashes"),
     );
+    if let Some(state) = trace.tracestate {
+        h.insert(
+            "tracestate",
+            HeaderValue::from_str(state).expect("a tracestate passed on is visible ASCII, spaces and tabs"),
+        );
+    }
     h
 }
 
@@ -681,6 +687,28 @@ mod tests {
         let traceparent = h("traceparent").unwrap();
         assert_eq!(TraceId::from_traceparent(&traceparent), Some(event.envelope.trace_id));
         assert!(traceparent.ends_with("-01"), "{traceparent}");
+    }
+
+    #[tokio::test]
+    async fn the_producers_sampling_decision_and_tracestate_are_passed_on() {
+        let server = serve(status(200, "")).await;
+        let mut event = event();
+        let mut envelope = (*event.envelope).clone();
+        envelope.trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        envelope.headers.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".to_owned(),
+        );
+        envelope.headers.insert("tracestate", "congo=t61rcWkgMzE".to_owned());
+        event.envelope = Arc::new(envelope);
+        agent_for(&server).trigger_event(&event).await.unwrap();
+        let seen = server.seen.lock().unwrap()[0].clone();
+        let traceparent = seen.headers["traceparent"].to_str().unwrap().to_owned();
+        assert!(
+            traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && traceparent.ends_with("-00"),
+            "{traceparent}"
+        );
+        assert_eq!(seen.headers["tracestate"], "congo=t61rcWkgMzE");
     }
 
     #[test]

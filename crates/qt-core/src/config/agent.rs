@@ -57,7 +57,7 @@ pub struct HttpTarget {
     pub timeout: Duration,
     /// Extra request headers. Values are treated as secrets: never printed, and masked in
     /// errors. The headers qt sets itself (`content-type`, `idempotency-key`, `traceparent`,
-    /// `x-qt-*`) cannot be set here; `authorization` only when `auth` is not set.
+    /// `tracestate`, `x-qt-*`) cannot be set here; `authorization` only when `auth` is not set.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, Secret>,
     /// `authorization` header: `{bearer: TOKEN}` or `{basic: {username, password}}`.
@@ -178,7 +178,10 @@ pub const HTTP_METHODS: [&str; 3] = ["POST", "PUT", "PATCH"];
 /// Header names qt sets on every call to an `http` target.
 fn set_by_qt(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    matches!(name.as_str(), "content-type" | "idempotency-key" | "traceparent") || name.starts_with("x-qt-")
+    matches!(
+        name.as_str(),
+        "content-type" | "idempotency-key" | "traceparent" | "tracestate"
+    ) || name.starts_with("x-qt-")
 }
 
 /// An HTTP header name: one or more token characters (RFC 9110).
@@ -224,7 +227,7 @@ impl Validate for HttpTarget {
             } else if set_by_qt(name) {
                 problems.push(
                     h,
-                    "set by qt on every call (content-type, idempotency-key, traceparent, x-qt-*); remove it",
+                    "set by qt on every call (content-type, idempotency-key, traceparent, tracestate, x-qt-*); remove it",
                 );
             } else if name.eq_ignore_ascii_case("authorization") && self.auth.is_some() {
                 problems.push(h, "conflicts with auth, which sets authorization; keep one of them");
