@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod collector;
 pub mod files;
 pub mod http;
 pub mod process;

@@ -143,6 +143,25 @@ impl Collector for Snapshot {
             "Agent runs in progress.",
             m.running as i64,
         )?;
+        let (dropped, exported, failed) = crate::telemetry::span_counts();
+        counter(
+            &mut e,
+            "qt_trace_spans_dropped",
+            "Spans dropped because the export queue (observability.tracing.max_queue_size) was full.",
+            dropped,
+        )?;
+        counter(
+            &mut e,
+            "qt_trace_spans_exported",
+            "Spans the collector accepted.",
+            exported,
+        )?;
+        counter(
+            &mut e,
+            "qt_trace_spans_export_failed",
+            "Spans whose export failed (collector down, refusing or too slow); they are not retried later.",
+            failed,
+        )?;
         Ok(())
     }
 }

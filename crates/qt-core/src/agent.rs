@@ -22,6 +22,10 @@ pub struct AgentEvent {
     pub envelope: Arc<MessageEnvelope>,
     /// The sub-document selected by `extraction.payload_pointer`, when configured.
     pub selected_payload: Option<Arc<serde_json::Value>>,
+    /// The `traceparent` of this attempt when the engine traces messages (its span is the
+    /// agent's parent); `None` otherwise, and agents continue the message's trace from a
+    /// span of their own making (see [`AgentEvent::outgoing_trace`]).
+    pub traceparent: Option<String>,
 }
 
 /// The JSON shape of an event handed to out-of-process agents (command, HTTP).
@@ -70,6 +74,16 @@ pub struct AgentContextJson<'a> {
 }
 
 impl AgentEvent {
+    /// The trace context to hand to the agent: this attempt's when the engine traces, else
+    /// the message's trace continued from a new span; with the producer's `tracestate`.
+    pub fn outgoing_trace(&self) -> crate::trace::OutgoingContext<'_> {
+        let mut out = crate::trace::OutgoingContext::for_message(self.envelope.trace_id, &self.envelope.headers);
+        if let Some(traceparent) = &self.traceparent {
+            out.traceparent = traceparent.clone();
+        }
+        out
+    }
+
     /// The event name: the extracted one, or the queue's name when none was extracted.
     pub fn event_name(&self) -> &str {
         self.envelope

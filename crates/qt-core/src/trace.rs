@@ -67,6 +67,15 @@ impl TraceId {
         self.to_string()
     }
 
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0
+    }
+
+    /// The id of these bytes; `None` for all zeros.
+    pub fn from_bytes(bytes: [u8; 16]) -> Option<Self> {
+        (bytes != [0; 16]).then_some(Self(bytes))
+    }
+
     /// A W3C `traceparent` value (version 00, sampled) that continues this trace from a new
     /// span, for handing the trace on to an agent: `00-<trace id>-<16 hex span id>-01`.
     pub fn child_traceparent(self) -> String {
@@ -121,15 +130,18 @@ impl<'a> OutgoingContext<'a> {
     }
 }
 
-/// What qt reads of a `traceparent`.
-struct Parent {
-    trace_id: TraceId,
-    sampled: bool,
+/// What a producer's `traceparent` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parent {
+    pub trace_id: TraceId,
+    /// The producer's span, the parent of qt's.
+    pub span_id: [u8; 8],
+    pub sampled: bool,
 }
 
 /// A W3C `traceparent` (`version-traceid-parentid-flags`): version 00 exactly, or a later
 /// version whose first four fields read the same way; ids not all zero.
-fn parse_traceparent(value: &str) -> Option<Parent> {
+pub fn parse_traceparent(value: &str) -> Option<Parent> {
     let value = value.trim();
     let mut parts = value.split('-');
     let (version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -144,8 +156,10 @@ fn parse_traceparent(value: &str) -> Option<Parent> {
         return None;
     }
     let flags = u8::from_str_radix(flags, 16).ok()?;
+    let span = u64::from_str_radix(parent, 16).ok()?;
     Some(Parent {
         trace_id: TraceId::from_hex(trace)?,
+        span_id: span.to_be_bytes(),
         sampled: flags & 1 == 1,
     })
 }

@@ -71,9 +71,11 @@ pub mod builtin;
 pub mod metrics;
 mod pipeline;
 pub mod routing;
+mod spans;
 mod trigger;
 
 pub use metrics::{DlqReason, MetricsSnapshot};
+pub use spans::TraceSettings;
 pub use trigger::{
     BuildError, ComponentHealth, HealthReport, LifecycleError, QueueTrigger, Status, StopReport, TriggerBuilder,
     TriggerState,

@@ -82,6 +82,7 @@ pub struct TriggerBuilder {
     store: Option<Arc<dyn IdempotencyStore>>,
     governance: Option<Arc<dyn Governance>>,
     ledger: Option<Arc<dyn Ledger>>,
+    trace: Option<crate::TraceSettings>,
 }
 
 impl std::fmt::Debug for TriggerBuilder {
@@ -121,6 +122,13 @@ impl TriggerBuilder {
     /// Overrides the ledger built from `ledger`.
     pub fn ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
         self.ledger = Some(ledger);
+        self
+    }
+
+    /// Traces every message with this tracer (see the crate's `spans` module): a consumer span
+    /// per message and children for governance and each agent attempt.
+    pub fn tracer(mut self, trace: crate::TraceSettings) -> Self {
+        self.trace = Some(trace);
         self
     }
 
@@ -204,6 +212,7 @@ impl TriggerBuilder {
             stopping: CancellationToken::new(),
             abort: CancellationToken::new(),
             quarantine: Default::default(),
+            spans: self.trace.map(crate::spans::Spans::new),
             adapter_kind: Arc::from(adapter.kind()),
             config: c,
         };
@@ -306,6 +315,7 @@ impl QueueTrigger {
             store: None,
             governance: None,
             ledger: None,
+            trace: None,
         }
     }
 

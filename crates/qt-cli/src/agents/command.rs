@@ -30,7 +30,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use qt_core::config::CommandTarget;
 use qt_core::redact::Redactor;
-use qt_core::{AgentError, AgentEvent, AgentRun, AgentRuntime, ErrorClass, Health, IdempotencyKey, OutgoingContext};
+use qt_core::{AgentError, AgentEvent, AgentRun, AgentRuntime, ErrorClass, Health, IdempotencyKey};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
@@ -408,7 +408,7 @@ fn set_event_env(cmd: &mut Command, event: &AgentEvent) {
         .env("QT_ATTEMPT", event.attempt.to_string())
         .env("QT_IDEMPOTENCY_KEY", key)
         .env("QT_TRACE_ID", env.trace_id.to_string());
-    let trace = OutgoingContext::for_message(env.trace_id, &env.headers);
+    let trace = event.outgoing_trace();
     cmd.env("TRACEPARENT", trace.traceparent);
     match trace.tracestate {
         Some(state) => cmd.env("TRACESTATE", state),
@@ -502,6 +502,7 @@ mod tests {
                 attempt: 1,
             }),
             selected_payload: None,
+            traceparent: None,
         }
     }
 

@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use base64::Engine;
 use qt_core::config::{HttpAuth, HttpTarget, HttpVersion};
 use qt_core::redact::Redactor;
-use qt_core::{AgentError, AgentEvent, AgentRun, AgentRuntime, ErrorClass, IdempotencyKey, OutgoingContext};
+use qt_core::{AgentError, AgentEvent, AgentRun, AgentRuntime, ErrorClass, IdempotencyKey};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Client, Method, StatusCode};
 use tokio::sync::Semaphore;
@@ -298,7 +298,7 @@ fn event_headers(event: &AgentEvent) -> HeaderMap {
     if let Some(focus) = event.focus() {
         h.insert("x-qt-focus", header_safe(focus));
     }
-    let trace = OutgoingContext::for_message(env.trace_id, &env.headers);
+    let trace = event.outgoing_trace();
     h.insert(
         "traceparent",
         HeaderValue::from_str(&trace.traceparent).expect("a traceparent is lower-case hex and dashes"),
@@ -502,6 +502,7 @@ mod tests {
                 attempt: 1,
             }),
             selected_payload: None,
+            traceparent: None,
         }
     }
 

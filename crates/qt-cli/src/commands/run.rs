@@ -4,12 +4,13 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use qt_engine::{BuildError, QueueTrigger};
+use qt_engine::{BuildError, QueueTrigger, TraceSettings};
 use tracing::{error, info};
 
 use super::{EXIT_INVALID_CONFIG, Ready, load_or_report, preflight_or_report};
 use crate::cli::RunArgs;
 use crate::summary::Summary;
+use crate::telemetry::Tracing;
 use crate::{admin, logging, wiring};
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -38,6 +39,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(store) = store {
         builder = builder.idempotency_store(store);
     }
+    let tracing_config = &config.observability.tracing;
+    let telemetry = if tracing_config.enabled {
+        let telemetry = Tracing::start(tracing_config)?;
+        builder = builder.tracer(TraceSettings {
+            tracer: telemetry.tracer(),
+            sample_ratio: tracing_config.sample_ratio,
+        });
+        info!(endpoint = %tracing_config.effective_endpoint(), sample_ratio = tracing_config.sample_ratio, "exporting traces");
+        Some(telemetry)
+    } else {
+        None
+    };
     let trigger = match builder.build() {
         Ok(t) => t,
         Err(BuildError::Config(errors)) => {
@@ -88,6 +101,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let report = report?;
     if let Some(admin) = admin {
         admin.shutdown().await;
+    }
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown(config.processing.drain_timeout).await;
     }
     let summary = Summary::from_metrics(&trigger.metrics());
     if !report.drained {

@@ -185,7 +185,7 @@ fn set_by_qt(name: &str) -> bool {
 }
 
 /// An HTTP header name: one or more token characters (RFC 9110).
-fn is_header_name(name: &str) -> bool {
+pub(super) fn is_header_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()

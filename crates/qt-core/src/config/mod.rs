@@ -27,7 +27,9 @@ pub use governance::{GovernanceConfig, GovernanceRule, OnGovernanceError, RateLi
 pub use idempotency::{IdempotencyConfig, MemoryStoreConfig, OnStoreError, StoreConfig};
 pub use ledger::{JsonlLedgerConfig, LedgerConfig};
 pub use load::{load_file, load_str};
-pub use observability::{AdminConfig, LogConfig, LogFormat, ObservabilityConfig, SecurityConfig};
+pub use observability::{
+    AdminConfig, LogConfig, LogFormat, ObservabilityConfig, OtlpProtocol, SecurityConfig, TracingConfig,
+};
 pub use problems::{ConfigErrors, ConfigProblem, Validate, join};
 pub use processing::{DenyAction, FailureAction, Ordering, ProcessingConfig, UnprocessableAction};
 pub use redis::RedisStoreConfig;
@@ -102,6 +104,7 @@ impl Validate for Config {
         self.governance.validate(&join(path, "governance"), problems);
         self.agent.validate(&join(path, "agent"), problems);
         self.ledger.validate(&join(path, "ledger"), problems);
+        self.observability.validate(&join(path, "observability"), problems);
         let asks = self.processing.dead_letter_requests();
         if let Some(field) = self.source.missing_dead_letter_field()
             && !asks.is_empty()
@@ -129,6 +132,15 @@ impl Validate for Config {
                 problems.push(
                     join(path, "idempotency.store.url"),
                     format!("security.require_tls is set but {} is not TLS (use rediss://)", r.url),
+                );
+            }
+            if self.observability.tracing.is_plaintext() {
+                problems.push(
+                    join(path, "observability.tracing.endpoint"),
+                    format!(
+                        "security.require_tls is set but {} is not TLS (use https://)",
+                        self.observability.tracing.effective_endpoint()
+                    ),
                 );
             }
             for (name, target) in &self.agent.targets {

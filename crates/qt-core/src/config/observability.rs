@@ -1,8 +1,15 @@
 //! `observability` and `security`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use super::agent::is_header_name;
+use super::problems::{ConfigErrors, Validate, join};
+use crate::secret::{Secret, SecretUrl};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -64,13 +71,168 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ObservabilityConfig {
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// OpenTelemetry traces. Default: off.
+    #[serde(default)]
+    pub tracing: TracingConfig,
+}
+
+impl Validate for ObservabilityConfig {
+    fn validate(&self, path: &str, problems: &mut ConfigErrors) {
+        self.tracing.validate(&join(path, "tracing"), problems);
+    }
+}
+
+/// How spans are sent to the collector. OTLP over gRPC is not built yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpProtocol {
+    /// OTLP over HTTP with protobuf bodies, POSTed to `endpoint`.
+    #[default]
+    Http,
+}
+
+/// `observability.tracing`: a span per message (and per step of it), continuing the producer's
+/// W3C trace context, exported over OTLP.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// Make and export spans. Default false: no span is made at all.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The URL spans are POSTed to, path included. Default `http://127.0.0.1:4318/v1/traces`
+    /// (a local OpenTelemetry Collector). Credentials in it are masked when printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<SecretUrl>,
+    /// `http` (OTLP/HTTP with protobuf), the only one so far. Default `http`.
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Headers sent with every export, such as a collector's API key. Values
+    /// are secrets: never printed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, Secret>,
+    /// Share of traces kept, from 0 to 1, for messages that arrive without a sampling
+    /// decision; a message whose producer sent a `traceparent` follows its sampled flag
+    /// (parent-based sampling). Default 1.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// The `service.name` resource attribute. Default `qt`.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Further resource attributes, such as `deployment.environment: prod`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resource_attributes: BTreeMap<String, String>,
+    /// How long one export may take. Default 10s.
+    #[serde(default = "default_export_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Most finished spans waiting for export. When the collector is slow or down and the
+    /// queue is full, new spans are dropped (and counted in `qt_trace_spans_dropped_total`)
+    /// rather than slowing the pipeline. Default 65536.
+    #[serde(default = "default_max_queue_size")]
+    pub max_queue_size: usize,
+    /// PEM CA certificates to trust for an `https://` endpoint besides the built-in roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+fn default_service_name() -> String {
+    "qt".to_owned()
+}
+fn default_export_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_queue_size() -> usize {
+    65_536
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            endpoint: None,
+            protocol: OtlpProtocol::default(),
+            headers: BTreeMap::new(),
+            sample_ratio: default_sample_ratio(),
+            service_name: default_service_name(),
+            resource_attributes: BTreeMap::new(),
+            timeout: default_export_timeout(),
+            max_queue_size: default_max_queue_size(),
+            ca_file: None,
+        }
+    }
+}
+
+impl TracingConfig {
+    /// The endpoint spans are exported to: the configured one or the protocol's default.
+    pub fn effective_endpoint(&self) -> SecretUrl {
+        self.endpoint
+            .clone()
+            .unwrap_or_else(|| SecretUrl::new("http://127.0.0.1:4318/v1/traces"))
+    }
+
+    /// Whether spans would leave the machine unencrypted (refused under
+    /// `security.require_tls`).
+    pub fn is_plaintext(&self) -> bool {
+        self.enabled && self.effective_endpoint().scheme().as_deref() == Some("http")
+    }
+}
+
+impl Validate for TracingConfig {
+    fn validate(&self, path: &str, problems: &mut ConfigErrors) {
+        if let Some(endpoint) = &self.endpoint {
+            let at = join(path, "endpoint");
+            match url::Url::parse(endpoint.expose()) {
+                Err(e) => problems.push(at, format!("not a URL ({e}): {endpoint}")),
+                Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+                    problems.push(at, format!("must be http:// or https://, not {}://", u.scheme()));
+                }
+                Ok(u) if u.host().is_none() => problems.push(at, format!("has no host: {endpoint}")),
+                Ok(u) if matches!(u.path(), "" | "/") => problems.push(
+                    at,
+                    format!("has no path: OTLP/HTTP spans are POSTed to the full URL, usually ending in /v1/traces ({endpoint})"),
+                ),
+                Ok(_) => {}
+            }
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            problems.push(
+                join(path, "sample_ratio"),
+                format!(
+                    "{} is not between 0 and 1 (the share of traces kept)",
+                    self.sample_ratio
+                ),
+            );
+        }
+        if self.service_name.trim().is_empty() {
+            problems.push(join(path, "service_name"), "must not be empty");
+        }
+        for (name, value) in &self.headers {
+            let at = join(&join(path, "headers"), name);
+            if !is_header_name(name) {
+                problems.push(at, "not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)");
+            } else if value.expose().bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                problems.push(at, "the value holds control characters");
+            }
+        }
+        if self.timeout.is_zero() {
+            problems.push(join(path, "timeout"), "must be longer than 0s");
+        }
+        if self.max_queue_size == 0 {
+            problems.push(join(path, "max_queue_size"), "must be at least 1");
+        }
+        if self.ca_file.is_some() && self.effective_endpoint().scheme().as_deref() != Some("https") {
+            problems.push(join(path, "ca_file"), "set, but the endpoint is not https://");
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

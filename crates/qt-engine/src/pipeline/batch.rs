@@ -23,6 +23,7 @@ use super::settler::Settler;
 use super::{Finished, Identity, MessageMeta, Pipeline, Unparsed};
 use crate::metrics::HistogramTally;
 use crate::routing::BatchRoutes;
+use crate::spans::MessageTrace;
 
 /// This batch's place in the order batches link their messages: it links after the batch
 /// before it has linked, and lets the next one go when done.
@@ -117,6 +118,7 @@ pub(crate) async fn dead_letter_poisoned(
             received_at,
             started: Instant::now(),
             consume_latency,
+            trace: MessageTrace::Off,
         },
         Err(unparseable) => {
             let qt_core::envelope::Unparseable { raw, trace_id, .. } = *unparseable;
@@ -157,6 +159,7 @@ fn unparsed_meta(
         started,
         consume_latency,
         attempt,
+        trace: MessageTrace::Off,
     }
 }
 
@@ -216,7 +219,12 @@ fn prepare(
                 cannot_run(done, handle, meta, outcome, permit);
             }
             Ok(built) => {
-                let envelope = Arc::new(built.envelope);
+                let mut envelope = built.envelope;
+                let trace = p
+                    .spans
+                    .as_ref()
+                    .map_or(MessageTrace::Off, |spans| spans.start_message(&mut envelope));
+                let envelope = Arc::new(envelope);
                 debug!(trace_id = %envelope.trace_id, message_id = %envelope.message_id, queue = %envelope.source.queue, "consumed and parsed");
                 let event_name = envelope.event_name.as_deref().unwrap_or(&envelope.source.queue);
                 let route = routes.route(&p.router, event_name);
@@ -233,6 +241,7 @@ fn prepare(
                     started,
                     consume_latency,
                     attempt: envelope.attempt,
+                    trace,
                 };
                 if routed {
                     jobs.push(Job {

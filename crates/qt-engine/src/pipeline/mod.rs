@@ -60,6 +60,8 @@ pub(crate) struct Pipeline {
     pub adapter_kind: Arc<str>,
     /// Batches that panicked, remembered so their messages are not run together again.
     pub quarantine: quarantine::Quarantine,
+    /// `None` when the trigger does not trace.
+    pub spans: Option<crate::spans::Spans>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -112,6 +114,7 @@ pub(crate) struct MessageMeta {
     pub consume_latency: Option<Duration>,
     /// Delivery attempt (1 for a first delivery).
     pub attempt: u32,
+    pub trace: crate::spans::MessageTrace,
 }
 
 impl MessageMeta {

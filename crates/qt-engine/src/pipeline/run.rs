@@ -19,6 +19,7 @@ use super::order::{TurnDone, WaitTurn};
 use super::outcome::Outcome;
 use super::{Finished, MessageMeta, Pipeline};
 use crate::backoff::{RetryDecision, decide};
+use crate::spans;
 
 /// A message that passed parsing and routing. Made once per message; its claim and its
 /// turn in its key's order are filled in before it runs.
@@ -160,10 +161,12 @@ async fn decide_outcome<'p>(
         target,
     };
     // `finished` is owed to governance only for its own Allow decisions.
+    let governance_span = p.spans.as_ref().and_then(|s| s.start_governance(&meta.trace));
     let decision = match p.governance.check_now(&gctx) {
         Some(decided) => decided,
         None => p.governance.check(&gctx).await,
     };
+    spans::end_governance(governance_span, &decision);
     let owes_finished = match decision {
         Ok(Decision::Allow) => true,
         Ok(Decision::Deny { reason, policies }) => {
@@ -209,6 +212,7 @@ async fn decide_outcome<'p>(
         attempt: 1,
         envelope,
         selected_payload,
+        traceparent: None,
     };
     // Read only for a run that waits: one that finishes on its first poll took no time
     // worth a clock reading, and most do.
@@ -226,6 +230,14 @@ async fn decide_outcome<'p>(
             break Outcome::HandedBack;
         }
         p.metrics.agent_attempt();
+        let attempt_span = match &p.spans {
+            Some(spans) => {
+                let (span, traceparent) = spans.start_attempt(&meta.trace, meta.trace_id, target, event.attempt);
+                event.traceparent = traceparent;
+                span
+            }
+            None => None,
+        };
         // Only a run that does not finish at once needs to watch for an abandoning stop,
         // and only such a run is ever seen running (the gauge is not touched for the
         // others, which would cost two shared atomics per message for nothing).
@@ -242,8 +254,12 @@ async fn decide_outcome<'p>(
         };
         drop(call);
         let error = match result {
-            None => break Outcome::Abandoned,
+            None => {
+                spans::end_attempt(attempt_span, None, None);
+                break Outcome::Abandoned;
+            }
             Some(Ok(Ok(run))) => {
+                spans::end_attempt(attempt_span, None, None);
                 debug!(trace_id = %meta.trace_id, message_id = %meta.message_id(), attempt = event.attempt, run_id = ?run.run_id, "agent run succeeded");
                 break Outcome::Succeeded {
                     run,
@@ -266,6 +282,7 @@ async fn decide_outcome<'p>(
             RetryDecision::RetryAfter(d) => Some(d),
             RetryDecision::GiveUp(_) => None,
         };
+        spans::end_attempt(attempt_span, Some(&error), backoff);
         warn!(
             trace_id = %meta.trace_id,
             message_id = %meta.message_id(),

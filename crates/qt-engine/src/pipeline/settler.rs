@@ -261,7 +261,7 @@ fn warn_lost(tokens: &[ClaimToken], record_of: &[usize], records: &[LedgerRecord
 /// The ledger record of one outcome; takes the message's strings, the outcome's and the
 /// row's error instead of copying them (the row keeps its settlement for the broker).
 fn record(
-    meta: super::MessageMeta,
+    mut meta: super::MessageMeta,
     outcome: Outcome,
     row: &mut Resolution,
     now: chrono::DateTime<Utc>,
@@ -286,8 +286,9 @@ fn record(
         }
         _ => {}
     }
+    let trace = std::mem::take(&mut meta.trace);
     let identity = MessageMeta::into_owned_identity(meta.identity);
-    LedgerRecord {
+    let record = LedgerRecord {
         trace_id: meta.trace_id,
         message_id: identity.message_id,
         queue: identity.queue,
@@ -311,5 +312,9 @@ fn record(
         retries: history,
         received_at: meta.received_at,
         finished_at: now,
-    }
+    };
+    // The message's span ends with the outcome decided; the ledger write and the settlement
+    // that follow are batch work.
+    trace.end(&record);
+    record
 }

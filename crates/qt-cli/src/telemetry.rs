@@ -1,0 +1,301 @@
+//! `observability.tracing`: the OpenTelemetry SDK behind the engine's spans, exporting them
+//! over OTLP/HTTP with protobuf bodies.
+//!
+//! Finished spans go into a bounded queue that one export thread drains in batches. A
+//! collector that is slow or down never slows the pipeline: when the queue is full a span is
+//! dropped and counted (`qt_trace_spans_dropped_total`). The queue is ours rather than the
+//! SDK's `BatchSpanProcessor` because that one keeps its count of dropped spans private, and
+//! the count is what an operator needs to see. The export thread runs a small Tokio runtime of
+//! its own, so the exporter uses the same reqwest client as the `http` agents.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor};
+use qt_core::config::TracingConfig;
+
+/// Spans dropped because the export queue was full, since start.
+static SPANS_DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Spans a collector accepted, since start.
+static SPANS_EXPORTED: AtomicU64 = AtomicU64::new(0);
+/// Spans whose export failed (collector down, refusing, too slow), since start.
+static SPANS_FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// Most spans sent in one export.
+const MAX_EXPORT_BATCH: usize = 512;
+/// Longest a finished span waits before it is sent.
+const EXPORT_DELAY: Duration = Duration::from_secs(1);
+
+/// The export counters, for `/metrics`: dropped, exported, failed.
+pub fn span_counts() -> (u64, u64, u64) {
+    (
+        SPANS_DROPPED.load(Ordering::Relaxed),
+        SPANS_EXPORTED.load(Ordering::Relaxed),
+        SPANS_FAILED.load(Ordering::Relaxed),
+    )
+}
+
+/// The running tracer provider; [`Tracing::shutdown`] sends what is queued.
+pub struct Tracing {
+    provider: SdkTracerProvider,
+}
+
+impl std::fmt::Debug for Tracing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracing").finish_non_exhaustive()
+    }
+}
+
+impl Tracing {
+    /// Builds the exporter and the provider from the configuration. Errors name the field.
+    pub fn start(config: &TracingConfig) -> anyhow::Result<Self> {
+        let endpoint = config.effective_endpoint();
+        let mut client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(ca) = &config.ca_file {
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("observability.tracing.ca_file: cannot read {}", ca.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+                format!(
+                    "observability.tracing.ca_file: {} holds no PEM certificate",
+                    ca.display()
+                )
+            })? {
+                client = client.add_root_certificate(cert);
+            }
+        }
+        let client = client
+            .build()
+            .context("observability.tracing: cannot build the exporter's HTTP client")?;
+        let headers: HashMap<String, String> = config
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+            .collect();
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(endpoint.expose())
+            .with_timeout(config.timeout)
+            .with_headers(headers)
+            .with_http_client(OtlpClient(client))
+            .build()
+            .with_context(|| format!("observability.tracing.endpoint: cannot export to {endpoint}"))?;
+        let mut attributes: Vec<KeyValue> = config
+            .resource_attributes
+            .iter()
+            .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+            .collect();
+        attributes.push(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+        let resource = Resource::builder_empty()
+            .with_service_name(config.service_name.clone())
+            .with_attributes(attributes)
+            .build();
+        exporter.set_resource(&resource);
+        let queue = ExportQueue::start(exporter, config.max_queue_size)?;
+        let provider = SdkTracerProvider::builder()
+            .with_resource(resource)
+            // The engine decides which messages are kept (see qt-engine's spans module) and
+            // makes spans only for those.
+            .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
+            .with_span_processor(queue)
+            .build();
+        Ok(Self { provider })
+    }
+
+    /// The tracer the engine makes its spans with.
+    pub fn tracer(&self) -> opentelemetry::global::BoxedTracer {
+        opentelemetry::global::BoxedTracer::new(Box::new(self.provider.tracer("qt")))
+    }
+
+    /// Sends what is queued, waiting at most `within`, and stops the export thread.
+    pub async fn shutdown(self, within: Duration) {
+        let provider = self.provider;
+        let done = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(within)).await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "spans still queued at exit were not all exported"),
+            Err(e) => tracing::warn!(error = %e, "stopping the span exporter failed"),
+        }
+    }
+}
+
+/// The exporter's HTTP client: reqwest, run on the export thread's runtime.
+#[derive(Debug)]
+struct OtlpClient(reqwest::Client);
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for OtlpClient {
+    async fn send_bytes(
+        &self,
+        request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
+    ) -> Result<opentelemetry_http::Response<opentelemetry_http::Bytes>, opentelemetry_http::HttpError> {
+        let request = reqwest::Request::try_from(request)?;
+        let response = self.0.execute(request).await?;
+        let mut out = opentelemetry_http::Response::builder().status(response.status());
+        if let Some(headers) = out.headers_mut() {
+            *headers = response.headers().clone();
+        }
+        Ok(out.body(response.bytes().await?)?)
+    }
+}
+
+#[derive(Debug)]
+enum Command {
+    Span(Box<SpanData>),
+    /// Export everything queued before it, then answer.
+    Flush(SyncSender<()>),
+}
+
+/// A bounded queue of finished spans and the thread that exports them.
+#[derive(Debug)]
+struct ExportQueue {
+    sender: SyncSender<Command>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Control messages (flush, stop) must get through a full queue: they go here, and the
+    /// thread looks at them between batches.
+    control: Arc<Mutex<Vec<Command>>>,
+}
+
+impl ExportQueue {
+    fn start(exporter: opentelemetry_otlp::SpanExporter, capacity: usize) -> anyhow::Result<Self> {
+        let (sender, receiver) = sync_channel(capacity);
+        let control = Arc::new(Mutex::new(Vec::new()));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("observability.tracing: cannot start the span exporter's runtime")?;
+        let thread_control = control.clone();
+        let thread = std::thread::Builder::new()
+            .name("qt-span-export".to_owned())
+            .spawn(move || export_loop(&runtime, &exporter, &receiver, &thread_control))
+            .context("observability.tracing: cannot start the span export thread")?;
+        Ok(Self {
+            sender,
+            thread: Mutex::new(Some(thread)),
+            control,
+        })
+    }
+
+    /// Asks the thread to export everything queued so far and waits at most `within`.
+    fn flush(&self, within: Duration) -> OTelSdkResult {
+        let (done, wait) = sync_channel(1);
+        self.control
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Command::Flush(done));
+        // Wake the thread if it is waiting for spans.
+        let _ = self.sender.try_send(Command::Flush(sync_channel(1).0));
+        wait.recv_timeout(within).map_err(|_| OTelSdkError::Timeout(within))
+    }
+}
+
+impl SpanProcessor for ExportQueue {
+    fn on_start(&self, _span: &mut Span, _cx: &opentelemetry::Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        match self.sender.try_send(Command::Span(Box::new(span))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                SPANS_DROPPED.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.flush(Duration::from_secs(30))
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        let flushed = self.flush(timeout);
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        // Dropping the last sender ends the thread's loop once it has drained the queue; the
+        // provider holds this processor, so the thread is detached rather than waited for.
+        drop(thread);
+        flushed
+    }
+}
+
+fn export_loop(
+    runtime: &tokio::runtime::Runtime,
+    exporter: &opentelemetry_otlp::SpanExporter,
+    receiver: &Receiver<Command>,
+    control: &Mutex<Vec<Command>>,
+) {
+    let mut batch: Vec<SpanData> = Vec::with_capacity(MAX_EXPORT_BATCH);
+    let mut oldest: Option<Instant> = None;
+    loop {
+        let wait = oldest.map_or(EXPORT_DELAY, |t| EXPORT_DELAY.saturating_sub(t.elapsed()));
+        let mut flushes = Vec::new();
+        match receiver.recv_timeout(wait) {
+            Ok(Command::Span(span)) => {
+                batch.push(*span);
+                oldest.get_or_insert_with(Instant::now);
+            }
+            Ok(Command::Flush(_)) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                export(runtime, exporter, &mut batch);
+                return;
+            }
+        }
+        flushes.extend(
+            control
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .drain(..),
+        );
+        let due = oldest.is_some_and(|t| t.elapsed() >= EXPORT_DELAY);
+        if batch.len() >= MAX_EXPORT_BATCH || due || !flushes.is_empty() {
+            if !flushes.is_empty() {
+                // Everything queued before the flush was asked for goes now.
+                while let Ok(command) = receiver.try_recv() {
+                    if let Command::Span(span) = command {
+                        batch.push(*span);
+                        if batch.len() >= MAX_EXPORT_BATCH {
+                            export(runtime, exporter, &mut batch);
+                        }
+                    }
+                }
+            }
+            export(runtime, exporter, &mut batch);
+            oldest = None;
+            for flush in flushes {
+                if let Command::Flush(done) = flush {
+                    let _ = done.try_send(());
+                }
+            }
+        }
+    }
+}
+
+fn export(runtime: &tokio::runtime::Runtime, exporter: &opentelemetry_otlp::SpanExporter, batch: &mut Vec<SpanData>) {
+    if batch.is_empty() {
+        return;
+    }
+    let spans = std::mem::replace(batch, Vec::with_capacity(MAX_EXPORT_BATCH));
+    let n = spans.len() as u64;
+    match runtime.block_on(exporter.export(spans)) {
+        Ok(()) => {
+            SPANS_EXPORTED.fetch_add(n, Ordering::Relaxed);
+        }
+        Err(e) => {
+            SPANS_FAILED.fetch_add(n, Ordering::Relaxed);
+            tracing::warn!(error = %e, spans = n, "exporting spans failed; they are dropped");
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! OpenTelemetry spans of each message: a consumer span per message that continues the
+//! producer's trace (its `traceparent`), with a child for the governance check and one per
+//! agent attempt, whose context the agent receives as its parent.
+//!
+//! The engine speaks the OpenTelemetry API only; whoever builds the trigger hands it a tracer
+//! ([`crate::TriggerBuilder::tracer`]; the `qt` binary's exports over OTLP). Messages are
+//! handled in batches rather than one task each, so every span is made with an explicit parent
+//! taken from its message, never from an ambient "current" context.
+//!
+//! Sampling is decided here, once per message, before any span is made: a message whose
+//! producer sent a valid `traceparent` follows its sampled flag (parent-based); any other is
+//! kept with probability `observability.tracing.sample_ratio`, decided from its trace id the
+//! way OpenTelemetry's `TraceIdRatioBased` sampler decides. A message not kept gets no span at
+//! all, so a low ratio costs next to nothing; its agent still gets a `traceparent` (flags 00).
+
+use std::time::Duration;
+
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _,
+};
+use opentelemetry::{Context, KeyValue};
+use qt_core::trace::parse_traceparent;
+use qt_core::{AgentError, Decision, MessageEnvelope, TraceId};
+use qt_core::{LedgerRecord, LedgerStatus, SettlementKind};
+
+/// What the trigger needs to trace messages: a tracer and the share of new traces to keep.
+pub struct TraceSettings {
+    pub tracer: BoxedTracer,
+    /// From 0 to 1.
+    pub sample_ratio: f64,
+}
+
+impl std::fmt::Debug for TraceSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceSettings")
+            .field("sample_ratio", &self.sample_ratio)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The pipeline's span maker.
+pub(crate) struct Spans {
+    tracer: BoxedTracer,
+    /// A new trace is kept when the low 63 bits of its id are below this.
+    keep_below: u64,
+}
+
+/// A message's tracing state, carried with it from intake to settlement.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum MessageTrace {
+    /// The trigger has no tracer.
+    #[default]
+    Off,
+    /// Traced, but not kept: no span is made.
+    Unsampled,
+    /// The context holding the message's consumer span.
+    Sampled(Context),
+}
+
+impl Spans {
+    pub fn new(settings: TraceSettings) -> Self {
+        let ratio = settings.sample_ratio.clamp(0.0, 1.0);
+        Self {
+            tracer: settings.tracer,
+            keep_below: (ratio * (1u64 << 63) as f64) as u64,
+        }
+    }
+
+    /// Decides whether the message is kept and, if so, starts its consumer span. A kept
+    /// message without a producer's context starts a new trace, whose id becomes the
+    /// envelope's (so logs and the ledger show the exported trace).
+    pub fn start_message(&self, envelope: &mut MessageEnvelope) -> MessageTrace {
+        let producer = envelope
+            .headers
+            .get(qt_core::headers::TRACEPARENT)
+            .and_then(parse_traceparent)
+            .filter(|p| p.trace_id == envelope.trace_id);
+        let keep = match &producer {
+            Some(p) => p.sampled,
+            None => {
+                let low = u64::from_be_bytes(envelope.trace_id.to_bytes()[8..].try_into().expect("8 bytes")) >> 1;
+                low < self.keep_below
+            }
+        };
+        if !keep {
+            return MessageTrace::Unsampled;
+        }
+        let parent = match producer {
+            Some(p) => {
+                let state = envelope
+                    .headers
+                    .get(qt_core::headers::TRACESTATE)
+                    .and_then(|s| s.parse::<TraceState>().ok())
+                    .unwrap_or_default();
+                Context::new().with_remote_span_context(SpanContext::new(
+                    opentelemetry::trace::TraceId::from_bytes(p.trace_id.to_bytes()),
+                    SpanId::from_bytes(p.span_id),
+                    TraceFlags::SAMPLED,
+                    true,
+                    state,
+                ))
+            }
+            None => Context::new(),
+        };
+        let source = &envelope.source;
+        let mut attributes = vec![
+            KeyValue::new("messaging.system", messaging_system(&source.adapter)),
+            KeyValue::new("messaging.destination.name", source.queue.to_string()),
+            KeyValue::new("messaging.operation.type", "process"),
+            KeyValue::new("messaging.operation.name", "process"),
+            KeyValue::new("messaging.message.id", envelope.message_id.clone()),
+        ];
+        if let Some(partition) = source.partition {
+            attributes.push(KeyValue::new(
+                "messaging.destination.partition.id",
+                partition.to_string(),
+            ));
+        }
+        if let Some(offset) = source.offset {
+            attributes.push(KeyValue::new("messaging.kafka.offset", offset));
+        }
+        if let Some(event) = &envelope.event_name {
+            attributes.push(KeyValue::new("qt.event_name", event.clone()));
+        }
+        if let Some(tenant) = &envelope.tenant_id {
+            attributes.push(KeyValue::new("qt.tenant_id", tenant.clone()));
+        }
+        if envelope.attempt > 1 {
+            attributes.push(KeyValue::new("qt.delivery_attempt", i64::from(envelope.attempt)));
+        }
+        let span = self
+            .tracer
+            .span_builder(format!("process {}", source.queue))
+            .with_kind(SpanKind::Consumer)
+            .with_attributes(attributes)
+            .start_with_context(&self.tracer, &parent);
+        if let Some(id) = TraceId::from_bytes(span.span_context().trace_id().to_bytes()) {
+            envelope.trace_id = id;
+        }
+        MessageTrace::Sampled(parent.with_span(span))
+    }
+
+    /// Starts the span of one governance check, under the message's.
+    pub fn start_governance(&self, trace: &MessageTrace) -> Option<Context> {
+        let MessageTrace::Sampled(message) = trace else {
+            return None;
+        };
+        let span = self
+            .tracer
+            .span_builder("governance")
+            .with_kind(SpanKind::Internal)
+            .start_with_context(&self.tracer, message);
+        Some(message.with_span(span))
+    }
+
+    /// Starts the span of one agent attempt, under the message's. Returns it with the
+    /// `traceparent` the agent gets: the attempt span's, or for a message not kept a new span
+    /// id with flags 00.
+    pub fn start_attempt(
+        &self,
+        trace: &MessageTrace,
+        trace_id: TraceId,
+        target: &str,
+        attempt: u32,
+    ) -> (Option<Context>, Option<String>) {
+        match trace {
+            MessageTrace::Off => (None, None),
+            MessageTrace::Unsampled => (None, Some(trace_id.child_traceparent_with(false))),
+            MessageTrace::Sampled(message) => {
+                let span = self
+                    .tracer
+                    .span_builder(format!("agent {target}"))
+                    .with_kind(SpanKind::Client)
+                    .with_attributes([
+                        KeyValue::new("qt.agent.target", target.to_owned()),
+                        KeyValue::new("qt.agent.attempt", i64::from(attempt)),
+                    ])
+                    .start_with_context(&self.tracer, message);
+                let sc = span.span_context();
+                let traceparent = format!("00-{}-{}-01", sc.trace_id(), sc.span_id());
+                (Some(message.with_span(span)), Some(traceparent))
+            }
+        }
+    }
+}
+
+/// Ends a governance span with what governance decided.
+pub(crate) fn end_governance(span: Option<Context>, decision: &Result<Decision, qt_core::GovernanceError>) {
+    let Some(cx) = span else {
+        return;
+    };
+    let span = cx.span();
+    match decision {
+        Ok(Decision::Allow) => span.set_attribute(KeyValue::new("qt.governance.decision", "allow")),
+        Ok(Decision::Deny { reason, policies }) | Ok(Decision::Defer { reason, policies, .. }) => {
+            let verdict = if matches!(decision, Ok(Decision::Deny { .. })) {
+                "deny"
+            } else {
+                "defer"
+            };
+            span.set_attribute(KeyValue::new("qt.governance.decision", verdict));
+            span.set_attribute(KeyValue::new("qt.governance.reason", reason.clone()));
+            if !policies.is_empty() {
+                span.set_attribute(KeyValue::new("qt.governance.policies", policies.join(",")));
+            }
+        }
+        Err(e) => {
+            span.set_attribute(KeyValue::new("qt.governance.decision", "error"));
+            span.set_status(Status::error(e.to_string()));
+        }
+    }
+    span.end();
+}
+
+/// Ends an agent attempt's span: its error class and, when it is retried, the delay before the
+/// next attempt.
+pub(crate) fn end_attempt(span: Option<Context>, failed: Option<&AgentError>, retry_in: Option<Duration>) {
+    let Some(cx) = span else {
+        return;
+    };
+    let span = cx.span();
+    if let Some(error) = failed {
+        span.set_attribute(KeyValue::new("qt.agent.error_class", error.class.to_string()));
+        span.set_status(Status::error(error.message.clone()));
+        if let Some(delay) = retry_in {
+            span.set_attribute(KeyValue::new("qt.agent.retry_in_ms", delay.as_millis() as i64));
+        }
+    }
+    span.end();
+}
+
+impl MessageTrace {
+    /// Ends the message's span with its outcome, as the ledger records it.
+    pub fn end(self, record: &LedgerRecord) {
+        let MessageTrace::Sampled(cx) = self else {
+            return;
+        };
+        let span = cx.span();
+        span.set_attribute(KeyValue::new("qt.status", record.status.as_str()));
+        span.set_attribute(KeyValue::new("qt.settlement", settlement_name(record.settlement)));
+        span.set_attribute(KeyValue::new("qt.attempts", i64::from(record.attempts)));
+        if matches!(record.status, LedgerStatus::Failed | LedgerStatus::ParseFailed) {
+            span.set_status(Status::error(record.error.clone().unwrap_or_default()));
+        }
+        span.end();
+    }
+}
+
+fn settlement_name(settlement: SettlementKind) -> &'static str {
+    match settlement {
+        SettlementKind::Ack => "ack",
+        SettlementKind::Nack => "nack",
+        SettlementKind::Requeue => "requeue",
+        SettlementKind::DeadLetter => "dead_letter",
+    }
+}
+
+/// The `messaging.system` value of an adapter, by the OpenTelemetry semantic conventions.
+fn messaging_system(adapter: &str) -> String {
+    match adapter {
+        "sqs" => "aws_sqs".to_owned(),
+        other => other.to_owned(),
+    }
+}
