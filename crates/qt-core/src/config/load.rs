@@ -574,6 +574,50 @@ agent:
     }
 
     #[test]
+    fn tracing_reports_each_bad_field_by_path() {
+        let yaml = "source: {type: mock, queue: q}\n\
+                    observability: {tracing: {enabled: true, endpoint: \"ftp://collector/v1/traces\", \
+                    sample_ratio: 1.5, service_name: \" \", headers: {\"bad name\": x}, timeout: 0s, \
+                    max_queue_size: 0, ca_file: ca.pem}}\n";
+        let got = problems(yaml);
+        for path in [
+            "observability.tracing.endpoint",
+            "observability.tracing.sample_ratio",
+            "observability.tracing.service_name",
+            "observability.tracing.headers.bad name",
+            "observability.tracing.timeout",
+            "observability.tracing.max_queue_size",
+            "observability.tracing.ca_file",
+        ] {
+            assert_eq!(at(&got, path).len(), 1, "{path} in {got:#?}");
+        }
+        let got = problems(
+            "source: {type: mock, queue: q}\n\
+             observability: {tracing: {enabled: true, endpoint: \"http://collector:4318\", sample_ratio: -0.1}}\n",
+        );
+        assert!(at(&got, "observability.tracing.endpoint")[0].contains("/v1/traces"), "{got:#?}");
+        assert_eq!(at(&got, "observability.tracing.sample_ratio").len(), 1, "{got:#?}");
+        let got = problems(
+            "source: {type: mock, queue: q}\nsecurity: {require_tls: true}\n\
+             observability: {tracing: {enabled: true}}\n",
+        );
+        assert_eq!(at(&got, "observability.tracing.endpoint").len(), 1, "{got:#?}");
+        assert_no_rust_names(&got);
+    }
+
+    #[test]
+    fn tracing_headers_are_secrets() {
+        let c = load_str(
+            "source: {type: mock, queue: q}\nagent: {targets: {a: {type: log}}}\n\
+             observability: {tracing: {enabled: true, headers: {x-api-key: trace-secret-1}}}\n",
+            no_env,
+        )
+        .unwrap();
+        let printed = format!("{}\n{c:?}", c.to_masked_yaml());
+        assert!(!printed.contains("trace-secret-1"), "{printed}");
+    }
+
+    #[test]
     fn an_http_target_rejects_unknown_fields() {
         let got = problems(
             "source: {type: mock, queue: q}\nagent: {targets: {a: {type: http, url: \"https://h\", bogus: 1}}}\n",
