@@ -7,7 +7,6 @@ mod commands;
 mod logging;
 mod prometheus;
 mod summary;
-mod telemetry;
 mod wiring;
 
 use std::process::ExitCode;

@@ -143,7 +143,7 @@ impl Collector for Snapshot {
             "Agent runs in progress.",
             m.running as i64,
         )?;
-        let (dropped, exported, failed) = crate::telemetry::span_counts();
+        let (dropped, exported, failed) = qt_telemetry::span_counts();
         counter(
             &mut e,
             "qt_trace_spans_dropped",

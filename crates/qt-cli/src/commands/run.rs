@@ -10,7 +10,6 @@ use tracing::{error, info};
 use super::{EXIT_INVALID_CONFIG, Ready, load_or_report, preflight_or_report};
 use crate::cli::RunArgs;
 use crate::summary::Summary;
-use crate::telemetry::Tracing;
 use crate::{admin, logging, wiring};
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -41,7 +40,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let tracing_config = &config.observability.tracing;
     let telemetry = if tracing_config.enabled {
-        let telemetry = Tracing::start(tracing_config)?;
+        let telemetry = qt_telemetry::Tracing::start(tracing_config)?;
         builder = builder.tracer(TraceSettings {
             tracer: telemetry.tracer(),
             sample_ratio: tracing_config.sample_ratio,

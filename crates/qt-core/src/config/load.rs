@@ -595,7 +595,10 @@ agent:
             "source: {type: mock, queue: q}\n\
              observability: {tracing: {enabled: true, endpoint: \"http://collector:4318\", sample_ratio: -0.1}}\n",
         );
-        assert!(at(&got, "observability.tracing.endpoint")[0].contains("/v1/traces"), "{got:#?}");
+        assert!(
+            at(&got, "observability.tracing.endpoint")[0].contains("/v1/traces"),
+            "{got:#?}"
+        );
         assert_eq!(at(&got, "observability.tracing.sample_ratio").len(), 1, "{got:#?}");
         let got = problems(
             "source: {type: mock, queue: q}\nsecurity: {require_tls: true}\n\

@@ -1,5 +1,5 @@
-//! `observability.tracing`: the OpenTelemetry SDK behind the engine's spans, exporting them
-//! over OTLP/HTTP with protobuf bodies.
+//! `observability.tracing`: the OpenTelemetry SDK behind the engine's message spans
+//! (`qt_engine::TriggerBuilder::tracer`), exporting them over OTLP/HTTP with protobuf bodies.
 //!
 //! Finished spans go into a bounded queue that one export thread drains in batches. A
 //! collector that is slow or down never slows the pipeline: when the queue is full a span is
@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
@@ -35,6 +34,24 @@ static SPANS_FAILED: AtomicU64 = AtomicU64::new(0);
 const MAX_EXPORT_BATCH: usize = 512;
 /// Longest a finished span waits before it is sent.
 const EXPORT_DELAY: Duration = Duration::from_secs(1);
+
+/// Why tracing could not start: the setting at fault and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("observability.tracing{field}: {reason}")]
+pub struct TelemetryError {
+    /// `.ca_file`, `.endpoint`, or empty for the whole section.
+    field: &'static str,
+    reason: String,
+}
+
+impl TelemetryError {
+    fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
 
 /// The export counters, for `/metrics`: dropped, exported, failed.
 pub fn span_counts() -> (u64, u64, u64) {
@@ -58,7 +75,7 @@ impl std::fmt::Debug for Tracing {
 
 impl Tracing {
     /// Builds the exporter and the provider from the configuration. Errors name the field.
-    pub fn start(config: &TracingConfig) -> anyhow::Result<Self> {
+    pub fn start(config: &TracingConfig) -> Result<Self, TelemetryError> {
         let endpoint = config.effective_endpoint();
         let mut client = reqwest::Client::builder()
             .use_rustls_tls()
@@ -66,19 +83,17 @@ impl Tracing {
             .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &config.ca_file {
             let pem = std::fs::read(ca)
-                .with_context(|| format!("observability.tracing.ca_file: cannot read {}", ca.display()))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
-                format!(
-                    "observability.tracing.ca_file: {} holds no PEM certificate",
-                    ca.display()
-                )
-            })? {
+                .map_err(|e| TelemetryError::new(".ca_file", format!("cannot read {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                TelemetryError::new(".ca_file", format!("{} holds no PEM certificate: {e}", ca.display()))
+            })?;
+            for cert in certs {
                 client = client.add_root_certificate(cert);
             }
         }
         let client = client
             .build()
-            .context("observability.tracing: cannot build the exporter's HTTP client")?;
+            .map_err(|e| TelemetryError::new("", format!("cannot build the exporter's HTTP client: {e}")))?;
         let headers: HashMap<String, String> = config
             .headers
             .iter()
@@ -91,7 +106,7 @@ impl Tracing {
             .with_headers(headers)
             .with_http_client(OtlpClient(client))
             .build()
-            .with_context(|| format!("observability.tracing.endpoint: cannot export to {endpoint}"))?;
+            .map_err(|e| TelemetryError::new(".endpoint", format!("cannot export to {endpoint}: {e}")))?;
         let mut attributes: Vec<KeyValue> = config
             .resource_attributes
             .iter()
@@ -169,18 +184,18 @@ struct ExportQueue {
 }
 
 impl ExportQueue {
-    fn start(exporter: opentelemetry_otlp::SpanExporter, capacity: usize) -> anyhow::Result<Self> {
+    fn start(exporter: opentelemetry_otlp::SpanExporter, capacity: usize) -> Result<Self, TelemetryError> {
         let (sender, receiver) = sync_channel(capacity);
         let control = Arc::new(Mutex::new(Vec::new()));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .context("observability.tracing: cannot start the span exporter's runtime")?;
+            .map_err(|e| TelemetryError::new("", format!("cannot start the span exporter's runtime: {e}")))?;
         let thread_control = control.clone();
         let thread = std::thread::Builder::new()
             .name("qt-span-export".to_owned())
             .spawn(move || export_loop(&runtime, &exporter, &receiver, &thread_control))
-            .context("observability.tracing: cannot start the span export thread")?;
+            .map_err(|e| TelemetryError::new("", format!("cannot start the span export thread: {e}")))?;
         Ok(Self {
             sender,
             thread: Mutex::new(Some(thread)),
