@@ -22,10 +22,10 @@ pub struct AgentEvent {
     pub envelope: Arc<MessageEnvelope>,
     /// The sub-document selected by `extraction.payload_pointer`, when configured.
     pub selected_payload: Option<Arc<serde_json::Value>>,
-    /// The `traceparent` of this attempt when the engine traces messages (its span is the
-    /// agent's parent); `None` otherwise, and agents continue the message's trace from a
-    /// span of their own making (see [`AgentEvent::outgoing_trace`]).
-    pub traceparent: Option<String>,
+    /// This attempt's place in the trace when the engine traces messages; `None` otherwise,
+    /// and agents continue the message's trace from a span of their own making (see
+    /// [`AgentEvent::outgoing_trace`]).
+    pub trace: Option<crate::trace::AttemptTrace>,
 }
 
 /// The JSON shape of an event handed to out-of-process agents (command, HTTP).
@@ -78,8 +78,14 @@ impl AgentEvent {
     /// the message's trace continued from a new span; with the producer's `tracestate`.
     pub fn outgoing_trace(&self) -> crate::trace::OutgoingContext<'_> {
         let mut out = crate::trace::OutgoingContext::for_message(self.envelope.trace_id, &self.envelope.headers);
-        if let Some(traceparent) = &self.traceparent {
-            out.traceparent = traceparent.clone();
+        match self.trace {
+            Some(crate::trace::AttemptTrace::Span(span_id)) => {
+                out.traceparent = format!("00-{}-{:016x}-01", self.envelope.trace_id, u64::from_be_bytes(span_id));
+            }
+            Some(crate::trace::AttemptTrace::Unsampled) => {
+                out.traceparent = self.envelope.trace_id.child_traceparent_with(false);
+            }
+            None => {}
         }
         out
     }

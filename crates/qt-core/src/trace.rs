@@ -97,6 +97,15 @@ impl TraceId {
     }
 }
 
+/// Where an agent attempt is in the message's trace, when the engine traces messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptTrace {
+    /// The attempt's exported span (sampled): the agent's parent.
+    Span([u8; 8]),
+    /// The message was not sampled: no span exists, and the agent is told not to record.
+    Unsampled,
+}
+
 /// The trace context handed on to an agent for a message: its trace continued from a new
 /// span, keeping the producer's sampling decision and vendor state when the message came with
 /// a valid `traceparent` (a new trace is sampled and has no state).

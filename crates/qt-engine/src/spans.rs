@@ -20,7 +20,7 @@ use opentelemetry::trace::{
     Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _,
 };
 use opentelemetry::{Context, KeyValue};
-use qt_core::trace::parse_traceparent;
+use qt_core::trace::{AttemptTrace, parse_traceparent};
 use qt_core::{AgentError, Decision, MessageEnvelope, TraceId};
 use qt_core::{LedgerRecord, LedgerStatus, SettlementKind};
 
@@ -106,7 +106,7 @@ impl Spans {
         let source = &envelope.source;
         let mut attributes = vec![
             KeyValue::new("messaging.system", messaging_system(&source.adapter)),
-            KeyValue::new("messaging.destination.name", source.queue.to_string()),
+            KeyValue::new("messaging.destination.name", source.queue.clone()),
             KeyValue::new("messaging.operation.type", "process"),
             KeyValue::new("messaging.operation.name", "process"),
             KeyValue::new("messaging.message.id", envelope.message_id.clone()),
@@ -154,19 +154,17 @@ impl Spans {
         Some(message.with_span(span))
     }
 
-    /// Starts the span of one agent attempt, under the message's. Returns it with the
-    /// `traceparent` the agent gets: the attempt span's, or for a message not kept a new span
-    /// id with flags 00.
+    /// Starts the span of one agent attempt, under the message's. Returns it with what the
+    /// agent is told: the attempt span is its parent, or the message was not kept.
     pub fn start_attempt(
         &self,
         trace: &MessageTrace,
-        trace_id: TraceId,
         target: &str,
         attempt: u32,
-    ) -> (Option<Context>, Option<String>) {
+    ) -> (Option<Context>, Option<AttemptTrace>) {
         match trace {
             MessageTrace::Off => (None, None),
-            MessageTrace::Unsampled => (None, Some(trace_id.child_traceparent_with(false))),
+            MessageTrace::Unsampled => (None, Some(AttemptTrace::Unsampled)),
             MessageTrace::Sampled(message) => {
                 let span = self
                     .tracer
@@ -177,9 +175,8 @@ impl Spans {
                         KeyValue::new("qt.agent.attempt", i64::from(attempt)),
                     ])
                     .start_with_context(&self.tracer, message);
-                let sc = span.span_context();
-                let traceparent = format!("00-{}-{}-01", sc.trace_id(), sc.span_id());
-                (Some(message.with_span(span)), Some(traceparent))
+                let span_id = span.span_context().span_id().to_bytes();
+                (Some(message.with_span(span)), Some(AttemptTrace::Span(span_id)))
             }
         }
     }
@@ -257,9 +254,9 @@ fn settlement_name(settlement: SettlementKind) -> &'static str {
 }
 
 /// The `messaging.system` value of an adapter, by the OpenTelemetry semantic conventions.
-fn messaging_system(adapter: &str) -> String {
-    match adapter {
-        "sqs" => "aws_sqs".to_owned(),
-        other => other.to_owned(),
+fn messaging_system(adapter: &std::sync::Arc<str>) -> opentelemetry::Value {
+    match &**adapter {
+        "sqs" => "aws_sqs".into(),
+        _ => adapter.clone().into(),
     }
 }

@@ -502,7 +502,7 @@ mod tests {
                 attempt: 1,
             }),
             selected_payload: None,
-            traceparent: None,
+            trace: None,
         }
     }
 

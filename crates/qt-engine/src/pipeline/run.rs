@@ -212,7 +212,7 @@ async fn decide_outcome<'p>(
         attempt: 1,
         envelope,
         selected_payload,
-        traceparent: None,
+        trace: None,
     };
     // Read only for a run that waits: one that finishes on its first poll took no time
     // worth a clock reading, and most do.
@@ -232,8 +232,8 @@ async fn decide_outcome<'p>(
         p.metrics.agent_attempt();
         let attempt_span = match &p.spans {
             Some(spans) => {
-                let (span, traceparent) = spans.start_attempt(&meta.trace, meta.trace_id, target, event.attempt);
-                event.traceparent = traceparent;
+                let (span, trace) = spans.start_attempt(&meta.trace, target, event.attempt);
+                event.trace = trace;
                 span
             }
             None => None,
