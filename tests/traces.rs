@@ -180,6 +180,14 @@ observability:
     assert_eq!(broken.status, ERROR);
     assert_eq!(broken.attr("qt.status"), Some("failed"));
     assert_eq!(broken.attr("qt.settlement"), Some("dead_letter"));
+    // The dead letter carries qt's span as its traceparent, so a replay continues the trace.
+    let dead = jsonl(&dlq);
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(
+        dead[0]["headers"]["traceparent"],
+        format!("00-{}-{}-01", broken.trace_id, broken.span_id).as_str(),
+        "{dead:#?}"
+    );
 
     // The producer decided not to sample: no span, and the agent is told so.
     assert!(spans.iter().all(|s| s.trace_id != UNSAMPLED_TRACE), "{spans:#?}");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use qt_core::headers::{ATTEMPT, dead_letter};
+use qt_core::headers::{ATTEMPT, TRACEPARENT, dead_letter};
 use qt_core::{DeadLetter, Headers, Settle, SettleError, Settlement, SourceInfo};
 use rdkafka::message::OwnedHeaders;
 
@@ -98,7 +98,12 @@ impl KafkaSettle {
         source.partition = Some(o.tp.partition);
         source.offset = Some(o.offset);
         let added = dl.headers_for(&Headers::new(), &source, &o.message_id());
-        let headers = record::outgoing_headers(o.record.headers(), &dead_letter::ALL, added.iter());
+        // qt's traceparent, when it sets one, replaces the producer's rather than joining it.
+        let mut replaced: Vec<&str> = dead_letter::ALL.to_vec();
+        if dl.traceparent.is_some() {
+            replaced.push(TRACEPARENT);
+        }
+        let headers = record::outgoing_headers(o.record.headers(), &replaced, added.iter());
         self.reproduce("dead-letter", topic, headers).await
     }
 

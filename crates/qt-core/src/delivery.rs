@@ -53,6 +53,9 @@ pub struct DeadLetter {
     pub attempts: u32,
     pub first_failure_at: Option<DateTime<Utc>>,
     pub last_failure_at: Option<DateTime<Utc>>,
+    /// The `traceparent` of qt's span of the message, when it was traced: it replaces the
+    /// producer's, so a replay of the dead letter continues the same trace from there.
+    pub traceparent: Option<String>,
 }
 
 impl DeadLetter {
@@ -63,6 +66,7 @@ impl DeadLetter {
             attempts: 0,
             first_failure_at: None,
             last_failure_at: None,
+            traceparent: None,
         }
     }
 
@@ -87,6 +91,9 @@ impl DeadLetter {
         }
         if let Some(t) = self.last_failure_at {
             headers.insert(dead_letter::LAST_FAILURE_AT, t.to_rfc3339());
+        }
+        if let Some(traceparent) = &self.traceparent {
+            headers.insert(crate::headers::TRACEPARENT, traceparent.clone());
         }
         headers
     }
@@ -333,5 +340,22 @@ mod tests {
         assert_eq!(h.get(dead_letter::ORIGINAL_PARTITION), Some("3"));
         assert_eq!(h.get(dead_letter::ORIGINAL_OFFSET), Some("42"));
         assert_eq!(h.get(dead_letter::ORIGINAL_QUEUE), Some("orders"));
+    }
+
+    #[test]
+    fn a_dead_letters_traceparent_replaces_the_producers() {
+        let producer = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let original: Headers = [("traceparent", producer)].into_iter().collect();
+        let source = SourceInfo::new("mock", "orders");
+        let mut dl = DeadLetter::new("failed");
+        assert_eq!(
+            dl.headers_for(&original, &source, "m-1").get("traceparent"),
+            Some(producer)
+        );
+        let ours = "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01";
+        dl.traceparent = Some(ours.to_owned());
+        let h = dl.headers_for(&original, &source, "m-1");
+        assert_eq!(h.get("traceparent"), Some(ours));
+        assert_eq!(h.iter().filter(|(k, _)| *k == "traceparent").count(), 1);
     }
 }

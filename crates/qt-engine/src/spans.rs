@@ -228,6 +228,17 @@ pub(crate) fn end_attempt(span: Option<Context>, failed: Option<&AgentError>, re
 }
 
 impl MessageTrace {
+    /// The `traceparent` of the message's span, for a dead letter to carry on; `None` when the
+    /// message was not traced.
+    pub fn traceparent(&self) -> Option<String> {
+        let MessageTrace::Sampled(cx) = self else {
+            return None;
+        };
+        let span = cx.span();
+        let sc = span.span_context();
+        Some(format!("00-{}-{}-01", sc.trace_id(), sc.span_id()))
+    }
+
     /// Ends the message's span with its outcome, as the ledger records it.
     pub fn end(self, record: &LedgerRecord) {
         let MessageTrace::Sampled(cx) = self else {

@@ -97,6 +97,9 @@ impl Settler {
                 drop((handle, permit));
                 continue;
             };
+            if let Settlement::DeadLetter(dl) = &mut row.settlement {
+                dl.traceparent = meta.trace.traceparent();
+            }
             if let Some(c) = claim {
                 match row.claim {
                     ClaimAction::Complete => {
