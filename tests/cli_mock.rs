@@ -365,6 +365,13 @@ fn send_feeds_a_running_trigger_and_sigterm_drains() {
     let records = records();
     assert!(records.contains("\"succeeded\""), "{records}");
     assert!(records.contains("\"greeting\""), "{records}");
+    // qt send started a trace, and the message continued it.
+    assert_eq!(sent.sent_id(), "sent-1");
+    let trace = sent.sent_trace();
+    assert!(
+        records.contains(&format!("\"trace_id\":\"{trace}\"")),
+        "trace {trace} in {records}"
+    );
     let get = |path: &str| {
         let (code, body) = http_get(port, path).expect("the admin server answers");
         assert_eq!(code, 200, "{path}: {body}");

@@ -63,11 +63,20 @@ impl Finished {
 
     /// The id a successful `qt send` printed as `sent <id>`.
     pub fn sent_id(&self) -> String {
+        self.printed("sent ")
+    }
+
+    /// The trace a successful `qt send` started (or continued), printed as `trace <id>`.
+    pub fn sent_trace(&self) -> String {
+        self.printed("trace ")
+    }
+
+    fn printed(&self, prefix: &str) -> String {
         self.assert_shows(&[]);
         self.stdout
-            .trim()
-            .strip_prefix("sent ")
-            .expect("qt send prints `sent <id>`")
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("qt send prints `{prefix}...`:\n{}", self.stdout))
             .to_owned()
     }
 }

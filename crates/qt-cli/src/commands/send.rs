@@ -1,4 +1,5 @@
-//! `qt send -c FILE --body ... -H k=v`: publish one message to the configured source.
+//! `qt send -c FILE --body ... -H k=v`: publish one message to the configured source. It starts
+//! a trace (a `traceparent` header) unless `-H traceparent=...` gives one, and prints its id.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -7,7 +8,8 @@ use anyhow::{Context, bail};
 use base64::Engine as _;
 use bytes::Bytes;
 use qt_core::config::SourceConfig;
-use qt_core::{Headers, OutgoingMessage};
+use qt_core::headers::TRACEPARENT;
+use qt_core::{Headers, OutgoingMessage, TraceId};
 
 use super::load_or_report;
 use crate::cli::SendArgs;
@@ -30,9 +32,18 @@ pub async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
         (None, Some(p)) => std::fs::read(p).with_context(|| format!("cannot read --body-file {}", p.display()))?,
         (None, None) => bail!("give the message body with --body or --body-file"),
     };
-    let headers: Headers = args.headers.iter().cloned().collect();
+    let mut headers: Headers = args.headers.iter().cloned().collect();
+    // The message starts a trace, unless the sender gave it a place in one.
+    let trace_id = match headers.get(TRACEPARENT).and_then(TraceId::from_traceparent) {
+        Some(given) => given,
+        None => {
+            let started = TraceId::random();
+            headers.insert(TRACEPARENT, started.child_traceparent());
+            started
+        }
+    };
     let id = match &config.source {
-        SourceConfig::Mock(_) => send_to_running_mock(&config, &args, &body).await?,
+        SourceConfig::Mock(_) => send_to_running_mock(&config, &args, &headers, &body).await?,
         _ => {
             let publisher = wiring::publisher(&config).await?;
             let mut headers = headers;
@@ -52,7 +63,7 @@ pub async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
     };
     writeln!(
         std::io::stdout().lock(),
-        "sent {}",
+        "sent {}\ntrace {trace_id}",
         id.as_deref().unwrap_or("(the broker gave no id)")
     )?;
     Ok(ExitCode::SUCCESS)
@@ -62,6 +73,7 @@ pub async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
 async fn send_to_running_mock(
     config: &qt_core::config::Config,
     args: &SendArgs,
+    headers: &Headers,
     body: &[u8],
 ) -> anyhow::Result<Option<String>> {
     if !config.observability.admin.enabled {
@@ -70,7 +82,7 @@ async fn send_to_running_mock(
         );
     }
     let mut line = serde_json::json!({
-        "headers": args.headers.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+        "headers": headers.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect::<std::collections::BTreeMap<_, _>>(),
     });
     if let Some(id) = &args.id {
         line["id"] = id.clone().into();
