@@ -189,6 +189,27 @@ observability:
         "{dead:#?}"
     );
 
+    // The batched steps each have a span linked to the messages they served.
+    for step in ["idempotency claim", "ledger write", "settle"] {
+        let linked: Vec<_> = spans.iter().filter(|s| s.name == step).collect();
+        assert!(!linked.is_empty(), "a {step} span: {spans:#?}");
+        let links: usize = linked.iter().map(|s| s.links.len()).sum();
+        assert!(
+            links >= 3,
+            "{step} spans link to the three traced messages: {linked:#?}"
+        );
+        for s in &linked {
+            for (trace, span) in &s.links {
+                assert!(
+                    spans
+                        .iter()
+                        .any(|m| m.kind == CONSUMER && &m.trace_id == trace && &m.span_id == span),
+                    "{step} links to a message span: {s:#?}"
+                );
+            }
+        }
+    }
+
     // The producer decided not to sample: no span, and the agent is told so.
     assert!(spans.iter().all(|s| s.trace_id != UNSAMPLED_TRACE), "{spans:#?}");
     let (traceparent, _) = &seen[&("quiet-1".to_owned(), "1".to_owned())];

@@ -26,6 +26,8 @@ pub struct ReceivedSpan {
     pub attributes: BTreeMap<String, String>,
     /// OTLP's status code: 0 unset, 1 ok, 2 error.
     pub status: i32,
+    /// `(trace id, span id)` of each linked span.
+    pub links: Vec<(String, String)>,
 }
 
 impl ReceivedSpan {
@@ -91,6 +93,7 @@ async fn receive(State(spans): State<Arc<Mutex<Vec<ReceivedSpan>>>>, body: Bytes
                         .filter_map(|kv| Some((kv.key.clone(), text(kv.value.as_ref()?.value.as_ref()?))))
                         .collect(),
                     status: span.status.map_or(0, |s| s.code),
+                    links: span.links.iter().map(|l| (hex(&l.trace_id), hex(&l.span_id))).collect(),
                 });
             }
         }

@@ -15,9 +15,9 @@
 
 use std::time::Duration;
 
-use opentelemetry::global::BoxedTracer;
+use opentelemetry::global::{BoxedSpan, BoxedTracer};
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _,
+    Link, Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _,
 };
 use opentelemetry::{Context, KeyValue};
 use qt_core::trace::{AttemptTrace, parse_traceparent};
@@ -141,6 +141,25 @@ impl Spans {
         MessageTrace::Sampled(parent.with_span(span))
     }
 
+    /// Starts the span of a step done once for a whole batch (the idempotency claim, the
+    /// ledger write, the settlement), linked to the span of each of its messages that is
+    /// traced rather than the child of one of them; `None` when none is.
+    pub fn start_batch_step(&self, name: &'static str, messages: Vec<SpanContext>) -> Option<BoxedSpan> {
+        if messages.is_empty() {
+            return None;
+        }
+        let count = messages.len() as i64;
+        let links = messages.into_iter().map(Link::with_context).collect();
+        let span = self
+            .tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Internal)
+            .with_links(links)
+            .with_attributes([KeyValue::new("messaging.batch.message_count", count)])
+            .start_with_context(&self.tracer, &Context::new());
+        Some(span)
+    }
+
     /// Starts the span of one governance check, under the message's.
     pub fn start_governance(&self, trace: &MessageTrace) -> Option<Context> {
         let MessageTrace::Sampled(message) = trace else {
@@ -210,6 +229,17 @@ pub(crate) fn end_governance(span: Option<Context>, decision: &Result<Decision, 
     span.end();
 }
 
+/// Ends a batch step's span, with the error that failed the step.
+pub(crate) fn end_batch_step(span: Option<BoxedSpan>, error: Option<String>) {
+    let Some(mut span) = span else {
+        return;
+    };
+    if let Some(error) = error {
+        span.set_status(Status::error(error));
+    }
+    span.end();
+}
+
 /// Ends an agent attempt's span: its error class and, when it is retried, the delay before the
 /// next attempt.
 pub(crate) fn end_attempt(span: Option<Context>, failed: Option<&AgentError>, retry_in: Option<Duration>) {
@@ -228,6 +258,14 @@ pub(crate) fn end_attempt(span: Option<Context>, failed: Option<&AgentError>, re
 }
 
 impl MessageTrace {
+    /// The message's span, for a batch step to link to; `None` when it is not traced.
+    pub fn span_context(&self) -> Option<SpanContext> {
+        match self {
+            MessageTrace::Sampled(cx) => Some(cx.span().span_context().clone()),
+            _ => None,
+        }
+    }
+
     /// The `traceparent` of the message's span, for a dead letter to carry on; `None` when the
     /// message was not traced.
     pub fn traceparent(&self) -> Option<String> {

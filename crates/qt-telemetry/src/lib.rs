@@ -30,6 +30,8 @@ static SPANS_EXPORTED: AtomicU64 = AtomicU64::new(0);
 /// Spans whose export failed (collector down, refusing, too slow), since start.
 static SPANS_FAILED: AtomicU64 = AtomicU64::new(0);
 
+/// Most links a span keeps: `processing.batch_size` at its largest.
+const MAX_LINKS: u32 = 10_000;
 /// Most spans sent in one export.
 const MAX_EXPORT_BATCH: usize = 512;
 /// Longest a finished span waits before it is sent.
@@ -124,6 +126,9 @@ impl Tracing {
             // The engine decides which messages are kept (see qt-engine's spans module) and
             // makes spans only for those.
             .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
+            // A batch step links to each traced message of its batch (at most
+            // processing.batch_size's largest value), not the SDK's default 128.
+            .with_max_links_per_span(MAX_LINKS)
             .with_span_processor(queue)
             .build();
         Ok(Self { provider })

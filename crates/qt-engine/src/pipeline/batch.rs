@@ -23,7 +23,7 @@ use super::settler::Settler;
 use super::{Finished, Identity, MessageMeta, Pipeline, Unparsed};
 use crate::metrics::HistogramTally;
 use crate::routing::BatchRoutes;
-use crate::spans::MessageTrace;
+use crate::spans::{self, MessageTrace};
 
 /// This batch's place in the order batches link their messages: it links after the batch
 /// before it has linked, and lets the next one go when done.
@@ -281,7 +281,15 @@ async fn claim(p: &Pipeline, jobs: &mut Vec<Job>, done: &mut Vec<Finished>) {
         .map(|j| IdempotencyKey::new(j.envelope.tenant_id.as_deref(), j.envelope.idempotency_key()))
         .collect();
     let asked = keys.len();
-    match store.claim_batch(keys, p.config.idempotency.lease).await {
+    let step = p.spans.as_ref().and_then(|spans| {
+        spans.start_batch_step(
+            "idempotency claim",
+            jobs.iter().filter_map(|j| j.meta.trace.span_context()).collect(),
+        )
+    });
+    let claimed = store.claim_batch(keys, p.config.idempotency.lease).await;
+    spans::end_batch_step(step, claimed.as_ref().err().map(ToString::to_string));
+    match claimed {
         Ok(claims) if claims.len() == jobs.len() => {
             // Duplicates are rare: their outcomes wait here, in order, until they are
             // taken out of the batch in one pass.

@@ -17,6 +17,7 @@ use tracing::{debug, error, warn};
 use super::outcome::{ClaimAction, Outcome, Resolution, resolve};
 use super::{Finished, MessageMeta, Pipeline};
 use crate::metrics::{DlqReason, SettledTally};
+use crate::spans;
 
 /// One batch's working lists, kept from group to group (each is emptied by the group that
 /// fills it).
@@ -72,6 +73,9 @@ impl Settler {
         completes.reserve(batch.len());
         completed_records.reserve(batch.len());
         let log_each = tracing::enabled!(tracing::Level::DEBUG);
+        // The traced messages' spans, for the ledger write's and the settlement's spans to
+        // link to.
+        let mut traced = Vec::new();
         // One clock reading for the whole batch: its records finish together.
         let (now, now_instant) = (Utc::now(), Instant::now());
         for f in batch {
@@ -99,6 +103,9 @@ impl Settler {
             };
             if let Settlement::DeadLetter(dl) = &mut row.settlement {
                 dl.traceparent = meta.trace.traceparent();
+            }
+            if let Some(span) = meta.trace.span_context() {
+                traced.push(span);
             }
             if let Some(c) = claim {
                 match row.claim {
@@ -153,7 +160,13 @@ impl Settler {
         if records.is_empty() {
             return;
         }
-        if let Err(e) = p.ledger.record_batch(records).await {
+        let step = p
+            .spans
+            .as_ref()
+            .and_then(|spans| spans.start_batch_step("ledger write", traced.clone()));
+        let written = p.ledger.record_batch(records).await;
+        spans::end_batch_step(step, written.as_ref().err().map(ToString::to_string));
+        if let Err(e) = written {
             p.metrics.ledger_error();
             error!(error = %e, messages = pending.len(), "ledger write failed; leaving the batch unacknowledged for redelivery");
             for m in pending.drain(..) {
@@ -165,6 +178,10 @@ impl Settler {
         // Most settlements finish on their first poll (an ack is queued, not awaited), here;
         // only those still waiting (a dead letter awaiting its publish confirm) are left for
         // `settle_next`, so the batch's next group need not wait for them.
+        let step = p
+            .spans
+            .as_ref()
+            .and_then(|spans| spans.start_batch_step("settle", traced));
         let mut settled_at = None;
         let mut done = Done::default();
         for Pending {
@@ -182,6 +199,9 @@ impl Settler {
                 Poll::Pending => waiting.push(Box::pin(async move { (after, settling.await) })),
             }
         }
+        // Settlements still waiting for the broker (a dead letter's publish) end later,
+        // outside this span.
+        spans::end_batch_step(step, None);
         done.count(p);
     }
 
