@@ -85,7 +85,8 @@ fn each_message_is_exported_as_a_span_tree_that_continues_the_producers_trace() 
             "{{\"id\": \"ok-1\", \"headers\": {{\"traceparent\": \"00-{PRODUCER_TRACE}-{PRODUCER_SPAN}-01\", \"tracestate\": \"vendor=abc\"}}, \"json\": {{\"type\": \"order.created\", \"order_id\": \"A-1\"}}}}\n\
              {{\"id\": \"flaky-1\", \"json\": {{\"type\": \"order.created\", \"order_id\": \"A-2\"}}}}\n\
              {{\"id\": \"broken-1\", \"json\": {{\"type\": \"order.created\", \"order_id\": \"A-3\"}}}}\n\
-             {{\"id\": \"quiet-1\", \"headers\": {{\"traceparent\": \"00-{UNSAMPLED_TRACE}-{PRODUCER_SPAN}-00\"}}, \"json\": {{\"type\": \"order.created\", \"order_id\": \"A-4\"}}}}\n"
+             {{\"id\": \"quiet-1\", \"headers\": {{\"traceparent\": \"00-{UNSAMPLED_TRACE}-{PRODUCER_SPAN}-00\"}}, \"json\": {{\"type\": \"order.created\", \"order_id\": \"A-4\"}}}}\n\
+             {{\"id\": \"garbled-1\", \"text\": \"not json\"}}\n"
         ),
     )
     .unwrap();
@@ -182,11 +183,24 @@ observability:
     assert_eq!(broken.attr("qt.settlement"), Some("dead_letter"));
     // The dead letter carries qt's span as its traceparent, so a replay continues the trace.
     let dead = jsonl(&dlq);
-    assert_eq!(dead.len(), 1, "{dead:#?}");
+    let dead_letter = |id: &str| {
+        dead.iter()
+            .find(|d| d["id"] == id)
+            .unwrap_or_else(|| panic!("{id}: {dead:#?}"))
+    };
     assert_eq!(
-        dead[0]["headers"]["traceparent"],
+        dead_letter("broken-1")["headers"]["traceparent"],
         format!("00-{}-{}-01", broken.trace_id, broken.span_id).as_str(),
-        "{dead:#?}"
+    );
+
+    // A message that cannot be parsed is traced too.
+    let garbled = process_span(&spans, "garbled-1");
+    assert_eq!(garbled.attr("qt.status"), Some("parse_failed"));
+    assert_eq!(garbled.status, ERROR);
+    assert_eq!(records["garbled-1"][0]["trace_id"], garbled.trace_id.as_str());
+    assert_eq!(
+        dead_letter("garbled-1")["headers"]["traceparent"],
+        format!("00-{}-{}-01", garbled.trace_id, garbled.span_id).as_str(),
     );
 
     // The batched steps each have a span linked to the messages they served.

@@ -21,7 +21,7 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue};
 use qt_core::trace::{AttemptTrace, parse_traceparent};
-use qt_core::{AgentError, Decision, MessageEnvelope, TraceId};
+use qt_core::{AgentError, Decision, Headers, MessageEnvelope, RawMessage, SourceInfo, TraceId};
 use qt_core::{LedgerRecord, LedgerStatus, SettlementKind};
 
 /// What the trigger needs to trace messages: a tracer and the share of new traces to keep.
@@ -37,6 +37,17 @@ impl std::fmt::Debug for TraceSettings {
             .field("sample_ratio", &self.sample_ratio)
             .finish_non_exhaustive()
     }
+}
+
+/// What a message's span is made from.
+struct Facts<'a> {
+    trace_id: TraceId,
+    headers: &'a Headers,
+    source: &'a SourceInfo,
+    message_id: &'a str,
+    event_name: Option<&'a str>,
+    tenant_id: Option<&'a str>,
+    attempt: u32,
 }
 
 /// The pipeline's span maker.
@@ -71,24 +82,52 @@ impl Spans {
     /// message without a producer's context starts a new trace, whose id becomes the
     /// envelope's (so logs and the ledger show the exported trace).
     pub fn start_message(&self, envelope: &mut MessageEnvelope) -> MessageTrace {
-        let producer = envelope
+        let (trace, trace_id) = self.start(&Facts {
+            trace_id: envelope.trace_id,
+            headers: &envelope.headers,
+            source: &envelope.source,
+            message_id: &envelope.message_id,
+            event_name: envelope.event_name.as_deref(),
+            tenant_id: envelope.tenant_id.as_deref(),
+            attempt: envelope.attempt,
+        });
+        envelope.trace_id = trace_id;
+        trace
+    }
+
+    /// [`Spans::start_message`] for a message that could not be parsed: what is known of it
+    /// comes from the raw message. Returns the trace id it goes on with.
+    pub fn start_unparsed(&self, raw: &RawMessage, trace_id: TraceId) -> (MessageTrace, TraceId) {
+        self.start(&Facts {
+            trace_id,
+            headers: &raw.headers,
+            source: &raw.source,
+            message_id: &raw.message_id,
+            event_name: None,
+            tenant_id: raw.headers.get(qt_core::headers::TENANT_ID),
+            attempt: raw.attempt(),
+        })
+    }
+
+    fn start(&self, m: &Facts<'_>) -> (MessageTrace, TraceId) {
+        let producer = m
             .headers
             .get(qt_core::headers::TRACEPARENT)
             .and_then(parse_traceparent)
-            .filter(|p| p.trace_id == envelope.trace_id);
+            .filter(|p| p.trace_id == m.trace_id);
         let keep = match &producer {
             Some(p) => p.sampled,
             None => {
-                let low = u64::from_be_bytes(envelope.trace_id.to_bytes()[8..].try_into().expect("8 bytes")) >> 1;
+                let low = u64::from_be_bytes(m.trace_id.to_bytes()[8..].try_into().expect("8 bytes")) >> 1;
                 low < self.keep_below
             }
         };
         if !keep {
-            return MessageTrace::Unsampled;
+            return (MessageTrace::Unsampled, m.trace_id);
         }
         let parent = match producer {
             Some(p) => {
-                let state = envelope
+                let state = m
                     .headers
                     .get(qt_core::headers::TRACESTATE)
                     .and_then(|s| s.parse::<TraceState>().ok())
@@ -103,13 +142,13 @@ impl Spans {
             }
             None => Context::new(),
         };
-        let source = &envelope.source;
+        let source = m.source;
         let mut attributes = vec![
             KeyValue::new("messaging.system", messaging_system(&source.adapter)),
             KeyValue::new("messaging.destination.name", source.queue.clone()),
             KeyValue::new("messaging.operation.type", "process"),
             KeyValue::new("messaging.operation.name", "process"),
-            KeyValue::new("messaging.message.id", envelope.message_id.clone()),
+            KeyValue::new("messaging.message.id", m.message_id.to_owned()),
         ];
         if let Some(partition) = source.partition {
             attributes.push(KeyValue::new(
@@ -120,14 +159,14 @@ impl Spans {
         if let Some(offset) = source.offset {
             attributes.push(KeyValue::new("messaging.kafka.offset", offset));
         }
-        if let Some(event) = &envelope.event_name {
-            attributes.push(KeyValue::new("qt.event_name", event.clone()));
+        if let Some(event) = m.event_name {
+            attributes.push(KeyValue::new("qt.event_name", event.to_owned()));
         }
-        if let Some(tenant) = &envelope.tenant_id {
-            attributes.push(KeyValue::new("qt.tenant_id", tenant.clone()));
+        if let Some(tenant) = m.tenant_id {
+            attributes.push(KeyValue::new("qt.tenant_id", tenant.to_owned()));
         }
-        if envelope.attempt > 1 {
-            attributes.push(KeyValue::new("qt.delivery_attempt", i64::from(envelope.attempt)));
+        if m.attempt > 1 {
+            attributes.push(KeyValue::new("qt.delivery_attempt", i64::from(m.attempt)));
         }
         let span = self
             .tracer
@@ -135,10 +174,8 @@ impl Spans {
             .with_kind(SpanKind::Consumer)
             .with_attributes(attributes)
             .start_with_context(&self.tracer, &parent);
-        if let Some(id) = TraceId::from_bytes(span.span_context().trace_id().to_bytes()) {
-            envelope.trace_id = id;
-        }
-        MessageTrace::Sampled(parent.with_span(span))
+        let trace_id = TraceId::from_bytes(span.span_context().trace_id().to_bytes()).unwrap_or(m.trace_id);
+        (MessageTrace::Sampled(parent.with_span(span)), trace_id)
     }
 
     /// Starts the span of a step done once for a whole batch (the idempotency claim, the

@@ -201,7 +201,12 @@ fn prepare(
         match build_envelope(message, p.parser.as_ref(), &p.config.processing.extraction) {
             Err(unparseable) => {
                 let qt_core::envelope::Unparseable { raw, trace_id, error } = *unparseable;
-                let meta = unparsed_meta(raw, trace_id, consume_latency, started);
+                let (trace, trace_id) = match &p.spans {
+                    Some(spans) => spans.start_unparsed(&raw, trace_id),
+                    None => (MessageTrace::Off, trace_id),
+                };
+                let mut meta = unparsed_meta(raw, trace_id, consume_latency, started);
+                meta.trace = trace;
                 let outcome = match error {
                     EnvelopeError::Panicked(message) => {
                         error!(trace_id = %meta.trace_id, message_id = %meta.message_id(), queue = %meta.queue(), panic = %message, "parsing the message panicked; it is dead-lettered as a permanent failure");
