@@ -174,49 +174,51 @@ impl opentelemetry_http::HttpClient for OtlpClient {
 #[derive(Debug)]
 enum Command {
     Span(Box<SpanData>),
-    /// Export everything queued before it, then answer.
-    Flush(SyncSender<()>),
+    /// Look at the flush requests now rather than after the next span or timeout.
+    Wake,
 }
+
+/// Requests to export everything queued so far, each answered when done. They do not go
+/// through the span queue, which may be full.
+type Flushes = Arc<Mutex<Vec<SyncSender<()>>>>;
 
 /// A bounded queue of finished spans and the thread that exports them.
 #[derive(Debug)]
 struct ExportQueue {
     sender: SyncSender<Command>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    /// Control messages (flush, stop) must get through a full queue: they go here, and the
-    /// thread looks at them between batches.
-    control: Arc<Mutex<Vec<Command>>>,
+    flushes: Flushes,
 }
 
 impl ExportQueue {
     fn start(exporter: opentelemetry_otlp::SpanExporter, capacity: usize) -> Result<Self, TelemetryError> {
         let (sender, receiver) = sync_channel(capacity);
-        let control = Arc::new(Mutex::new(Vec::new()));
+        let flushes: Flushes = Arc::default();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| TelemetryError::new("", format!("cannot start the span exporter's runtime: {e}")))?;
-        let thread_control = control.clone();
+        let thread_flushes = flushes.clone();
         let thread = std::thread::Builder::new()
             .name("qt-span-export".to_owned())
-            .spawn(move || export_loop(&runtime, &exporter, &receiver, &thread_control))
+            .spawn(move || export_loop(&runtime, &exporter, &receiver, &thread_flushes, capacity))
             .map_err(|e| TelemetryError::new("", format!("cannot start the span export thread: {e}")))?;
         Ok(Self {
             sender,
             thread: Mutex::new(Some(thread)),
-            control,
+            flushes,
         })
     }
 
     /// Asks the thread to export everything queued so far and waits at most `within`.
     fn flush(&self, within: Duration) -> OTelSdkResult {
         let (done, wait) = sync_channel(1);
-        self.control
+        self.flushes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(Command::Flush(done));
-        // Wake the thread if it is waiting for spans.
-        let _ = self.sender.try_send(Command::Flush(sync_channel(1).0));
+            .push(done);
+        // Wake the thread if it is waiting for spans (a full queue needs no waking).
+        let _ = self.sender.try_send(Command::Wake);
         wait.recv_timeout(within).map_err(|_| OTelSdkError::Timeout(within))
     }
 }
@@ -255,35 +257,35 @@ fn export_loop(
     runtime: &tokio::runtime::Runtime,
     exporter: &opentelemetry_otlp::SpanExporter,
     receiver: &Receiver<Command>,
-    control: &Mutex<Vec<Command>>,
+    flush_requests: &Mutex<Vec<SyncSender<()>>>,
+    capacity: usize,
 ) {
     let mut batch: Vec<SpanData> = Vec::with_capacity(MAX_EXPORT_BATCH);
     let mut oldest: Option<Instant> = None;
     loop {
         let wait = oldest.map_or(EXPORT_DELAY, |t| EXPORT_DELAY.saturating_sub(t.elapsed()));
-        let mut flushes = Vec::new();
         match receiver.recv_timeout(wait) {
             Ok(Command::Span(span)) => {
                 batch.push(*span);
                 oldest.get_or_insert_with(Instant::now);
             }
-            Ok(Command::Flush(_)) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(Command::Wake) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 export(runtime, exporter, &mut batch);
                 return;
             }
         }
-        flushes.extend(
-            control
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .drain(..),
-        );
+        let flushes: Vec<SyncSender<()>> = flush_requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain(..)
+            .collect();
         let due = oldest.is_some_and(|t| t.elapsed() >= EXPORT_DELAY);
         if batch.len() >= MAX_EXPORT_BATCH || due || !flushes.is_empty() {
             if !flushes.is_empty() {
-                // Everything queued before the flush was asked for goes now.
-                while let Ok(command) = receiver.try_recv() {
+                // Everything queued before the flush was asked for goes now: at most a full
+                // queue, so spans still arriving cannot keep the flush from answering.
+                for command in receiver.try_iter().take(capacity) {
                     if let Command::Span(span) = command {
                         batch.push(*span);
                         if batch.len() >= MAX_EXPORT_BATCH {
@@ -294,10 +296,8 @@ fn export_loop(
             }
             export(runtime, exporter, &mut batch);
             oldest = None;
-            for flush in flushes {
-                if let Command::Flush(done) = flush {
-                    let _ = done.try_send(());
-                }
+            for done in flushes {
+                let _ = done.try_send(());
             }
         }
     }
