@@ -319,3 +319,43 @@ fn export(runtime: &tokio::runtime::Runtime, exporter: &opentelemetry_otlp::Span
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{Span as _, Tracer as _};
+
+    use super::*;
+
+    #[test]
+    fn when_the_collector_does_not_answer_spans_beyond_the_queue_are_dropped_and_counted() {
+        // A listener that never answers: the first export hangs until its timeout, and the
+        // spans behind it fill the queue.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let config = TracingConfig {
+            enabled: true,
+            endpoint: Some(qt_core::SecretUrl::new(format!(
+                "http://{}/v1/traces",
+                silent.local_addr().unwrap()
+            ))),
+            timeout: Duration::from_secs(2),
+            max_queue_size: 10,
+            ..TracingConfig::default()
+        };
+        let (dropped_before, _, _) = span_counts();
+        let tracing = Tracing::start(&config).unwrap();
+        let tracer = tracing.tracer();
+        let started = Instant::now();
+        for _ in 0..1000 {
+            tracer.start("step").end();
+        }
+        // Ending a span never waits for the collector.
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        let (dropped, _, _) = span_counts();
+        assert!(
+            dropped - dropped_before >= 1000 - 10 - MAX_EXPORT_BATCH as u64,
+            "dropped {}",
+            dropped - dropped_before
+        );
+        drop(silent);
+    }
+}
