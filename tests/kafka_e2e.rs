@@ -26,6 +26,7 @@ use serde_json::Value;
 
 mod support;
 
+use support::collector::Collector;
 use support::files::{by_message, ledger, status_of};
 use support::process::{QtRun, qt, run_bounded};
 use support::wait::wait_until;
@@ -769,6 +770,90 @@ fn two_runs_in_one_group_split_the_partitions() {
         let status = run.terminate(Duration::from_secs(40));
         assert!(status.success(), "graceful stop exits 0 ({status})");
     }
+}
+
+/// A record whose `traceparent` header carries the producer's trace context is processed in
+/// that trace: with `observability.tracing` on, the collector gets one consumer span for it,
+/// the child of the producer's span, naming the topic, partition and offset.
+#[test]
+fn a_records_traceparent_header_makes_its_span_a_child_of_the_producers() {
+    const PRODUCER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PRODUCER_SPAN: &str = "00f067aa0ba902b7";
+    let mut kafka = Kafka::connect();
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start();
+    let topic = kafka.topic("traced", 1);
+    let dlq = kafka.topic("traced-dlq", 1);
+    let group = unique("traced-group");
+    let agent = agent(dir.path(), &dir.path().join("events"));
+    let ledger_path = dir.path().join("ledger.jsonl");
+    let port = free_port();
+    let cfg = dir.path().join("qt.yaml");
+    std::fs::write(
+        &cfg,
+        config(&Setup {
+            brokers: &kafka.brokers,
+            topic: &topic,
+            group: &group,
+            dlq: &dlq,
+            agent: &agent,
+            ledger: &ledger_path.display().to_string(),
+            port: &port.to_string(),
+            processing: "{}",
+        })
+        .replace(
+            "observability:\n",
+            &format!(
+                "observability:\n  tracing: {{enabled: true, endpoint: \"{}\"}}\n",
+                collector.url
+            ),
+        ),
+    )
+    .unwrap();
+    let mut message = order(&topic, 1);
+    message
+        .headers
+        .insert("traceparent", format!("00-{PRODUCER_TRACE}-{PRODUCER_SPAN}-01"));
+    let ids = kafka.produce(vec![message]);
+    let id = ids[0].as_str();
+
+    let mut run = QtRun::start(&cfg, &dir.path().join("qt.log"), port, &[]);
+    run.wait_ready(Duration::from_secs(30));
+    let records = run.wait_recorded_once(&ledger_path, &[id], Duration::from_secs(60));
+    assert_eq!(status_of(&records[id]), "succeeded", "{}", records[id]);
+    assert_eq!(records[id]["trace_id"], PRODUCER_TRACE, "{}", records[id]);
+    // Stopping flushes the spans: all of them are at the collector once qt has exited.
+    let logs = run.logs();
+    let status = run.terminate(Duration::from_secs(40));
+    assert!(status.success(), "graceful stop exits 0 ({status}):\n{logs}");
+
+    let spans = collector.spans();
+    let process: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind == 5 && s.attr("messaging.message.id") == Some(id))
+        .collect();
+    assert_eq!(process.len(), 1, "one consumer span for {id}: {spans:#?}");
+    let span = process[0];
+    assert_eq!(span.trace_id, PRODUCER_TRACE, "{span:#?}");
+    assert_eq!(span.parent_span_id, PRODUCER_SPAN, "{span:#?}");
+    assert_eq!(span.name, format!("process {topic}"));
+    assert_eq!(span.attr("messaging.system"), Some("kafka"), "{span:#?}");
+    assert_eq!(
+        span.attr("messaging.destination.name"),
+        Some(topic.as_str()),
+        "{span:#?}"
+    );
+    let (partition, offset) = position(id);
+    assert_eq!(
+        span.attr("messaging.destination.partition.id"),
+        Some(partition.to_string().as_str()),
+        "{span:#?}"
+    );
+    assert_eq!(
+        span.attr("messaging.kafka.offset"),
+        Some(offset.to_string().as_str()),
+        "{span:#?}"
+    );
 }
 
 /// A cluster that cannot be reached fails `qt run` at start, naming the brokers, without
