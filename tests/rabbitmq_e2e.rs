@@ -27,6 +27,7 @@ use serde_json::Value;
 mod support;
 
 use support::agent::{agent_runs, counting_agent};
+use support::collector::Collector;
 use support::files::{by_message, ledger, status_of};
 use support::process::{QtRun, qt, run_bounded};
 use support::wait::wait_until;
@@ -525,6 +526,72 @@ fn validate_send_and_run_on_rabbitmq() {
     );
     assert_eq!(broker.stats(&queue), (0, 0), "every message settled, consumer gone");
     assert_no_password(&std::fs::read_to_string(dir.path().join("qt.log")).unwrap(), &url);
+}
+
+/// A message whose AMQP `traceparent` header carries the producer's trace context is
+/// processed in that trace: with `observability.tracing` on, the collector gets one consumer
+/// span for it, the child of the producer's span, naming the queue.
+#[test]
+fn an_amqp_traceparent_header_makes_the_messages_span_a_child_of_the_producers() {
+    const PRODUCER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    const PRODUCER_SPAN: &str = "b7ad6b7169203331";
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start();
+    let url = broker_url();
+    let queue = unique("traced");
+    let _cleanup = queue_family(&queue);
+    let agent = dir.path().join("agent.sh");
+    std::fs::write(&agent, "cat > /dev/null\n").unwrap();
+    let ledger_path = dir.path().join("ledger.jsonl");
+    let port = free_port();
+    let cfg = dir.path().join("qt.yaml");
+    std::fs::write(
+        &cfg,
+        config(&url, &queue, &agent, &ledger_path.display().to_string(), port, "{}").replace(
+            "observability:\n",
+            &format!(
+                "observability:\n  tracing: {{enabled: true, endpoint: \"{}\"}}\n",
+                collector.url
+            ),
+        ),
+    )
+    .unwrap();
+    let mut run = QtRun::start(&cfg, &dir.path().join("qt.log"), port, &[]);
+    run.wait_ready(Duration::from_secs(30));
+    let (properties, body) = message(1);
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        "traceparent".into(),
+        AMQPValue::LongString(LongString::from(format!("00-{PRODUCER_TRACE}-{PRODUCER_SPAN}-01"))),
+    );
+    let mut broker = Broker::connect(&url);
+    broker.publish_all(&queue, vec![(properties.with_headers(headers), body)]);
+
+    let id = "m-001";
+    let records = run.wait_recorded_once(&ledger_path, &[id], Duration::from_secs(30));
+    assert_eq!(status_of(&records[id]), "succeeded", "{}", records[id]);
+    assert_eq!(records[id]["trace_id"], PRODUCER_TRACE, "{}", records[id]);
+    // Stopping flushes the spans: all of them are at the collector once qt has exited.
+    let logs = run.logs();
+    let status = run.terminate(Duration::from_secs(40));
+    assert!(status.success(), "graceful stop exits 0 ({status}):\n{logs}");
+
+    let spans = collector.spans();
+    let process: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind == 5 && s.attr("messaging.message.id") == Some(id))
+        .collect();
+    assert_eq!(process.len(), 1, "one consumer span for {id}: {spans:#?}");
+    let span = process[0];
+    assert_eq!(span.trace_id, PRODUCER_TRACE, "{span:#?}");
+    assert_eq!(span.parent_span_id, PRODUCER_SPAN, "{span:#?}");
+    assert_eq!(span.name, format!("process {queue}"));
+    assert_eq!(span.attr("messaging.system"), Some("rabbitmq"), "{span:#?}");
+    assert_eq!(
+        span.attr("messaging.destination.name"),
+        Some(queue.as_str()),
+        "{span:#?}"
+    );
 }
 
 /// A broker that cannot be reached at start fails `qt run` with the URL masked.
