@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{Credentials, SharedCredentialsProvider};
 use aws_sdk_sqs::types::{
-    Message, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
+    Message, MessageAttributeValue, MessageSystemAttributeName, MessageSystemAttributeNameForSends,
+    MessageSystemAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use qt_core::config::SqsSourceConfig;
 use serde_json::Value;
@@ -30,6 +31,7 @@ use serde_json::Value;
 mod support;
 
 use support::agent::counting_agent;
+use support::collector::Collector;
 use support::files::{by_message, ledger, status_of};
 use support::process::{Finished, QtRun};
 use support::wait::wait_until;
@@ -208,6 +210,28 @@ impl Sqs {
             ids.extend((0..chunk.len()).map(|i| by_entry[i.to_string().as_str()].to_owned()));
         }
         ids
+    }
+
+    /// Sends `body` with the `AWSTraceHeader` system attribute an X-Ray traced producer
+    /// sets; returns the MessageId.
+    fn send_with_xray_header(&self, url: &str, body: &str, trace_header: &str) -> String {
+        let header = MessageSystemAttributeValue::builder()
+            .data_type("String")
+            .string_value(trace_header)
+            .build()
+            .unwrap();
+        self.runtime
+            .block_on(
+                self.client
+                    .send_message()
+                    .queue_url(url)
+                    .message_body(body)
+                    .message_system_attributes(MessageSystemAttributeNameForSends::AwsTraceHeader, header)
+                    .send(),
+            )
+            .unwrap_or_else(|e| panic!("SendMessage with AWSTraceHeader to {url}: {e:?}"))
+            .message_id
+            .expect("SendMessage returns the MessageId")
     }
 
     /// (visible, in flight, delayed) messages of `url`.
@@ -596,6 +620,95 @@ fn validate_send_and_every_outcome_on_sqs() {
         !logs.contains(ACCESS_KEY_ID),
         "the access key id appears in the log:\n{logs}"
     );
+}
+
+/// The producer's trace is continued from a `traceparent` message attribute, and from the
+/// `AWSTraceHeader` system attribute of an X-Ray traced producer that sent no traceparent:
+/// with `observability.tracing` on, the collector gets one consumer span per message, the
+/// child of the producer's span, naming the queue.
+#[test]
+fn a_traceparent_attribute_or_an_xray_trace_header_continues_the_producers_trace() {
+    const PRODUCER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PRODUCER_SPAN: &str = "00f067aa0ba902b7";
+    const XRAY_HEADER: &str = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+    const XRAY_TRACE: &str = "5759e988bd862e3fe1be46a994272793";
+    const XRAY_PARENT: &str = "53995c3f42cd8ad8";
+    let sqs = Sqs::connect();
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start();
+    let queue = sqs.create_queue("traced");
+    let dlq = sqs.create_queue("traced-dlq");
+    let _queues = Queues {
+        sqs: &sqs,
+        urls: vec![queue.clone(), dlq.clone()],
+    };
+    let agent = dir.path().join("agent.sh");
+    std::fs::write(&agent, "cat > /dev/null\n").unwrap();
+    let ledger_path = dir.path().join("ledger.jsonl");
+    let ledger_arg = ledger_path.display().to_string();
+    let port = free_port();
+    let cfg = dir.path().join("qt.yaml");
+    std::fs::write(
+        &cfg,
+        config(&Setup {
+            queue_url: &queue,
+            dlq_url: &dlq,
+            agent: &agent,
+            ledger: &ledger_arg,
+            admin_port: port,
+            visibility_timeout: Duration::from_secs(30),
+            processing: "{}",
+        })
+        .replace(
+            "observability:\n",
+            &format!(
+                "observability:\n  tracing: {{enabled: true, endpoint: \"{}\"}}\n",
+                collector.url
+            ),
+        ),
+    )
+    .unwrap();
+    let w3c = sqs
+        .send_all(
+            &queue,
+            &[(
+                r#"{"order_id":"o-1"}"#.to_owned(),
+                vec![("traceparent", format!("00-{PRODUCER_TRACE}-{PRODUCER_SPAN}-01"))],
+            )],
+        )
+        .remove(0);
+    let xray = sqs.send_with_xray_header(&queue, r#"{"order_id":"o-2"}"#, XRAY_HEADER);
+
+    let mut run = start(dir.path(), &cfg, &dir.path().join("qt.log"), port, &[]);
+    run.wait_ready(Duration::from_secs(30));
+    let records = run.wait_recorded_once(&ledger_path, &[&w3c, &xray], Duration::from_secs(60));
+    for r in records.values() {
+        assert_eq!(status_of(r), "succeeded", "{r}");
+    }
+    // Stopping flushes the spans: all of them are at the collector once qt has exited.
+    let logs = run.logs();
+    let status = run.terminate(Duration::from_secs(40));
+    assert!(status.success(), "graceful stop exits 0 ({status}):\n{logs}");
+
+    let spans = collector.spans();
+    for (id, trace, parent) in [(&w3c, PRODUCER_TRACE, PRODUCER_SPAN), (&xray, XRAY_TRACE, XRAY_PARENT)] {
+        let process: Vec<_> = spans
+            .iter()
+            .filter(|s| s.kind == 5 && s.attr("messaging.message.id") == Some(id.as_str()))
+            .collect();
+        assert_eq!(process.len(), 1, "one consumer span for {id}: {spans:#?}");
+        let span = process[0];
+        assert_eq!(span.trace_id, trace, "{span:#?}");
+        assert_eq!(span.parent_span_id, parent, "{span:#?}");
+        assert_eq!(span.attr("messaging.system"), Some("aws_sqs"), "{span:#?}");
+        assert_eq!(
+            span.attr("messaging.destination.name"),
+            Some(queue.as_str()),
+            "{span:#?}"
+        );
+        assert_eq!(span.name, format!("process {queue}"));
+        assert_eq!(records[id]["trace_id"], trace, "{}", records[id]);
+    }
 }
 
 /// `qt send` to a FIFO queue: `--key` is the MessageGroupId and `--id` the
