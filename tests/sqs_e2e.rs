@@ -701,12 +701,11 @@ fn a_traceparent_attribute_or_an_xray_trace_header_continues_the_producers_trace
         assert_eq!(span.trace_id, trace, "{span:#?}");
         assert_eq!(span.parent_span_id, parent, "{span:#?}");
         assert_eq!(span.attr("messaging.system"), Some("aws_sqs"), "{span:#?}");
-        assert_eq!(
-            span.attr("messaging.destination.name"),
-            Some(queue.as_str()),
-            "{span:#?}"
-        );
-        assert_eq!(span.name, format!("process {queue}"));
+        // The conventions name an SQS queue by its name; the URL is beside it.
+        let name = queue.rsplit('/').next().unwrap();
+        assert_eq!(span.attr("messaging.destination.name"), Some(name), "{span:#?}");
+        assert_eq!(span.attr("aws.sqs.queue.url"), Some(queue.as_str()), "{span:#?}");
+        assert_eq!(span.name, format!("process {name}"));
         assert_eq!(records[id]["trace_id"], trace, "{}", records[id]);
     }
 }

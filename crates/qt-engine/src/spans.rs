@@ -143,13 +143,17 @@ impl Spans {
             None => Context::new(),
         };
         let source = m.source;
+        let destination = destination_name(source);
         let mut attributes = vec![
             KeyValue::new("messaging.system", messaging_system(&source.adapter)),
-            KeyValue::new("messaging.destination.name", source.queue.clone()),
+            KeyValue::new("messaging.destination.name", destination.clone()),
             KeyValue::new("messaging.operation.type", "process"),
             KeyValue::new("messaging.operation.name", "process"),
             KeyValue::new("messaging.message.id", m.message_id.to_owned()),
         ];
+        if &*source.adapter == "sqs" {
+            attributes.push(KeyValue::new("aws.sqs.queue.url", source.queue.clone()));
+        }
         if let Some(partition) = source.partition {
             attributes.push(KeyValue::new(
                 "messaging.destination.partition.id",
@@ -170,7 +174,7 @@ impl Spans {
         }
         let span = self
             .tracer
-            .span_builder(format!("process {}", source.queue))
+            .span_builder(format!("process {destination}"))
             .with_kind(SpanKind::Consumer)
             .with_attributes(attributes)
             .start_with_context(&self.tracer, &parent);
@@ -336,6 +340,15 @@ fn settlement_name(settlement: SettlementKind) -> &'static str {
         SettlementKind::Nack => "nack",
         SettlementKind::Requeue => "requeue",
         SettlementKind::DeadLetter => "dead_letter",
+    }
+}
+
+/// The `messaging.destination.name` of a message's source: the topic or queue, and for SQS,
+/// whose sources are queue URLs, the queue's name (the URL's last segment).
+fn destination_name(source: &SourceInfo) -> std::sync::Arc<str> {
+    match (&*source.adapter, source.queue.rsplit_once('/')) {
+        ("sqs", Some((_, name))) if !name.is_empty() => std::sync::Arc::from(name),
+        _ => source.queue.clone(),
     }
 }
 
