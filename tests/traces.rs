@@ -262,3 +262,62 @@ observability:
     assert!(records.iter().all(|r| r["status"] == "succeeded"), "{records:#?}");
     assert!(out.stderr.contains("exporting spans failed"), "{}", out.stderr);
 }
+
+#[test]
+fn a_requeued_message_continues_its_trace_from_the_first_deliverys_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::start();
+    let messages = dir.path().join("messages.jsonl");
+    std::fs::write(
+        &messages,
+        "{\"id\": \"again-1\", \"json\": {\"type\": \"order.created\", \"order_id\": \"B-1\"}}\n",
+    )
+    .unwrap();
+    // Fails its first delivery for good (so it is requeued), succeeds on the next.
+    let script = dir.path().join("agent.sh");
+    std::fs::write(&script, "grep -q '\"delivery_attempt\":1[,}]' && exit 3\nexit 0\n").unwrap();
+    let ledger = dir.path().join("ledger.jsonl");
+    let cfg = dir.path().join("requeue.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+source: {{type: mock, queue: orders, file: {messages}}}
+processing:
+  extraction: {{event_name: [{{pointer: /type}}], dedup_key: [{{pointer: /order_id}}]}}
+  on_failure: requeue
+  requeue_delay: 10ms
+retry: {{max_retries: 0}}
+agent:
+  targets:
+    worker: {{type: command, program: /bin/sh, args: ["{agent}"], timeout: 10s}}
+ledger: {{type: jsonl, path: {ledger}}}
+observability:
+  admin: {{enabled: false}}
+  tracing: {{enabled: true, endpoint: "{endpoint}"}}
+"#,
+            messages = messages.display(),
+            ledger = ledger.display(),
+            agent = script.display(),
+            endpoint = collector.url,
+        ),
+    )
+    .unwrap();
+    let out = run_bounded(qt().args(["run", "--until-idle", "-c"]).arg(&cfg), dir.path(), BOUND);
+    assert!(out.status.success(), "{}", out.stderr);
+    let spans = collector.spans();
+    let mut deliveries: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.kind == CONSUMER && s.attr("messaging.message.id") == Some("again-1"))
+        .collect();
+    deliveries.sort_by_key(|s| s.attr("qt.delivery_attempt").unwrap_or("1").to_owned());
+    assert_eq!(deliveries.len(), 2, "{spans:#?}");
+    let (first, second) = (deliveries[0], deliveries[1]);
+    assert_eq!(first.attr("qt.settlement"), Some("requeue"), "{first:#?}");
+    assert_eq!(second.attr("qt.status"), Some("succeeded"), "{second:#?}");
+    assert_eq!(second.trace_id, first.trace_id, "one trace across deliveries");
+    assert_eq!(
+        second.parent_span_id, first.span_id,
+        "the redelivery follows the first delivery"
+    );
+}

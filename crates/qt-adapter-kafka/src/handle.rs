@@ -74,7 +74,12 @@ impl KafkaSettle {
         Self { ctx, origin }
     }
 
-    async fn requeue(&self, delay: Option<Duration>, attempt: u32) -> Result<(), SettleError> {
+    async fn requeue(
+        &self,
+        delay: Option<Duration>,
+        attempt: u32,
+        traceparent: Option<String>,
+    ) -> Result<(), SettleError> {
         let o = &self.origin;
         let topic = self.ctx.retry_topic.as_deref().unwrap_or(&o.tp.topic);
         let attempt = attempt.to_string();
@@ -82,7 +87,12 @@ impl KafkaSettle {
         if let Some(d) = delay.filter(|d| !d.is_zero()) {
             extra.push((NOT_BEFORE, record::not_before_value(d)));
         }
-        let headers = record::outgoing_headers(o.record.headers(), &[ATTEMPT, NOT_BEFORE], extra);
+        let mut replaced = vec![ATTEMPT, NOT_BEFORE];
+        if let Some(traceparent) = traceparent {
+            extra.push((TRACEPARENT, traceparent));
+            replaced.push(TRACEPARENT);
+        }
+        let headers = record::outgoing_headers(o.record.headers(), &replaced, extra);
         self.reproduce("requeue", topic, headers).await
     }
 
@@ -184,9 +194,13 @@ impl Settle for KafkaSettle {
                 let mut this = self;
                 this.settle_now(&settlement).expect("acks and nacks settle on the spot")
             }
-            Settlement::Requeue { delay, attempt } => {
+            Settlement::Requeue {
+                delay,
+                attempt,
+                traceparent,
+            } => {
                 self.check_current()?;
-                let produced = self.requeue(delay, attempt).await;
+                let produced = self.requeue(delay, attempt, traceparent).await;
                 self.after_produce("requeue", produced)
             }
             Settlement::DeadLetter(dl) => {

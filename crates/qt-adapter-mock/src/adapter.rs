@@ -64,8 +64,15 @@ impl Settle for MockSettle {
                 drop(s);
                 queue.notify_if_idle(idle);
             }
-            Settlement::Requeue { delay, attempt } => {
+            Settlement::Requeue {
+                delay,
+                attempt,
+                traceparent,
+            } => {
                 message.headers.insert(qt_core::headers::ATTEMPT, attempt.to_string());
+                if let Some(traceparent) = traceparent {
+                    message.headers.insert(qt_core::headers::TRACEPARENT, traceparent);
+                }
                 let mut s = inner.state.lock();
                 s.outstanding -= 1;
                 if inner.keep_history {

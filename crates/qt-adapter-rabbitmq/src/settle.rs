@@ -171,9 +171,17 @@ impl RabbitMqSettle {
         }
     }
 
-    async fn requeue_later(&self, delay: Duration, attempt: u32) -> Result<(), SettleError> {
+    async fn requeue_later(
+        &self,
+        delay: Duration,
+        attempt: u32,
+        traceparent: Option<String>,
+    ) -> Result<(), SettleError> {
         let mut headers = self.carried_headers();
         headers.insert(qt_core::headers::ATTEMPT, attempt.to_string());
+        if let Some(traceparent) = traceparent {
+            headers.insert(qt_core::headers::TRACEPARENT, traceparent);
+        }
         // Whole milliseconds, rounded up so the message never comes back early.
         let millis = delay.as_nanos().div_ceil(1_000_000).max(1);
         let retry_queue = self.session.ctx.plan.retry_queue.clone();
@@ -213,9 +221,14 @@ impl Settle for RabbitMqSettle {
         let outcome = match settlement {
             Settlement::Ack => self.ack().await,
             Settlement::Nack => self.nack(false).await,
-            Settlement::Requeue { delay, attempt } => match delay.filter(|d| !d.is_zero()) {
+            Settlement::Requeue {
+                delay,
+                attempt,
+                traceparent,
+            } => match delay.filter(|d| !d.is_zero()) {
+                // The broker puts the message itself back: it keeps its headers.
                 None => self.nack(true).await,
-                Some(delay) => self.requeue_later(delay, attempt).await,
+                Some(delay) => self.requeue_later(delay, attempt, traceparent).await,
             },
             Settlement::DeadLetter(dead_letter) => self.dead_letter(&dead_letter).await,
         };

@@ -39,6 +39,7 @@ async fn acks_settled_together_skip_held_and_returned_messages() {
             Settlement::Requeue {
                 delay: None,
                 attempt: 2,
+                traceparent: None,
             }
         } else {
             Settlement::Ack

@@ -26,8 +26,14 @@ pub enum Settlement {
     /// Give up without a retry from qt: the broker's own dead-lettering (RabbitMQ DLX, SQS
     /// redrive policy) applies where it exists; Kafka drops it.
     Nack,
-    /// Try again later. `attempt` is the attempt number the redelivery will carry.
-    Requeue { delay: Option<Duration>, attempt: u32 },
+    /// Try again later. `attempt` is the attempt number the redelivery will carry;
+    /// `traceparent`, when set, is qt's span of the message, which the redelivery carries
+    /// instead of the producer's where the broker lets a copy carry new headers.
+    Requeue {
+        delay: Option<Duration>,
+        attempt: u32,
+        traceparent: Option<String>,
+    },
     /// Move to the configured dead-letter destination with the failure details.
     DeadLetter(DeadLetter),
 }
@@ -215,7 +221,12 @@ impl AckHandle {
     }
 
     pub async fn requeue(self, delay: Option<Duration>, attempt: u32) -> Result<(), SettleError> {
-        self.settle(Settlement::Requeue { delay, attempt }).await
+        self.settle(Settlement::Requeue {
+            delay,
+            attempt,
+            traceparent: None,
+        })
+        .await
     }
 
     pub async fn dead_letter(self, dead_letter: DeadLetter) -> Result<(), SettleError> {

@@ -101,6 +101,7 @@ pub(crate) fn resolve(outcome: &Outcome, config: &Config, attempt: u32, event: O
     let requeue = |delay: Duration| Settlement::Requeue {
         delay: Some(delay),
         attempt: attempt.saturating_add(1),
+        traceparent: None,
     };
     let row = match outcome {
         Outcome::Succeeded { .. } => Resolution {

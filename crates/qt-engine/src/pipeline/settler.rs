@@ -101,8 +101,12 @@ impl Settler {
                 drop((handle, permit));
                 continue;
             };
-            if let Settlement::DeadLetter(dl) = &mut row.settlement {
-                dl.traceparent = meta.trace.traceparent();
+            // A traced message's copy (a dead letter, a requeued message) continues its trace
+            // from qt's span.
+            match &mut row.settlement {
+                Settlement::DeadLetter(dl) => dl.traceparent = meta.trace.traceparent(),
+                Settlement::Requeue { traceparent, .. } => *traceparent = meta.trace.traceparent(),
+                Settlement::Ack | Settlement::Nack => {}
             }
             if let Some(span) = meta.trace.span_context() {
                 traced.push(span);
