@@ -19,6 +19,13 @@
 //! and headers qt sent in an unmeasured warm-up run. Rounds alternate, qt then reqwest, three
 //! times; the medians and the ranges are reported, and the ratio is median over median.
 //!
+//! CPU per message (user and system time) is reported beside the rates, to tell a side short
+//! of CPU from one that waits: for qt, the `qt` process's over the server's window (start-up
+//! and exit left out); for the plain side, the reqwest loop's two threads over its whole run.
+//! Both are read from /proc in clock ticks (USER_HZ, 100 per second on Linux), so they are
+//! coarse but plenty for runs of a second or more. The server's CPU per message on each side
+//! is printed with each round.
+//!
 //! For contrast, the `command` target on the same workload, running `/bin/true` per message
 //! (fewer messages, since each is a fork and exec): its rate is messages over the `qt`
 //! process's wall time, start-up included (there is no server to time it by).
@@ -43,6 +50,10 @@ use axum::routing::post;
 
 const ROUNDS: usize = 3;
 const QT: &str = env!("CARGO_BIN_EXE_qt");
+/// The reqwest loop's threads, named so that their CPU time can be read.
+const CLIENT_THREADS: &str = "bench-client";
+/// The server's threads, likewise.
+const SERVER_THREADS: &str = "bench-server";
 
 /// What the server saw: a request count, the first and last request times (nanoseconds after
 /// `base`, 0 = none yet) and, while `capture` is set, every request's body and headers.
@@ -86,6 +97,31 @@ async fn answer(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) 
     StatusCode::OK
 }
 
+/// Clock ticks per second of the times in /proc (USER_HZ, fixed at 100 in Linux's ABI).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// The `stat` fields of a /proc file after the command name (which may hold spaces), so
+/// `fields[0]` is the state, field 3 of proc(5).
+fn stat_fields(path: &Path) -> Vec<u64> {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after_name.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect()
+}
+
+/// CPU seconds (user and system) of this process's threads named `name`.
+fn threads_cpu(name: &str) -> f64 {
+    let mut ticks = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            let f = stat_fields(&task.path().join("stat"));
+            // utime and stime: fields 14 and 15 of proc(5).
+            ticks += f[11] + f[12];
+        }
+    }
+    ticks as f64 / TICKS_PER_SECOND
+}
+
 /// Starts the server on its own two-thread runtime; returns its URL.
 fn start_server(seen: Arc<Seen>) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -94,6 +130,7 @@ fn start_server(seen: Arc<Seen>) -> String {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            .thread_name(SERVER_THREADS)
             .enable_all()
             .build()
             .unwrap();
@@ -140,31 +177,79 @@ fn write_config(path: &Path, messages: &Path, concurrency: usize, target: &str) 
     std::fs::write(path, yaml).unwrap();
 }
 
-/// Runs `qt run --until-idle`; returns its wall time after checking every message succeeded.
-fn run_qt(config: &Path, n: usize) -> f64 {
+/// What one `qt` run took: its wall time, and its CPU time per message over the server's
+/// window (see [`run_qt`]).
+struct QtRun {
+    wall: f64,
+    cpu_us_per_message: f64,
+}
+
+/// Runs `qt run --until-idle` and checks that every message succeeded.
+///
+/// While it runs, the `qt` process's CPU time is read every few milliseconds beside the
+/// server's request count, so that its CPU per message is taken over the same window as the
+/// rate: from the first reading after requests began to the last one before they ended,
+/// leaving out start-up (reading and parsing the messages file) and exit.
+fn run_qt(config: &Path, n: usize, seen: &Seen) -> QtRun {
     let start = Instant::now();
-    let out = Command::new(QT)
+    let mut child = Command::new(QT)
         .args(["run", "-c"])
         .arg(config)
         .arg("--until-idle")
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("cannot start qt");
+    // Read while it runs, so that a chatty `qt` never blocks on a full pipe.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut text);
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let stat = std::path::PathBuf::from(format!("/proc/{}/stat", child.id()));
+    // (requests seen, CPU ticks) at the first reading with requests, and at the latest one
+    // before the last request.
+    let mut first: Option<(u64, u64)> = None;
+    let mut last = None;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("cannot wait for qt") {
+            break status;
+        }
+        let f = stat_fields(&stat);
+        let count = seen.count.load(Ordering::SeqCst);
+        if f.len() > 12 && count > 0 && count < n as u64 {
+            // utime and stime: fields 14 and 15 of proc(5).
+            let reading = (count, f[11] + f[12]);
+            first.get_or_insert(reading);
+            last = Some(reading);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
     let wall = start.elapsed().as_secs_f64();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "qt failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = stdout.join().expect("reading qt's stdout panicked");
+    let stderr = stderr.join().expect("reading qt's stderr panicked");
+    assert!(status.success(), "qt failed ({status}):\n{stdout}\n{stderr}");
     let succeeded: u64 = stdout
         .lines()
         .find_map(|l| l.trim().strip_prefix("succeeded"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no succeeded row in qt's summary:\n{stdout}"));
     assert_eq!(succeeded, n as u64, "qt's summary:\n{stdout}");
-    wall
+    let cpu_us_per_message = match (first, last) {
+        (Some((c0, t0)), Some((c1, t1))) if c1 > c0 => (t1 - t0) as f64 / TICKS_PER_SECOND * 1e6 / (c1 - c0) as f64,
+        _ => f64::NAN,
+    };
+    QtRun {
+        wall,
+        cpu_us_per_message,
+    }
 }
 
 /// Posts every captured request with `concurrency` tasks on one client.
@@ -235,6 +320,7 @@ fn main() {
     let url = start_server(seen.clone());
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name(CLIENT_THREADS)
         .enable_all()
         .build()
         .unwrap();
@@ -252,7 +338,7 @@ fn main() {
         eprintln!("http, concurrency {concurrency}: warm-up");
         seen.captured.lock().unwrap().clear();
         seen.capture.store(true, Ordering::SeqCst);
-        run_qt(&config, n);
+        run_qt(&config, n, &seen);
         seen.capture.store(false, Ordering::SeqCst);
         let mut requests = std::mem::take(&mut *seen.captured.lock().unwrap());
         // The client sets these itself.
@@ -265,25 +351,40 @@ fn main() {
         assert_eq!(requests.len(), n);
 
         let (mut qt_rates, mut qt_walls, mut plain_rates) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut qt_cpus, mut plain_cpus) = (Vec::new(), Vec::new());
+        let per_message_us = |cpu: f64| cpu * 1e6 / n as f64;
         for round in 1..=ROUNDS {
             seen.reset();
-            let wall = run_qt(&config, n);
+            let server_before = threads_cpu(SERVER_THREADS);
+            let QtRun {
+                wall,
+                cpu_us_per_message,
+            } = run_qt(&config, n, &seen);
+            qt_cpus.push(cpu_us_per_message);
+            let qt_server = per_message_us(threads_cpu(SERVER_THREADS) - server_before);
             let (count, secs) = seen.window();
             assert_eq!(count, n as u64);
             qt_rates.push(count as f64 / secs);
             qt_walls.push(wall);
 
             seen.reset();
+            let (cpu_before, server_before) = (threads_cpu(CLIENT_THREADS), threads_cpu(SERVER_THREADS));
             run_reqwest(&client_rt, &url, &requests, concurrency);
+            plain_cpus.push(per_message_us(threads_cpu(CLIENT_THREADS) - cpu_before));
+            let plain_server = per_message_us(threads_cpu(SERVER_THREADS) - server_before);
             let (count, plain_secs) = seen.window();
             assert_eq!(count, n as u64);
             plain_rates.push(count as f64 / plain_secs);
             eprintln!(
-                "http, concurrency {concurrency}, round {round}: qt {:.0}/s ({secs:.2} s, process {wall:.2} s), reqwest {:.0}/s",
+                "http, concurrency {concurrency}, round {round}: qt {:.0}/s ({secs:.2} s, process {wall:.2} s, {:.1} µs CPU/message, server {qt_server:.1}), reqwest {:.0}/s ({:.1} µs CPU/message, server {plain_server:.1})",
                 qt_rates[round - 1],
-                plain_rates[round - 1]
+                qt_cpus[round - 1],
+                plain_rates[round - 1],
+                plain_cpus[round - 1]
             );
         }
+        let (qt_cpu, _, _) = median_and_range(qt_cpus);
+        let (plain_cpu, _, _) = median_and_range(plain_cpus);
         let (qt, qt_min, qt_max) = median_and_range(qt_rates);
         let (plain, plain_min, plain_max) = median_and_range(plain_rates);
         let (wall, _, _) = median_and_range(qt_walls);
@@ -302,6 +403,8 @@ fn main() {
                 "reqwest_min": plain_min,
                 "reqwest_max": plain_max,
                 "ratio": qt / plain,
+                "qt_cpu_us_per_message": qt_cpu,
+                "reqwest_cpu_us_per_message": plain_cpu,
             })
         );
     }
@@ -319,7 +422,7 @@ fn main() {
     );
     let mut rates = Vec::new();
     for round in 1..=ROUNDS {
-        let wall = run_qt(&config, n_command);
+        let wall = run_qt(&config, n_command, &seen).wall;
         rates.push(n_command as f64 / wall);
         eprintln!(
             "command, concurrency {concurrency}, round {round}: {:.0}/s ({wall:.2} s)",
