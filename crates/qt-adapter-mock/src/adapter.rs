@@ -38,7 +38,7 @@ impl Settle for MockSettle {
         match settlement {
             Settlement::DeadLetter(dl) => {
                 let id = message.message_id.clone();
-                return queue.record_dead_letter(message, dl).map_err(|e| SettleError::Broker {
+                return queue.record_dead_letter(message, *dl).map_err(|e| SettleError::Broker {
                     operation: "dead-letter",
                     queue: inner.name.to_string(),
                     message_id: id,

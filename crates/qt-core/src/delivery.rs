@@ -34,8 +34,9 @@ pub enum Settlement {
         attempt: u32,
         traceparent: Option<String>,
     },
-    /// Move to the configured dead-letter destination with the failure details.
-    DeadLetter(DeadLetter),
+    /// Move to the configured dead-letter destination with the failure details. Boxed: dead
+    /// letters are rare, and every settlement is as large as its largest kind.
+    DeadLetter(Box<DeadLetter>),
 }
 
 impl Settlement {
@@ -230,7 +231,7 @@ impl AckHandle {
     }
 
     pub async fn dead_letter(self, dead_letter: DeadLetter) -> Result<(), SettleError> {
-        self.settle(Settlement::DeadLetter(dead_letter)).await
+        self.settle(Settlement::DeadLetter(Box::new(dead_letter))).await
     }
 
     /// Extends the broker lease where the adapter supports it.

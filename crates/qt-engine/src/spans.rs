@@ -22,7 +22,7 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue};
 use qt_core::trace::{AttemptTrace, parse_traceparent};
 use qt_core::{AgentError, Decision, Headers, MessageEnvelope, RawMessage, SourceInfo, TraceId};
-use qt_core::{LedgerRecord, LedgerStatus, SettlementKind};
+use qt_core::{LedgerStatus, SettlementKind};
 
 /// What the trigger needs to trace messages: a tracer and the share of new traces to keep.
 pub struct TraceSettings {
@@ -57,17 +57,11 @@ pub(crate) struct Spans {
     keep_below: u64,
 }
 
-/// A message's tracing state, carried with it from intake to settlement.
+/// The context holding a message's consumer span, carried with it from intake to settlement;
+/// empty when the message is not traced (no tracer, or not kept). Boxed: every message's
+/// metadata carries it, and most have none.
 #[derive(Clone, Debug, Default)]
-pub(crate) enum MessageTrace {
-    /// The trigger has no tracer.
-    #[default]
-    Off,
-    /// Traced, but not kept: no span is made.
-    Unsampled,
-    /// The context holding the message's consumer span.
-    Sampled(Context),
-}
+pub(crate) struct MessageTrace(Option<Box<Context>>);
 
 impl Spans {
     pub fn new(settings: TraceSettings) -> Self {
@@ -123,7 +117,7 @@ impl Spans {
             }
         };
         if !keep {
-            return (MessageTrace::Unsampled, m.trace_id);
+            return (MessageTrace(None), m.trace_id);
         }
         let parent = match producer {
             Some(p) => {
@@ -179,7 +173,7 @@ impl Spans {
             .with_attributes(attributes)
             .start_with_context(&self.tracer, &parent);
         let trace_id = TraceId::from_bytes(span.span_context().trace_id().to_bytes()).unwrap_or(m.trace_id);
-        (MessageTrace::Sampled(parent.with_span(span)), trace_id)
+        (MessageTrace(Some(Box::new(parent.with_span(span)))), trace_id)
     }
 
     /// Starts the span of a step done once for a whole batch (the idempotency claim, the
@@ -201,17 +195,16 @@ impl Spans {
         Some(span)
     }
 
-    /// Starts the span of one governance check, under the message's.
-    pub fn start_governance(&self, trace: &MessageTrace) -> Option<Context> {
-        let MessageTrace::Sampled(message) = trace else {
-            return None;
-        };
+    /// Starts the span of one governance check, under the message's. Boxed, like the attempt
+    /// span: the run of every message keeps the slot for one across its waits.
+    pub fn start_governance(&self, trace: &MessageTrace) -> Option<Box<Context>> {
+        let message = trace.0.as_deref()?;
         let span = self
             .tracer
             .span_builder("governance")
             .with_kind(SpanKind::Internal)
             .start_with_context(&self.tracer, message);
-        Some(message.with_span(span))
+        Some(Box::new(message.with_span(span)))
     }
 
     /// Starts the span of one agent attempt, under the message's. Returns it with what the
@@ -221,11 +214,10 @@ impl Spans {
         trace: &MessageTrace,
         target: &str,
         attempt: u32,
-    ) -> (Option<Context>, Option<AttemptTrace>) {
-        match trace {
-            MessageTrace::Off => (None, None),
-            MessageTrace::Unsampled => (None, Some(AttemptTrace::Unsampled)),
-            MessageTrace::Sampled(message) => {
+    ) -> (Option<Box<Context>>, Option<AttemptTrace>) {
+        match trace.0.as_deref() {
+            None => (None, Some(AttemptTrace::Unsampled)),
+            Some(message) => {
                 let span = self
                     .tracer
                     .span_builder(format!("agent {target}"))
@@ -236,14 +228,17 @@ impl Spans {
                     ])
                     .start_with_context(&self.tracer, message);
                 let span_id = span.span_context().span_id().to_bytes();
-                (Some(message.with_span(span)), Some(AttemptTrace::Span(span_id)))
+                (
+                    Some(Box::new(message.with_span(span))),
+                    Some(AttemptTrace::Span(span_id)),
+                )
             }
         }
     }
 }
 
 /// Ends a governance span with what governance decided.
-pub(crate) fn end_governance(span: Option<Context>, decision: &Result<Decision, qt_core::GovernanceError>) {
+pub(crate) fn end_governance(span: Option<Box<Context>>, decision: &Result<Decision, qt_core::GovernanceError>) {
     let Some(cx) = span else {
         return;
     };
@@ -283,7 +278,7 @@ pub(crate) fn end_batch_step(span: Option<BoxedSpan>, error: Option<String>) {
 
 /// Ends an agent attempt's span: its error class and, when it is retried, the delay before the
 /// next attempt.
-pub(crate) fn end_attempt(span: Option<Context>, failed: Option<&AgentError>, retry_in: Option<Duration>) {
+pub(crate) fn end_attempt(span: Option<Box<Context>>, failed: Option<&AgentError>, retry_in: Option<Duration>) {
     let Some(cx) = span else {
         return;
     };
@@ -301,34 +296,28 @@ pub(crate) fn end_attempt(span: Option<Context>, failed: Option<&AgentError>, re
 impl MessageTrace {
     /// The message's span, for a batch step to link to; `None` when it is not traced.
     pub fn span_context(&self) -> Option<SpanContext> {
-        match self {
-            MessageTrace::Sampled(cx) => Some(cx.span().span_context().clone()),
-            _ => None,
-        }
+        self.0.as_deref().map(|cx| cx.span().span_context().clone())
     }
 
     /// The `traceparent` of the message's span, for a dead letter to carry on; `None` when the
     /// message was not traced.
     pub fn traceparent(&self) -> Option<String> {
-        let MessageTrace::Sampled(cx) = self else {
-            return None;
-        };
-        let span = cx.span();
+        let span = self.0.as_deref()?.span();
         let sc = span.span_context();
         Some(format!("00-{}-{}-01", sc.trace_id(), sc.span_id()))
     }
 
     /// Ends the message's span with its outcome, as the ledger records it.
-    pub fn end(self, record: &LedgerRecord) {
-        let MessageTrace::Sampled(cx) = self else {
+    pub fn end(self, status: LedgerStatus, settlement: SettlementKind, attempts: u32, error: Option<&str>) {
+        let Some(cx) = self.0 else {
             return;
         };
         let span = cx.span();
-        span.set_attribute(KeyValue::new("qt.status", record.status.as_str()));
-        span.set_attribute(KeyValue::new("qt.settlement", settlement_name(record.settlement)));
-        span.set_attribute(KeyValue::new("qt.attempts", i64::from(record.attempts)));
-        if matches!(record.status, LedgerStatus::Failed | LedgerStatus::ParseFailed) {
-            span.set_status(Status::error(record.error.clone().unwrap_or_default()));
+        span.set_attribute(KeyValue::new("qt.status", status.as_str()));
+        span.set_attribute(KeyValue::new("qt.settlement", settlement_name(settlement)));
+        span.set_attribute(KeyValue::new("qt.attempts", i64::from(attempts)));
+        if matches!(status, LedgerStatus::Failed | LedgerStatus::ParseFailed) {
+            span.set_status(Status::error(error.unwrap_or_default().to_owned()));
         }
         span.end();
     }

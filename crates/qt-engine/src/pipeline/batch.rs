@@ -118,7 +118,7 @@ pub(crate) async fn dead_letter_poisoned(
             received_at,
             started: Instant::now(),
             consume_latency,
-            trace: MessageTrace::Off,
+            trace: MessageTrace::default(),
         },
         Err(unparseable) => {
             let qt_core::envelope::Unparseable { raw, trace_id, .. } = *unparseable;
@@ -159,7 +159,7 @@ fn unparsed_meta(
         started,
         consume_latency,
         attempt,
-        trace: MessageTrace::Off,
+        trace: MessageTrace::default(),
     }
 }
 
@@ -203,7 +203,7 @@ fn prepare(
                 let qt_core::envelope::Unparseable { raw, trace_id, error } = *unparseable;
                 let (trace, trace_id) = match &p.spans {
                     Some(spans) => spans.start_unparsed(&raw, trace_id),
-                    None => (MessageTrace::Off, trace_id),
+                    None => (MessageTrace::default(), trace_id),
                 };
                 let mut meta = unparsed_meta(raw, trace_id, consume_latency, started);
                 meta.trace = trace;
@@ -223,13 +223,11 @@ fn prepare(
                 };
                 cannot_run(done, handle, meta, outcome, permit);
             }
-            Ok(built) => {
-                let mut envelope = built.envelope;
-                let trace = p
-                    .spans
-                    .as_ref()
-                    .map_or(MessageTrace::Off, |spans| spans.start_message(&mut envelope));
-                let envelope = Arc::new(envelope);
+            Ok(mut built) => {
+                let trace = p.spans.as_ref().map_or(MessageTrace::default(), |spans| {
+                    spans.start_message(&mut built.envelope)
+                });
+                let envelope = Arc::new(built.envelope);
                 debug!(trace_id = %envelope.trace_id, message_id = %envelope.message_id, queue = %envelope.source.queue, "consumed and parsed");
                 let event_name = envelope.event_name.as_deref().unwrap_or(&envelope.source.queue);
                 let route = routes.route(&p.router, event_name);

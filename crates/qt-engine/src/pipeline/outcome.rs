@@ -82,7 +82,7 @@ fn dead_letter(reason: String, class: Option<ErrorClass>, attempts: u32) -> Sett
     let mut dl = DeadLetter::new(reason);
     dl.error_class = class;
     dl.attempts = attempts;
-    Settlement::DeadLetter(dl)
+    Settlement::DeadLetter(Box::new(dl))
 }
 
 fn unprocessable(action: UnprocessableAction, reason: String, dlq: DlqReason) -> (Settlement, Option<DlqReason>) {
@@ -212,7 +212,7 @@ pub(crate) fn resolve(outcome: &Outcome, config: &Config, attempt: u32, event: O
                         GiveUpReason::RetriesExhausted => DlqReason::RetriesExhausted,
                         GiveUpReason::BudgetExhausted => DlqReason::RetryBudgetExhausted,
                     };
-                    (Settlement::DeadLetter(dl), Some(label))
+                    (Settlement::DeadLetter(Box::new(dl)), Some(label))
                 }
                 FailureAction::Nack => (Settlement::Nack, None),
                 FailureAction::Requeue => (requeue(p.requeue_delay), None),

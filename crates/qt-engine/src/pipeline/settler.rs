@@ -313,9 +313,11 @@ fn record(
         }
         _ => {}
     }
-    let trace = std::mem::take(&mut meta.trace);
+    // The message's span ends with the outcome decided; the ledger write and the settlement
+    // that follow are batch work.
+    std::mem::take(&mut meta.trace).end(row.status, settlement, attempts, row.error.as_deref());
     let identity = MessageMeta::into_owned_identity(meta.identity);
-    let record = LedgerRecord {
+    LedgerRecord {
         trace_id: meta.trace_id,
         message_id: identity.message_id,
         queue: identity.queue,
@@ -339,9 +341,5 @@ fn record(
         retries: history,
         received_at: meta.received_at,
         finished_at: now,
-    };
-    // The message's span ends with the outcome decided; the ledger write and the settlement
-    // that follow are batch work.
-    trace.end(&record);
-    record
+    }
 }
