@@ -26,7 +26,7 @@ use serde_json::Value;
 
 mod support;
 
-use support::collector::Collector;
+use support::collector::{Collector, consumer_span, with_tracing};
 use support::files::{by_message, ledger, status_of};
 use support::process::{QtRun, qt, run_bounded};
 use support::wait::wait_until;
@@ -791,22 +791,18 @@ fn a_records_traceparent_header_makes_its_span_a_child_of_the_producers() {
     let cfg = dir.path().join("qt.yaml");
     std::fs::write(
         &cfg,
-        config(&Setup {
-            brokers: &kafka.brokers,
-            topic: &topic,
-            group: &group,
-            dlq: &dlq,
-            agent: &agent,
-            ledger: &ledger_path.display().to_string(),
-            port: &port.to_string(),
-            processing: "{}",
-        })
-        .replace(
-            "observability:\n",
-            &format!(
-                "observability:\n  tracing: {{enabled: true, endpoint: \"{}\"}}\n",
-                collector.url
-            ),
+        with_tracing(
+            &config(&Setup {
+                brokers: &kafka.brokers,
+                topic: &topic,
+                group: &group,
+                dlq: &dlq,
+                agent: &agent,
+                ledger: &ledger_path.display().to_string(),
+                port: &port.to_string(),
+                processing: "{}",
+            }),
+            &collector.url,
         ),
     )
     .unwrap();
@@ -828,21 +824,8 @@ fn a_records_traceparent_header_makes_its_span_a_child_of_the_producers() {
     assert!(status.success(), "graceful stop exits 0 ({status}):\n{logs}");
 
     let spans = collector.spans();
-    let process: Vec<_> = spans
-        .iter()
-        .filter(|s| s.kind == 5 && s.attr("messaging.message.id") == Some(id))
-        .collect();
-    assert_eq!(process.len(), 1, "one consumer span for {id}: {spans:#?}");
-    let span = process[0];
-    assert_eq!(span.trace_id, PRODUCER_TRACE, "{span:#?}");
-    assert_eq!(span.parent_span_id, PRODUCER_SPAN, "{span:#?}");
-    assert_eq!(span.name, format!("process {topic}"));
-    assert_eq!(span.attr("messaging.system"), Some("kafka"), "{span:#?}");
-    assert_eq!(
-        span.attr("messaging.destination.name"),
-        Some(topic.as_str()),
-        "{span:#?}"
-    );
+    let span = consumer_span(&spans, id);
+    span.assert_continues(PRODUCER_TRACE, PRODUCER_SPAN, "kafka", &topic);
     let (partition, offset) = position(id);
     assert_eq!(
         span.attr("messaging.destination.partition.id"),

@@ -27,7 +27,7 @@ use serde_json::Value;
 mod support;
 
 use support::agent::{agent_runs, counting_agent};
-use support::collector::Collector;
+use support::collector::{Collector, consumer_span, with_tracing};
 use support::files::{by_message, ledger, status_of};
 use support::process::{QtRun, qt, run_bounded};
 use support::wait::wait_until;
@@ -547,12 +547,9 @@ fn an_amqp_traceparent_header_makes_the_messages_span_a_child_of_the_producers()
     let cfg = dir.path().join("qt.yaml");
     std::fs::write(
         &cfg,
-        config(&url, &queue, &agent, &ledger_path.display().to_string(), port, "{}").replace(
-            "observability:\n",
-            &format!(
-                "observability:\n  tracing: {{enabled: true, endpoint: \"{}\"}}\n",
-                collector.url
-            ),
+        with_tracing(
+            &config(&url, &queue, &agent, &ledger_path.display().to_string(), port, "{}"),
+            &collector.url,
         ),
     )
     .unwrap();
@@ -577,21 +574,7 @@ fn an_amqp_traceparent_header_makes_the_messages_span_a_child_of_the_producers()
     assert!(status.success(), "graceful stop exits 0 ({status}):\n{logs}");
 
     let spans = collector.spans();
-    let process: Vec<_> = spans
-        .iter()
-        .filter(|s| s.kind == 5 && s.attr("messaging.message.id") == Some(id))
-        .collect();
-    assert_eq!(process.len(), 1, "one consumer span for {id}: {spans:#?}");
-    let span = process[0];
-    assert_eq!(span.trace_id, PRODUCER_TRACE, "{span:#?}");
-    assert_eq!(span.parent_span_id, PRODUCER_SPAN, "{span:#?}");
-    assert_eq!(span.name, format!("process {queue}"));
-    assert_eq!(span.attr("messaging.system"), Some("rabbitmq"), "{span:#?}");
-    assert_eq!(
-        span.attr("messaging.destination.name"),
-        Some(queue.as_str()),
-        "{span:#?}"
-    );
+    consumer_span(&spans, id).assert_continues(PRODUCER_TRACE, PRODUCER_SPAN, "rabbitmq", &queue);
 }
 
 /// A broker that cannot be reached at start fails `qt run` with the URL masked.

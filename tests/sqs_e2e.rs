@@ -31,7 +31,7 @@ use serde_json::Value;
 mod support;
 
 use support::agent::counting_agent;
-use support::collector::Collector;
+use support::collector::{Collector, consumer_span, with_tracing};
 use support::files::{by_message, ledger, status_of};
 use support::process::{Finished, QtRun};
 use support::wait::wait_until;
@@ -650,21 +650,17 @@ fn a_traceparent_attribute_or_an_xray_trace_header_continues_the_producers_trace
     let cfg = dir.path().join("qt.yaml");
     std::fs::write(
         &cfg,
-        config(&Setup {
-            queue_url: &queue,
-            dlq_url: &dlq,
-            agent: &agent,
-            ledger: &ledger_arg,
-            admin_port: port,
-            visibility_timeout: Duration::from_secs(30),
-            processing: "{}",
-        })
-        .replace(
-            "observability:\n",
-            &format!(
-                "observability:\n  tracing: {{enabled: true, endpoint: \"{}\"}}\n",
-                collector.url
-            ),
+        with_tracing(
+            &config(&Setup {
+                queue_url: &queue,
+                dlq_url: &dlq,
+                agent: &agent,
+                ledger: &ledger_arg,
+                admin_port: port,
+                visibility_timeout: Duration::from_secs(30),
+                processing: "{}",
+            }),
+            &collector.url,
         ),
     )
     .unwrap();
@@ -692,20 +688,11 @@ fn a_traceparent_attribute_or_an_xray_trace_header_continues_the_producers_trace
 
     let spans = collector.spans();
     for (id, trace, parent) in [(&w3c, PRODUCER_TRACE, PRODUCER_SPAN), (&xray, XRAY_TRACE, XRAY_PARENT)] {
-        let process: Vec<_> = spans
-            .iter()
-            .filter(|s| s.kind == 5 && s.attr("messaging.message.id") == Some(id.as_str()))
-            .collect();
-        assert_eq!(process.len(), 1, "one consumer span for {id}: {spans:#?}");
-        let span = process[0];
-        assert_eq!(span.trace_id, trace, "{span:#?}");
-        assert_eq!(span.parent_span_id, parent, "{span:#?}");
-        assert_eq!(span.attr("messaging.system"), Some("aws_sqs"), "{span:#?}");
+        let span = consumer_span(&spans, id);
         // The conventions name an SQS queue by its name; the URL is beside it.
         let name = queue.rsplit('/').next().unwrap();
-        assert_eq!(span.attr("messaging.destination.name"), Some(name), "{span:#?}");
+        span.assert_continues(trace, parent, "aws_sqs", name);
         assert_eq!(span.attr("aws.sqs.queue.url"), Some(queue.as_str()), "{span:#?}");
-        assert_eq!(span.name, format!("process {name}"));
         assert_eq!(records[id]["trace_id"], trace, "{}", records[id]);
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 mod support;
 
-use support::collector::{Collector, ReceivedSpan};
+use support::collector::{CLIENT, CONSUMER, Collector, ERROR, ReceivedSpan, consumer_span};
 use support::files::{by_message, jsonl};
 use support::process::{qt, run_bounded};
 
@@ -19,11 +19,6 @@ const BOUND: Duration = Duration::from_secs(60);
 const PRODUCER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PRODUCER_SPAN: &str = "00f067aa0ba902b7";
 const UNSAMPLED_TRACE: &str = "5759e988bd862e3fe1be46a994272793";
-/// OTLP span kinds.
-const CLIENT: i32 = 3;
-const CONSUMER: i32 = 5;
-/// OTLP status code of an error.
-const ERROR: i32 = 2;
 
 /// An agent that notes, per message and attempt, the trace context it was given, then fails
 /// the first attempt of `flaky` messages (retryable), every attempt of `broken` ones
@@ -63,15 +58,6 @@ fn children<'a>(spans: &'a [ReceivedSpan], parent: &ReceivedSpan) -> Vec<&'a Rec
         .iter()
         .filter(|s| s.trace_id == parent.trace_id && s.parent_span_id == parent.span_id)
         .collect()
-}
-
-fn process_span<'a>(spans: &'a [ReceivedSpan], message_id: &str) -> &'a ReceivedSpan {
-    let found: Vec<_> = spans
-        .iter()
-        .filter(|s| s.kind == CONSUMER && s.attr("messaging.message.id") == Some(message_id))
-        .collect();
-    assert_eq!(found.len(), 1, "one process span for {message_id}: {spans:#?}");
-    found[0]
 }
 
 #[test]
@@ -129,13 +115,8 @@ observability:
     assert!(spans.iter().all(|s| s.service == "qt-e2e"), "{spans:#?}");
 
     // The producer's trace goes on: qt's span is the child of the producer's span.
-    let ok = process_span(&spans, "ok-1");
-    assert_eq!(ok.trace_id, PRODUCER_TRACE);
-    assert_eq!(ok.parent_span_id, PRODUCER_SPAN);
-    assert_eq!(ok.name, "process orders");
-    assert_eq!(ok.attr("messaging.system"), Some("mock"));
-    assert_eq!(ok.attr("messaging.destination.name"), Some("orders"));
-    assert_eq!(ok.attr("messaging.operation.type"), Some("process"));
+    let ok = consumer_span(&spans, "ok-1");
+    ok.assert_continues(PRODUCER_TRACE, PRODUCER_SPAN, "mock", "orders");
     assert_eq!(ok.attr("qt.event_name"), Some("order.created"));
     assert_eq!(ok.attr("qt.status"), Some("succeeded"));
     assert_eq!(ok.attr("qt.settlement"), Some("ack"));
@@ -158,7 +139,7 @@ observability:
     assert_eq!(tracestate, "vendor=abc");
 
     // A message without context starts a trace; its failed attempt and its retry are both there.
-    let flaky = process_span(&spans, "flaky-1");
+    let flaky = consumer_span(&spans, "flaky-1");
     assert!(flaky.parent_span_id.is_empty(), "a new trace: {flaky:#?}");
     assert_eq!(records["flaky-1"][0]["trace_id"], flaky.trace_id.as_str());
     let mut tries: Vec<_> = children(&spans, flaky)
@@ -177,7 +158,7 @@ observability:
     }
 
     // A permanent failure: the message's span is an error and says it was dead-lettered.
-    let broken = process_span(&spans, "broken-1");
+    let broken = consumer_span(&spans, "broken-1");
     assert_eq!(broken.status, ERROR);
     assert_eq!(broken.attr("qt.status"), Some("failed"));
     assert_eq!(broken.attr("qt.settlement"), Some("dead_letter"));
@@ -194,7 +175,7 @@ observability:
     );
 
     // A message that cannot be parsed is traced too.
-    let garbled = process_span(&spans, "garbled-1");
+    let garbled = consumer_span(&spans, "garbled-1");
     assert_eq!(garbled.attr("qt.status"), Some("parse_failed"));
     assert_eq!(garbled.status, ERROR);
     assert_eq!(records["garbled-1"][0]["trace_id"], garbled.trace_id.as_str());

@@ -12,6 +12,34 @@ use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message;
 
+/// OTLP span kinds and status codes the tests look for.
+pub const CLIENT: i32 = 3;
+pub const CONSUMER: i32 = 5;
+pub const ERROR: i32 = 2;
+
+/// `config` (a qt YAML with an `observability:` line) with tracing on, exporting to `endpoint`.
+pub fn with_tracing(config: &str, endpoint: &str) -> String {
+    assert!(
+        config.contains("observability:\n"),
+        "no observability section in:\n{config}"
+    );
+    config.replacen(
+        "observability:\n",
+        &format!("observability:\n  tracing: {{enabled: true, endpoint: \"{endpoint}\"}}\n"),
+        1,
+    )
+}
+
+/// The one consumer span of `message_id` among `spans`.
+pub fn consumer_span<'a>(spans: &'a [ReceivedSpan], message_id: &str) -> &'a ReceivedSpan {
+    let found: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind == CONSUMER && s.attr("messaging.message.id") == Some(message_id))
+        .collect();
+    assert_eq!(found.len(), 1, "one consumer span for {message_id}: {spans:#?}");
+    found[0]
+}
+
 /// One received span, its ids as lower-case hex.
 #[derive(Clone, Debug)]
 pub struct ReceivedSpan {
@@ -33,6 +61,17 @@ pub struct ReceivedSpan {
 impl ReceivedSpan {
     pub fn attr(&self, key: &str) -> Option<&str> {
         self.attributes.get(key).map(String::as_str)
+    }
+
+    /// Checks that this consumer span continues the producer's span `parent` of trace
+    /// `trace`, for a message of `system` from `destination`.
+    pub fn assert_continues(&self, trace: &str, parent: &str, system: &str, destination: &str) {
+        assert_eq!(self.trace_id, trace, "{self:#?}");
+        assert_eq!(self.parent_span_id, parent, "{self:#?}");
+        assert_eq!(self.name, format!("process {destination}"), "{self:#?}");
+        assert_eq!(self.attr("messaging.system"), Some(system), "{self:#?}");
+        assert_eq!(self.attr("messaging.destination.name"), Some(destination), "{self:#?}");
+        assert_eq!(self.attr("messaging.operation.type"), Some("process"), "{self:#?}");
     }
 }
 
