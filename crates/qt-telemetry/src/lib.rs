@@ -1,5 +1,6 @@
 //! `observability.tracing`: the OpenTelemetry SDK behind the engine's message spans
-//! (`qt_engine::TriggerBuilder::tracer`), exporting them over OTLP/HTTP with protobuf bodies.
+//! (`qt_engine::TriggerBuilder::tracer`), exporting them over OTLP: HTTP with protobuf bodies,
+//! or gRPC.
 //!
 //! Finished spans go into a bounded queue that one export thread drains in batches. A
 //! collector that is slow or down never slows the pipeline: when the queue is full a span is
@@ -21,7 +22,7 @@ use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor};
-use qt_core::config::TracingConfig;
+use qt_core::config::{OtlpProtocol, TracingConfig};
 
 /// Spans dropped because the export queue was full, since start.
 static SPANS_DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -78,37 +79,26 @@ impl std::fmt::Debug for Tracing {
 impl Tracing {
     /// Builds the exporter and the provider from the configuration. Errors name the field.
     pub fn start(config: &TracingConfig) -> Result<Self, TelemetryError> {
-        let endpoint = config.effective_endpoint();
-        let mut client = reqwest::Client::builder()
-            .use_rustls_tls()
-            .timeout(config.timeout)
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(ca) = &config.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| TelemetryError::new(".ca_file", format!("cannot read {}: {e}", ca.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                TelemetryError::new(".ca_file", format!("{} holds no PEM certificate: {e}", ca.display()))
-            })?;
-            for cert in certs {
-                client = client.add_root_certificate(cert);
+        // The export thread's runtime; a gRPC channel's background work is spawned onto it
+        // as the exporter is built, and runs while the thread exports.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| TelemetryError::new("", format!("cannot start the span exporter's runtime: {e}")))?;
+        let ca = match &config.ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| TelemetryError::new(".ca_file", format!("cannot read {}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
+        let mut exporter = match config.protocol {
+            OtlpProtocol::Http => http_exporter(config, ca.as_deref())?,
+            OtlpProtocol::Grpc => {
+                let _inside = runtime.enter();
+                grpc_exporter(config, ca)?
             }
-        }
-        let client = client
-            .build()
-            .map_err(|e| TelemetryError::new("", format!("cannot build the exporter's HTTP client: {e}")))?;
-        let headers: HashMap<String, String> = config
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.expose().to_owned()))
-            .collect();
-        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_endpoint(endpoint.expose())
-            .with_timeout(config.timeout)
-            .with_headers(headers)
-            .with_http_client(OtlpClient(client))
-            .build()
-            .map_err(|e| TelemetryError::new(".endpoint", format!("cannot export to {endpoint}: {e}")))?;
+        };
         let mut attributes: Vec<KeyValue> = config
             .resource_attributes
             .iter()
@@ -120,7 +110,7 @@ impl Tracing {
             .with_attributes(attributes)
             .build();
         exporter.set_resource(&resource);
-        let queue = ExportQueue::start(exporter, config.max_queue_size)?;
+        let queue = ExportQueue::start(runtime, exporter, config.max_queue_size)?;
         let provider = SdkTracerProvider::builder()
             .with_resource(resource)
             // The engine decides which messages are kept (see qt-engine's spans module) and
@@ -149,6 +139,79 @@ impl Tracing {
             Err(e) => tracing::warn!(error = %e, "stopping the span exporter failed"),
         }
     }
+}
+
+/// An OTLP/HTTP exporter on reqwest.
+fn http_exporter(
+    config: &TracingConfig,
+    ca: Option<&[u8]>,
+) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    let endpoint = config.effective_endpoint();
+    let mut client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .timeout(config.timeout)
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(pem) = ca {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| TelemetryError::new(".ca_file", format!("holds no PEM certificate: {e}")))?;
+        for cert in certs {
+            client = client.add_root_certificate(cert);
+        }
+    }
+    let client = client
+        .build()
+        .map_err(|e| TelemetryError::new("", format!("cannot build the exporter's HTTP client: {e}")))?;
+    let headers: HashMap<String, String> = config
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+        .collect();
+    opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(endpoint.expose())
+        .with_timeout(config.timeout)
+        .with_headers(headers)
+        .with_http_client(OtlpClient(client))
+        .build()
+        .map_err(|e| TelemetryError::new(".endpoint", format!("cannot export to {endpoint}: {e}")))
+}
+
+/// An OTLP/gRPC exporter (tonic). Call it inside the runtime the exports will run on.
+fn grpc_exporter(
+    config: &TracingConfig,
+    ca: Option<Vec<u8>>,
+) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    use opentelemetry_otlp::WithTonicConfig;
+    use opentelemetry_otlp::tonic_types::metadata::MetadataMap;
+    use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
+    use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+    let endpoint = config.effective_endpoint();
+    let mut headers = HeaderMap::new();
+    for (name, value) in &config.headers {
+        let key = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| TelemetryError::new(".headers", format!("{name}: {e}")))?;
+        let mut value = HeaderValue::from_str(value.expose())
+            .map_err(|_| TelemetryError::new(".headers", format!("{name}: not a valid metadata value")))?;
+        value.set_sensitive(true);
+        headers.insert(key, value);
+    }
+    let metadata = MetadataMap::from_headers(headers);
+    let mut builder = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint.expose())
+        .with_timeout(config.timeout)
+        .with_metadata(metadata);
+    if endpoint.scheme().as_deref() == Some("https") {
+        let mut tls = ClientTlsConfig::new().with_webpki_roots();
+        if let Some(pem) = ca {
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        builder = builder.with_tls_config(tls);
+    }
+    builder
+        .build()
+        .map_err(|e| TelemetryError::new(".endpoint", format!("cannot export to {endpoint}: {e}")))
 }
 
 /// The exporter's HTTP client: reqwest, run on the export thread's runtime.
@@ -191,13 +254,13 @@ struct ExportQueue {
 }
 
 impl ExportQueue {
-    fn start(exporter: opentelemetry_otlp::SpanExporter, capacity: usize) -> Result<Self, TelemetryError> {
+    fn start(
+        runtime: tokio::runtime::Runtime,
+        exporter: opentelemetry_otlp::SpanExporter,
+        capacity: usize,
+    ) -> Result<Self, TelemetryError> {
         let (sender, receiver) = sync_channel(capacity);
         let flushes: Flushes = Arc::default();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| TelemetryError::new("", format!("cannot start the span exporter's runtime: {e}")))?;
         let thread_flushes = flushes.clone();
         let thread = std::thread::Builder::new()
             .name("qt-span-export".to_owned())
@@ -323,6 +386,8 @@ fn export(runtime: &tokio::runtime::Runtime, exporter: &opentelemetry_otlp::Span
 #[cfg(test)]
 mod tests {
     use opentelemetry::trace::{Span as _, Tracer as _};
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+    use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 
     use super::*;
 
@@ -357,5 +422,71 @@ mod tests {
             dropped - dropped_before
         );
         drop(silent);
+    }
+
+    /// A collector's gRPC trace service, passing on what it receives.
+    struct GrpcSink(tokio::sync::mpsc::UnboundedSender<(String, Vec<String>)>);
+
+    #[tonic::async_trait]
+    impl TraceService for GrpcSink {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let key = request
+                .metadata()
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let names = request
+                .into_inner()
+                .resource_spans
+                .into_iter()
+                .flat_map(|r| r.scope_spans)
+                .flat_map(|s| s.spans)
+                .map(|s| s.name)
+                .collect();
+            let _ = self.0.send((key, names));
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spans_reach_a_grpc_collector_with_the_configured_metadata() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (sent, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let service = TraceServiceServer::new(GrpcSink(sent));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .http2_only()
+                        .serve_connection(
+                            hyper_util::rt::TokioIo::new(stream),
+                            hyper_util::service::TowerToHyperService::new(service),
+                        )
+                        .await;
+                });
+            }
+        });
+        let config = TracingConfig {
+            enabled: true,
+            protocol: OtlpProtocol::Grpc,
+            endpoint: Some(qt_core::SecretUrl::new(format!("http://{addr}"))),
+            headers: [("x-api-key".to_owned(), qt_core::Secret::new("key-1"))].into(),
+            ..TracingConfig::default()
+        };
+        let tracing = Tracing::start(&config).unwrap();
+        tracing.tracer().start("grpc-step").end();
+        tracing.shutdown(Duration::from_secs(10)).await;
+        let (key, names) = tokio::time::timeout(Duration::from_secs(10), received.recv())
+            .await
+            .expect("an export within 10 s")
+            .unwrap();
+        assert_eq!(key, "key-1");
+        assert_eq!(names, ["grpc-step"]);
     }
 }

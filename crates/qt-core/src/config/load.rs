@@ -600,6 +600,14 @@ agent:
             "{got:#?}"
         );
         assert_eq!(at(&got, "observability.tracing.sample_ratio").len(), 1, "{got:#?}");
+        // gRPC names the collector's address, with no path; its -bin metadata is binary.
+        let got = problems(
+            "source: {type: mock, queue: q}\n\
+             observability: {tracing: {enabled: true, protocol: grpc, endpoint: \"http://collector:4317\", \
+             headers: {x-key-bin: x}, sample_ratio: 2}}\n",
+        );
+        assert!(at(&got, "observability.tracing.endpoint").is_empty(), "{got:#?}");
+        assert_eq!(at(&got, "observability.tracing.headers.x-key-bin").len(), 1, "{got:#?}");
         let got = problems(
             "source: {type: mock, queue: q}\nsecurity: {require_tls: true}\n\
              observability: {tracing: {enabled: true}}\n",

@@ -89,13 +89,15 @@ impl Validate for ObservabilityConfig {
     }
 }
 
-/// How spans are sent to the collector. OTLP over gRPC is not built yet.
+/// How spans are sent to the collector.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OtlpProtocol {
     /// OTLP over HTTP with protobuf bodies, POSTed to `endpoint`.
     #[default]
     Http,
+    /// OTLP over gRPC, to the collector at `endpoint`.
+    Grpc,
 }
 
 /// `observability.tracing`: a span per message (and per step of it), continuing the producer's
@@ -106,14 +108,15 @@ pub struct TracingConfig {
     /// Make and export spans. Default false: no span is made at all.
     #[serde(default)]
     pub enabled: bool,
-    /// The URL spans are POSTed to, path included. Default `http://127.0.0.1:4318/v1/traces`
-    /// (a local OpenTelemetry Collector). Credentials in it are masked when printed.
+    /// Where spans go. `http`: the URL spans are POSTed to, path included (default
+    /// `http://127.0.0.1:4318/v1/traces`); `grpc`: the collector's address (default
+    /// `http://127.0.0.1:4317`). Credentials in it are masked when printed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<SecretUrl>,
-    /// `http` (OTLP/HTTP with protobuf), the only one so far. Default `http`.
+    /// `http` (OTLP/HTTP with protobuf) or `grpc`. Default `http`.
     #[serde(default)]
     pub protocol: OtlpProtocol,
-    /// Headers sent with every export, such as a collector's API key. Values
+    /// Headers (gRPC metadata) sent with every export, such as a collector's API key. Values
     /// are secrets: never printed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, Secret>,
@@ -174,9 +177,12 @@ impl Default for TracingConfig {
 impl TracingConfig {
     /// The endpoint spans are exported to: the configured one or the protocol's default.
     pub fn effective_endpoint(&self) -> SecretUrl {
-        self.endpoint
-            .clone()
-            .unwrap_or_else(|| SecretUrl::new("http://127.0.0.1:4318/v1/traces"))
+        self.endpoint.clone().unwrap_or_else(|| {
+            SecretUrl::new(match self.protocol {
+                OtlpProtocol::Http => "http://127.0.0.1:4318/v1/traces",
+                OtlpProtocol::Grpc => "http://127.0.0.1:4317",
+            })
+        })
     }
 
     /// Whether spans would leave the machine unencrypted (refused under
@@ -196,7 +202,7 @@ impl Validate for TracingConfig {
                     problems.push(at, format!("must be http:// or https://, not {}://", u.scheme()));
                 }
                 Ok(u) if u.host().is_none() => problems.push(at, format!("has no host: {endpoint}")),
-                Ok(u) if matches!(u.path(), "" | "/") => problems.push(
+                Ok(u) if self.protocol == OtlpProtocol::Http && matches!(u.path(), "" | "/") => problems.push(
                     at,
                     format!("has no path: OTLP/HTTP spans are POSTed to the full URL, usually ending in /v1/traces ({endpoint})"),
                 ),
@@ -219,6 +225,11 @@ impl Validate for TracingConfig {
             let at = join(&join(path, "headers"), name);
             if !is_header_name(name) {
                 problems.push(at, "not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)");
+            } else if self.protocol == OtlpProtocol::Grpc && name.to_ascii_lowercase().ends_with("-bin") {
+                problems.push(
+                    at,
+                    "gRPC metadata ending in -bin is binary; only text metadata can be set here",
+                );
             } else if value.expose().bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
                 problems.push(at, "the value holds control characters");
             }
