@@ -826,6 +826,11 @@ fn a_records_traceparent_header_makes_its_span_a_child_of_the_producers() {
     let spans = collector.spans();
     let span = consumer_span(&spans, id);
     span.assert_continues(PRODUCER_TRACE, PRODUCER_SPAN, "kafka", &topic);
+    assert_eq!(
+        span.attr("messaging.consumer.group.name"),
+        Some(group.as_str()),
+        "{span:#?}"
+    );
     let (partition, offset) = position(id);
     assert_eq!(
         span.attr("messaging.destination.partition.id"),

@@ -53,6 +53,8 @@ struct Facts<'a> {
 /// The pipeline's span maker.
 pub(crate) struct Spans {
     tracer: BoxedTracer,
+    /// `messaging.consumer.group.name`, for a source that has consumer groups (Kafka).
+    consumer_group: Option<std::sync::Arc<str>>,
     /// A new trace is kept when the low 63 bits of its id are below this.
     keep_below: u64,
 }
@@ -64,10 +66,11 @@ pub(crate) struct Spans {
 pub(crate) struct MessageTrace(Option<Box<Context>>);
 
 impl Spans {
-    pub fn new(settings: TraceSettings) -> Self {
+    pub fn new(settings: TraceSettings, consumer_group: Option<&str>) -> Self {
         let ratio = settings.sample_ratio.clamp(0.0, 1.0);
         Self {
             tracer: settings.tracer,
+            consumer_group: consumer_group.map(std::sync::Arc::from),
             keep_below: (ratio * (1u64 << 63) as f64) as u64,
         }
     }
@@ -147,6 +150,9 @@ impl Spans {
         ];
         if &*source.adapter == "sqs" {
             attributes.push(KeyValue::new("aws.sqs.queue.url", source.queue.clone()));
+        }
+        if let Some(group) = &self.consumer_group {
+            attributes.push(KeyValue::new("messaging.consumer.group.name", group.clone()));
         }
         if let Some(partition) = source.partition {
             attributes.push(KeyValue::new(

@@ -212,7 +212,13 @@ impl TriggerBuilder {
             stopping: CancellationToken::new(),
             abort: CancellationToken::new(),
             quarantine: Default::default(),
-            spans: self.trace.map(crate::spans::Spans::new),
+            spans: self.trace.map(|trace| {
+                let group = match &c.source {
+                    qt_core::config::SourceConfig::Kafka(k) => Some(k.consumer_group.as_str()),
+                    _ => None,
+                };
+                crate::spans::Spans::new(trace, group)
+            }),
             adapter_kind: Arc::from(adapter.kind()),
             config: c,
         };
