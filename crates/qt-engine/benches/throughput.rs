@@ -4,7 +4,8 @@
 //!
 //! At concurrency 8 it also runs with tracing on (`qt-telemetry`'s exporter, as the `qt`
 //! binary sets it up) at sample ratios 0.01 and 1, exporting over OTLP/HTTP to a receiver in
-//! this process that answers every export at once; the three take turns round by round.
+//! this process that answers every export at once; the three take turns round by round. A
+//! traced round ends once its spans are exported (or dropped), so their export is counted.
 
 // Printing results is what a benchmark binary is for.
 #![allow(clippy::print_stdout)]
@@ -89,6 +90,10 @@ async fn run_once(concurrency: usize, n: usize, trace: Option<(f64, &str)>) -> s
     tokio::time::timeout(Duration::from_secs(600), queue.wait_idle())
         .await
         .expect("drains");
+    // Exporting the round's spans is part of its cost: the round ends when they are sent.
+    if let Some(t) = &tracing {
+        t.flush(Duration::from_secs(60)).await;
+    }
     let elapsed = started.elapsed();
     let cpu = process_cpu_seconds() - cpu_before;
     trigger.stop().await.expect("stops");

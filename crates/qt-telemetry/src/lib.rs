@@ -129,6 +129,12 @@ impl Tracing {
         opentelemetry::global::BoxedTracer::new(Box::new(self.provider.tracer("qt")))
     }
 
+    /// Sends every span queued so far, waiting at most `within`.
+    pub async fn flush(&self, within: Duration) {
+        let provider = self.provider.clone();
+        let _ = tokio::time::timeout(within, tokio::task::spawn_blocking(move || provider.force_flush())).await;
+    }
+
     /// Sends what is queued, waiting at most `within`, and stops the export thread.
     pub async fn shutdown(self, within: Duration) {
         let provider = self.provider;

@@ -21,7 +21,9 @@ pub fn run() -> Result<()> {
          At concurrency 8 it also runs with tracing on, at sample ratios 0.01 and 1: the \
          `qt-telemetry` exporter the `qt` binary uses, sending OTLP/HTTP to a receiver in the \
          benchmark process that accepts every export at once. Tracing off, 0.01 and 1 take turns \
-         round by round. Spans exported and dropped (export queue full) are the median round's.\n\n\
+         round by round; a traced round ends once its spans have been exported (the time and CPU \
+         of exporting count), and the spans exported and dropped (export queue full) are the \
+         median round's.\n\n\
          | concurrency | tracing | messages | seconds | messages/s (median) | range of rounds | CPU µs/message | duplicates | deferred | p50 ms | p99 ms | spans exported | spans dropped |\n\
          |---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
