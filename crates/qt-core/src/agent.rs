@@ -80,7 +80,7 @@ impl AgentEvent {
         let mut out = crate::trace::OutgoingContext::for_message(self.envelope.trace_id, &self.envelope.headers);
         match self.trace {
             Some(crate::trace::AttemptTrace::Span(span_id)) => {
-                out.traceparent = format!("00-{}-{:016x}-01", self.envelope.trace_id, u64::from_be_bytes(span_id));
+                out.traceparent = crate::trace::traceparent(self.envelope.trace_id, span_id, true);
             }
             Some(crate::trace::AttemptTrace::Unsampled) => {
                 out.traceparent = self.envelope.trace_id.child_traceparent_with(false);

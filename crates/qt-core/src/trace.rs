@@ -36,17 +36,9 @@ impl TraceId {
     }
 
     /// The trace id inside a `traceparent` header value
-    /// (`version-traceid-parentid-flags`), if it is well formed.
+    /// (`version-traceid-parentid-flags`), if it is well formed (see [`parse_traceparent`]).
     pub fn from_traceparent(value: &str) -> Option<Self> {
-        let mut parts = value.trim().split('-');
-        let version = parts.next()?;
-        let trace = parts.next()?;
-        let parent = parts.next()?;
-        let flags = parts.next()?;
-        if version.len() != 2 || version == "ff" || parent.len() != 16 || flags.len() != 2 {
-            return None;
-        }
-        Self::from_hex(trace)
+        parse_traceparent(value).map(|p| p.trace_id)
     }
 
     /// Parses 32 hex digits; rejects the all-zero id.
@@ -93,8 +85,17 @@ impl TraceId {
                 }
             }
         });
-        format!("00-{self}-{span:016x}-{:02x}", u8::from(sampled))
+        traceparent(self, span.to_be_bytes(), sampled)
     }
+}
+
+/// A W3C `traceparent` value, version 00: `00-<trace id>-<span id>-<01 | 00>`.
+pub fn traceparent(trace_id: TraceId, span_id: [u8; 8], sampled: bool) -> String {
+    format!(
+        "00-{trace_id}-{:016x}-{:02x}",
+        u64::from_be_bytes(span_id),
+        u8::from(sampled)
+    )
 }
 
 /// Where an agent attempt is in the message's trace, when the engine traces messages.

@@ -185,12 +185,12 @@ impl Spans {
     /// Starts the span of a step done once for a whole batch (the idempotency claim, the
     /// ledger write, the settlement), linked to the span of each of its messages that is
     /// traced rather than the child of one of them; `None` when none is.
-    pub fn start_batch_step(&self, name: &'static str, messages: Vec<SpanContext>) -> Option<BoxedSpan> {
+    pub fn start_batch_step(&self, name: &'static str, messages: &[SpanContext]) -> Option<BoxedSpan> {
         if messages.is_empty() {
             return None;
         }
         let count = messages.len() as i64;
-        let links = messages.into_iter().map(Link::with_context).collect();
+        let links = messages.iter().cloned().map(Link::with_context).collect();
         let span = self
             .tracer
             .span_builder(name)
@@ -251,17 +251,13 @@ pub(crate) fn end_governance(span: Option<Box<Context>>, decision: &Result<Decis
     let span = cx.span();
     match decision {
         Ok(Decision::Allow) => span.set_attribute(KeyValue::new("qt.governance.decision", "allow")),
-        Ok(Decision::Deny { reason, policies }) | Ok(Decision::Defer { reason, policies, .. }) => {
-            let verdict = if matches!(decision, Ok(Decision::Deny { .. })) {
-                "deny"
-            } else {
-                "defer"
-            };
-            span.set_attribute(KeyValue::new("qt.governance.decision", verdict));
-            span.set_attribute(KeyValue::new("qt.governance.reason", reason.clone()));
-            if !policies.is_empty() {
-                span.set_attribute(KeyValue::new("qt.governance.policies", policies.join(",")));
-            }
+        Ok(Decision::Deny { reason, policies }) => {
+            span.set_attribute(KeyValue::new("qt.governance.decision", "deny"));
+            span.set_attributes(refusal(reason, policies));
+        }
+        Ok(Decision::Defer { reason, policies, .. }) => {
+            span.set_attribute(KeyValue::new("qt.governance.decision", "defer"));
+            span.set_attributes(refusal(reason, policies));
         }
         Err(e) => {
             span.set_attribute(KeyValue::new("qt.governance.decision", "error"));
@@ -269,6 +265,15 @@ pub(crate) fn end_governance(span: Option<Box<Context>>, decision: &Result<Decis
         }
     }
     span.end();
+}
+
+/// Why governance did not allow a run, as span attributes.
+fn refusal(reason: &str, policies: &[String]) -> Vec<KeyValue> {
+    let mut attributes = vec![KeyValue::new("qt.governance.reason", reason.to_owned())];
+    if !policies.is_empty() {
+        attributes.push(KeyValue::new("qt.governance.policies", policies.join(",")));
+    }
+    attributes
 }
 
 /// Ends a batch step's span, with the error that failed the step.
@@ -310,7 +315,8 @@ impl MessageTrace {
     pub fn traceparent(&self) -> Option<String> {
         let span = self.0.as_deref()?.span();
         let sc = span.span_context();
-        Some(format!("00-{}-{}-01", sc.trace_id(), sc.span_id()))
+        let trace_id = TraceId::from_bytes(sc.trace_id().to_bytes())?;
+        Some(qt_core::trace::traceparent(trace_id, sc.span_id().to_bytes(), true))
     }
 
     /// Ends the message's span with its outcome, as the ledger records it.

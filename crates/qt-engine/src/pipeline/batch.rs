@@ -285,10 +285,8 @@ async fn claim(p: &Pipeline, jobs: &mut Vec<Job>, done: &mut Vec<Finished>) {
         .collect();
     let asked = keys.len();
     let step = p.spans.as_ref().and_then(|spans| {
-        spans.start_batch_step(
-            "idempotency claim",
-            jobs.iter().filter_map(|j| j.meta.trace.span_context()).collect(),
-        )
+        let traced: Vec<_> = jobs.iter().filter_map(|j| j.meta.trace.span_context()).collect();
+        spans.start_batch_step("idempotency claim", &traced)
     });
     let claimed = store.claim_batch(keys, p.config.idempotency.lease).await;
     spans::end_batch_step(step, claimed.as_ref().err().map(ToString::to_string));

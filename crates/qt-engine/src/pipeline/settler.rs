@@ -167,7 +167,7 @@ impl Settler {
         let step = p
             .spans
             .as_ref()
-            .and_then(|spans| spans.start_batch_step("ledger write", traced.clone()));
+            .and_then(|spans| spans.start_batch_step("ledger write", &traced));
         let written = p.ledger.record_batch(records).await;
         spans::end_batch_step(step, written.as_ref().err().map(ToString::to_string));
         if let Err(e) = written {
@@ -185,7 +185,7 @@ impl Settler {
         let step = p
             .spans
             .as_ref()
-            .and_then(|spans| spans.start_batch_step("settle", traced));
+            .and_then(|spans| spans.start_batch_step("settle", &traced));
         let mut settled_at = None;
         let mut done = Done::default();
         for Pending {
