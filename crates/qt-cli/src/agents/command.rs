@@ -465,7 +465,7 @@ mod tests {
     use std::sync::Arc;
 
     use base64::Engine as _;
-    use qt_core::{Headers, MessageEnvelope, Payload, Secret, SourceInfo, TraceId};
+    use qt_core::{Headers, Payload, Secret, SourceInfo, TraceId};
 
     use super::*;
 
@@ -483,27 +483,7 @@ mod tests {
     }
 
     fn event() -> AgentEvent {
-        AgentEvent {
-            target: Arc::from("script"),
-            focus: None,
-            attempt: 1,
-            envelope: Arc::new(MessageEnvelope {
-                message_id: "m-1".to_owned(),
-                payload: Payload::json(serde_json::json!({"order": 7})),
-                headers: Headers::new(),
-                received_at: chrono::Utc::now(),
-                broker_timestamp: None,
-                source: SourceInfo::new("mock", "orders"),
-                dedup_key: None,
-                event_name: None,
-                tenant_id: None,
-                ordering_key: None,
-                trace_id: TraceId::random(),
-                attempt: 1,
-            }),
-            selected_payload: None,
-            trace: None,
-        }
+        super::super::test_event("script")
     }
 
     /// A file in `dir` the script writes its background process's pid to.

@@ -397,7 +397,7 @@ mod tests {
     use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
     use qt_core::config::{HttpTls, TargetConfig};
-    use qt_core::{Headers, MessageEnvelope, Payload, Secret, SecretUrl, SourceInfo, TraceId};
+    use qt_core::{Secret, SecretUrl, TraceId};
     use tokio::net::TcpListener;
 
     use super::*;
@@ -482,28 +482,16 @@ mod tests {
         HttpAgent::new("bot", &config(format!("http://{}/run", server.addr))).unwrap()
     }
 
+    /// An event with a focus, a tenant, an event name and a dedup key, on its second attempt.
     fn event() -> AgentEvent {
-        AgentEvent {
-            target: Arc::from("bot"),
-            focus: Some(Arc::from("billing")),
-            attempt: 2,
-            envelope: Arc::new(MessageEnvelope {
-                message_id: "m-1".to_owned(),
-                payload: Payload::json(serde_json::json!({"order": 7})),
-                headers: Headers::new(),
-                received_at: chrono::Utc::now(),
-                broker_timestamp: None,
-                source: SourceInfo::new("mock", "orders"),
-                dedup_key: Some("order-7".to_owned()),
-                event_name: Some("order.created".to_owned()),
-                tenant_id: Some("acme".to_owned()),
-                ordering_key: None,
-                trace_id: TraceId::random(),
-                attempt: 1,
-            }),
-            selected_payload: None,
-            trace: None,
-        }
+        let mut event = super::super::test_event("bot");
+        event.focus = Some(Arc::from("billing"));
+        event.attempt = 2;
+        let envelope = Arc::make_mut(&mut event.envelope);
+        envelope.dedup_key = Some("order-7".to_owned());
+        envelope.event_name = Some("order.created".to_owned());
+        envelope.tenant_id = Some("acme".to_owned());
+        event
     }
 
     #[tokio::test]

@@ -46,3 +46,32 @@ pub fn build(config: &AgentConfig) -> anyhow::Result<HashMap<String, Arc<dyn Age
     }
     Ok(out)
 }
+
+/// An event for one JSON message `m-1` on the mock queue `orders`, for the targets' tests;
+/// each test sets what it needs besides.
+#[cfg(test)]
+fn test_event(target: &str) -> qt_core::AgentEvent {
+    use qt_core::{Headers, MessageEnvelope, Payload, SourceInfo, TraceId};
+
+    qt_core::AgentEvent {
+        target: Arc::from(target),
+        focus: None,
+        attempt: 1,
+        envelope: Arc::new(MessageEnvelope {
+            message_id: "m-1".to_owned(),
+            payload: Payload::json(serde_json::json!({"order": 7})),
+            headers: Headers::new(),
+            received_at: chrono::Utc::now(),
+            broker_timestamp: None,
+            source: SourceInfo::new("mock", "orders"),
+            dedup_key: None,
+            event_name: None,
+            tenant_id: None,
+            ordering_key: None,
+            trace_id: TraceId::random(),
+            attempt: 1,
+        }),
+        selected_payload: None,
+        trace: None,
+    }
+}
