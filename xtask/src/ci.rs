@@ -53,7 +53,7 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// The crates published to crates.io; `qt-bench-support` and `xtask` are not.
+/// The crates published to crates.io; `qt-bench-support`, `qt-test-support` and `xtask` are not.
 const PUBLISHED: [&str; 9] = [
     "qt-core",
     "qt-engine",

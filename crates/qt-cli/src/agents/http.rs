@@ -398,6 +398,7 @@ mod tests {
     use hyper_util::service::TowerToHyperService;
     use qt_core::config::{HttpTls, TargetConfig};
     use qt_core::{Secret, SecretUrl, TraceId};
+    use qt_test_support::TestCerts;
     use tokio::net::TcpListener;
 
     use super::*;
@@ -787,68 +788,6 @@ mod tests {
         );
     }
 
-    /// A private CA, a server certificate for 127.0.0.1 and a client certificate, made with
-    /// the `openssl` command line tool (as the Redis TLS tests make theirs).
-    fn make_certs(dir: &Path) {
-        let p = |name: &str| dir.join(name).display().to_string();
-        std::fs::write(p("san.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=qt-test-ca",
-            "-keyout",
-            &p("ca.key"),
-            "-out",
-            &p("ca.crt"),
-        ]);
-        for (name, cn) in [("server", "localhost"), ("client", "qt-test-client")] {
-            let (key, csr, crt) = (
-                p(&format!("{name}.key")),
-                p(&format!("{name}.csr")),
-                p(&format!("{name}.crt")),
-            );
-            let subject = format!("/CN={cn}");
-            openssl(&[
-                "req", "-newkey", "rsa:2048", "-nodes", "-subj", &subject, "-keyout", &key, "-out", &csr,
-            ]);
-            openssl(&[
-                "x509",
-                "-req",
-                "-days",
-                "1",
-                "-CAcreateserial",
-                "-in",
-                &csr,
-                "-CA",
-                &p("ca.crt"),
-                "-CAkey",
-                &p("ca.key"),
-                "-extfile",
-                &p("san.ext"),
-                "-out",
-                &crt,
-            ]);
-        }
-    }
-
-    fn openssl(args: &[&str]) {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run openssl to make test certificates (install openssl): {e}"));
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     /// Answers 200 with a report whose run id is the HTTP version the request came in.
     fn version_app() -> Router {
         Router::new().fallback(|version: axum::http::Version| async move {
@@ -869,21 +808,19 @@ mod tests {
     /// An HTTPS server with the test CA's server certificate that offers HTTP/2 and HTTP/1.1
     /// by ALPN and answers with [`version_app`]; with `client_auth`, it requires a client
     /// certificate signed by the test CA. Counts the handshakes that succeeded.
-    async fn serve_tls(dir: &Path, client_auth: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    async fn serve_tls(certs: &TestCerts, client_auth: bool) -> (SocketAddr, Arc<AtomicUsize>) {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let chain = vec![CertificateDer::from_pem_file(dir.join("server.crt")).unwrap()];
-        let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+        let chain = vec![CertificateDer::from_pem_file(&certs.server_cert).unwrap()];
+        let key = PrivateKeyDer::from_pem_file(&certs.server_key).unwrap();
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .unwrap();
         let mut tls = if client_auth {
             let mut roots = rustls::RootCertStore::empty();
-            roots
-                .add(CertificateDer::from_pem_file(dir.join("ca.crt")).unwrap())
-                .unwrap();
+            roots.add(CertificateDer::from_pem_file(&certs.ca).unwrap()).unwrap();
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .unwrap();
@@ -927,11 +864,10 @@ mod tests {
 
     #[tokio::test]
     async fn over_https_http2_is_spoken_when_the_server_offers_it_unless_http1_is_configured() {
-        let dir = tempfile::tempdir().unwrap();
-        make_certs(dir.path());
-        let (addr, _) = serve_tls(dir.path(), false).await;
+        let certs = TestCerts::generate();
+        let (addr, _) = serve_tls(&certs, false).await;
         let mut c = config(format!("https://127.0.0.1:{}/run", addr.port()));
-        c.tls.ca_file = Some(dir.path().join("ca.crt"));
+        c.tls.ca_file = Some(certs.ca.clone());
         assert_eq!(version_spoken(&c).await.unwrap(), "HTTP/2.0");
         let c1 = with_version(c.clone(), HttpVersion::Http1);
         assert_eq!(version_spoken(&c1).await.unwrap(), "HTTP/1.1");
@@ -963,14 +899,13 @@ mod tests {
 
     #[tokio::test]
     async fn an_https_target_trusts_its_ca_file_and_presents_its_client_certificate() {
-        let dir = tempfile::tempdir().unwrap();
-        make_certs(dir.path());
-        let (addr, handshakes) = serve_tls(dir.path(), true).await;
+        let certs = TestCerts::generate();
+        let (addr, handshakes) = serve_tls(&certs, true).await;
         let url = format!("https://127.0.0.1:{}/run", addr.port());
         let tls = HttpTls {
-            ca_file: Some(dir.path().join("ca.crt")),
-            client_cert_file: Some(dir.path().join("client.crt")),
-            client_key_file: Some(dir.path().join("client.key")),
+            ca_file: Some(certs.ca.clone()),
+            client_cert_file: Some(certs.client_cert.clone()),
+            client_key_file: Some(certs.client_key.clone()),
         };
 
         let mut c = config(url.clone());
