@@ -11,8 +11,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -240,23 +240,39 @@ impl opentelemetry_http::HttpClient for OtlpClient {
     }
 }
 
-#[derive(Debug)]
-enum Command {
-    Span(Box<SpanData>),
-    /// Look at the flush requests now rather than after the next span or timeout.
-    Wake,
+/// What waits for the export thread: finished spans, and requests to export them now.
+#[derive(Debug, Default)]
+struct Queued {
+    spans: Vec<SpanData>,
+    /// Each answered once everything queued before it was asked for is exported.
+    flushes: Vec<SyncSender<()>>,
+    /// Set when the queue stops: the thread exports what is left and ends.
+    closed: bool,
 }
 
-/// Requests to export everything queued so far, each answered when done. They do not go
-/// through the span queue, which may be full.
-type Flushes = Arc<Mutex<Vec<SyncSender<()>>>>;
+#[derive(Debug)]
+struct Shared {
+    queued: Mutex<Queued>,
+    /// Wakes the export thread before its next tick: a full batch, a flush, a stop.
+    wake: Condvar,
+    capacity: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queued> {
+        self.queued.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 /// A bounded queue of finished spans and the thread that exports them.
+///
+/// Ending a span only pushes it under a lock: the export thread is woken when a batch is
+/// full, and otherwise exports on its own tick. Waking it for every span would cost each span
+/// a thread switch, which on a busy machine is most of what tracing a message costs.
 #[derive(Debug)]
 struct ExportQueue {
-    sender: SyncSender<Command>,
+    shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    flushes: Flushes,
 }
 
 impl ExportQueue {
@@ -265,30 +281,40 @@ impl ExportQueue {
         exporter: opentelemetry_otlp::SpanExporter,
         capacity: usize,
     ) -> Result<Self, TelemetryError> {
-        let (sender, receiver) = sync_channel(capacity);
-        let flushes: Flushes = Arc::default();
-        let thread_flushes = flushes.clone();
+        let shared = Arc::new(Shared {
+            queued: Mutex::new(Queued::default()),
+            wake: Condvar::new(),
+            capacity,
+        });
+        let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("qt-span-export".to_owned())
-            .spawn(move || export_loop(&runtime, &exporter, &receiver, &thread_flushes, capacity))
+            .spawn(move || export_loop(&runtime, &exporter, &thread_shared))
             .map_err(|e| TelemetryError::new("", format!("cannot start the span export thread: {e}")))?;
         Ok(Self {
-            sender,
+            shared,
             thread: Mutex::new(Some(thread)),
-            flushes,
         })
     }
 
     /// Asks the thread to export everything queued so far and waits at most `within`.
     fn flush(&self, within: Duration) -> OTelSdkResult {
         let (done, wait) = sync_channel(1);
-        self.flushes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(done);
-        // Wake the thread if it is waiting for spans (a full queue needs no waking).
-        let _ = self.sender.try_send(Command::Wake);
+        self.shared.lock().flushes.push(done);
+        self.shared.wake.notify_one();
         wait.recv_timeout(within).map_err(|_| OTelSdkError::Timeout(within))
+    }
+
+    /// Lets the thread export what is left and end.
+    fn close(&self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Drop for ExportQueue {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -296,11 +322,16 @@ impl SpanProcessor for ExportQueue {
     fn on_start(&self, _span: &mut Span, _cx: &opentelemetry::Context) {}
 
     fn on_end(&self, span: SpanData) {
-        match self.sender.try_send(Command::Span(Box::new(span))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                SPANS_DROPPED.fetch_add(1, Ordering::Relaxed);
-            }
+        let mut queued = self.shared.lock();
+        if queued.spans.len() >= self.shared.capacity {
+            SPANS_DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        queued.spans.push(span);
+        let full = queued.spans.len() == MAX_EXPORT_BATCH.min(self.shared.capacity);
+        drop(queued);
+        if full {
+            self.shared.wake.notify_one();
         }
     }
 
@@ -310,73 +341,61 @@ impl SpanProcessor for ExportQueue {
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
         let flushed = self.flush(timeout);
-        let thread = self
-            .thread
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        // Dropping the last sender ends the thread's loop once it has drained the queue; the
-        // provider holds this processor, so the thread is detached rather than waited for.
-        drop(thread);
+        self.close();
+        // The provider holds this processor, so the thread is detached rather than waited
+        // for: it ends once it has exported what is left.
+        drop(
+            self.thread
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
         flushed
     }
 }
 
-fn export_loop(
-    runtime: &tokio::runtime::Runtime,
-    exporter: &opentelemetry_otlp::SpanExporter,
-    receiver: &Receiver<Command>,
-    flush_requests: &Mutex<Vec<SyncSender<()>>>,
-    capacity: usize,
-) {
-    let mut batch: Vec<SpanData> = Vec::with_capacity(MAX_EXPORT_BATCH);
-    let mut oldest: Option<Instant> = None;
+/// Exports every [`EXPORT_DELAY`], or at once when a batch is full, a flush is asked for or
+/// the queue closes.
+fn export_loop(runtime: &tokio::runtime::Runtime, exporter: &opentelemetry_otlp::SpanExporter, shared: &Shared) {
     loop {
-        let wait = oldest.map_or(EXPORT_DELAY, |t| EXPORT_DELAY.saturating_sub(t.elapsed()));
-        match receiver.recv_timeout(wait) {
-            Ok(Command::Span(span)) => {
-                batch.push(*span);
-                oldest.get_or_insert_with(Instant::now);
-            }
-            Ok(Command::Wake) | Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                export(runtime, exporter, &mut batch);
-                return;
-            }
-        }
-        let flushes: Vec<SyncSender<()>> = flush_requests
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .drain(..)
-            .collect();
-        let due = oldest.is_some_and(|t| t.elapsed() >= EXPORT_DELAY);
-        if batch.len() >= MAX_EXPORT_BATCH || due || !flushes.is_empty() {
-            if !flushes.is_empty() {
-                // Everything queued before the flush was asked for goes now: at most a full
-                // queue, so spans still arriving cannot keep the flush from answering.
-                for command in receiver.try_iter().take(capacity) {
-                    if let Command::Span(span) = command {
-                        batch.push(*span);
-                        if batch.len() >= MAX_EXPORT_BATCH {
-                            export(runtime, exporter, &mut batch);
-                        }
-                    }
+        let (spans, flushes, closed) = {
+            let mut queued = shared.lock();
+            let tick = Instant::now() + EXPORT_DELAY;
+            while queued.spans.len() < MAX_EXPORT_BATCH && queued.flushes.is_empty() && !queued.closed {
+                let left = tick.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
                 }
+                queued = shared
+                    .wake
+                    .wait_timeout(queued, left)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0;
             }
-            export(runtime, exporter, &mut batch);
-            oldest = None;
-            for done in flushes {
-                let _ = done.try_send(());
+            (
+                std::mem::take(&mut queued.spans),
+                std::mem::take(&mut queued.flushes),
+                queued.closed,
+            )
+        };
+        let mut spans = spans.into_iter();
+        loop {
+            let batch: Vec<SpanData> = spans.by_ref().take(MAX_EXPORT_BATCH).collect();
+            if batch.is_empty() {
+                break;
             }
+            export(runtime, exporter, batch);
+        }
+        for done in flushes {
+            let _ = done.try_send(());
+        }
+        if closed {
+            return;
         }
     }
 }
 
-fn export(runtime: &tokio::runtime::Runtime, exporter: &opentelemetry_otlp::SpanExporter, batch: &mut Vec<SpanData>) {
-    if batch.is_empty() {
-        return;
-    }
-    let spans = std::mem::replace(batch, Vec::with_capacity(MAX_EXPORT_BATCH));
+fn export(runtime: &tokio::runtime::Runtime, exporter: &opentelemetry_otlp::SpanExporter, spans: Vec<SpanData>) {
     let n = spans.len() as u64;
     match runtime.block_on(exporter.export(spans)) {
         Ok(()) => {
