@@ -723,3 +723,108 @@ observability: {{admin: {{listen: "127.0.0.1:0"}}}}
         assert!(d["json"]["order_id"].is_string(), "the original body is kept: {d}");
     }
 }
+
+/// `qt ledger` answers questions about the example's run from its configuration alone:
+/// query by status and message, stats, and tail following what is appended; bad options are
+/// refused naming the option.
+#[test]
+fn the_ledger_commands_read_the_example_run_by_its_configuration() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let dir = out_dir.path().to_str().unwrap();
+    let example = |args: &[&str]| {
+        run_bounded(
+            qt().args(args)
+                .args(["-c", "examples/mock.yaml"])
+                .env("QT_OUT_DIR", dir)
+                .env("QT_ADMIN_LISTEN", "127.0.0.1:0"),
+            out_dir.path(),
+            BOUND,
+        )
+    };
+    assert!(example(&["run", "--until-idle"]).status.success());
+    let ledger_file = out_dir.path().join("ledger.jsonl");
+    let written = jsonl(&ledger_file);
+
+    let failed = example(&["ledger", "query", "--status", "failed", "--json"]);
+    failed.assert_shows(&[]);
+    let mut ids: Vec<String> = failed
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["message_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["broken-1", "invalid-1"]);
+
+    example(&["ledger", "query", "--message-id", "ok-1", "--since", "1h"]).assert_shows(&["ok-1", "succeeded", "acme"]);
+
+    let stats = example(&["ledger", "stats", "--json"]);
+    stats.assert_shows(&[]);
+    let stats: serde_json::Value = serde_json::from_str(&stats.stdout).unwrap();
+    assert_eq!(stats["records"], written.len(), "{stats}");
+    let succeeded = written.iter().filter(|r| r["status"] == "succeeded").count();
+    assert!(
+        stats["by_status"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(["succeeded", succeeded])),
+        "{stats}"
+    );
+    assert!(stats["duration_ms"]["p99"].as_f64().is_some(), "{stats}");
+    example(&["ledger", "stats"]).assert_shows(&["by status", "by tenant", "top failure reasons", "p99"]);
+
+    example(&["ledger", "query", "--status", "lost"]).assert_refused(&[
+        "--status",
+        "unknown status \"lost\"",
+        "succeeded",
+    ]);
+    example(&["ledger", "query", "--since", "yesterday"]).assert_refused(&["--since", "RFC 3339"]);
+    example(&["ledger", "query", "--trace-id", "xyz"]).assert_refused(&["--trace-id", "32 hex digits"]);
+
+    let tail = QtRun::spawn(
+        qt().args([
+            "ledger",
+            "tail",
+            "-n",
+            "1",
+            "--json",
+            "--tenant",
+            "acme",
+            "-c",
+            "examples/mock.yaml",
+        ])
+        .env("QT_OUT_DIR", dir),
+        &out_dir.path().join("tail.log"),
+        0,
+    );
+    wait_until(
+        "tail prints the newest acme record",
+        BOUND,
+        || tail.stdout().lines().count() == 1,
+        || tail.logs(),
+    );
+    let mut appended = written.iter().find(|r| r["tenant_id"] == "acme").unwrap().clone();
+    appended["message_id"] = "appended-later".into();
+    let mut other_tenant = appended.clone();
+    other_tenant["tenant_id"] = "globex".into();
+    let mut file = std::fs::OpenOptions::new().append(true).open(&ledger_file).unwrap();
+    use std::io::Write as _;
+    writeln!(file, "{other_tenant}\n{appended}").unwrap();
+    wait_until(
+        "tail prints the appended acme record",
+        BOUND,
+        || tail.stdout().contains("appended-later"),
+        || tail.logs(),
+    );
+    assert_eq!(
+        tail.stdout().lines().count(),
+        2,
+        "only the acme record: {}",
+        tail.stdout()
+    );
+    assert!(tail.logs().is_empty(), "{}", tail.logs());
+}

@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
+use qt_core::{LedgerStatus, TraceId};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,6 +27,8 @@ pub enum Command {
     /// Publish one message to the configured source (for the mock source: into a running
     /// `qt run` of the same configuration, through its admin server).
     Send(SendArgs),
+    /// Read the audit ledger the configuration writes (`jsonl` or `postgres`).
+    Ledger(LedgerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -69,4 +73,122 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
         _ => Err(format!("expected NAME=VALUE, got {s:?}")),
     }
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerArgs {
+    #[command(subcommand)]
+    pub command: LedgerCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// The newest records that match, printed oldest first.
+    Query(QueryArgs),
+    /// Counts by status, tenant and event, run duration and consume latency percentiles, and
+    /// the most common failure reasons, over a window (`--since`, by default the last hour).
+    Stats(StatsArgs),
+    /// Print matching records as they are written, until interrupted.
+    Tail(TailArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub filter: RecordFilter,
+    /// Most records printed: the newest that match.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
+    /// One JSON record per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub filter: RecordFilter,
+    /// The figures as one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub filter: RecordFilter,
+    /// Records already written to print first (the newest that match).
+    #[arg(short = 'n', long, default_value_t = 10)]
+    pub lines: u32,
+    /// One JSON record per line instead of one line of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which records: each option given must hold.
+#[derive(Clone, Debug, Default, Args)]
+pub struct RecordFilter {
+    /// Only this tenant's records.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only records with this status: succeeded, duplicate, deferred, parse_failed, unrouted,
+    /// rejected or failed.
+    #[arg(long, value_parser = parse_status)]
+    pub status: Option<LedgerStatus>,
+    /// Only records of this event name.
+    #[arg(long)]
+    pub event: Option<String>,
+    /// Only records finished at or after this: a duration ago (`15m`, `2h`, `7d`) or an
+    /// RFC 3339 time (`2026-12-05T10:00:00Z`).
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<DateTime<Utc>>,
+    /// Only records finished before this: a duration ago or an RFC 3339 time.
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<DateTime<Utc>>,
+    /// Only records of this message id.
+    #[arg(long)]
+    pub message_id: Option<String>,
+    /// Only records of this trace id (32 hex digits).
+    #[arg(long, value_parser = parse_trace_id)]
+    pub trace_id: Option<TraceId>,
+    /// Only records with this dedup key.
+    #[arg(long)]
+    pub dedup_key: Option<String>,
+}
+
+fn parse_status(s: &str) -> Result<LedgerStatus, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+        format!(
+            "unknown status {s:?}; one of succeeded, duplicate, deferred, parse_failed, unrouted, \
+             rejected, failed"
+        )
+    })
+}
+
+/// A duration ago (`90s`, `15m`, `2h`, `7d`), or an RFC 3339 time.
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(ago) = humantime::parse_duration(s) {
+        let ago = chrono::Duration::from_std(ago).map_err(|_| format!("{s:?} is too long ago"))?;
+        return Utc::now()
+            .checked_sub_signed(ago)
+            .ok_or_else(|| format!("{s:?} is too long ago"));
+    }
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            format!(
+                "{s:?} is neither a duration ago (15m, 2h, 7d) nor an RFC 3339 time \
+                 (2026-12-05T10:00:00Z)"
+            )
+        })
+}
+
+fn parse_trace_id(s: &str) -> Result<TraceId, String> {
+    TraceId::from_hex(s).ok_or_else(|| format!("{s:?} is not a trace id (32 hex digits, not all zeros)"))
 }

@@ -1,5 +1,6 @@
 //! The subcommands.
 
+mod ledger;
 mod preflight;
 mod run;
 mod send;
@@ -22,6 +23,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args).await,
         Command::Validate(args) => validate::validate(&args.config).await,
         Command::Send(args) => send::send(args).await,
+        Command::Ledger(args) => ledger::ledger(args).await,
     }
 }
 
