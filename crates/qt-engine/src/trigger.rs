@@ -59,6 +59,8 @@ pub enum BuildError {
     NoAdapter,
     #[error("idempotency.store is {0}: build the store and pass it with TriggerBuilder::idempotency_store")]
     StoreNotGiven(&'static str),
+    #[error("ledger.type is {0}: build the ledger and pass it with TriggerBuilder::ledger")]
+    LedgerNotGiven(&'static str),
     #[error("cannot open the ledger: {0}")]
     Ledger(#[from] qt_core::LedgerError),
 }
@@ -197,6 +199,7 @@ impl TriggerBuilder {
             (Some(l), _) => l,
             (None, LedgerConfig::Memory) => Arc::new(MemoryLedger::new()),
             (None, LedgerConfig::Jsonl(j)) => Arc::new(JsonlLedger::open(&j.path, j.fsync)?),
+            (None, LedgerConfig::Postgres(_)) => return Err(BuildError::LedgerNotGiven("postgres")),
         };
         let max_in_flight = c.processing.effective_max_in_flight();
         let pipeline = Pipeline {

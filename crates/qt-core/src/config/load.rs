@@ -648,6 +648,36 @@ agent:
         assert!(at(&got, "agent.targets.tls.url").is_empty(), "{got:#?}");
     }
 
+    #[test]
+    fn require_tls_rejects_a_plaintext_postgres_ledger_naming_the_url() {
+        let yaml = "source: {type: mock, queue: q}\nagent: {targets: {a: {type: log}}}\n\
+                    ledger: {type: postgres, url: \"postgres://qt:pg-pw-5@db/qt\"}\n\
+                    security: {require_tls: true}\n";
+        let got = problems(yaml);
+        let url = at(&got, "ledger.url");
+        assert_eq!(url.len(), 1, "{got:#?}");
+        assert!(
+            url[0].contains("require_tls") && !url[0].contains("pg-pw-5"),
+            "{got:#?}"
+        );
+        let encrypted = yaml.replace("postgres, url", "postgres, tls: verify-full, url");
+        if let Err(e) = load_str(&encrypted, no_env) {
+            panic!("tls: verify-full passes require_tls: {e}");
+        }
+    }
+
+    #[test]
+    fn a_postgres_ledger_reports_its_problems_with_their_paths() {
+        let got = problems(
+            "source: {type: mock, queue: q}\nagent: {targets: {a: {type: log}}}\n\
+             ledger: {type: postgres, url: \"http://db/qt\", table: \"bad name\", pool_size: 0}\n",
+        );
+        for path in ["ledger.url", "ledger.table", "ledger.pool_size"] {
+            assert_eq!(at(&got, path).len(), 1, "{path} in {got:#?}");
+        }
+        assert_no_rust_names(&got);
+    }
+
     /// Every problem of `yaml` whose path starts with `path:`.
     fn at<'a>(got: &'a [String], path: &str) -> Vec<&'a String> {
         got.iter().filter(|p| p.starts_with(&format!("{path}:"))).collect()

@@ -25,7 +25,10 @@ pub use agent::{
 pub use env::substitute;
 pub use governance::{GovernanceConfig, GovernanceRule, OnGovernanceError, RateLimitRule, RuleAction};
 pub use idempotency::{IdempotencyConfig, MemoryStoreConfig, OnStoreError, StoreConfig};
-pub use ledger::{JsonlLedgerConfig, LedgerConfig};
+pub use ledger::{
+    JsonlLedgerConfig, LedgerConfig, POSTGRES_MAX_POOL_SIZE, POSTGRES_MAX_SCHEMA_LEN, POSTGRES_MAX_TABLE_LEN,
+    PostgresLedgerConfig, PostgresTls,
+};
 pub use load::{load_file, load_str};
 pub use observability::{
     AdminConfig, LogConfig, LogFormat, ObservabilityConfig, OtlpProtocol, SecurityConfig, TracingConfig,
@@ -132,6 +135,17 @@ impl Validate for Config {
                 problems.push(
                     join(path, "idempotency.store.url"),
                     format!("security.require_tls is set but {} is not TLS (use rediss://)", r.url),
+                );
+            }
+            if let LedgerConfig::Postgres(p) = &self.ledger
+                && !p.is_tls()
+            {
+                problems.push(
+                    join(path, "ledger.url"),
+                    format!(
+                        "security.require_tls is set but {} is not TLS (set ledger.tls: verify-full)",
+                        p.url
+                    ),
                 );
             }
             if self.observability.tracing.is_plaintext() {

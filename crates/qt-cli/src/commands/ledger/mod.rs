@@ -43,6 +43,13 @@ fn configured_file(path: &Path) -> Result<JsonlFile, ExitCode> {
             ));
             Err(ExitCode::from(EXIT_INVALID_CONFIG))
         }
+        LedgerConfig::Postgres(_) => {
+            logging::fatal(&format!(
+                "{}: qt ledger reads the jsonl ledger only so far; query a postgres ledger's table with SQL",
+                path.display()
+            ));
+            Err(ExitCode::from(EXIT_INVALID_CONFIG))
+        }
     }
 }
 
