@@ -54,7 +54,7 @@ pub fn run() -> Result<()> {
 }
 
 /// The crates published to crates.io; `qt-bench-support`, `qt-test-support` and `xtask` are not.
-const PUBLISHED: [&str; 9] = [
+const PUBLISHED: [&str; 10] = [
     "qt-core",
     "qt-engine",
     "qt-adapter-mock",
@@ -62,6 +62,7 @@ const PUBLISHED: [&str; 9] = [
     "qt-adapter-rabbitmq",
     "qt-adapter-sqs",
     "qt-idempotency-redis",
+    "qt-ledger-postgres",
     "qt-telemetry",
     "qt-cli",
 ];

@@ -1,4 +1,4 @@
-//! Services the machine runs before a session starts (Redis, RabbitMQ). If one has stopped,
+//! Services the machine runs before a session starts (Redis, RabbitMQ, PostgreSQL). If one has stopped,
 //! it is started again with the same command the machine uses.
 
 use anyhow::Result;
@@ -19,6 +19,12 @@ pub fn services() -> Vec<Service> {
             addr: "127.0.0.1:5672",
             env: ("QT_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
             ensure: start_rabbitmq,
+        },
+        Service {
+            name: "postgres",
+            addr: "127.0.0.1:5432",
+            env: ("QT_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"),
+            ensure: start_postgres,
         },
     ]
 }
@@ -44,4 +50,10 @@ fn start_redis() -> Result<()> {
 
 fn start_rabbitmq() -> Result<()> {
     run("rabbitmq-server", &["-detached"])
+}
+
+/// The distribution's PostgreSQL 15 cluster (trust authentication on 127.0.0.1, database
+/// `test`), as the machine starts it.
+fn start_postgres() -> Result<()> {
+    run("pg_ctlcluster", &["15", "main", "start"])
 }

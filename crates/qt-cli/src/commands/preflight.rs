@@ -7,8 +7,8 @@
 //! are built (a command that does not exist is refused), the source adapter is constructed
 //! without contacting the broker (TLS files read, client settings the broker library
 //! refuses), and its capabilities are held against the policies as the engine does at start.
-//! What needs a connection (the broker, a Redis store) and the ledger file, which opening
-//! would create, are left to `run`.
+//! What needs a connection (the broker, a Redis store, a PostgreSQL ledger) and the ledger
+//! file, which opening would create, are left to `run`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,6 +63,10 @@ pub async fn preflight(config: &Config) -> Result<Ready, ConfigErrors> {
                 ),
             );
         }
+    }
+    #[cfg(not(feature = "postgres"))]
+    if let qt_core::config::LedgerConfig::Postgres(_) = &config.ledger {
+        problems.push("ledger.type", wiring::missing_ledger_feature().to_string());
     }
     match (agents, source) {
         (Some(agents), Some(source)) if problems.is_empty() => Ok(Ready { agents, source }),

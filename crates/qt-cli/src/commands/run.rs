@@ -31,12 +31,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let store = wiring::store(&config)
         .await
         .context("cannot set up the idempotency store")?;
+    let ledger = wiring::ledger(&config).await.context("cannot set up the ledger")?;
     let mut builder = QueueTrigger::builder(config.clone()).adapter(source.adapter.clone());
     for (name, agent) in agents {
         builder = builder.agent(name, agent);
     }
     if let Some(store) = store {
         builder = builder.idempotency_store(store);
+    }
+    if let Some(ledger) = ledger {
+        builder = builder.ledger(ledger);
     }
     let tracing_config = &config.observability.tracing;
     let telemetry = if tracing_config.enabled {

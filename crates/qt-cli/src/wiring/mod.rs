@@ -1,10 +1,12 @@
-//! From configuration to components: the source adapter and its publisher, and the
-//! idempotency store. Broker crates are optional features; a configuration naming one that
+//! From configuration to components: the source adapter and its publisher, the
+//! idempotency store and the ledger. Broker crates are optional features; a configuration naming one that
 //! is not compiled in fails with the feature to add (requirement 1.5).
 
 #[cfg(feature = "kafka")]
 mod kafka;
 mod mock;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "rabbitmq")]
 mod rabbitmq;
 #[cfg(feature = "redis")]
@@ -15,8 +17,8 @@ mod sqs;
 use std::sync::Arc;
 
 use qt_adapter_mock::MockQueue;
-use qt_core::config::{Config, SourceConfig, StoreConfig};
-use qt_core::{AdapterSettings, IdempotencyStore, Publisher, QueueAdapter};
+use qt_core::config::{Config, LedgerConfig, SourceConfig, StoreConfig};
+use qt_core::{AdapterSettings, IdempotencyStore, Ledger, Publisher, QueueAdapter};
 
 /// A connected-to-be source.
 pub struct Source {
@@ -106,4 +108,22 @@ pub async fn store(config: &Config) -> anyhow::Result<Option<Arc<dyn Idempotency
             "qt-idempotency-redis",
         )),
     }
+}
+
+/// The ledger named by `ledger`, or `None` to let the engine build its memory or JSONL
+/// ledger.
+pub async fn ledger(config: &Config) -> anyhow::Result<Option<Arc<dyn Ledger>>> {
+    match &config.ledger {
+        LedgerConfig::Memory | LedgerConfig::Jsonl(_) => Ok(None),
+        #[cfg(feature = "postgres")]
+        LedgerConfig::Postgres(p) => postgres::ledger(p, config).await.map(Some),
+        #[cfg(not(feature = "postgres"))]
+        LedgerConfig::Postgres(_) => Err(missing_ledger_feature()),
+    }
+}
+
+/// The error for `ledger.type: postgres` in a binary built without it.
+#[allow(dead_code)]
+pub fn missing_ledger_feature() -> anyhow::Error {
+    missing_feature("ledger.type: postgres", "postgres", "qt-ledger-postgres")
 }

@@ -54,7 +54,8 @@ impl TestSchema {
         match PostgresLedger::connect(&self.config(), false).await {
             Ok(l) => l,
             Err(e) => panic!(
-                "the test PostgreSQL at {} (QT_TEST_POSTGRES_URL) is not usable: {e}",
+                "the test PostgreSQL at {} (QT_TEST_POSTGRES_URL) is not usable: {e}\n\
+                 start it with `cargo xtask services up`",
                 self.url
             ),
         }
@@ -104,7 +105,9 @@ pub async fn raw() -> Client {
 pub async fn raw_at(url: &str) -> Client {
     let (client, conn) = tokio_postgres::connect(url, NoTls)
         .await
-        .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {url} (QT_TEST_POSTGRES_URL): {e}"));
+        .unwrap_or_else(|e| panic!(
+            "cannot reach the test PostgreSQL at {url} (QT_TEST_POSTGRES_URL): {e}; start it with `cargo xtask services up`"
+        ));
     tokio::spawn(conn);
     client
 }
