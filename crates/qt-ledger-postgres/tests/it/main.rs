@@ -3,6 +3,7 @@
 
 mod failures;
 mod migrations;
+mod outage;
 mod query;
 mod records;
 mod support;
