@@ -4,6 +4,8 @@
 mod failures;
 mod migrations;
 mod outage;
+mod private_pg;
 mod query;
 mod records;
 mod support;
+mod tls;

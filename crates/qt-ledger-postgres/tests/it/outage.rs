@@ -3,10 +3,6 @@
 //! same ledger writes again on fresh connections, and every batch it reported written is
 //! there.
 
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,134 +12,8 @@ use qt_core::config::PostgresLedgerConfig;
 use qt_core::{Health, Ledger, LedgerFilter, LedgerStatus};
 use qt_ledger_postgres::PostgresLedger;
 
+use crate::private_pg::PrivatePostgres;
 use crate::support::minimal;
-
-fn bin_dir() -> PathBuf {
-    std::env::var_os("QT_TEST_PG_BIN").map_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"), PathBuf::from)
-}
-
-fn id(args: &[&str]) -> u32 {
-    let out = Command::new("id").args(args).output().expect("run id");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("id prints a number")
-}
-
-/// A private server: a fresh cluster in a temporary directory, on a free port. PostgreSQL
-/// refuses to run as root, so when the tests are root it runs as the `postgres` user.
-struct PrivatePostgres {
-    dir: tempfile::TempDir,
-    port: u16,
-    /// (uid, gid) to run as, when root.
-    user: Option<(u32, u32)>,
-    server: Option<Child>,
-}
-
-impl PrivatePostgres {
-    fn init() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let user = (id(&["-u"]) == 0).then(|| (id(&["-u", "postgres"]), id(&["-g", "postgres"])));
-        if let Some((uid, gid)) = user {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown the temp dir");
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let pg = Self {
-            dir,
-            port,
-            user,
-            server: None,
-        };
-        let status = pg
-            .command("initdb")
-            .args(["-A", "trust", "-U", "postgres", "-D"])
-            .arg(pg.data())
-            .stdout(Stdio::null())
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run initdb from {} (QT_TEST_PG_BIN): {e}", bin_dir().display()));
-        assert!(status.success(), "initdb failed");
-        pg
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(bin_dir().join(program));
-        if let Some((uid, gid)) = self.user {
-            cmd.uid(uid).gid(gid);
-        }
-        cmd
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres:outage-pw-1@127.0.0.1:{}/postgres", self.port)
-    }
-
-    /// Starts the server (recovering from a crash if there was one) and waits until it
-    /// accepts connections.
-    async fn start(&mut self) {
-        let server = self
-            .command("postgres")
-            .arg("-D")
-            .arg(self.data())
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-k",
-            ])
-            .arg(self.dir.path())
-            // Its own process group, so the whole server (postmaster and backends) can be
-            // killed at once, as a machine crash would.
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start postgres");
-        self.server = Some(server);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await {
-                Ok(_) => return,
-                Err(e) if Instant::now() > deadline => panic!("the private PostgreSQL did not come up: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    }
-
-    /// SIGKILL to every process of the server.
-    fn kill(&mut self) {
-        if let Some(mut server) = self.server.take() {
-            let group = format!("-{}", server.id());
-            let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-            let _ = server.wait();
-            // Backends are in the group too; give the kernel a moment to reap them.
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for PrivatePostgres {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-impl std::fmt::Debug for PrivatePostgres {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PrivatePostgres")
-            .field("port", &self.port)
-            .finish_non_exhaustive()
-    }
-}
 
 fn assert_secret_free(text: &str) {
     assert!(!text.contains("outage-pw-1"), "{text}");
@@ -151,7 +21,7 @@ fn assert_secret_free(text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_fail_during_a_crash_and_resume_on_the_same_ledger_after_restart() {
-    let mut pg = PrivatePostgres::init();
+    let mut pg = PrivatePostgres::init(None);
     pg.start().await;
     let mut cfg = PostgresLedgerConfig::new(pg.url());
     cfg.pool_size = 2;
