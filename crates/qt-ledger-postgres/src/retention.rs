@@ -1,6 +1,6 @@
 //! `ledger.retention`: a background task deleting records older than the retention period.
 //!
-//! Once every [`INTERVAL`] it deletes rows whose `finished_at` is older than the period, in
+//! When the ledger starts and then once every [`INTERVAL`] it deletes rows whose `finished_at` is older than the period, in
 //! statements of at most [`CHUNK`] rows (`DELETE ... WHERE ctid IN (SELECT ctid ... LIMIT n)`,
 //! an index range scan on `finished_at`), at most [`MAX_CHUNKS`] statements per run. Short
 //! statements hold row locks briefly and never block the writers (COPY only inserts); a

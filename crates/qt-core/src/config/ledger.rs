@@ -82,7 +82,7 @@ pub struct PostgresLedgerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key_file: Option<PathBuf>,
     /// Records whose `finished_at` is older than this are deleted by a background task,
-    /// once a minute, in chunks of at most 10000 rows per statement and 100000 rows per
+    /// at start and then once a minute, in chunks of at most 10000 rows per statement and 100000 rows per
     /// minute, so a large backlog is worked off gradually without long locks. Each chunk is
     /// an index range scan on `finished_at` plus the deletes (which leave dead rows for
     /// autovacuum). Unset (the default): records are kept forever.

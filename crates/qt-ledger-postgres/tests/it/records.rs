@@ -168,3 +168,40 @@ async fn tls_require_writes_over_an_encrypted_connection() {
     assert!(!encrypted.is_empty() && encrypted.iter().all(|e| *e), "{encrypted:?}");
     assert_eq!(count(&raw().await, &schema.name).await, 1);
 }
+
+#[tokio::test]
+async fn a_ledger_with_retention_deletes_expired_records_in_the_background_from_the_start() {
+    let schema = TestSchema::new();
+    let writer = schema.ledger().await;
+    let mut recent = minimal("recent", LedgerStatus::Succeeded, 0);
+    recent.finished_at = chrono::Utc::now();
+    // `minimal` records finished in 2025: long expired under a one-hour retention.
+    writer
+        .record_batch(vec![
+            minimal("old-1", LedgerStatus::Succeeded, 1),
+            minimal("old-2", LedgerStatus::Failed, 2),
+            recent,
+        ])
+        .await
+        .expect("write");
+
+    let mut cfg = schema.config();
+    cfg.retention = Some(std::time::Duration::from_secs(3600));
+    let _with_retention = qt_ledger_postgres::PostgresLedger::connect(&cfg, false)
+        .await
+        .expect("connect");
+    let client = raw().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while count(&client, &schema.name).await > 1 {
+        assert!(std::time::Instant::now() < deadline, "the retention task did not run");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let left: Vec<String> = writer
+        .query(&LedgerFilter::default())
+        .await
+        .expect("query")
+        .into_iter()
+        .map(|r| r.message_id)
+        .collect();
+    assert_eq!(left, ["recent"]);
+}
