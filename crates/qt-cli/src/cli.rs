@@ -90,6 +90,8 @@ pub enum LedgerCommand {
     Stats(StatsArgs),
     /// Print matching records as they are written, until interrupted.
     Tail(TailArgs),
+    /// Create or update a `postgres` ledger's table (`qt run` does it at start too).
+    Migrate(ConfigArg),
 }
 
 #[derive(Debug, Args)]

@@ -148,51 +148,47 @@ impl PostgresLedger {
 
     /// Records matching `filter`, newest first (by `finished_at`, then insertion order).
     pub async fn query(&self, filter: &LedgerFilter) -> Result<Vec<LedgerRecord>, PostgresLedgerError> {
-        const ACTION: &str = "query records";
-        let mut sql = self.inner.select_sql.clone();
-        let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
-        let mut clause = |column: &str, op: &str, value: Box<dyn ToSql + Sync + Send>| {
-            params.push(value);
-            sql.push_str(if params.len() == 1 { " WHERE " } else { " AND " });
-            sql.push_str(&format!("\"{column}\" {op} ${}", params.len()));
-        };
-        if let Some(v) = &filter.tenant_id {
-            clause("tenant_id", "=", Box::new(v.clone()));
-        }
-        if let Some(v) = filter.status {
-            clause("status", "=", Box::new(v.as_str()));
-        }
-        if let Some(v) = &filter.event_name {
-            clause("event_name", "=", Box::new(v.clone()));
-        }
-        if let Some(v) = filter.since {
-            clause("finished_at", ">=", Box::new(v));
-        }
-        if let Some(v) = filter.until {
-            clause("finished_at", "<", Box::new(v));
-        }
-        if let Some(v) = &filter.message_id {
-            clause("message_id", "=", Box::new(v.clone()));
-        }
-        if let Some(v) = filter.trace_id {
-            clause("trace_id", "=", Box::new(v.to_hex()));
-        }
-        if let Some(v) = &filter.dedup_key {
-            clause("dedup_key", "=", Box::new(v.clone()));
-        }
+        let Conditions { mut sql, mut params } = Conditions::of(&self.inner.select_sql, filter);
         sql.push_str(" ORDER BY finished_at DESC, id DESC");
         if let Some(limit) = filter.limit {
             params.push(Box::new(i64::try_from(limit).unwrap_or(i64::MAX)));
             sql.push_str(&format!(" LIMIT ${}", params.len()));
         }
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
         Ok(self
             .inner
-            .read(ACTION, &sql, &refs)
+            .read("query records", &sql, &params.refs())
             .await?
             .into_iter()
             .map(|s| s.record)
             .collect())
+    }
+
+    /// Every record matching `filter` (its `limit` aside), in insertion order, read `page`
+    /// rows at a time so that memory stays bounded however many match.
+    pub async fn scan(
+        &self,
+        filter: &LedgerFilter,
+        page: usize,
+        mut each: impl FnMut(LedgerRecord) + Send,
+    ) -> Result<(), PostgresLedgerError> {
+        let Conditions { mut sql, mut params } = Conditions::of(&self.inner.select_sql, filter);
+        params.push(Box::new(0_i64));
+        let after = params.len();
+        sql.push_str(if after == 1 { " WHERE" } else { " AND" });
+        params.push(Box::new(i64::try_from(page).unwrap_or(i64::MAX)));
+        sql.push_str(&format!(" id > ${after} ORDER BY id LIMIT ${}", after + 1));
+        loop {
+            let rows = self.inner.read("scan records", &sql, &params.refs()).await?;
+            let Some(last) = rows.last().map(|r| r.id) else {
+                return Ok(());
+            };
+            let full = rows.len() == page;
+            rows.into_iter().for_each(|r| each(r.record));
+            if !full {
+                return Ok(());
+            }
+            params[after - 1] = Box::new(last);
+        }
     }
 
     /// Up to `limit` records stored after the one with id `after`, oldest first: for
@@ -206,6 +202,18 @@ impl PostgresLedger {
         self.inner.read("read records to follow", &sql, &[&after, &limit]).await
     }
 
+    /// The id of the newest row stored (0 for an empty table): where a follower starts.
+    pub async fn last_id(&self) -> Result<i64, PostgresLedgerError> {
+        const ACTION: &str = "read the newest record's id";
+        let client = self.inner.client(ACTION).await?;
+        let sql = format!("SELECT coalesce(max(id), 0) FROM {}", self.inner.target.table());
+        let row = client
+            .query_one(&sql, &[])
+            .await
+            .map_err(|e| self.inner.redactor.failed(ACTION, &describe_pg(&e)))?;
+        Ok(row.get(0))
+    }
+
     /// Deletes records whose `finished_at` is before `cutoff`, in chunks of `chunk` rows
     /// per statement, at most `max_chunks` statements; returns how many were deleted. The
     /// retention task calls this; it is public for tools and tests.
@@ -216,6 +224,66 @@ impl PostgresLedger {
         max_chunks: u32,
     ) -> Result<u64, PostgresLedgerError> {
         self.inner.delete_finished_before(cutoff, chunk, max_chunks).await
+    }
+}
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+trait Refs {
+    fn refs(&self) -> Vec<&(dyn ToSql + Sync)>;
+}
+
+impl Refs for Vec<Param> {
+    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect()
+    }
+}
+
+/// A select with a filter's conditions as a `WHERE` clause and their parameters, values
+/// always bound, never written into the SQL.
+struct Conditions {
+    sql: String,
+    params: Vec<Param>,
+}
+
+impl Conditions {
+    fn of(select: &str, filter: &LedgerFilter) -> Self {
+        let mut c = Self {
+            sql: select.to_owned(),
+            params: Vec::new(),
+        };
+        if let Some(v) = &filter.tenant_id {
+            c.add("tenant_id", "=", Box::new(v.clone()));
+        }
+        if let Some(v) = filter.status {
+            c.add("status", "=", Box::new(v.as_str()));
+        }
+        if let Some(v) = &filter.event_name {
+            c.add("event_name", "=", Box::new(v.clone()));
+        }
+        if let Some(v) = filter.since {
+            c.add("finished_at", ">=", Box::new(v));
+        }
+        if let Some(v) = filter.until {
+            c.add("finished_at", "<", Box::new(v));
+        }
+        if let Some(v) = &filter.message_id {
+            c.add("message_id", "=", Box::new(v.clone()));
+        }
+        if let Some(v) = filter.trace_id {
+            c.add("trace_id", "=", Box::new(v.to_hex()));
+        }
+        if let Some(v) = &filter.dedup_key {
+            c.add("dedup_key", "=", Box::new(v.clone()));
+        }
+        c
+    }
+
+    fn add(&mut self, column: &str, op: &str, value: Param) {
+        self.params.push(value);
+        self.sql
+            .push_str(if self.params.len() == 1 { " WHERE " } else { " AND " });
+        self.sql.push_str(&format!("\"{column}\" {op} ${}", self.params.len()));
     }
 }
 

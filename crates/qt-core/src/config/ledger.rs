@@ -14,10 +14,15 @@ pub struct JsonlLedgerConfig {
     /// File records are appended to, one JSON object per line. Required.
     #[serde(default)]
     pub path: PathBuf,
-    /// Also fsync before acking, so records survive a machine crash, not just a process
-    /// crash. Default false.
-    #[serde(default)]
+    /// Fsync each batch (with the batches written beside it) before acking, so records
+    /// survive a machine crash, not just a process crash. `false` is faster and loses the last
+    /// records on a machine crash or power loss. Default true.
+    #[serde(default = "default_fsync")]
     pub fsync: bool,
+}
+
+fn default_fsync() -> bool {
+    true
 }
 
 /// How the PostgreSQL connection is encrypted. It is set here rather than with `sslmode`
@@ -257,7 +262,7 @@ impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig::Jsonl(JsonlLedgerConfig {
             path: PathBuf::from("qt-ledger.jsonl"),
-            fsync: false,
+            fsync: true,
         })
     }
 }

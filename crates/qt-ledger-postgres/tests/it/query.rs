@@ -175,3 +175,35 @@ async fn records_after_follows_the_table_in_insertion_order() {
     );
     assert!(newer[0].id > rest[0].id && newer[1].id > newer[0].id);
 }
+
+#[tokio::test]
+async fn scan_reads_every_matching_record_in_insertion_order_page_by_page() {
+    let schema = TestSchema::new();
+    let ledger = schema.ledger().await;
+    ledger.record_batch(records()).await.expect("write");
+    for page in [1, 2, 5, 100] {
+        let mut seen = Vec::new();
+        ledger
+            .scan(&LedgerFilter::default(), page, |r| seen.push(r.message_id))
+            .await
+            .expect("scan");
+        assert_eq!(seen, ["a", "b", "c", "d", "e", "f"], "page {page}");
+    }
+    let acme = LedgerFilter {
+        tenant_id: Some("acme".into()),
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    ledger.scan(&acme, 1, |r| seen.push(r.message_id)).await.expect("scan");
+    assert_eq!(seen, ["a", "b"]);
+}
+
+#[tokio::test]
+async fn last_id_is_zero_for_an_empty_table_and_then_the_newest_rows() {
+    let schema = TestSchema::new();
+    let ledger = schema.ledger().await;
+    assert_eq!(ledger.last_id().await.expect("read"), 0);
+    ledger.record_batch(records()).await.expect("write");
+    let all = ledger.records_after(0, 100).await.expect("read");
+    assert_eq!(ledger.last_id().await.expect("read"), all.last().expect("six").id);
+}

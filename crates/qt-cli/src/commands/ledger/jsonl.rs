@@ -8,9 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use qt_core::LedgerRecord;
-
-use crate::cli::RecordFilter;
+use qt_core::{LedgerFilter, LedgerRecord};
 
 /// Lines that were not ledger records.
 #[derive(Debug, Default)]
@@ -63,12 +61,12 @@ impl JsonlFile {
     }
 
     /// Every record that matches, in the order written.
-    pub fn scan(&self, filter: &RecordFilter, each: impl FnMut(LedgerRecord)) -> anyhow::Result<Unreadable> {
+    pub fn scan(&self, filter: &LedgerFilter, each: impl FnMut(LedgerRecord)) -> anyhow::Result<Unreadable> {
         self.reader()?.read_new(filter, each)
     }
 
     /// The newest `limit` records that match, oldest first.
-    pub fn newest(&self, filter: &RecordFilter, limit: usize) -> anyhow::Result<(Vec<LedgerRecord>, Unreadable)> {
+    pub fn newest(&self, filter: &LedgerFilter, limit: usize) -> anyhow::Result<(Vec<LedgerRecord>, Unreadable)> {
         let mut kept = Newest::new(limit);
         let unreadable = self.scan(filter, |r| kept.push(r))?;
         Ok((kept.into_vec(), unreadable))
@@ -143,7 +141,7 @@ impl Reader {
     /// The records written since the last call (all of them the first time), those that match.
     pub fn read_new(
         &mut self,
-        filter: &RecordFilter,
+        filter: &LedgerFilter,
         mut each: impl FnMut(LedgerRecord),
     ) -> anyhow::Result<Unreadable> {
         self.reopen_if_replaced()?;
@@ -227,7 +225,7 @@ mod tests {
             })
             .collect();
         write(&path, &records, "");
-        let filter = RecordFilter {
+        let filter = LedgerFilter {
             status: Some(LedgerStatus::Failed),
             ..Default::default()
         };
@@ -248,7 +246,7 @@ mod tests {
             "{\"cut short\n\n",
         );
         write(&path, &[test_record("m-2", LedgerStatus::Succeeded)], "");
-        let (newest, unreadable) = JsonlFile::new(&path).newest(&RecordFilter::default(), 10).unwrap();
+        let (newest, unreadable) = JsonlFile::new(&path).newest(&LedgerFilter::default(), 10).unwrap();
         assert_eq!(newest.len(), 2);
         assert_eq!(unreadable.count, 1);
         let warning = unreadable.warning(&path).unwrap();
@@ -258,7 +256,7 @@ mod tests {
     #[test]
     fn a_missing_file_is_an_error_naming_it_and_the_setting() {
         let e = JsonlFile::new(Path::new("/nonexistent/qt-ledger.jsonl"))
-            .newest(&RecordFilter::default(), 1)
+            .newest(&LedgerFilter::default(), 1)
             .unwrap_err();
         let text = format!("{e:#}");
         assert!(
@@ -273,7 +271,7 @@ mod tests {
         let path = dir.path().join("ledger.jsonl");
         write(&path, &[test_record("old", LedgerStatus::Succeeded)], "");
         let mut reader = JsonlFile::new(&path).reader().unwrap();
-        let all = RecordFilter::default();
+        let all = LedgerFilter::default();
         let read = |reader: &mut Reader| {
             let mut ids = Vec::new();
             reader.read_new(&all, |r| ids.push(r.message_id)).unwrap();

@@ -1,8 +1,8 @@
 //! `qt ledger query | stats | tail`: read the ledger a configuration writes, without SQL.
 
-mod filter;
 mod jsonl;
 mod print;
+mod source;
 mod stats;
 
 use std::io::Write;
@@ -11,12 +11,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use chrono::Utc;
-use qt_core::config::LedgerConfig;
+use qt_core::LedgerFilter;
 
-use super::{EXIT_INVALID_CONFIG, load_or_report};
-use crate::cli::{LedgerArgs, LedgerCommand, QueryArgs, StatsArgs, TailArgs};
-use crate::logging;
-use jsonl::{JsonlFile, Newest, Unreadable};
+use super::load_or_report;
+use crate::cli::{LedgerArgs, LedgerCommand, QueryArgs, RecordFilter, StatsArgs, TailArgs};
+use source::Source;
 
 /// How often `tail` looks for new records.
 const TAIL_POLL: Duration = Duration::from_millis(250);
@@ -26,52 +25,42 @@ pub async fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         LedgerCommand::Query(args) => query(args).await,
         LedgerCommand::Stats(args) => stats(args).await,
         LedgerCommand::Tail(args) => tail(args).await,
+        LedgerCommand::Migrate(args) => migrate(&args.config).await,
     }
 }
 
-/// The ledger file the configuration at `path` writes, or the exit code after saying why
-/// there is none to read.
-fn configured_file(path: &Path) -> Result<JsonlFile, ExitCode> {
-    let config = load_or_report(path)?;
-    match &config.ledger {
-        LedgerConfig::Jsonl(j) => Ok(JsonlFile::new(&j.path)),
-        LedgerConfig::Memory => {
-            logging::fatal(&format!(
-                "{}: ledger.type is memory: its records live only inside a running qt and cannot be \
-                 read; configure `jsonl` to keep them",
-                path.display()
-            ));
-            Err(ExitCode::from(EXIT_INVALID_CONFIG))
-        }
-        LedgerConfig::Postgres(_) => {
-            logging::fatal(&format!(
-                "{}: qt ledger reads the jsonl ledger only so far; query a postgres ledger's table with SQL",
-                path.display()
-            ));
-            Err(ExitCode::from(EXIT_INVALID_CONFIG))
+impl From<RecordFilter> for LedgerFilter {
+    fn from(f: RecordFilter) -> Self {
+        LedgerFilter {
+            tenant_id: f.tenant,
+            status: f.status,
+            event_name: f.event,
+            since: f.since,
+            until: f.until,
+            message_id: f.message_id,
+            trace_id: f.trace_id,
+            dedup_key: f.dedup_key,
+            limit: None,
         }
     }
 }
 
-fn warn_unreadable(file: &Path, unreadable: &Unreadable) {
-    if let Some(warning) = unreadable.warning(file) {
-        let _ = writeln!(std::io::stderr(), "qt: warning: {warning}");
-    }
+/// The ledger the configuration at `path` writes, opened; `Err` holds the exit code after
+/// the configuration's problems were printed.
+async fn configured(path: &Path) -> anyhow::Result<Result<Source, ExitCode>> {
+    let config = match load_or_report(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(Err(code)),
+    };
+    Ok(Ok(Source::open(&config).await?))
 }
 
 async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
-    let file = match configured_file(&args.config.config) {
-        Ok(f) => f,
+    let ledger = match configured(&args.config.config).await? {
+        Ok(l) => l,
         Err(code) => return Ok(code),
     };
-    let filter = args.filter;
-    let limit = args.limit as usize;
-    let (records, unreadable, file) = tokio::task::spawn_blocking(move || {
-        let (records, unreadable) = file.newest(&filter, limit)?;
-        Ok::<_, anyhow::Error>((records, unreadable, file))
-    })
-    .await??;
-    warn_unreadable(file.path(), &unreadable);
+    let records = ledger.newest(&args.filter.into(), args.limit as usize).await?;
     let mut out = std::io::stdout().lock();
     if args.json {
         print::json_lines(&mut out, &records)?;
@@ -84,11 +73,11 @@ async fn query(args: QueryArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
-    let file = match configured_file(&args.config.config) {
-        Ok(f) => f,
+    let ledger = match configured(&args.config.config).await? {
+        Ok(l) => l,
         Err(code) => return Ok(code),
     };
-    let mut filter = args.filter;
+    let mut filter = LedgerFilter::from(args.filter);
     let since = *filter
         .since
         .get_or_insert_with(|| Utc::now() - chrono::Duration::hours(1));
@@ -97,13 +86,9 @@ async fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
         Some(until) => format!("finished from {} to {}", time(since), time(until)),
         None => format!("finished since {}", time(since)),
     };
-    let (stats, unreadable, file) = tokio::task::spawn_blocking(move || {
-        let mut tally = stats::Tally::default();
-        let unreadable = file.scan(&filter, |r| tally.add(&r))?;
-        Ok::<_, anyhow::Error>((tally.finish(), unreadable, file))
-    })
-    .await??;
-    warn_unreadable(file.path(), &unreadable);
+    let mut tally = stats::Tally::default();
+    ledger.scan(&filter, |r| tally.add(&r)).await?;
+    let stats = tally.finish();
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer(&mut out, &stats)?;
@@ -115,11 +100,11 @@ async fn stats(args: StatsArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
-    let file = match configured_file(&args.config.config) {
-        Ok(f) => f,
+    let ledger = match configured(&args.config.config).await? {
+        Ok(l) => l,
         Err(code) => return Ok(code),
     };
-    let mut reader = file.reader()?;
+    let filter = LedgerFilter::from(args.filter);
     let print = |records: &[qt_core::LedgerRecord]| -> std::io::Result<()> {
         let mut out = std::io::stdout().lock();
         if args.json {
@@ -131,10 +116,8 @@ async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
         }
         out.flush()
     };
-    let mut backlog = Newest::new(args.lines as usize);
-    let unreadable = reader.read_new(&args.filter, |r| backlog.push(r))?;
-    warn_unreadable(file.path(), &unreadable);
-    print(&backlog.into_vec())?;
+    let (backlog, mut follower) = ledger.follow(&filter, args.lines as usize).await?;
+    print(&backlog)?;
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     loop {
@@ -142,9 +125,7 @@ async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
             _ = &mut interrupted => return Ok(ExitCode::SUCCESS),
             () = tokio::time::sleep(TAIL_POLL) => {}
         }
-        let mut new = Vec::new();
-        let unreadable = reader.read_new(&args.filter, |r| new.push(r))?;
-        warn_unreadable(file.path(), &unreadable);
+        let new = follower.read_new(&filter).await?;
         if let Err(e) = print(&new) {
             // The reader went away (`qt ledger tail | head`): done.
             if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -153,6 +134,35 @@ async fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
             return Err(e.into());
         }
     }
+}
+
+/// Brings a PostgreSQL ledger's table up to date (`qt run` does the same at start).
+async fn migrate(path: &Path) -> anyhow::Result<ExitCode> {
+    let ledger = match configured(path).await? {
+        Ok(l) => l,
+        Err(code) => return Ok(code),
+    };
+    let mut out = std::io::stdout().lock();
+    match ledger {
+        Source::Jsonl(file) => {
+            writeln!(
+                out,
+                "{}: a jsonl ledger has no schema to migrate",
+                file.path().display()
+            )?;
+        }
+        #[cfg(feature = "postgres")]
+        Source::Postgres(ledger) => {
+            let applied = ledger.migrate().await?;
+            if applied.is_empty() {
+                writeln!(out, "{}: up to date", ledger.name())?;
+            } else {
+                let versions: Vec<String> = applied.iter().map(ToString::to_string).collect();
+                writeln!(out, "{}: applied migration(s) {}", ledger.name(), versions.join(", "))?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A record with every commonly read field set, for the tests of this module's parts.
