@@ -3,7 +3,7 @@
 //! - `ci`: everything CI checks (format, lints, services, all tests, docs).
 //! - `services up|status`: installs (cached outside the checkout) and starts what the
 //!   integration tests need, idempotently.
-//! - `bench <engine|redis|kafka|rabbitmq|sqs|http>`: runs a benchmark and records its figures in
+//! - `bench <engine|redis|kafka|rabbitmq|sqs|http|ledger>`: runs a benchmark and records its figures in
 //!   `docs/benchmarks.md`.
 
 // A command-line tool: printing progress is its job.

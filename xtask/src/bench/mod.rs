@@ -4,6 +4,7 @@
 mod engine;
 mod http;
 mod kafka;
+mod ledger;
 mod rabbitmq;
 mod redis;
 mod sqs;
@@ -30,6 +31,9 @@ pub enum Which {
     /// The `http` target through the `qt` binary (mock source, local server) next to a plain
     /// reqwest loop; the `command` target for contrast.
     Http,
+    /// Engine throughput by ledger (memory, JSONL with fsync off and on, PostgreSQL) next to a
+    /// plain tokio-postgres COPY loop writing the same rows.
+    Ledger,
 }
 
 pub fn run(which: Which) -> Result<()> {
@@ -40,6 +44,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Redis => redis::run(),
         Which::Sqs => sqs::run(),
         Which::Http => http::run(),
+        Which::Ledger => ledger::run(),
     }
 }
 
