@@ -215,6 +215,7 @@ impl TriggerBuilder {
             stopping: CancellationToken::new(),
             abort: CancellationToken::new(),
             quarantine: Default::default(),
+            ledger_backoff: Default::default(),
             spans: self.trace.map(|trace| {
                 let group = match &c.source {
                     qt_core::config::SourceConfig::Kafka(k) => Some(k.consumer_group.as_str()),

@@ -121,6 +121,12 @@ impl Intake {
             if !self.wait_until_running().await {
                 return "stopped";
             }
+            if let Some(pause) = self.pipeline.ledger_backoff.remaining() {
+                tokio::select! {
+                    () = self.stop.cancelled() => return "stopped",
+                    () = tokio::time::sleep(pause) => continue,
+                }
+            }
             let mut permit = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => return "stopped",

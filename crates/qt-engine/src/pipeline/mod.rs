@@ -14,6 +14,7 @@
 
 pub(crate) mod batch;
 pub(crate) mod intake;
+pub(crate) mod ledger_backoff;
 pub(crate) mod order;
 pub(crate) mod outcome;
 pub(crate) mod quarantine;
@@ -60,6 +61,8 @@ pub(crate) struct Pipeline {
     pub adapter_kind: Arc<str>,
     /// Batches that panicked, remembered so their messages are not run together again.
     pub quarantine: quarantine::Quarantine,
+    /// Pauses intake while ledger writes fail.
+    pub ledger_backoff: ledger_backoff::LedgerBackoff,
     /// `None` when the trigger does not trace.
     pub spans: Option<crate::spans::Spans>,
 }

@@ -172,13 +172,15 @@ impl Settler {
         spans::end_batch_step(step, written.as_ref().err().map(ToString::to_string));
         if let Err(e) = written {
             p.metrics.ledger_error();
-            error!(error = %e, messages = pending.len(), "ledger write failed; leaving the batch unacknowledged for redelivery");
+            let pause = p.ledger_backoff.failed();
+            error!(error = %e, messages = pending.len(), intake_paused_for = ?pause, "ledger write failed; leaving the batch unacknowledged for redelivery, and taking no more messages for a while");
             for m in pending.drain(..) {
                 p.metrics.left_pipeline();
                 drop(m);
             }
             return;
         }
+        p.ledger_backoff.succeeded();
         // Most settlements finish on their first poll (an ack is queued, not awaited), here;
         // only those still waiting (a dead letter awaiting its publish confirm) are left for
         // `settle_next`, so the batch's next group need not wait for them.

@@ -102,3 +102,63 @@ async fn a_waiting_dead_letter_is_settled_while_its_batch_still_runs() {
     assert_eq!(queue.acked_count(), 1);
     assert_eq!(queue.dead_lettered().len(), 1);
 }
+
+/// A ledger that refuses every write until `until`, then keeps records in memory.
+#[derive(Debug)]
+struct DownUntil {
+    until: Instant,
+    refused: std::sync::atomic::AtomicU64,
+    records: MemoryLedger,
+}
+
+#[async_trait]
+impl qt_core::Ledger for DownUntil {
+    async fn record_batch(&self, records: Vec<qt_core::LedgerRecord>) -> Result<(), qt_core::LedgerError> {
+        if Instant::now() < self.until {
+            self.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(qt_core::LedgerError {
+                ledger: "down".into(),
+                reason: "connection refused".into(),
+            });
+        }
+        self.records.record_batch(records).await
+    }
+}
+
+/// While the ledger refuses writes, nothing is acked and intake pauses between attempts
+/// instead of taking the redelivered batch back at once; once the ledger is back every
+/// message succeeds with one record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_ledger_is_down_nothing_is_acked_and_intake_backs_off_until_it_returns() {
+    let queue = MockQueue::new("q");
+    queue.enqueue_all(
+        (0..5)
+            .map(|i| msg(&format!("m-{i}"), &[], json!({"do": "ok"})))
+            .collect::<Vec<_>>(),
+    );
+    let ledger = Arc::new(DownUntil {
+        until: Instant::now() + Duration::from_millis(800),
+        refused: Default::default(),
+        records: MemoryLedger::new(),
+    });
+    let trigger = QueueTrigger::builder(config())
+        .adapter(Arc::new(queue.adapter()))
+        .ledger(ledger.clone())
+        .agent("default", ScriptedAgent::new("default"))
+        .build()
+        .expect("the configuration is valid");
+    trigger.start().await.expect("starts");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(queue.acked_count(), 0, "nothing is acked before its record is written");
+    tokio::time::timeout(Duration::from_secs(20), queue.wait_idle())
+        .await
+        .expect("the queue drains once the ledger is back");
+    trigger.stop().await.expect("stops");
+    assert_eq!(queue.acked_count(), 5);
+    assert_eq!(ledger.records.total(), 5, "one record per message");
+    // Pauses of 100, 200 and 400 ms cover the 800 ms outage in a handful of attempts; without
+    // them the redelivered batch would be refused thousands of times.
+    let refused = ledger.refused.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((1..=8).contains(&refused), "{refused} refused writes");
+    assert!(trigger.metrics().ledger_errors >= 1);
+}

@@ -1,0 +1,77 @@
+//! After a ledger write fails, intake waits before taking more messages. The failed batch
+//! is left unacknowledged, so the broker delivers it again at once; without a pause those
+//! redeliveries would fail against the same ledger as fast as the source can hand them over.
+//! The pause doubles with each failure up to [`MAX_PAUSE`] and ends with the first write
+//! that succeeds.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Default)]
+pub(crate) struct LedgerBackoff {
+    /// Checked on every write and every receive, so the healthy path takes no lock.
+    failing: AtomicBool,
+    pause: Mutex<Pause>,
+}
+
+#[derive(Debug, Default)]
+struct Pause {
+    length: Duration,
+    until: Option<Instant>,
+}
+
+impl LedgerBackoff {
+    /// A write failed: intake pauses, longer than after the previous failure.
+    pub fn failed(&self) -> Duration {
+        let mut pause = self.pause.lock();
+        pause.length = if self.failing.swap(true, Ordering::Relaxed) {
+            (pause.length * 2).clamp(FIRST_PAUSE, MAX_PAUSE)
+        } else {
+            FIRST_PAUSE
+        };
+        pause.until = Some(Instant::now() + pause.length);
+        pause.length
+    }
+
+    /// A write succeeded: no more pausing.
+    pub fn succeeded(&self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            *self.pause.lock() = Pause::default();
+        }
+    }
+
+    /// How long intake should still wait, if at all.
+    pub fn remaining(&self) -> Option<Duration> {
+        if !self.failing.load(Ordering::Relaxed) {
+            return None;
+        }
+        let until = self.pause.lock().until?;
+        until.checked_duration_since(Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_double_up_to_the_bound_and_end_with_a_success() {
+        let b = LedgerBackoff::default();
+        assert_eq!(b.remaining(), None);
+        assert_eq!(b.failed(), FIRST_PAUSE);
+        assert!(b.remaining().is_some_and(|r| r <= FIRST_PAUSE));
+        assert_eq!(b.failed(), FIRST_PAUSE * 2);
+        for _ in 0..10 {
+            b.failed();
+        }
+        assert_eq!(b.failed(), MAX_PAUSE);
+        b.succeeded();
+        assert_eq!(b.remaining(), None);
+        assert_eq!(b.failed(), FIRST_PAUSE, "a new outage starts short again");
+    }
+}
