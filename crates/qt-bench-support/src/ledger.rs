@@ -1,6 +1,6 @@
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use qt_core::{Ledger, LedgerError, LedgerRecord};
+use qt_core::{Ledger, LedgerRecord, Unwritten};
 
 /// An in-memory ledger that keeps only each record's processing time (receive to ledger),
 /// which is what latency figures are made of.
@@ -20,7 +20,7 @@ impl LatencyLedger {
 
 #[async_trait]
 impl Ledger for LatencyLedger {
-    async fn record_batch(&self, records: Vec<LedgerRecord>) -> Result<(), LedgerError> {
+    async fn record_batch(&self, records: Vec<LedgerRecord>) -> Result<(), Unwritten> {
         self.durations_ms
             .lock()
             .extend(records.iter().map(|r| r.duration_ms as f32));

@@ -193,12 +193,22 @@ pub struct LedgerError {
     pub reason: String,
 }
 
+/// A batch the ledger could not write, handed back with the reason so the caller can write
+/// it again when the ledger is back, without having kept a copy.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct Unwritten {
+    pub error: LedgerError,
+    pub records: Vec<LedgerRecord>,
+}
+
 /// Where records go. `record_batch` returns only once the records are durable in the
 /// sense the sink promises; the engine acks the messages only after it returns. Records are
-/// handed over by value so in-memory sinks keep them without copying.
+/// handed over by value so in-memory sinks keep them without copying, and handed back when
+/// they could not be written.
 #[async_trait]
 pub trait Ledger: Send + Sync + std::fmt::Debug {
-    async fn record_batch(&self, records: Vec<LedgerRecord>) -> Result<(), LedgerError>;
+    async fn record_batch(&self, records: Vec<LedgerRecord>) -> Result<(), Unwritten>;
 
     async fn flush(&self) -> Result<(), LedgerError> {
         Ok(())

@@ -41,7 +41,7 @@ pub use governance::{Decision, Governance, GovernanceContext, GovernanceError};
 pub use headers::{HeaderName, Headers};
 pub use health::Health;
 pub use idempotency::{Claim, ClaimState, ClaimToken, IdempotencyKey, IdempotencyStore, StoreError};
-pub use ledger::{Ledger, LedgerError, LedgerFilter, LedgerRecord, LedgerStatus, SettlementKind};
+pub use ledger::{Ledger, LedgerError, LedgerFilter, LedgerRecord, LedgerStatus, SettlementKind, Unwritten};
 pub use message::{RawMessage, SourceInfo};
 pub use secret::{Secret, SecretUrl};
 pub use trace::{OutgoingContext, TraceId};

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
 use parking_lot::Mutex;
 use qt_core::config::{ConfigErrors, PostgresLedgerConfig, Validate, join};
-use qt_core::{Health, Ledger, LedgerError, LedgerFilter, LedgerRecord};
+use qt_core::{Health, Ledger, LedgerError, LedgerFilter, LedgerRecord, Unwritten};
 use tokio::task::JoinHandle;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
@@ -397,12 +397,14 @@ impl Inner {
 impl Ledger for PostgresLedger {
     /// Writes the batch with one binary COPY in one transaction, committed before this
     /// returns: either every record is stored or none is.
-    async fn record_batch(&self, records: Vec<LedgerRecord>) -> Result<(), LedgerError> {
+    async fn record_batch(&self, records: Vec<LedgerRecord>) -> Result<(), Unwritten> {
         if records.is_empty() {
             return Ok(());
         }
         let result = self.inner.write(&records).await;
-        self.inner.remember(result)
+        self.inner
+            .remember(result)
+            .map_err(|error| Unwritten { error, records })
     }
 
     /// Unhealthy with the last error from the moment a write fails until one succeeds.

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use qt_core::{Health, Ledger, LedgerError, LedgerRecord};
+use qt_core::{Health, Ledger, LedgerError, LedgerRecord, Unwritten};
 use tokio::sync::oneshot;
 
 #[derive(Debug)]
@@ -116,16 +116,21 @@ fn write_loop(mut file: File, fsync: bool, appends: &mpsc::Receiver<Append>) {
 
 #[async_trait]
 impl Ledger for JsonlLedger {
-    async fn record_batch(&self, records: Vec<LedgerRecord>) -> Result<(), LedgerError> {
+    async fn record_batch(&self, records: Vec<LedgerRecord>) -> Result<(), Unwritten> {
         if records.is_empty() {
             return Ok(());
         }
         let mut lines = Vec::with_capacity(records.len() * 512);
         for r in &records {
-            serde_json::to_writer(&mut lines, r).map_err(|e| self.error(format!("cannot serialize a record: {e}")))?;
+            if let Err(e) = serde_json::to_writer(&mut lines, r) {
+                let error = self.error(format!("cannot serialize a record: {e}"));
+                return Err(Unwritten { error, records });
+            }
             lines.push(b'\n');
         }
-        self.append(lines, false).await
+        self.append(lines, false)
+            .await
+            .map_err(|error| Unwritten { error, records })
     }
 
     async fn flush(&self) -> Result<(), LedgerError> {
@@ -211,8 +216,9 @@ mod tests {
         // /dev/full accepts the open and fails every write with "no space left".
         let ledger = JsonlLedger::open(Path::new("/dev/full"), true).unwrap();
         let e = ledger.record_batch(vec![record(1)]).await.unwrap_err();
-        assert_eq!(e.ledger, "/dev/full");
-        assert!(e.reason.contains("write failed"), "{e}");
+        assert_eq!(e.error.ledger, "/dev/full");
+        assert!(e.error.reason.contains("write failed"), "{e}");
+        assert_eq!(e.records.len(), 1, "the batch is handed back");
         assert!(matches!(ledger.health().await, Health::Unhealthy(why) if why.contains("/dev/full")));
     }
 }

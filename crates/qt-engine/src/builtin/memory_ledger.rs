@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use qt_core::{Ledger, LedgerError, LedgerRecord, LedgerStatus};
+use qt_core::{Ledger, LedgerRecord, LedgerStatus, Unwritten};
 
 /// Keeps records in memory, optionally only the most recent `retain` of them (benchmarks
 /// push millions), while counting all.
@@ -48,7 +48,7 @@ impl MemoryLedger {
 
 #[async_trait]
 impl Ledger for MemoryLedger {
-    async fn record_batch(&self, records: Vec<LedgerRecord>) -> Result<(), LedgerError> {
+    async fn record_batch(&self, records: Vec<LedgerRecord>) -> Result<(), Unwritten> {
         let mut inner = self.inner.lock();
         inner.total += records.len() as u64;
         match inner.retain {

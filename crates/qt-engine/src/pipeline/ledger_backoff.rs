@@ -1,8 +1,7 @@
-//! After a ledger write fails, intake waits before taking more messages. The failed batch
-//! is left unacknowledged, so the broker delivers it again at once; without a pause those
-//! redeliveries would fail against the same ledger as fast as the source can hand them over.
-//! The pause doubles with each failure up to [`MAX_PAUSE`] and ends with the first write
-//! that succeeds.
+//! While ledger writes fail, a batch whose write failed tries again after a pause, and intake
+//! takes no more messages until that pause is over: messages taken meanwhile would only fail
+//! against the same ledger, as fast as the source hands them over. The pause doubles with
+//! each failure up to [`MAX_PAUSE`] and ends with the first write that succeeds.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

@@ -53,6 +53,35 @@ struct AfterSettle {
     status: qt_core::LedgerStatus,
 }
 
+/// Writes a group's records, and while the ledger fails writes them again after a pause
+/// (see [`super::ledger_backoff`]), the group's messages unacknowledged meanwhile: held
+/// rather than handed back, so their outcome is recorded once the ledger returns instead of
+/// their redeliveries being recorded as duplicates of runs whose records were never
+/// written. Gives up only when a stop's drain timeout passes.
+async fn write_ledger(
+    p: &Pipeline,
+    mut records: Vec<LedgerRecord>,
+    messages: usize,
+) -> Result<(), qt_core::LedgerError> {
+    loop {
+        let Err(qt_core::Unwritten {
+            error,
+            records: unwritten,
+        }) = p.ledger.record_batch(records).await
+        else {
+            return Ok(());
+        };
+        p.metrics.ledger_error();
+        let pause = p.ledger_backoff.failed();
+        error!(error = %error, messages, retry_in = ?pause, "ledger write failed; the messages stay unacknowledged, and their records are written again after a pause");
+        records = unwritten;
+        tokio::select! {
+            () = p.abort.cancelled() => return Err(error),
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
 impl Settler {
     /// Finishes a group of messages: their settlements that answer at once are done when
     /// this returns, the others are left to [`Settler::settle_next`].
@@ -168,12 +197,10 @@ impl Settler {
             .spans
             .as_ref()
             .and_then(|spans| spans.start_batch_step("ledger write", &traced));
-        let written = p.ledger.record_batch(records).await;
+        let written = write_ledger(p, records, pending.len()).await;
         spans::end_batch_step(step, written.as_ref().err().map(ToString::to_string));
-        if let Err(e) = written {
-            p.metrics.ledger_error();
-            let pause = p.ledger_backoff.failed();
-            error!(error = %e, messages = pending.len(), intake_paused_for = ?pause, "ledger write failed; leaving the batch unacknowledged for redelivery, and taking no more messages for a while");
+        if written.is_err() {
+            // Stopping, and the drain timeout passed: the broker delivers the batch again.
             for m in pending.drain(..) {
                 p.metrics.left_pipeline();
                 drop(m);

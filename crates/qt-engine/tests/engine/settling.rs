@@ -113,23 +113,25 @@ struct DownUntil {
 
 #[async_trait]
 impl qt_core::Ledger for DownUntil {
-    async fn record_batch(&self, records: Vec<qt_core::LedgerRecord>) -> Result<(), qt_core::LedgerError> {
+    async fn record_batch(&self, records: Vec<qt_core::LedgerRecord>) -> Result<(), qt_core::Unwritten> {
         if Instant::now() < self.until {
             self.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(qt_core::LedgerError {
+            let error = qt_core::LedgerError {
                 ledger: "down".into(),
                 reason: "connection refused".into(),
-            });
+            };
+            return Err(qt_core::Unwritten { error, records });
         }
         self.records.record_batch(records).await
     }
 }
 
-/// While the ledger refuses writes, nothing is acked and intake pauses between attempts
-/// instead of taking the redelivered batch back at once; once the ledger is back every
-/// message succeeds with one record.
+/// While the ledger refuses writes, the batch is held unacknowledged and its records are
+/// written again after growing pauses (not the whole queue redelivered and refused as fast as
+/// it comes); once the ledger is back every message is acked with exactly one record of its
+/// real outcome, none a duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn while_the_ledger_is_down_nothing_is_acked_and_intake_backs_off_until_it_returns() {
+async fn while_the_ledger_is_down_the_batch_is_held_and_written_again_after_pauses_until_it_returns() {
     let queue = MockQueue::new("q");
     queue.enqueue_all(
         (0..5)
@@ -155,9 +157,14 @@ async fn while_the_ledger_is_down_nothing_is_acked_and_intake_backs_off_until_it
         .expect("the queue drains once the ledger is back");
     trigger.stop().await.expect("stops");
     assert_eq!(queue.acked_count(), 5);
-    assert_eq!(ledger.records.total(), 5, "one record per message");
-    // Pauses of 100, 200 and 400 ms cover the 800 ms outage in a handful of attempts; without
-    // them the redelivered batch would be refused thousands of times.
+    assert_eq!(queue.redeliveries(), 0, "held, not handed back");
+    let records = ledger.records.records();
+    assert_eq!(records.len(), 5, "one record per message");
+    assert!(
+        records.iter().all(|r| r.status == qt_core::LedgerStatus::Succeeded),
+        "{records:?}"
+    );
+    // Pauses of 100, 200 and 400 ms cover the 800 ms outage in a handful of attempts.
     let refused = ledger.refused.load(std::sync::atomic::Ordering::Relaxed);
     assert!((1..=8).contains(&refused), "{refused} refused writes");
     assert!(trigger.metrics().ledger_errors >= 1);

@@ -46,6 +46,8 @@ async fn writing_to_an_unreachable_database_fails_and_reports_unhealthy() {
         .record_batch(vec![minimal("m", LedgerStatus::Succeeded, 1)])
         .await
         .expect_err("nothing listens on port 1");
+    assert_eq!(err.records.len(), 1, "the batch is handed back");
+    let err = err.error;
     assert!(err.ledger.contains("127.0.0.1:1"), "{err}");
     assert!(
         err.reason.contains("write records") && err.reason.contains("refused"),

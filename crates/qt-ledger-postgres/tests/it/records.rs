@@ -80,7 +80,8 @@ async fn health_is_unhealthy_while_writes_fail_and_healthy_after_the_next_succes
     let err = ledger
         .record_batch(vec![minimal("during", LedgerStatus::Succeeded, 2)])
         .await
-        .expect_err("the table is gone");
+        .expect_err("the table is gone")
+        .error;
     assert!(
         err.ledger.contains(&schema.name) && err.ledger.contains("127.0.0.1:5432"),
         "{err}"
