@@ -881,8 +881,55 @@ fn two_qt_runs_share_one_postgres_ledger_and_qt_ledger_reads_it() {
     let (a, b) = (config("a", &messages("a", 300)), config("b", &messages("b", 300)));
     let ledger = |args: &[&str]| run_bounded(qt().args(["ledger"]).args(args).arg("-c").arg(&a), dir.path(), BOUND);
 
-    ledger(&["migrate"]).assert_shows(&["applied migration(s) 1", &schema]);
-    ledger(&["migrate"]).assert_shows(&["up to date"]);
+    // Two processes migrating a new table at once: the advisory lock lets one apply the
+    // migration and the other find it done.
+    let migrating: Vec<_> = [&a, &b]
+        .iter()
+        .map(|cfg| {
+            qt().args(["ledger", "migrate", "-c"])
+                .arg(cfg)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<String> = migrating
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success());
+            String::from_utf8(out.stdout).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        outputs.iter().filter(|o| o.contains("applied migration(s) 1")).count(),
+        1,
+        "{outputs:?}"
+    );
+    assert_eq!(
+        outputs.iter().filter(|o| o.contains("up to date")).count(),
+        1,
+        "{outputs:?}"
+    );
+    ledger(&["migrate"]).assert_shows(&["up to date", &schema]);
+
+    // An unreachable database is an error naming it, and a non-zero exit.
+    let unreachable = dir.path().join("unreachable.yaml");
+    std::fs::write(
+        &unreachable,
+        "source: {type: mock}\n\
+         agent: {targets: {main: {type: log}}}\n\
+         ledger: {type: postgres, url: \"postgres://qt:hunter2@127.0.0.1:1/qt\", connect_timeout: 1s}\n",
+    )
+    .unwrap();
+    let refused = run_bounded(
+        qt().args(["ledger", "query", "-c"]).arg(&unreachable),
+        dir.path(),
+        BOUND,
+    );
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(refused.stderr.contains("127.0.0.1:1"), "{}", refused.stderr);
+    assert!(!refused.stderr.contains("hunter2"), "{}", refused.stderr);
 
     let mut runs: Vec<_> = [&a, &b]
         .iter()
