@@ -724,6 +724,21 @@ observability: {{admin: {{listen: "127.0.0.1:0"}}}}
     }
 }
 
+/// The message ids of `qt ledger --json` output, sorted.
+fn message_ids(json_lines: &str) -> Vec<String> {
+    let mut ids: Vec<String> = json_lines
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["message_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// `qt ledger` answers questions about the example's run from its configuration alone:
 /// query by status and message, stats, and tail following what is appended; bad options are
 /// refused naming the option.
@@ -747,18 +762,7 @@ fn the_ledger_commands_read_the_example_run_by_its_configuration() {
 
     let failed = example(&["ledger", "query", "--status", "failed", "--json"]);
     failed.assert_shows(&[]);
-    let mut ids: Vec<String> = failed
-        .stdout
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["message_id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
-    ids.sort();
-    assert_eq!(ids, ["broken-1", "invalid-1"]);
+    assert_eq!(message_ids(&failed.stdout), ["broken-1", "invalid-1"]);
 
     example(&["ledger", "query", "--message-id", "ok-1", "--since", "1h"]).assert_shows(&["ok-1", "succeeded", "acme"]);
 
@@ -955,17 +959,13 @@ fn two_qt_runs_share_one_postgres_ledger_and_qt_ledger_reads_it() {
 
     let query = ledger(&["query", "--tenant", "b", "--limit", "1000", "--json"]);
     query.assert_shows(&[]);
-    let ids: std::collections::BTreeSet<String> = query
-        .stdout
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["message_id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
-    assert_eq!(ids.len(), 300, "each of b's messages once");
+    let ids = message_ids(&query.stdout);
+    assert_eq!(ids.len(), 300);
+    assert_eq!(
+        ids.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        300,
+        "each of b's messages once"
+    );
     ledger(&["query", "--message-id", "a-7"]).assert_shows(&["a-7", "succeeded", "order.created"]);
 
     let tail = QtRun::spawn(

@@ -131,7 +131,7 @@ proptest! {
             }
             // Exact metrics: processed counts equal the ledger's statuses.
             let records = ran.records();
-            for status in qt_engine::metrics::STATUSES {
+            for status in qt_core::LedgerStatus::ALL {
                 let in_ledger = records.iter().filter(|r| r.status == status).count() as u64;
                 prop_assert_eq!(ran.metrics.processed(status), in_ledger, "{:?}", status);
             }

@@ -52,18 +52,9 @@ impl Tally {
     }
 
     pub fn finish(mut self) -> Stats {
-        let statuses = [
-            LedgerStatus::Succeeded,
-            LedgerStatus::Duplicate,
-            LedgerStatus::Deferred,
-            LedgerStatus::ParseFailed,
-            LedgerStatus::Unrouted,
-            LedgerStatus::Rejected,
-            LedgerStatus::Failed,
-        ];
         Stats {
             records: self.records,
-            by_status: statuses
+            by_status: LedgerStatus::ALL
                 .iter()
                 .filter_map(|s| self.by_status.get(s).map(|n| (s.as_str().to_owned(), *n)))
                 .collect(),
