@@ -37,9 +37,11 @@ impl LedgerBackoff {
         pause.length
     }
 
-    /// A write succeeded: no more pausing.
+    /// A write succeeded: no more pausing. Called after every write, so the healthy case
+    /// only reads the flag: a write to it on every batch would bounce its cache line
+    /// between the worker threads.
     pub fn succeeded(&self) {
-        if self.failing.swap(false, Ordering::Relaxed) {
+        if self.failing.load(Ordering::Relaxed) && self.failing.swap(false, Ordering::Relaxed) {
             *self.pause.lock() = Pause::default();
         }
     }
