@@ -1,4 +1,4 @@
-//! Renders the engine's metrics snapshot as Prometheus text (DESIGN §10).
+//! Renders the engine's metrics snapshot as Prometheus text.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;

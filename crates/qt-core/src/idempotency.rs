@@ -1,4 +1,4 @@
-//! The idempotency store: claim a key before running, complete it after (DESIGN §6).
+//! The idempotency store: claim a key before running, complete it after (requirement 6).
 
 use std::time::Duration;
 

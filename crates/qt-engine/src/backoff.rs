@@ -1,4 +1,4 @@
-//! The retry law (DESIGN §7), as pure functions so it can be property-tested.
+//! The retry law (requirements 5.2-5.4), as pure functions so it can be property-tested.
 
 use std::time::Duration;
 

@@ -2,8 +2,8 @@
 //!
 //! A [`QueueTrigger`] takes deliveries from a [`qt_core::QueueAdapter`], turns each into an
 //! envelope, de-duplicates it, asks governance, runs the agent with retries, writes a
-//! ledger record and only then settles the message on the broker — the outcome table of
-//! DESIGN §4. Built-in components (in-memory idempotency store, policy governance, memory
+//! ledger record and only then settles the message on the broker, by the outcome table in
+//! docs/operations.md. Built-in components (in-memory idempotency store, policy governance, memory
 //! and JSONL ledgers) live in [`builtin`].
 //!
 //! # Using qt as a library

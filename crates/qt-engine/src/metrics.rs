@@ -1,5 +1,5 @@
-//! The engine's metrics (DESIGN §10), kept as plain atomics on the hot path. The CLI
-//! renders a [`MetricsSnapshot`] as Prometheus text.
+//! The engine's metrics, kept as plain atomics on the hot path. The CLI renders a
+//! [`MetricsSnapshot`] as Prometheus text.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Redis idempotency store for qt: claims shared by every qt process that points at one
 //! Redis, so a message key runs at most once per idempotency window across all of them
-//! (DESIGN §6, requirement 6).
+//! (requirement 6).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), qt_core::StoreError> {

@@ -1,4 +1,4 @@
-//! `governance`: the built-in policy governance (DESIGN §8).
+//! `governance`: the built-in policy governance (requirements 4.5, 7.1).
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! The one YAML file that drives a trigger (DESIGN §11).
+//! The one YAML file that drives a trigger.
 //!
 //! Loading substitutes `${VAR}` / `${VAR:-default}`, parses with unknown fields rejected,
 //! and reports **every** problem with its path: a structural problem (unknown field, wrong

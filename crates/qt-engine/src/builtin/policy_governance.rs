@@ -1,5 +1,5 @@
 //! Governance from configuration: allow/deny rules by tenant and event glob, per-tenant
-//! token-bucket rate limits that defer, and per-tenant in-flight quotas (DESIGN §8).
+//! token-bucket rate limits that defer, and per-tenant in-flight quotas.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

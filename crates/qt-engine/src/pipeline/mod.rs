@@ -1,4 +1,4 @@
-//! The per-message pipeline (DESIGN §4).
+//! The per-message pipeline.
 //!
 //! **Intake** (a receive loop per worker thread, see [`intake`]) receives a batch, bounded
 //! by in-flight permits, and takes it as far as it goes without waiting; a batch that has

@@ -1,5 +1,5 @@
-//! The outcome table of DESIGN §4: for every outcome, how the broker is told, what happens
-//! to the idempotency claim, and what the ledger says.
+//! The outcome table: for every outcome, how the broker is told, what happens to the
+//! idempotency claim, and what the ledger says. docs/operations.md shows it to operators.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! The outcome table: every row reachable, settled and recorded as DESIGN §4 says.
+//! The outcome table: every row reachable, settled and recorded as the outcome table in docs/operations.md says.
 
 use std::sync::Arc;
 
