@@ -251,3 +251,243 @@ pub(crate) fn resolve(outcome: &Outcome, config: &Config, attempt: u32, event: O
     };
     Some(row)
 }
+
+#[cfg(test)]
+mod tests {
+    use qt_core::SettlementKind;
+    use qt_core::config::{MockSourceConfig, SourceConfig};
+    use qt_core::parse::ParseError;
+
+    use super::*;
+
+    fn config() -> Config {
+        Config::with_source(SourceConfig::Mock(MockSourceConfig {
+            queue: "orders".into(),
+            file: None,
+            dlq_file: None,
+        }))
+    }
+
+    fn failed(error: AgentError, give_up: GiveUpReason) -> Outcome {
+        Outcome::Failed {
+            error,
+            give_up,
+            attempts: 3,
+            history: Vec::new(),
+            first_failure: Utc::now(),
+        }
+    }
+
+    /// One row of the outcome table in docs/operations.md, with the default policies.
+    struct Row {
+        outcome: Outcome,
+        status: LedgerStatus,
+        settlement: SettlementKind,
+        claim: ClaimAction,
+        dlq_reason: Option<DlqReason>,
+    }
+
+    fn table() -> Vec<(&'static str, Row)> {
+        use ClaimAction::{Complete, Release};
+        use SettlementKind::{Ack, DeadLetter, Requeue};
+        let row = |outcome, status, settlement, claim, dlq_reason| Row {
+            outcome,
+            status,
+            settlement,
+            claim,
+            dlq_reason,
+        };
+        vec![
+            (
+                "success",
+                row(
+                    Outcome::Succeeded {
+                        run: AgentRun::default(),
+                        attempts: 1,
+                        history: Vec::new(),
+                    },
+                    LedgerStatus::Succeeded,
+                    Ack,
+                    Complete,
+                    None,
+                ),
+            ),
+            (
+                "duplicate",
+                row(Outcome::Duplicate, LedgerStatus::Duplicate, Ack, Release, None),
+            ),
+            (
+                "duplicate in flight elsewhere",
+                row(
+                    Outcome::DuplicateInFlight,
+                    LedgerStatus::Deferred,
+                    Requeue,
+                    Release,
+                    None,
+                ),
+            ),
+            (
+                "parse failure",
+                row(
+                    Outcome::ParseFailed(EnvelopeError::Parse(ParseError::EmptyBody)),
+                    LedgerStatus::ParseFailed,
+                    DeadLetter,
+                    Release,
+                    Some(DlqReason::ParseFailed),
+                ),
+            ),
+            (
+                "no route",
+                row(
+                    Outcome::Unrouted,
+                    LedgerStatus::Unrouted,
+                    DeadLetter,
+                    Release,
+                    Some(DlqReason::Unrouted),
+                ),
+            ),
+            (
+                "governance deny",
+                row(
+                    Outcome::Rejected {
+                        reason: "tenant blocked".into(),
+                        policies: vec!["deny-blocked".into()],
+                    },
+                    LedgerStatus::Rejected,
+                    Ack,
+                    Release,
+                    None,
+                ),
+            ),
+            (
+                "governance defer",
+                row(
+                    Outcome::Deferred {
+                        retry_after: Duration::from_secs(7),
+                        reason: "rate limited".into(),
+                        policies: Vec::new(),
+                    },
+                    LedgerStatus::Deferred,
+                    Requeue,
+                    Release,
+                    None,
+                ),
+            ),
+            (
+                "agent failed, permanent",
+                row(
+                    failed(AgentError::permanent("bad input"), GiveUpReason::Permanent),
+                    LedgerStatus::Failed,
+                    DeadLetter,
+                    Release,
+                    Some(DlqReason::PermanentFailure),
+                ),
+            ),
+            (
+                "agent failed, retries exhausted",
+                row(
+                    failed(AgentError::retryable("timeout"), GiveUpReason::RetriesExhausted),
+                    LedgerStatus::Failed,
+                    DeadLetter,
+                    Release,
+                    Some(DlqReason::RetriesExhausted),
+                ),
+            ),
+            (
+                "agent failed, retry budget exhausted",
+                row(
+                    failed(AgentError::retryable("timeout"), GiveUpReason::BudgetExhausted),
+                    LedgerStatus::Failed,
+                    DeadLetter,
+                    Release,
+                    Some(DlqReason::RetryBudgetExhausted),
+                ),
+            ),
+            (
+                "idempotency store down, fail_closed",
+                row(
+                    Outcome::StoreUnavailable("connection refused".into()),
+                    LedgerStatus::Deferred,
+                    Requeue,
+                    Release,
+                    None,
+                ),
+            ),
+            (
+                "processing panicked",
+                row(
+                    Outcome::Panicked {
+                        stage: "running",
+                        message: "index out of bounds".into(),
+                    },
+                    LedgerStatus::Failed,
+                    DeadLetter,
+                    Release,
+                    Some(DlqReason::Panicked),
+                ),
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_row_of_the_outcome_table_resolves_as_documented_with_the_default_policies() {
+        let config = config();
+        for (name, row) in table() {
+            let resolved = resolve(&row.outcome, &config, 2, Some("order.created"))
+                .unwrap_or_else(|| panic!("{name}: resolved to nothing"));
+            assert_eq!(resolved.status, row.status, "{name}: ledger status");
+            assert_eq!(
+                SettlementKind::from(&resolved.settlement),
+                row.settlement,
+                "{name}: settlement"
+            );
+            assert_eq!(resolved.claim, row.claim, "{name}: claim");
+            assert_eq!(resolved.dlq_reason, row.dlq_reason, "{name}: dead-letter reason");
+            if let Settlement::Requeue { attempt, .. } = resolved.settlement {
+                assert_eq!(attempt, 3, "{name}: a requeue carries the next attempt");
+            }
+        }
+    }
+
+    #[test]
+    fn each_requeue_waits_the_delay_its_row_names() {
+        let config = config();
+        let delay_of = |outcome: &Outcome| match resolve(outcome, &config, 1, None).map(|r| r.settlement) {
+            Some(Settlement::Requeue { delay, .. }) => delay,
+            other => panic!("{outcome:?} was not requeued: {other:?}"),
+        };
+        assert_eq!(
+            delay_of(&Outcome::DuplicateInFlight),
+            Some(config.processing.duplicate_in_flight_delay)
+        );
+        assert_eq!(
+            delay_of(&Outcome::StoreUnavailable("down".into())),
+            Some(config.idempotency.store_error_delay)
+        );
+        let deferred = Outcome::Deferred {
+            retry_after: Duration::from_secs(7),
+            reason: "rate limited".into(),
+            policies: Vec::new(),
+        };
+        assert_eq!(delay_of(&deferred), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn a_message_left_to_the_broker_at_stop_resolves_to_nothing() {
+        let config = config();
+        assert!(resolve(&Outcome::HandedBack, &config, 1, None).is_none());
+        assert!(resolve(&Outcome::Abandoned, &config, 1, None).is_none());
+    }
+
+    #[test]
+    fn a_panicked_message_is_never_requeued_even_when_failures_are() {
+        let mut config = config();
+        config.processing.on_failure = FailureAction::Requeue;
+        let panicked = Outcome::Panicked {
+            stage: "running",
+            message: "boom".into(),
+        };
+        let resolved = resolve(&panicked, &config, 1, None).expect("a panic is recorded");
+        assert!(matches!(resolved.settlement, Settlement::Nack));
+    }
+}
