@@ -97,9 +97,8 @@ pub fn consumer(cfg: &KafkaSourceConfig, settings: &AdapterSettings) -> ClientCo
         // Statistics feed health (broker connection states) and backlog (consumer lag).
         ("statistics.interval.ms", "1000"),
         // librdkafka's 1s default idles a consumer that drains its prefetched queue in
-        // less than a second: it stops fetching for the full second, which capped qt at
-        // about 115,000 messages/s on the local broker. The backoff only delays the
-        // re-check of a full queue (no broker request), so a shorter one costs nothing.
+        // less than a second (ARCHITECTURE.md, hot-path rule 4). The backoff only delays
+        // the re-check of a full queue (no broker request), so a shorter one costs nothing.
         ("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS),
     ];
     for (k, v) in defaults {

@@ -268,8 +268,7 @@ impl PollLoop {
             shared,
             control,
             // Room for a whole window beside the one the engine holds: the broker's fetches
-            // arrive in bursts, and a buffer only as deep as the window ran dry between them
-            // while the engine waited (a tenth of the Kafka benchmark's throughput).
+            // arrive in bursts (ARCHITECTURE.md, hot-path rule 3).
             capacity: max_in_flight.max(1) * 2,
             held_capacity: (max_in_flight * 4).max(MIN_HELD),
             commit_interval,

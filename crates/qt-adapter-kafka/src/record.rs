@@ -5,9 +5,8 @@
 //! The consumer thread copies a record out of librdkafka once, into one buffer holding its
 //! key, value and headers, and allocates nothing else. The engine's thread that receives
 //! the message makes its strings (headers, key, id) from that buffer, and the message body
-//! is a slice of it: everything the consumer thread allocates is read on another core and
-//! freed there, and on a machine where moving a cache line between cores is dear, the
-//! consumer thread making the strings cost a third more CPU per message.
+//! is a slice of it, so the consumer thread allocates once per record (ARCHITECTURE.md,
+//! hot-path rule 2).
 
 use std::fmt;
 use std::ops::Range;
