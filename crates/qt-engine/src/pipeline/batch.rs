@@ -16,7 +16,7 @@ use qt_core::{AckHandle, Claim, Delivery, IdempotencyKey};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tracing::{Instrument, debug, error, warn};
 
-use super::order::{TurnDone, WaitTurn};
+use super::order::{PassTurn, WaitTurn};
 use super::outcome::Outcome;
 use super::run::{Job, run};
 use super::settler::Settler;
@@ -26,10 +26,10 @@ use crate::routing::BatchRoutes;
 use crate::spans::{self, MessageTrace};
 
 /// This batch's place in the order batches link their messages: it links after the batch
-/// before it has linked, and lets the next one go when done.
+/// before it has linked, and lets the next one link by dropping `linked`.
 pub(crate) struct LinkTurn {
     pub after: Option<oneshot::Receiver<()>>,
-    pub done: oneshot::Sender<()>,
+    pub linked: oneshot::Sender<()>,
 }
 
 pub(crate) async fn process(
@@ -39,39 +39,35 @@ pub(crate) async fn process(
     link: LinkTurn,
 ) {
     let mut settler = Settler::default();
-    let mut done = Vec::new();
-    // The jobs are made once and filled in place: each is a few hundred bytes, and every
-    // move between stages is a copy.
-    let mut jobs = prepare(&p, deliveries, permits, &mut done);
-    claim(&p, &mut jobs, &mut done).await;
+    let mut finished = Vec::new();
+    // The jobs are made once and filled in place (hot-path rule 7).
+    let mut jobs = prepare(&p, deliveries, permits, &mut finished);
+    claim(&p, &mut jobs, &mut finished).await;
     link_in_order(&p, &mut jobs, link).await;
-    // Each run is polled once as it is made; most finish there (the agent answered at once,
-    // governance denied, ...), and only the runs still waiting join the set polled until
-    // done, which saves the set's bookkeeping for the rest. Per-key order holds either
-    // way: a run waiting for its key's turn is one that waits.
+    // Each run is polled once as it is made; only the runs still waiting join the set
+    // polled until done (hot-path rule 8). Per-key order holds either way: a run waiting
+    // for its key's turn is one that waits.
     let mut waiting = FuturesUnordered::new();
-    done.reserve(jobs.len());
+    finished.reserve(jobs.len());
     // The agent slot passed from run to run while runs finish at once (see `run`). It is
     // held only within this loop, which never waits, and never given to a run that must
     // wait for its key's turn first.
     let mut spare = None;
     for job in jobs {
-        // At debug, like the per-message log lines: at info the span (its fields
-        // formatted, entered and left at every poll) cost a quarter of the throughput, and
-        // every line about a message carries trace_id and message_id anyway.
+        // At debug, like the per-message log lines (hot-path rule 5).
         let span = tracing::debug_span!("message", trace_id = %job.meta.trace_id, message_id = %job.meta.message_id());
         let slot = if job.wait.is_none() { spare.take() } else { None };
         let mut running = Box::pin(run(&p, job, slot).instrument(span));
         match futures::poll!(running.as_mut()) {
-            Poll::Ready((finished, slot)) => {
-                done.push(finished);
+            Poll::Ready((message, slot)) => {
+                finished.push(message);
                 spare = spare.or(slot);
             }
             Poll::Pending => waiting.push(running),
         }
     }
     drop(spare);
-    settler.finish(&p, done).await;
+    settler.finish(&p, finished).await;
     // Runs still going and settlements still waiting for the broker go on side by side: a
     // dead letter's confirm is counted, and its place in the window given back, when it
     // comes, not after the batch's slowest run.
@@ -130,9 +126,9 @@ pub(crate) async fn dead_letter_poisoned(
         message: panic,
     };
     let mut settler = Settler::default();
-    let mut done = Vec::with_capacity(1);
-    cannot_run(&mut done, handle, meta, outcome, permit);
-    settler.finish(&p, done).await;
+    let mut finished = Vec::with_capacity(1);
+    cannot_run(&mut finished, handle, meta, outcome, permit);
+    settler.finish(&p, finished).await;
     while settler.settle_next(&p).await.is_some() {}
 }
 
@@ -165,13 +161,13 @@ fn unparsed_meta(
 
 /// A message that cannot run, on its way to the settler with its outcome.
 fn cannot_run(
-    done: &mut Vec<Finished>,
+    finished: &mut Vec<Finished>,
     handle: AckHandle,
     meta: MessageMeta,
     outcome: Outcome,
     permit: OwnedSemaphorePermit,
 ) {
-    done.push(Finished {
+    finished.push(Finished {
         handle,
         meta,
         outcome,
@@ -180,12 +176,12 @@ fn cannot_run(
     });
 }
 
-/// Parses, extracts and routes; messages that cannot run go straight to `done`.
+/// Parses, extracts and routes; messages that cannot run go straight to `finished`.
 fn prepare(
     p: &Pipeline,
     deliveries: Vec<Delivery>,
     permits: Vec<OwnedSemaphorePermit>,
-    done: &mut Vec<Finished>,
+    finished: &mut Vec<Finished>,
 ) -> Vec<Job> {
     let mut jobs = Vec::with_capacity(deliveries.len());
     // The batch is prepared in one go: one clock reading serves every message of it.
@@ -221,7 +217,7 @@ fn prepare(
                         Outcome::ParseFailed(error)
                     }
                 };
-                cannot_run(done, handle, meta, outcome, permit);
+                cannot_run(finished, handle, meta, outcome, permit);
             }
             Ok(mut built) => {
                 let trace = p.spans.as_ref().map_or(MessageTrace::default(), |spans| {
@@ -256,12 +252,12 @@ fn prepare(
                         claim: None,
                         permit,
                         wait: WaitTurn::none(),
-                        done: TurnDone::none(),
+                        pass_turn: PassTurn::none(),
                     });
                 } else {
                     warn!(trace_id = %meta.trace_id, message_id = %meta.message_id(), event = meta.event_name().unwrap_or(""), "no route for event");
                     drop(envelope);
-                    cannot_run(done, handle, meta, Outcome::Unrouted, permit);
+                    cannot_run(finished, handle, meta, Outcome::Unrouted, permit);
                 }
             }
         }
@@ -272,7 +268,7 @@ fn prepare(
 
 /// Claims every key of the batch in one store call; duplicates and store failures are
 /// settled by policy (taken out of `jobs`), the rest go on with their claim token.
-async fn claim(p: &Pipeline, jobs: &mut Vec<Job>, done: &mut Vec<Finished>) {
+async fn claim(p: &Pipeline, jobs: &mut Vec<Job>, finished: &mut Vec<Finished>) {
     let Some(store) = &p.store else {
         return;
     };
@@ -311,7 +307,7 @@ async fn claim(p: &Pipeline, jobs: &mut Vec<Job>, done: &mut Vec<Finished>) {
             if !duplicates.is_empty() {
                 let taken = jobs.extract_if(.., |j| j.claim.is_none());
                 for (j, outcome) in taken.zip(duplicates) {
-                    cannot_run(done, j.handle, j.meta, outcome, j.permit);
+                    cannot_run(finished, j.handle, j.meta, outcome, j.permit);
                 }
             }
         }
@@ -329,7 +325,7 @@ async fn claim(p: &Pipeline, jobs: &mut Vec<Job>, done: &mut Vec<Finished>) {
                     warn!(error = %reason, messages = jobs.len(), "idempotency store failed; requeueing (fail_closed)");
                     for j in jobs.drain(..) {
                         cannot_run(
-                            done,
+                            finished,
                             j.handle,
                             j.meta,
                             Outcome::StoreUnavailable(reason.clone()),
@@ -364,9 +360,9 @@ async fn link_in_order(p: &Pipeline, jobs: &mut [Job], link: LinkTurn) {
                 },
             };
             if let Some(k) = order_key {
-                (job.wait, job.done) = sequencer.link(k);
+                (job.wait, job.pass_turn) = sequencer.link(k);
             }
         }
     }
-    drop(link.done);
+    drop(link.linked);
 }

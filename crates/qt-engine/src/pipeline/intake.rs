@@ -6,9 +6,8 @@
 //! lane, so batches link into their keys' chains in the order they arrived. A lane takes
 //! a batch through as far as it goes without waiting, on the thread that received it, and
 //! hands only a batch that must wait (a store round trip, an agent still running) to a
-//! task of its own. What a batch allocates is then used and freed on the core that made
-//! it: a batch handed to another worker thread paid for every message's data there, a
-//! tenth of qt's CPU per message in the Kafka benchmark.
+//! task of its own, so what a batch allocates is freed on the core that made it
+//! (ARCHITECTURE.md, hot-path rule 1).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -69,15 +68,15 @@ impl Intake {
     /// Runs its lanes until stopped or the source closes. Returns why it ended.
     pub async fn run(self) -> &'static str {
         // When one lane ends (the source closed, or a stop), the others end with it.
-        let lanes_done = self.stop.child_token();
+        let end_lanes = self.stop.child_token();
         let mut lanes = tokio::task::JoinSet::new();
         for _ in 0..self.lanes() {
             let mut lane = self.clone();
-            lane.stop = lanes_done.clone();
-            let done = lanes_done.clone();
+            lane.stop = end_lanes.clone();
+            let end_all = end_lanes.clone();
             lanes.spawn(async move {
                 let why = lane.receive_loop().await;
-                done.cancel();
+                end_all.cancel();
                 why
             });
         }
@@ -88,7 +87,7 @@ impl Intake {
                     why.get_or_insert(reason);
                 }
                 Err(e) => {
-                    lanes_done.cancel();
+                    end_lanes.cancel();
                     warn!(error = %e, "an intake lane ended abnormally");
                     why.get_or_insert("intake failed");
                 }
@@ -180,10 +179,10 @@ impl Intake {
         permits: Vec<OwnedSemaphorePermit>,
         previous_link: &mut Option<oneshot::Receiver<()>>,
     ) {
-        let (done, next) = oneshot::channel();
+        let (linked, next) = oneshot::channel();
         let link = LinkTurn {
             after: previous_link.replace(next),
-            done,
+            linked,
         };
         let p = self.pipeline.clone();
         // Who was in the batch, in case it panics: its unsettled messages are delivered
@@ -232,10 +231,8 @@ impl Intake {
     /// Grows `permit` towards a full batch. What is free now is taken at once; when that
     /// is less than a quarter of the in-flight window, the pipeline is busy and returns
     /// permits as its batches settle, so intake lingers up to [`BATCH_LINGER`] for them
-    /// rather than feed the pipeline a trickle of small batches, each paying the per-batch
-    /// work (a task, an idempotency round trip, a ledger write, wake-ups between threads).
-    /// An idle pipeline has every permit free, so a quiet queue's message waits for
-    /// nothing.
+    /// (hot-path rule 10 in ARCHITECTURE.md). An idle pipeline has every permit free, so a
+    /// quiet queue's message waits for nothing.
     async fn gather_permits(&self, permit: &mut OwnedSemaphorePermit, batch_size: usize) {
         let take_free = |permit: &mut OwnedSemaphorePermit| {
             let extra = self

@@ -93,9 +93,8 @@ pub(crate) struct Unparsed {
     pub adapter: Arc<str>,
 }
 
-/// The strings a ledger record owns. The queue and adapter names are moved out of the
-/// envelope rather than cloned: those `Arc`s are shared by every message of a topic, and
-/// each clone or drop is an atomic write to one cache line that every core touches.
+/// The strings a ledger record owns, moved out of the envelope rather than cloned
+/// (ARCHITECTURE.md, hot-path rule 7).
 pub(crate) struct OwnedIdentity {
     pub message_id: String,
     pub event_name: Option<String>,

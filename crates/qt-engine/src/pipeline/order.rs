@@ -33,11 +33,11 @@ impl WaitTurn {
     }
 }
 
-/// Held while a message runs; dropping it lets the next message of the key start.
+/// Held while a message runs; dropping it passes the turn to the next message of the key.
 #[derive(Debug)]
-pub(crate) struct TurnDone(#[allow(dead_code)] Option<oneshot::Sender<()>>);
+pub(crate) struct PassTurn(#[allow(dead_code)] Option<oneshot::Sender<()>>);
 
-impl TurnDone {
+impl PassTurn {
     pub fn none() -> Self {
         Self(None)
     }
@@ -59,13 +59,13 @@ impl Sequencer {
     }
 
     /// Appends a message to its key's chain.
-    pub fn link(&mut self, key: String) -> (WaitTurn, TurnDone) {
+    pub fn link(&mut self, key: String) -> (WaitTurn, PassTurn) {
         let (tx, rx) = oneshot::channel();
         let previous = self.tails.insert(key, rx);
         if self.tails.len() > self.prune_above {
             self.prune();
         }
-        (WaitTurn(previous), TurnDone(Some(tx)))
+        (WaitTurn(previous), PassTurn(Some(tx)))
     }
 
     /// Drops chains whose last message has finished.
@@ -102,7 +102,7 @@ mod tests {
                 let log = Arc::new(Mutex::new(Vec::<(u8, usize, bool)>::new()));
                 let mut tasks = Vec::new();
                 for (i, k) in keys.iter().copied().enumerate() {
-                    let (wait, done) = seq.link(k.to_string());
+                    let (wait, pass_turn) = seq.link(k.to_string());
                     let log = log.clone();
                     let delay = delays[i];
                     tasks.push(tokio::spawn(async move {
@@ -110,7 +110,7 @@ mod tests {
                         log.lock().push((k, i, true));
                         tokio::time::sleep(Duration::from_millis(delay)).await;
                         log.lock().push((k, i, false));
-                        drop(done);
+                        drop(pass_turn);
                     }));
                 }
                 for t in tasks { t.await.unwrap(); }
@@ -136,8 +136,8 @@ mod tests {
     async fn finished_chains_are_pruned() {
         let mut seq = Sequencer::new(1);
         for i in 0..1000 {
-            let (_w, done) = seq.link(format!("k{i}"));
-            drop(done);
+            let (_w, pass_turn) = seq.link(format!("k{i}"));
+            drop(pass_turn);
         }
         assert!(seq.len() <= 257, "{}", seq.len());
     }

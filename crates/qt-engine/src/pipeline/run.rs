@@ -15,7 +15,7 @@ use qt_core::{AgentError, AgentEvent, ClaimToken, Decision, GovernanceContext, M
 use tokio::sync::{OwnedSemaphorePermit, SemaphorePermit};
 use tracing::{debug, error, info, warn};
 
-use super::order::{TurnDone, WaitTurn};
+use super::order::{PassTurn, WaitTurn};
 use super::outcome::Outcome;
 use super::{Finished, MessageMeta, Pipeline};
 use crate::backoff::{RetryDecision, decide};
@@ -32,7 +32,7 @@ pub(crate) struct Job {
     pub claim: Option<ClaimToken>,
     pub permit: OwnedSemaphorePermit,
     pub wait: WaitTurn,
-    pub done: TurnDone,
+    pub pass_turn: PassTurn,
 }
 
 /// Runs one message to its outcome.
@@ -60,7 +60,7 @@ pub(crate) fn run<'p>(
         claim,
         permit,
         wait,
-        done,
+        pass_turn,
     } = job;
     debug_assert!(
         slot.is_none() || wait.is_none(),
@@ -86,7 +86,7 @@ pub(crate) fn run<'p>(
             }
         };
         // The next message of this ordering key may start once this run is over.
-        drop(done);
+        drop(pass_turn);
         let finished = Finished {
             handle,
             meta,
@@ -132,7 +132,8 @@ async fn finish_call<F: Future + Unpin>(p: &Pipeline, call: F) -> Option<F::Outp
     }
 }
 
-/// The outcome, and the agent slot still held at the end (see [`run`]).
+/// The outcome, and the agent slot still held at the end (see [`run`]): governance's gate,
+/// then the agent with retries.
 async fn decide_outcome<'p>(
     p: &'p Pipeline,
     meta: &MessageMeta,
@@ -160,53 +161,11 @@ async fn decide_outcome<'p>(
         adapter: &p.adapter_kind,
         target,
     };
-    // `finished` is owed to governance only for its own Allow decisions.
-    let governance_span = p.spans.as_ref().and_then(|s| s.start_governance(&meta.trace));
-    let decision = match p.governance.check_now(&gctx) {
-        Some(decided) => decided,
-        None => p.governance.check(&gctx).await,
+    let owes_finished = match governance_gate(p, meta, &gctx).await {
+        Gate::Run { owes_finished } => owes_finished,
+        Gate::Stop(outcome) => return (outcome, Some(slot_held)),
     };
-    spans::end_governance(governance_span, &decision);
-    let owes_finished = match decision {
-        Ok(Decision::Allow) => true,
-        Ok(Decision::Deny { reason, policies }) => {
-            info!(trace_id = %meta.trace_id, message_id = %meta.message_id(), tenant = ?meta.tenant_id(), %reason, ?policies, "governance denied");
-            return (Outcome::Rejected { reason, policies }, Some(slot_held));
-        }
-        Ok(Decision::Defer {
-            retry_after,
-            reason,
-            policies,
-        }) => {
-            debug!(trace_id = %meta.trace_id, message_id = %meta.message_id(), %reason, ?retry_after, "governance deferred");
-            let deferred = Outcome::Deferred {
-                retry_after,
-                reason,
-                policies,
-            };
-            return (deferred, Some(slot_held));
-        }
-        Err(e) => match p.config.governance.on_error {
-            OnGovernanceError::FailClosed => {
-                warn!(trace_id = %meta.trace_id, message_id = %meta.message_id(), error = %e, "governance unavailable; deferring (fail_closed)");
-                let deferred = Outcome::Deferred {
-                    retry_after: p.config.governance.effective_defer_delay(),
-                    reason: e.to_string(),
-                    policies: Vec::new(),
-                };
-                return (deferred, Some(slot_held));
-            }
-            OnGovernanceError::FailOpen => {
-                warn!(trace_id = %meta.trace_id, message_id = %meta.message_id(), error = %e, "governance unavailable; running anyway (fail_open)");
-                false
-            }
-        },
-    };
-    let agent = p
-        .agents
-        .get(&**target)
-        .expect("the builder checked that every routed target has an agent");
-    let mut event = AgentEvent {
+    let event = AgentEvent {
         target: target.clone(),
         focus,
         attempt: 1,
@@ -214,6 +173,80 @@ async fn decide_outcome<'p>(
         selected_payload,
         trace: None,
     };
+    let (outcome, slot_held) = run_with_retries(p, meta, event, slot_held).await;
+    if owes_finished {
+        p.governance.finished(&gctx);
+    }
+    (outcome, slot_held)
+}
+
+/// Governance's answer for one message.
+enum Gate {
+    /// Run the agent; afterwards tell governance the run `finished` if it allowed it
+    /// (a fail-open run was not counted by governance, so nothing is owed).
+    Run { owes_finished: bool },
+    /// The message ends here, with this outcome.
+    Stop(Outcome),
+}
+
+/// Asks governance whether the message may run now, applying `governance.on_error` when it
+/// cannot answer.
+async fn governance_gate(p: &Pipeline, meta: &MessageMeta, gctx: &GovernanceContext<'_>) -> Gate {
+    let span = p.spans.as_ref().and_then(|s| s.start_governance(&meta.trace));
+    let decision = match p.governance.check_now(gctx) {
+        Some(decided) => decided,
+        None => p.governance.check(gctx).await,
+    };
+    spans::end_governance(span, &decision);
+    match decision {
+        Ok(Decision::Allow) => Gate::Run { owes_finished: true },
+        Ok(Decision::Deny { reason, policies }) => {
+            info!(trace_id = %meta.trace_id, message_id = %meta.message_id(), tenant = ?meta.tenant_id(), %reason, ?policies, "governance denied");
+            Gate::Stop(Outcome::Rejected { reason, policies })
+        }
+        Ok(Decision::Defer {
+            retry_after,
+            reason,
+            policies,
+        }) => {
+            debug!(trace_id = %meta.trace_id, message_id = %meta.message_id(), %reason, ?retry_after, "governance deferred");
+            Gate::Stop(Outcome::Deferred {
+                retry_after,
+                reason,
+                policies,
+            })
+        }
+        Err(e) => match p.config.governance.on_error {
+            OnGovernanceError::FailClosed => {
+                warn!(trace_id = %meta.trace_id, message_id = %meta.message_id(), error = %e, "governance unavailable; deferring (fail_closed)");
+                Gate::Stop(Outcome::Deferred {
+                    retry_after: p.config.governance.effective_defer_delay(),
+                    reason: e.to_string(),
+                    policies: Vec::new(),
+                })
+            }
+            OnGovernanceError::FailOpen => {
+                warn!(trace_id = %meta.trace_id, message_id = %meta.message_id(), error = %e, "governance unavailable; running anyway (fail_open)");
+                Gate::Run { owes_finished: false }
+            }
+        },
+    }
+}
+
+/// Runs the agent until it succeeds, the retry law gives up, or a stop intervenes. Starts
+/// holding `slot_held`; a backoff gives the slot back while it waits and takes one again
+/// before the next attempt. Returns the slot held at the end.
+async fn run_with_retries<'p>(
+    p: &'p Pipeline,
+    meta: &MessageMeta,
+    mut event: AgentEvent,
+    slot_held: SemaphorePermit<'p>,
+) -> (Outcome, Option<SemaphorePermit<'p>>) {
+    let target = meta.target.as_ref().expect("a job is made only for a routed message");
+    let agent = p
+        .agents
+        .get(&**target)
+        .expect("the builder checked that every routed target has an agent");
     // Read only for a run that waits: one that finishes on its first poll took no time
     // worth a clock reading, and most do.
     let mut first_attempt_at: Option<Instant> = None;
@@ -321,8 +354,5 @@ async fn decide_outcome<'p>(
             }
         }
     };
-    if owes_finished {
-        p.governance.finished(&gctx);
-    }
     (outcome, slot_held)
 }

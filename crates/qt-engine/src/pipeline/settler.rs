@@ -1,8 +1,8 @@
 //! Stage 3: finish claims, make the ledger records durable, then settle on the broker —
 //! in that order, group by group, so no message is acked before its record is written.
 //!
-//! A batch task finishes its own messages, on the thread that ran them: handing them to a
-//! separate task moved every message's data to another core and through one more list.
+//! A batch task finishes its own messages, on the thread that ran them (ARCHITECTURE.md,
+//! hot-path rule 1).
 
 use std::task::Poll;
 use std::time::Instant;
@@ -10,6 +10,7 @@ use std::time::Instant;
 use chrono::Utc;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use opentelemetry::trace::SpanContext;
 use qt_core::{AckHandle, AgentRun, ClaimState, ClaimToken, LedgerRecord, Settlement, SettlementKind};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, warn};
@@ -83,31 +84,51 @@ async fn write_ledger(
 }
 
 impl Settler {
-    /// Finishes a group of messages: their settlements that answer at once are done when
-    /// this returns, the others are left to [`Settler::settle_next`].
-    pub(crate) async fn finish(&mut self, p: &Pipeline, batch: Vec<Finished>) {
-        if batch.is_empty() {
+    /// Finishes a group of messages: resolves their outcomes, finishes their claims, makes
+    /// their records durable, then settles them. Settlements that answer at once are done
+    /// when this returns, the others are left to [`Settler::settle_next`].
+    pub(crate) async fn finish(&mut self, p: &Pipeline, group: Vec<Finished>) {
+        if group.is_empty() {
             return;
         }
-        let Settler {
-            completes,
-            completed_records,
-            releases,
-            pending,
-            waiting,
-        } = self;
-        let mut records = Vec::with_capacity(batch.len());
+        let (records, traced) = self.resolve(p, group);
+        self.finish_claims(p, &records).await;
+        if records.is_empty() {
+            return;
+        }
+        let step = p
+            .spans
+            .as_ref()
+            .and_then(|spans| spans.start_batch_step("ledger write", &traced));
+        let written = write_ledger(p, records, self.pending.len()).await;
+        spans::end_batch_step(step, written.as_ref().err().map(ToString::to_string));
+        if written.is_err() {
+            // Stopping, and the drain timeout passed: the broker delivers the group again.
+            for m in self.pending.drain(..) {
+                p.metrics.left_pipeline();
+                drop(m);
+            }
+            return;
+        }
+        p.ledger_backoff.succeeded();
+        self.settle_pending(p, &traced).await;
+    }
+
+    /// Applies the outcome table to each message: its ledger record, its settlement (kept
+    /// in `pending` until the record is durable) and what happens to its claim (kept in
+    /// `completes` / `releases`). A message left to the broker at stop is let go here.
+    /// Returns the records, and the traced messages' spans for the batch steps to link to.
+    fn resolve(&mut self, p: &Pipeline, group: Vec<Finished>) -> (Vec<LedgerRecord>, Vec<SpanContext>) {
+        let mut records = Vec::with_capacity(group.len());
         // A batch's settler starts empty: room for the whole group at once, not by doubling.
-        pending.reserve(batch.len());
-        completes.reserve(batch.len());
-        completed_records.reserve(batch.len());
+        self.pending.reserve(group.len());
+        self.completes.reserve(group.len());
+        self.completed_records.reserve(group.len());
         let log_each = tracing::enabled!(tracing::Level::DEBUG);
-        // The traced messages' spans, for the ledger write's and the settlement's spans to
-        // link to.
         let mut traced = Vec::new();
-        // One clock reading for the whole batch: its records finish together.
+        // One clock reading for the whole group: its records finish together.
         let (now, now_instant) = (Utc::now(), Instant::now());
-        for f in batch {
+        for f in group {
             let Finished {
                 handle,
                 meta,
@@ -119,7 +140,7 @@ impl Settler {
                 // Left to the broker at stop: give the key back; dropping the handle hands
                 // the message back for redelivery.
                 if let Some(c) = claim {
-                    releases.push(c);
+                    self.releases.push(c);
                 }
                 let why = match outcome {
                     Outcome::HandedBack => "not started when the stop began; handed back to the broker",
@@ -143,10 +164,10 @@ impl Settler {
             if let Some(c) = claim {
                 match row.claim {
                     ClaimAction::Complete => {
-                        completes.push(c);
-                        completed_records.push(records.len());
+                        self.completes.push(c);
+                        self.completed_records.push(records.len());
                     }
-                    ClaimAction::Release => releases.push(c),
+                    ClaimAction::Release => self.releases.push(c),
                 }
             }
             if matches!(outcome, Outcome::Duplicate) {
@@ -163,17 +184,30 @@ impl Settler {
                 status: row.status,
             };
             records.push(record(meta, outcome, &mut row, now, now_instant));
-            pending.push(Pending {
+            self.pending.push(Pending {
                 handle,
                 settlement: row.settlement,
                 after,
             });
         }
+        (records, traced)
+    }
+
+    /// Completes the claims of the group's finished runs and releases the others', each
+    /// in one store call. A store failure is counted and logged: the keys come free when
+    /// their lease expires, which the outcome table accepts.
+    async fn finish_claims(&mut self, p: &Pipeline, records: &[LedgerRecord]) {
+        let Settler {
+            completes,
+            completed_records,
+            releases,
+            ..
+        } = self;
         if let Some(store) = &p.store {
             let window = p.config.idempotency.window;
             if !completes.is_empty() {
                 match store.complete_batch(completes, window).await {
-                    Ok(states) => warn_lost(completes, completed_records, &records, &states),
+                    Ok(states) => warn_lost(completes, completed_records, records, &states),
                     Err(e) => {
                         p.metrics.idempotency_error(completes.len() as u64);
                         warn!(error = %e, keys = completes.len(), "could not mark keys done; they will run again once their lease expires");
@@ -190,52 +224,38 @@ impl Settler {
         completes.clear();
         completed_records.clear();
         releases.clear();
-        if records.is_empty() {
-            return;
-        }
+    }
+
+    /// Settles every pending message on the broker, its record being durable. Most
+    /// settlements finish on their first poll (an ack is queued, not awaited), here; only
+    /// those still waiting (a dead letter awaiting its publish confirm) are left for
+    /// `settle_next`, so the batch's next group need not wait for them.
+    async fn settle_pending(&mut self, p: &Pipeline, traced: &[SpanContext]) {
         let step = p
             .spans
             .as_ref()
-            .and_then(|spans| spans.start_batch_step("ledger write", &traced));
-        let written = write_ledger(p, records, pending.len()).await;
-        spans::end_batch_step(step, written.as_ref().err().map(ToString::to_string));
-        if written.is_err() {
-            // Stopping, and the drain timeout passed: the broker delivers the batch again.
-            for m in pending.drain(..) {
-                p.metrics.left_pipeline();
-                drop(m);
-            }
-            return;
-        }
-        p.ledger_backoff.succeeded();
-        // Most settlements finish on their first poll (an ack is queued, not awaited), here;
-        // only those still waiting (a dead letter awaiting its publish confirm) are left for
-        // `settle_next`, so the batch's next group need not wait for them.
-        let step = p
-            .spans
-            .as_ref()
-            .and_then(|spans| spans.start_batch_step("settle", &traced));
+            .and_then(|spans| spans.start_batch_step("settle", traced));
         let mut settled_at = None;
-        let mut done = Done::default();
+        let mut group = SettledGroup::default();
         for Pending {
             handle,
             settlement,
             after,
-        } in pending.drain(..)
+        } in self.pending.drain(..)
         {
             let mut settling = handle.settle(settlement);
             match futures::poll!(&mut settling) {
                 Poll::Ready(result) => {
                     let at = *settled_at.get_or_insert_with(Instant::now);
-                    settled(p, after, result, at, &mut done);
+                    settled(p, after, result, at, &mut group);
                 }
-                Poll::Pending => waiting.push(Box::pin(async move { (after, settling.await) })),
+                Poll::Pending => self.waiting.push(Box::pin(async move { (after, settling.await) })),
             }
         }
         // Settlements still waiting for the broker (a dead letter's publish) end later,
         // outside this span.
         spans::end_batch_step(step, None);
-        done.count(p);
+        group.count(p);
     }
 
     /// Whether settlements are still waiting for the broker.
@@ -247,9 +267,9 @@ impl Settler {
     /// when none is left.
     pub(crate) async fn settle_next(&mut self, p: &Pipeline) -> Option<()> {
         let (after, result) = self.waiting.next().await?;
-        let mut done = Done::default();
-        settled(p, after, result, Instant::now(), &mut done);
-        done.count(p);
+        let mut group = SettledGroup::default();
+        settled(p, after, result, Instant::now(), &mut group);
+        group.count(p);
         Some(())
     }
 }
@@ -258,12 +278,12 @@ impl Settler {
 /// in-flight window at once, rather than each touching those shared atomics and the
 /// window's lock.
 #[derive(Default)]
-struct Done {
+struct SettledGroup {
     tally: SettledTally,
     permits: Option<OwnedSemaphorePermit>,
 }
 
-impl Done {
+impl SettledGroup {
     fn add(&mut self, status: qt_core::LedgerStatus, processing: std::time::Duration, permit: OwnedSemaphorePermit) {
         self.tally.settled(status, processing);
         match &mut self.permits {
@@ -279,7 +299,13 @@ impl Done {
     }
 }
 
-fn settled(p: &Pipeline, m: AfterSettle, result: Result<(), qt_core::SettleError>, at: Instant, done: &mut Done) {
+fn settled(
+    p: &Pipeline,
+    m: AfterSettle,
+    result: Result<(), qt_core::SettleError>,
+    at: Instant,
+    group: &mut SettledGroup,
+) {
     // Recorded only when copied (see AfterSettle::message_id).
     let message_id = m.message_id.as_deref();
     match result {
@@ -294,7 +320,7 @@ fn settled(p: &Pipeline, m: AfterSettle, result: Result<(), qt_core::SettleError
             warn!(trace_id = %m.trace_id, message_id, settlement = m.kind, error = %e, "settle failed; the broker will redeliver");
         }
     }
-    done.add(m.status, at.saturating_duration_since(m.started), m.permit);
+    group.add(m.status, at.saturating_duration_since(m.started), m.permit);
 }
 
 /// Warns of each completed claim the store had already given up: its message ran past
