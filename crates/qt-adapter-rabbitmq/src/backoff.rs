@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use qt_core::Backoff;
+
 /// The share of a delay taken off at random, so that many qt processes that lost the broker
 /// together do not all come back in the same instant.
 const JITTER: f64 = 0.2;
@@ -9,11 +11,13 @@ const JITTER: f64 = 0.2;
 /// Delay before reconnect attempt `attempt` (0 for the first): `initial * 2^attempt`, capped at
 /// `max`, minus up to 20% chosen by `unit` (a number in `[0, 1)`).
 pub(crate) fn reconnect_delay(attempt: u32, initial: Duration, max: Duration, unit: f64) -> Duration {
-    let factor = 2f64.powi(attempt.min(62) as i32);
-    let base = initial.as_secs_f64() * factor;
-    let capped = base.min(max.as_secs_f64()).max(0.0);
-    let unit = if unit.is_finite() { unit.clamp(0.0, 1.0) } else { 0.0 };
-    Duration::from_secs_f64(capped * (1.0 - JITTER * unit))
+    let backoff = Backoff {
+        initial,
+        multiplier: 2.0,
+        max,
+        jitter: JITTER,
+    };
+    backoff.delay(attempt, unit)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use chrono::Utc;
-use qt_core::RawMessage;
+use qt_core::{Backoff, RawMessage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::{Instant, sleep};
 
@@ -21,8 +21,13 @@ use crate::lease::Lease;
 use crate::queue::QueueCtx;
 use crate::status::Status;
 
-const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The pause after each of a run of failed receives.
+const RECEIVE_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(100),
+    multiplier: 2.0,
+    max: Duration::from_secs(5),
+    jitter: 0.0,
+};
 /// How long close waits for a receive already under way to answer. A long poll on a quiet
 /// queue answers only when its wait ends, so this bounds how much later close returns.
 const CLOSE_RECEIVE_GRACE: Duration = Duration::from_secs(2);
@@ -47,7 +52,7 @@ pub struct Poller {
 
 impl Poller {
     pub async fn run(mut self) {
-        let mut backoff = BACKOFF_INITIAL;
+        let mut failures = 0u32;
         loop {
             if !self.wait_while_paused().await {
                 return;
@@ -86,7 +91,7 @@ impl Poller {
             match result {
                 Ok(out) => {
                     self.status.receiving();
-                    backoff = BACKOFF_INITIAL;
+                    failures = 0;
                     let messages = out.messages.unwrap_or_default();
                     tracing::trace!(queue = %self.ctx.url, asked = want, got = messages.len(), "ReceiveMessage returned");
                     if !self.buffer(messages, permit).await {
@@ -102,13 +107,14 @@ impl Poller {
                         }
                         _ => describe(&e),
                     };
+                    let backoff = RECEIVE_BACKOFF.base(failures);
+                    failures = failures.saturating_add(1);
                     tracing::warn!(queue = %self.ctx.url, error = %reason, retry_in = ?backoff, "ReceiveMessage failed");
                     self.status.failing(reason);
                     tokio::select! {
                         () = self.ctx.shutdown.cancelled() => return,
                         () = sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }

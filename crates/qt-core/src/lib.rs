@@ -13,6 +13,7 @@
 
 pub mod adapter;
 pub mod agent;
+pub mod backoff;
 pub mod config;
 pub mod delivery;
 pub mod envelope;
@@ -34,6 +35,7 @@ pub use adapter::{
     AdapterError, AdapterSettings, Capabilities, OrderingUnit, OutgoingMessage, Publisher, QueueAdapter,
 };
 pub use agent::{AgentError, AgentEvent, AgentRun, AgentRuntime};
+pub use backoff::Backoff;
 pub use delivery::{AckHandle, DeadLetter, Delivery, Settle, SettleError, Settlement, Settling};
 pub use envelope::{MessageEnvelope, Payload};
 pub use error_class::ErrorClass;

@@ -2,27 +2,14 @@
 
 use std::time::Duration;
 
-use qt_core::ErrorClass;
 use qt_core::config::{EffectiveRetry, RetryConfig};
+use qt_core::{Backoff, ErrorClass};
 
-/// The un-jittered delay before retry number `retry` (1 for the first retry):
-/// `initial * multiplier^(retry-1)`, capped at `max`.
-pub fn base_delay(initial: Duration, multiplier: f64, max: Duration, retry: u32) -> Duration {
-    let exp = retry.saturating_sub(1).min(1024) as i32;
-    let secs = initial.as_secs_f64() * multiplier.powi(exp);
-    if !secs.is_finite() || secs >= max.as_secs_f64() {
-        return max;
-    }
-    Duration::from_secs_f64(secs)
-}
-
-/// The jittered delay: the base delay shortened by up to `jitter` of itself. `unit` is a
-/// random number in `[0, 1)`; passing it in keeps this function pure.
+/// The delay before retry number `retry` (1 for the first retry): the policy's backoff delay
+/// number `retry - 1`, so the first retry waits `initial`. `unit` is a random number in
+/// `[0, 1)` that picks the jitter; passing it in keeps this function pure.
 pub fn jittered_delay(policy: &EffectiveRetry, retry: u32, unit: f64) -> Duration {
-    let b = &policy.backoff;
-    let base = base_delay(b.initial, b.multiplier, b.max, retry);
-    let cut = b.jitter.clamp(0.0, 1.0) * unit.clamp(0.0, 1.0);
-    base.mul_f64(1.0 - cut)
+    Backoff::from(&policy.backoff).delay(retry.saturating_sub(1), unit)
 }
 
 /// What to do after a failed attempt.
@@ -101,9 +88,8 @@ mod tests {
 
     #[test]
     fn doubles_until_the_cap() {
-        let d: Vec<u128> = (1..=6)
-            .map(|n| base_delay(Duration::from_millis(100), 2.0, Duration::from_millis(1000), n).as_millis())
-            .collect();
+        let policy = config(100, 2.0, 1000, 0.0, 6).for_class(ErrorClass::Retryable);
+        let d: Vec<u128> = (1..=6).map(|n| jittered_delay(&policy, n, 0.0).as_millis()).collect();
         assert_eq!(d, vec![100, 200, 400, 800, 1000, 1000]);
     }
 
@@ -186,7 +172,7 @@ mod tests {
             let policy = c.for_class(ErrorClass::Retryable);
             let mut previous = Duration::ZERO;
             for retry in 1..=24u32 {
-                let base = base_delay(policy.backoff.initial, multiplier, policy.backoff.max, retry);
+                let base = Backoff::from(&policy.backoff).base(retry - 1);
                 prop_assert!(base <= Duration::from_millis(max_ms));
                 prop_assert!(base >= previous);
                 previous = base;

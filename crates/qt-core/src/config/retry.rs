@@ -6,11 +6,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::problems::{ConfigErrors, Validate, join};
+use crate::backoff::Backoff;
 use crate::error_class::ErrorClass;
 
-/// Exponential backoff: `initial * multiplier^(attempt-1)`, capped at `max`, then reduced
+/// Exponential backoff: `initial * multiplier^(retry-1)`, capped at `max`, then reduced
 /// by up to `jitter` (a fraction) at random so that many failing messages do not retry in
-/// lock step.
+/// lock step. The law itself is [`Backoff`]'s.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffConfig {
@@ -51,6 +52,17 @@ impl Default for BackoffConfig {
             multiplier: default_multiplier(),
             max: default_max(),
             jitter: default_jitter(),
+        }
+    }
+}
+
+impl From<&BackoffConfig> for Backoff {
+    fn from(c: &BackoffConfig) -> Self {
+        Backoff {
+            initial: c.initial,
+            multiplier: c.multiplier,
+            max: c.max,
+            jitter: c.jitter,
         }
     }
 }

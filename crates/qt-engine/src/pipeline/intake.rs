@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use qt_core::config::Ordering;
 use qt_core::envelope::panic_message;
-use qt_core::{Delivery, QueueAdapter};
+use qt_core::{Backoff, Delivery, QueueAdapter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -47,8 +47,14 @@ fn batch_ended(p: &Pipeline, outcome: std::thread::Result<()>, fingerprints: &[F
 /// Longest intake waits for a busy pipeline to return permits before it takes a smaller
 /// batch (see [`Intake::gather_permits`]).
 const BATCH_LINGER: Duration = Duration::from_millis(1);
-/// Bounds how long intake waits on a failing source before trying again.
-const RECEIVE_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long intake waits on a failing source before trying again, after each of a run of
+/// failed receives.
+const RECEIVE_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(100),
+    multiplier: 2.0,
+    max: Duration::from_secs(5),
+    jitter: 0.0,
+};
 
 #[derive(Clone)]
 pub(crate) struct Intake {
@@ -114,7 +120,7 @@ impl Intake {
     /// Receives and processes batches until stopped or the source closes.
     async fn receive_loop(mut self) -> &'static str {
         let batch_size = self.pipeline.config.processing.batch_size;
-        let mut receive_backoff = Duration::from_millis(100);
+        let mut receive_failures = 0u32;
         let mut previous_link: Option<oneshot::Receiver<()>> = None;
         loop {
             if !self.wait_until_running().await {
@@ -142,18 +148,19 @@ impl Intake {
             let deliveries = match received {
                 Ok(d) if d.is_empty() => return "source closed",
                 Ok(d) => {
-                    receive_backoff = Duration::from_millis(100);
+                    receive_failures = 0;
                     *self.source_error.lock() = None;
                     d
                 }
                 Err(e) => {
+                    let receive_backoff = RECEIVE_BACKOFF.base(receive_failures);
+                    receive_failures = receive_failures.saturating_add(1);
                     warn!(queue = self.adapter.queue(), error = %e, retry_in = ?receive_backoff, "receive failed");
                     *self.source_error.lock() = Some(e.to_string());
                     tokio::select! {
                         () = self.stop.cancelled() => return "stopped",
                         () = tokio::time::sleep(receive_backoff) => {}
                     }
-                    receive_backoff = (receive_backoff * 2).min(RECEIVE_RETRY_MAX);
                     continue;
                 }
             };

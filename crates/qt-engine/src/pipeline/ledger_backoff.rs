@@ -7,9 +7,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use qt_core::Backoff;
 
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const MAX_PAUSE: Duration = Duration::from_secs(5);
+const PAUSES: Backoff = Backoff {
+    initial: FIRST_PAUSE,
+    multiplier: 2.0,
+    max: MAX_PAUSE,
+    jitter: 0.0,
+};
 
 #[derive(Debug, Default)]
 pub(crate) struct LedgerBackoff {
@@ -20,7 +27,8 @@ pub(crate) struct LedgerBackoff {
 
 #[derive(Debug, Default)]
 struct Pause {
-    length: Duration,
+    /// Failed writes in the current outage so far; picks the next pause.
+    failures: u32,
     until: Option<Instant>,
 }
 
@@ -28,13 +36,13 @@ impl LedgerBackoff {
     /// A write failed: intake pauses, longer than after the previous failure.
     pub fn failed(&self) -> Duration {
         let mut pause = self.pause.lock();
-        pause.length = if self.failing.swap(true, Ordering::Relaxed) {
-            (pause.length * 2).clamp(FIRST_PAUSE, MAX_PAUSE)
-        } else {
-            FIRST_PAUSE
-        };
-        pause.until = Some(Instant::now() + pause.length);
-        pause.length
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            pause.failures = 0;
+        }
+        let length = PAUSES.base(pause.failures);
+        pause.failures = pause.failures.saturating_add(1);
+        pause.until = Some(Instant::now() + length);
+        length
     }
 
     /// A write succeeded: no more pausing. Called after every write, so the healthy case
