@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use deadpool::Runtime;
 use deadpool::managed::{Object, Pool, QueueMode, Timeouts};
 use qt_core::config::{ConfigErrors, RedisStoreConfig, Validate, join};
-use qt_core::{Claim, ClaimState, ClaimToken, Health, IdempotencyKey, IdempotencyStore, StoreError};
+use qt_core::{Backoff, Claim, ClaimState, ClaimToken, Health, IdempotencyKey, IdempotencyStore, StoreError};
 use redis::aio::MultiplexedConnection;
 use redis::{Cmd, RedisResult};
 
@@ -23,10 +23,14 @@ use crate::token::{new_token, token_text};
 /// `qt` YAML file.
 const CONFIG_PATH: &str = "idempotency.store";
 
-/// First pause of the background payer of debts, doubled after each failure up to
-/// [`REPAY_MAX_DELAY`].
-const REPAY_FIRST_DELAY: Duration = Duration::from_millis(200);
-const REPAY_MAX_DELAY: Duration = Duration::from_secs(5);
+/// Pauses of the background payer of debts: 200ms before it starts, doubled after each
+/// failure up to 5s.
+const REPAY_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(200),
+    multiplier: 2.0,
+    max: Duration::from_secs(5),
+    jitter: 0.0,
+};
 
 const FOREIGN_VALUE: &str = "holds a value qt did not write; delete the key or use another idempotency.key_prefix";
 
@@ -478,11 +482,11 @@ impl Core {
 
 /// Pays debts while there are any, backing off while Redis stays away.
 async fn repay_in_background(core: Weak<Core>) {
-    let mut delay = REPAY_FIRST_DELAY;
+    // Which pause comes next; none while a backlog is paid bite by bite.
+    let mut pause = Some(0u32);
     loop {
-        // A large backlog is paid bite by bite without pausing; a failure backs off.
-        if delay > Duration::ZERO {
-            tokio::time::sleep(delay).await;
+        if let Some(n) = pause {
+            tokio::time::sleep(REPAY_BACKOFF.base(n)).await;
         }
         let Some(core) = core.upgrade() else { return };
         if core.pool.is_closed() {
@@ -490,12 +494,12 @@ async fn repay_in_background(core: Weak<Core>) {
             return;
         }
         match core.repay().await {
-            Ok(resolved) if resolved > 0 => delay = Duration::ZERO,
+            Ok(resolved) if resolved > 0 => pause = None,
             // Redis answers but refuses (an error reply): do not hammer it.
-            Ok(_) => delay = (delay * 2).clamp(REPAY_FIRST_DELAY, REPAY_MAX_DELAY),
+            Ok(_) => pause = Some(pause.map_or(0, |n| n.saturating_add(1))),
             Err(failed) => {
                 tracing::debug!(error = %failed.error, owed = core.debts.len(), "Redis still does not answer; debts kept");
-                delay = (delay * 2).clamp(REPAY_FIRST_DELAY, REPAY_MAX_DELAY);
+                pause = Some(pause.map_or(0, |n| n.saturating_add(1)));
             }
         }
         if core.debts.is_empty() && !core.debts.stop_repaying() {
