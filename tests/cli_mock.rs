@@ -161,6 +161,35 @@ observability:
     }
 }
 
+/// `qt validate` shows the capabilities of the source as configured: a Kafka source without
+/// a dead-letter topic says it cannot dead-letter and why.
+#[test]
+fn validate_shows_what_a_source_without_a_dead_letter_destination_cannot_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("kafka.yaml");
+    std::fs::write(
+        &cfg,
+        "source: {type: kafka, brokers: [\"127.0.0.1:9092\"], topics: [orders], consumer_group: g}\n\
+         processing: {on_failure: nack, on_parse_failure: nack, on_unrouted: ack}\n\
+         agent: {targets: {main: {type: log}}}\n",
+    )
+    .unwrap();
+    let out = run_bounded(qt().args(["validate", "-c"]).arg(&cfg), dir.path(), BOUND);
+    out.assert_shows(&["# Source kafka (orders) capabilities:"]);
+    assert_eq!(capability(&out.stdout, "dead-letters itself (on_*: dlq)"), "no");
+    assert_eq!(capability(&out.stdout, "ordering unit"), "partition");
+    assert_eq!(capability(&out.stdout, "pauses intake at the broker"), "yes");
+}
+
+/// The value `qt validate` printed for one capability (`#   LABEL   VALUE`).
+fn capability<'a>(stdout: &'a str, label: &str) -> &'a str {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("#   ")?.strip_prefix(label))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no capability line {label:?} in:\n{stdout}"))
+}
+
 /// Acceptance 2: no configured secret appears in any output of any subcommand.
 #[test]
 fn secrets_never_appear_in_output() {

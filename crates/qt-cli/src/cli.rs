@@ -21,8 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the trigger until SIGINT/SIGTERM (graceful drain), or until idle.
     Run(RunArgs),
-    /// Check a configuration: every problem with its path, or the effective configuration
-    /// with secrets masked.
+    /// Check a configuration: every problem with its path, or the source's capabilities
+    /// (what it can and cannot do) and the effective configuration with secrets masked.
     Validate(ConfigArg),
     /// Publish one message to the configured source (for the mock source: into a running
     /// `qt run` of the same configuration, through its admin server).
