@@ -161,6 +161,77 @@ observability:
     }
 }
 
+/// Every configuration in examples/ is accepted by `qt validate` with `.env.example` loaded
+/// (what CI checks, since this test runs there), and the output starts with the source's
+/// capabilities; without the variables, the broker examples are refused naming the variable.
+#[test]
+fn every_example_validates_with_the_env_example_and_shows_its_source_capabilities() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = support::env_example();
+    let mut examples: Vec<_> = std::fs::read_dir(support::repo_root().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    examples.sort();
+    let names: Vec<String> = examples
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for broker in ["kafka.yaml", "rabbitmq.yaml", "sqs.yaml", "mock.yaml"] {
+        assert!(
+            names.iter().any(|n| n == broker),
+            "examples/{broker} missing from {names:?}"
+        );
+    }
+    for (example, name) in examples.iter().zip(&names) {
+        let mut cmd = qt();
+        cmd.args(["validate", "-c"]).arg(example);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let kind = name.strip_suffix(".yaml").unwrap();
+        let kind = if ["kafka", "rabbitmq", "sqs"].contains(&kind) {
+            kind
+        } else {
+            "mock"
+        };
+        let out = run_bounded(&mut cmd, dir.path(), BOUND);
+        out.assert_shows(&[
+            ": valid.",
+            &format!("# Source {kind} ("),
+            "# Notes:",
+            "# Effective configuration (secrets masked):",
+            &format!("type: {kind}"),
+        ]);
+        assert_eq!(
+            capability(&out.stdout, "dead-letters itself (on_*: dlq)"),
+            "yes",
+            "{name}"
+        );
+        let ordering = capability(&out.stdout, "ordering unit");
+        assert!(
+            ["none", "partition", "message group", "queue"].contains(&ordering),
+            "{name}: {ordering}"
+        );
+    }
+    let validate_without = |example: &str, unset: &str| {
+        let mut cmd = qt();
+        cmd.args(["validate", "-c", example]);
+        for (k, v) in env.iter().filter(|(k, _)| k != unset) {
+            cmd.env(k, v);
+        }
+        cmd.env_remove(unset);
+        run_bounded(&mut cmd, dir.path(), BOUND)
+    };
+    validate_without("examples/kafka.yaml", "KAFKA_BROKERS")
+        .assert_refused(&["source.brokers[0]: environment variable KAFKA_BROKERS is not set"]);
+    let rabbitmq = validate_without("examples/rabbitmq.yaml", "RABBITMQ_PASSWORD");
+    rabbitmq.assert_refused(&["source.url: environment variable RABBITMQ_PASSWORD is not set"]);
+    let sqs = validate_without("examples/sqs.yaml", "SQS_ENDPOINT_URL");
+    sqs.assert_refused(&["source.endpoint_url: environment variable SQS_ENDPOINT_URL is not set"]);
+}
+
 /// `qt validate` shows the capabilities of the source as configured: a Kafka source without
 /// a dead-letter topic says it cannot dead-letter and why.
 #[test]

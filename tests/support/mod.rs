@@ -23,6 +23,20 @@ pub fn repo_root() -> PathBuf {
         .unwrap()
 }
 
+/// The variables of the repository's `.env.example` (`NAME=value` lines; `#` comments), which
+/// the broker examples read.
+pub fn env_example() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo_root().join(".env.example")).unwrap();
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (name, value) = l.split_once('=').expect(".env.example lines are NAME=value");
+            (name.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
 /// A port nothing listens on at the moment of asking.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -79,7 +79,7 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use async_trait::async_trait;
-    use qt_core::config::load_file;
+    use qt_core::config::load_str;
     use qt_core::{Capabilities, Delivery, Health, QueueAdapter};
     use qt_engine::QueueTrigger;
     use qt_engine::builtin::memory_ledger::MemoryLedger;
@@ -131,9 +131,29 @@ mod tests {
         }
     }
 
+    /// The variables of the repository's `.env.example`, which the broker examples read.
+    fn env_example() -> HashMap<String, String> {
+        let text = std::fs::read_to_string(workspace_root().join(".env.example")).unwrap();
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let (name, value) = l.split_once('=').expect(".env.example lines are NAME=value");
+                (name.to_owned(), value.to_owned())
+            })
+            .collect()
+    }
+
+    /// Loads a configuration as `qt` does with `.env.example` loaded into its environment.
+    fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+        let env = env_example();
+        load_str(&text, |name| env.get(name).cloned()).map_err(|e| e.to_string())
+    }
+
     /// `qt validate`'s verdict: load, then [`preflight`].
     async fn validate(path: &Path) -> Result<Ready, String> {
-        let config = load_file(path).map_err(|e| e.to_string())?;
+        let config = load(path)?;
         preflight(&config).await.map_err(|e| e.to_string())
     }
 
@@ -142,7 +162,7 @@ mod tests {
     /// is kept in memory and a Redis store replaced, as those are opened or connected after
     /// these checks.)
     async fn engine_accepts(path: &Path, ready: Ready) -> Result<(), String> {
-        let config = load_file(path).map_err(|e| e.to_string())?;
+        let config = load(path)?;
         let mut builder = QueueTrigger::builder(config)
             .adapter(Arc::new(StopAtConnect(ready.source.adapter.clone())))
             .ledger(Arc::new(MemoryLedger::new()))
