@@ -2,6 +2,9 @@
 //! ordering key come from, and which part of the payload the agent sees.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use crate::envelope::Payload;
 use crate::headers::{DEDUP_KEY, EVENT_NAME, Headers, TENANT_ID};
@@ -75,8 +78,50 @@ impl From<FieldSource> for FieldSourceRepr {
     }
 }
 
+/// Read through [`FieldSourceRepr`], which takes any of the four keys; the schema says what
+/// it then accepts: a mapping with exactly one of them.
+impl JsonSchema for FieldSource {
+    fn schema_name() -> Cow<'static, str> {
+        "FieldSource".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        let rule = |key: &str, value: serde_json::Value, description: &str| {
+            serde_json::json!({
+                "type": "object",
+                "properties": {key: value},
+                "required": [key],
+                "additionalProperties": false,
+                "description": description,
+            })
+        };
+        json_schema!({
+            "description": "A place a value may come from: a mapping with exactly one of `header`, `pointer`, \
+                            `source_key` or `value`.",
+            "oneOf": [
+                rule("header", serde_json::json!({"type": "string"}), "A message header, by name."),
+                rule(
+                    "pointer",
+                    serde_json::json!({"type": "string"}),
+                    "An RFC 6901 JSON pointer into a JSON payload (needs `parser: json`).",
+                ),
+                rule(
+                    "source_key",
+                    serde_json::json!({"type": "boolean"}),
+                    "The broker's own message key (Kafka key, RabbitMQ routing key, SQS MessageGroupId) when `true`.",
+                ),
+                rule(
+                    "value",
+                    serde_json::json!({"type": "string"}),
+                    "A constant, used when nothing earlier matched.",
+                ),
+            ],
+        })
+    }
+}
+
 /// Which extracted field a rule list fills; used in errors and `required`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExtractedField {
     EventName,
@@ -97,7 +142,7 @@ impl ExtractedField {
 }
 
 /// `processing.extraction` in the configuration.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtractionRules {
     /// Where the event name comes from. Default: the `x-event-name` header.

@@ -1,13 +1,14 @@
 //! Turning a message body into a [`Payload`]: JSON, text or binary, behind one trait.
 
 use bytes::Bytes;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Payload;
 use crate::json_payload::JsonPayload;
 
 /// Which parser a trigger uses (`processing.parser`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PayloadFormat {
     #[default]

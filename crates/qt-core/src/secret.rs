@@ -4,8 +4,10 @@
 //! that may embed credentials (`amqp://user:pass@host`); it prints with the password masked
 //! so the host stays visible for operators while the credential does not.
 
+use std::borrow::Cow;
 use std::fmt;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// What every redacted value prints as.
@@ -53,6 +55,21 @@ impl Serialize for Secret {
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         String::deserialize(deserializer).map(Secret)
+    }
+}
+
+impl JsonSchema for Secret {
+    fn schema_name() -> Cow<'static, str> {
+        "Secret".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "title": "secret",
+            "description": "A credential: shown as *** wherever it is printed. Give it through an environment \
+                            variable (`${NAME}`) rather than writing it in the file.",
+        })
     }
 }
 
@@ -115,6 +132,21 @@ impl Serialize for SecretUrl {
 impl<'de> Deserialize<'de> for SecretUrl {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         String::deserialize(deserializer).map(SecretUrl)
+    }
+}
+
+impl JsonSchema for SecretUrl {
+    fn schema_name() -> Cow<'static, str> {
+        "SecretUrl".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "title": "URL",
+            "description": "A URL that may hold credentials (`scheme://user:password@host`): the password is \
+                            shown as *** wherever the URL is printed.",
+        })
     }
 }
 

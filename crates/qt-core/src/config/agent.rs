@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::schema::HumanDuration;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::problems::{ConfigErrors, Validate, join};
@@ -13,16 +15,18 @@ use crate::secret::{Secret, SecretUrl};
 /// may carry `{"run_id": "...", "llm_calls": N}`), exit 75 (EX_TEMPFAIL) is a retryable
 /// failure, any other exit is permanent; running past `timeout` counts as a timeout and ends
 /// the program's process group (SIGTERM, then SIGKILL after a grace).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandTarget {
     /// Program to run. Required.
     #[serde(default)]
+    #[schemars(extend("x-required" = true))]
     pub program: PathBuf,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     /// Default 30s.
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub timeout: Duration,
     /// Extra environment variables. Values are treated as secrets: never printed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -41,11 +45,12 @@ fn default_timeout() -> Duration {
 /// 503 and 504 retryable, all honouring `Retry-After`; connection errors are retryable,
 /// running past `timeout` is a timeout; every other status (3xx included: redirects are not
 /// followed) is permanent.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpTarget {
     /// `http://` or `https://` URL to call. Required. Credentials in it are masked when printed.
     #[serde(default)]
+    #[schemars(extend("x-required" = true))]
     pub url: SecretUrl,
     /// POST, PUT or PATCH: the event goes in the body. Default POST.
     #[serde(default = "default_method")]
@@ -54,6 +59,7 @@ pub struct HttpTarget {
     /// (waiting for a `max_concurrency` slot is not counted). Past it the call is a timeout.
     /// Default 30s.
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub timeout: Duration,
     /// Extra request headers. Values are treated as secrets: never printed, and masked in
     /// errors. The headers qt sets itself (`content-type`, `idempotency-key`, `traceparent`,
@@ -82,7 +88,7 @@ pub struct HttpTarget {
 }
 
 /// The HTTP version an `http` target speaks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HttpVersion {
     /// HTTP/1.1, or HTTP/2 when an `https://` server offers it during the TLS handshake (ALPN).
@@ -102,7 +108,7 @@ impl HttpVersion {
 }
 
 /// How an `http` target authenticates: the `authorization` header it sends.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum HttpAuth {
     /// `authorization: Bearer TOKEN`. The token is a secret.
@@ -112,11 +118,12 @@ pub enum HttpAuth {
 }
 
 /// HTTP basic credentials.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuth {
     /// Required; must not contain `:`.
     #[serde(default)]
+    #[schemars(extend("x-required" = true))]
     pub username: String,
     /// A secret: never printed.
     #[serde(default)]
@@ -124,7 +131,7 @@ pub struct BasicAuth {
 }
 
 /// TLS settings of an `http` target. The system's web PKI roots are trusted as well as `ca_file`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpTls {
     /// PEM file of CA certificates to trust besides the built-in roots.
@@ -280,7 +287,7 @@ impl Validate for HttpTarget {
 }
 
 /// Where events go.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum TargetConfig {
     Command(CommandTarget),
@@ -290,25 +297,28 @@ pub enum TargetConfig {
 }
 
 /// Sends events whose name matches `event` to `target`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Glob on the event name, e.g. `order.*`. Required.
     #[serde(default)]
+    #[schemars(extend("x-required" = true))]
     pub event: String,
     /// Name of a target in `agent.targets`. Required.
     #[serde(default)]
+    #[schemars(extend("x-required" = true))]
     pub target: String,
     /// Narrows what the agent may use (requirement 4.4). Default: `agent.focus`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub focus: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// Named targets. At least one is required.
     #[serde(default)]
+    #[schemars(extend("x-required" = true, "minProperties" = 1))]
     pub targets: BTreeMap<String, TargetConfig>,
     /// Tried in order; the first whose glob matches the event name wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
+use crate::config::schema::HumanDuration;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::problems::{ConfigErrors, Validate, join};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleAction {
     #[default]
@@ -15,7 +17,7 @@ pub enum RuleAction {
 }
 
 /// What to do when a (library-supplied) governance layer fails to answer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnGovernanceError {
     /// Treat it as a deferral: requeue after `defer_delay`.
@@ -26,11 +28,12 @@ pub enum OnGovernanceError {
 }
 
 /// Allow or deny events by tenant and event name. The first matching rule wins.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GovernanceRule {
     /// Policy name recorded in the ledger. Required.
     #[serde(default)]
+    #[schemars(extend("x-required" = true))]
     pub name: String,
     /// Glob on the tenant id; `*` matches every tenant (and messages without one).
     /// Default `*`.
@@ -47,7 +50,7 @@ pub struct GovernanceRule {
 }
 
 /// A token bucket per tenant matching `tenant`: each tenant gets its own bucket.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitRule {
     /// Policy name recorded in the ledger. Required.
@@ -57,6 +60,7 @@ pub struct RateLimitRule {
     pub tenant: String,
     /// Sustained runs per second per tenant. Required.
     #[serde(default)]
+    #[schemars(extend("x-required" = true))]
     pub per_second: f64,
     /// Runs allowed in a burst. Default: per_second rounded up, at least 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,7 +71,7 @@ fn star() -> String {
     "*".to_owned()
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GovernanceConfig {
     /// When no rule matches. Default `allow`.
@@ -83,6 +87,7 @@ pub struct GovernanceConfig {
     pub max_in_flight_per_tenant: Option<u32>,
     /// Requeue delay for messages deferred by the in-flight quota. Default 1s.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    #[schemars(with = "Option<HumanDuration>")]
     pub defer_delay: Option<Duration>,
     /// Default `fail_closed`.
     #[serde(default)]

@@ -2,13 +2,15 @@
 
 use std::time::Duration;
 
+use crate::config::schema::HumanDuration;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::problems::{ConfigErrors, Validate, join};
 use super::redis::RedisStoreConfig;
 
 /// What to do when the idempotency store cannot be reached.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnStoreError {
     /// Run the message without dedup, log a warning and count
@@ -21,7 +23,7 @@ pub enum OnStoreError {
 }
 
 /// Where claims are kept.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StoreConfig {
     /// In this process only: right for a single instance and for tests.
@@ -37,7 +39,7 @@ impl Default for StoreConfig {
 }
 
 /// The in-process store.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryStoreConfig {
     /// Keys the store makes room for when it starts. A store that runs out of room doubles
@@ -55,18 +57,22 @@ pub struct MemoryStoreConfig {
 /// validation, not the start.
 const MAX_MEMORY_CAPACITY: usize = 1 << 32;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IdempotencyConfig {
     /// Default true. (`enable_dedup` is accepted as an alias.)
     #[serde(default = "default_true", alias = "enable_dedup")]
+    #[schemars(extend("x-aliases" = ["enable_dedup"]))]
     pub enabled: bool,
     /// How long a processed key is remembered. Default 24h.
     #[serde(default = "default_window", with = "humantime_serde", alias = "idempotency_window")]
+    #[schemars(with = "HumanDuration")]
+    #[schemars(extend("x-aliases" = ["idempotency_window"]))]
     pub window: Duration,
     /// How long a claim protects a key while its message runs; a worker that dies lets the
     /// key go after this. Keep it above the longest expected run. Default 5m.
     #[serde(default = "default_lease", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub lease: Duration,
     /// Prefix of every key. Default `idempotency`.
     #[serde(default = "default_prefix")]
@@ -78,6 +84,7 @@ pub struct IdempotencyConfig {
     pub on_store_error: OnStoreError,
     /// Requeue delay under `fail_closed`. Default 5s.
     #[serde(default = "default_store_error_delay", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub store_error_delay: Duration,
 }
 

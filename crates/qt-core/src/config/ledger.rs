@@ -3,16 +3,19 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::schema::HumanDuration;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::problems::{ConfigErrors, Validate, join};
 use crate::secret::SecretUrl;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonlLedgerConfig {
     /// File records are appended to, one JSON object per line. Required.
     #[serde(default)]
+    #[schemars(extend("x-required" = true))]
     pub path: PathBuf,
     /// Fsync each batch (with the batches written beside it) before acking, so records
     /// survive a machine crash, not just a process crash. `false` is faster and loses the last
@@ -28,7 +31,7 @@ fn default_fsync() -> bool {
 /// How the PostgreSQL connection is encrypted. It is set here rather than with `sslmode`
 /// in the URL (which is refused), so one field says it and `security.require_tls` can check
 /// it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum PostgresTls {
     /// Plaintext. The default, for a database on the same host or a private network;
@@ -44,13 +47,14 @@ pub enum PostgresTls {
 }
 
 /// `ledger` with `type: postgres`: records are written to a PostgreSQL table.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresLedgerConfig {
     /// `postgres://user:password@host:5432/database`. The password is masked whenever the
     /// URL is printed; prefer `${PG_PASSWORD}`-style substitution over writing it in the
     /// file. Encryption is set by `tls`, not by `sslmode` in the URL. Required.
     #[serde(default)]
+    #[schemars(extend("x-required" = true))]
     pub url: SecretUrl,
     /// `disable` (default), `require` or `verify-full`; see [`PostgresTls`].
     #[serde(default)]
@@ -69,10 +73,12 @@ pub struct PostgresLedgerConfig {
     pub table: String,
     /// Bound on opening one connection (TCP, TLS handshake, authentication). Default 5s.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub connect_timeout: Duration,
     /// PostgreSQL `statement_timeout` of every statement, and the bound on waiting for a
     /// pooled connection. A batch that takes longer fails (and is not acked). Default 10s.
     #[serde(default = "default_statement_timeout", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub statement_timeout: Duration,
     /// PEM CA bundle to trust with `tls: verify-full` instead of the system roots (a
     /// private CA).
@@ -92,6 +98,7 @@ pub struct PostgresLedgerConfig {
     /// an index range scan on `finished_at` plus the deletes (which leave dead rows for
     /// autovacuum). Unset (the default): records are kept forever.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    #[schemars(with = "Option<HumanDuration>")]
     pub retention: Option<Duration>,
 }
 
@@ -235,7 +242,7 @@ impl Validate for PostgresLedgerConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LedgerConfig {
     /// Kept in memory (tests, benchmarks); lost on exit.

@@ -16,6 +16,7 @@ mod problems;
 mod processing;
 mod redis;
 mod retry;
+mod schema;
 mod source;
 
 pub use agent::{
@@ -37,12 +38,14 @@ pub use problems::{ConfigErrors, ConfigProblem, Validate, join};
 pub use processing::{DenyAction, FailureAction, Ordering, ProcessingConfig, UnprocessableAction};
 pub use redis::RedisStoreConfig;
 pub use retry::{BackoffConfig, ClassRetryConfig, EffectiveRetry, RetryConfig};
+pub use schema::json_schema;
 pub use source::*;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A whole trigger configuration.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Names this trigger in logs, metrics and `/status`. Default `qt`.
@@ -59,6 +62,7 @@ pub struct Config {
     #[serde(default)]
     pub governance: GovernanceConfig,
     #[serde(default)]
+    #[schemars(extend("x-required" = true))]
     pub agent: AgentConfig,
     #[serde(default)]
     pub ledger: LedgerConfig,

@@ -5,13 +5,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::schema::HumanDuration;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::agent::is_header_name;
 use super::problems::{ConfigErrors, Validate, join};
 use crate::secret::{Secret, SecretUrl};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     #[default]
@@ -19,7 +21,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Serve `/metrics`, `/healthz`, `/readyz`, `/status`. Default true.
@@ -46,7 +48,7 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `text` or `json`. Default `text`.
@@ -71,7 +73,7 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ObservabilityConfig {
     #[serde(default)]
@@ -90,7 +92,7 @@ impl Validate for ObservabilityConfig {
 }
 
 /// How spans are sent to the collector.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OtlpProtocol {
     /// OTLP over HTTP with protobuf bodies, POSTed to `endpoint`.
@@ -102,7 +104,7 @@ pub enum OtlpProtocol {
 
 /// `observability.tracing`: a span per message (and per step of it), continuing the producer's
 /// W3C trace context, exported over OTLP.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TracingConfig {
     /// Make and export spans. Default false: no span is made at all.
@@ -133,6 +135,7 @@ pub struct TracingConfig {
     pub resource_attributes: BTreeMap<String, String>,
     /// How long one export may take. Default 10s.
     #[serde(default = "default_export_timeout", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub timeout: Duration,
     /// Most finished spans waiting for export. When the collector is slow or down and the
     /// queue is full, new spans are dropped (and counted in `qt_trace_spans_dropped_total`)
@@ -246,7 +249,7 @@ impl Validate for TracingConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityConfig {
     /// Refuse every plaintext endpoint (broker, Redis). Default false.

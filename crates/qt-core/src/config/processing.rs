@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::config::schema::HumanDuration;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::problems::{ConfigErrors, Validate, join};
@@ -10,7 +12,7 @@ use crate::extract::{ExtractionRules, FieldSource};
 use crate::parse::PayloadFormat;
 
 /// Which messages may run concurrently.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Ordering {
     /// Any message may run beside any other.
@@ -24,7 +26,7 @@ pub enum Ordering {
 }
 
 /// What happens to a message whose agent run failed for good.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureAction {
     /// Dead-letter it with the reason and attempt history.
@@ -39,7 +41,7 @@ pub enum FailureAction {
 }
 
 /// What happens to a message that cannot be parsed or extracted.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UnprocessableAction {
     #[default]
@@ -49,7 +51,7 @@ pub enum UnprocessableAction {
 }
 
 /// What happens to a message governance denies (requirement 4.5).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DenyAction {
     #[default]
@@ -57,7 +59,7 @@ pub enum DenyAction {
     Dlq,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessingConfig {
     /// Agent runs in progress at once. Default 8.
@@ -68,6 +70,7 @@ pub struct ProcessingConfig {
     pub ordering: Ordering,
     /// `json`, `text` or `binary`. Default `json`.
     #[serde(default, alias = "parser_type")]
+    #[schemars(extend("x-aliases" = ["parser_type"]))]
     pub parser: PayloadFormat,
     /// Larger bodies fail parsing. Default 1048576 (1 MiB).
     #[serde(default = "default_max_message_bytes")]
@@ -84,6 +87,7 @@ pub struct ProcessingConfig {
     /// abandoned for redelivery; messages not yet running are handed back at once, and no
     /// run or retry starts. Default 30s.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub drain_timeout: Duration,
     #[serde(default)]
     pub extraction: ExtractionRules,
@@ -91,9 +95,11 @@ pub struct ProcessingConfig {
     /// panicked, for which `requeue` means `nack` (it would only panic again). Default
     /// `dlq`. (`ack_policy` is accepted as an alias.)
     #[serde(default, alias = "ack_policy")]
+    #[schemars(extend("x-aliases" = ["ack_policy"]))]
     pub on_failure: FailureAction,
     /// Delay before a requeued message returns when `on_failure: requeue`. Default 10s.
     #[serde(default = "default_requeue_delay", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub requeue_delay: Duration,
     /// Parse or extraction failed. Default `dlq`.
     #[serde(default)]
@@ -107,6 +113,7 @@ pub struct ProcessingConfig {
     /// When another worker holds the message's key, it comes back after this delay.
     /// Default 5s.
     #[serde(default = "default_in_flight_delay", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub duplicate_in_flight_delay: Duration,
 }
 

@@ -3,17 +3,20 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::schema::HumanDuration;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::problems::{ConfigErrors, Validate, join};
 use crate::secret::{Secret, SecretUrl};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisStoreConfig {
     /// `redis://host:6379/0` or `rediss://` for TLS. Credentials may be in the URL; they are
     /// masked whenever it is printed. Required.
     #[serde(default)]
+    #[schemars(extend("x-required" = true))]
     pub url: SecretUrl,
     /// Overrides the URL's user name (Redis 6+ ACL user). Needs a password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -28,10 +31,12 @@ pub struct RedisStoreConfig {
     /// Bound on opening one connection (TCP, TLS handshake, AUTH, script loading).
     /// Default 5s.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub connect_timeout: Duration,
     /// Bound on every command round trip; an operation that takes longer fails with a
     /// timeout naming it. Default 2s.
     #[serde(default = "default_command_timeout", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub command_timeout: Duration,
     /// PEM CA bundle to trust for `rediss://` instead of the system roots (a private CA).
     #[serde(default, skip_serializing_if = "Option::is_none")]

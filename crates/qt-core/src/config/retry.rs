@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::config::schema::HumanDuration;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::problems::{ConfigErrors, Validate, join};
@@ -11,18 +13,22 @@ use crate::error_class::ErrorClass;
 
 /// Exponential backoff: `initial * multiplier^(retry-1)`, capped at `max`, then reduced
 /// by up to `jitter` (a fraction) at random so that many failing messages do not retry in
-/// lock step. The law itself is [`Backoff`]'s.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// lock step.
+// The law itself is `crate::backoff::Backoff`'s.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffConfig {
     /// First delay. Default 200ms. (`base` is accepted as an alias.)
     #[serde(default = "default_initial", with = "humantime_serde", alias = "base")]
+    #[schemars(with = "HumanDuration")]
+    #[schemars(extend("x-aliases" = ["base"]))]
     pub initial: Duration,
     /// Growth per attempt. Default 2.0.
     #[serde(default = "default_multiplier")]
     pub multiplier: f64,
     /// Cap on one delay. Default 30s.
     #[serde(default = "default_max", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub max: Duration,
     /// Fraction (0..=1) by which a delay may be shortened at random. Default 0.2.
     #[serde(default = "default_jitter")]
@@ -68,22 +74,24 @@ impl From<&BackoffConfig> for Backoff {
 }
 
 /// A per-class override; unset fields fall back to the top-level values.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClassRetryConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    #[schemars(with = "Option<HumanDuration>")]
     pub initial: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multiplier: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    #[schemars(with = "Option<HumanDuration>")]
     pub max: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jitter: Option<f64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     /// Retries after the first attempt (so `max_retries + 1` attempts). Default 3.
@@ -94,6 +102,7 @@ pub struct RetryConfig {
     /// Stop retrying once this much time has passed since the first attempt. Default: no
     /// budget.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    #[schemars(with = "Option<HumanDuration>")]
     pub total_budget: Option<Duration>,
     /// Overrides per error class: `retryable`, `rate_limited`, `timeout`. `permanent`
     /// failures are never retried.

@@ -5,13 +5,15 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::schema::HumanDuration;
+use schemars::JsonSchema;
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::config::problems::{ConfigErrors, Validate, join};
 use crate::secret::{REDACTED, Secret};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     rename_all = "snake_case",
     expecting = "one of plaintext, ssl, sasl_plaintext or sasl_ssl"
@@ -47,7 +49,7 @@ impl KafkaSecurityProtocol {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(expecting = "one of PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")]
 pub enum SaslMechanism {
     #[serde(rename = "PLAIN", alias = "plain")]
@@ -68,7 +70,7 @@ impl SaslMechanism {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with `mechanism` (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512), `username` and `password`"
@@ -76,13 +78,15 @@ impl SaslMechanism {
 pub struct KafkaSaslConfig {
     pub mechanism: SaslMechanism,
     #[serde(default)]
+    #[schemars(extend("x-required" = true))]
     pub username: String,
     /// Masked whenever printed; use `${KAFKA_PASSWORD}` to keep it out of the file.
     #[serde(default)]
+    #[schemars(extend("x-required" = true))]
     pub password: Secret,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with `ca_location`, `certificate_location`, `key_location` and `key_password`"
@@ -102,7 +106,7 @@ pub struct KafkaSslConfig {
     pub key_password: Option<Secret>,
 }
 
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with the kafka source fields (`brokers`, `topics`, `consumer_group`, ...)"
@@ -110,13 +114,18 @@ pub struct KafkaSslConfig {
 pub struct KafkaSourceConfig {
     /// Bootstrap brokers, `host:port`. Required.
     #[serde(default)]
+    #[schemars(extend("x-required" = true))]
     pub brokers: Vec<String>,
     /// Topics to consume. Required. `queue_name: orders` is accepted for a single topic.
     #[serde(default, alias = "queue_name", deserialize_with = "one_or_many")]
+    #[schemars(extend("x-required" = true))]
+    #[schemars(extend("x-aliases" = ["queue_name"]))]
+    #[schemars(schema_with = "topics_schema")]
     pub topics: Vec<String>,
     /// Consumer group id. Required. Every qt process with the same group shares the
     /// partitions of the topics.
     #[serde(default)]
+    #[schemars(extend("x-required" = true))]
     pub consumer_group: String,
     /// Failed messages are produced here (original key, value and headers plus the
     /// `x-qt-dlq-*` headers), and the original offset is committed only once the broker has
@@ -140,23 +149,28 @@ pub struct KafkaSourceConfig {
     pub ssl: Option<KafkaSslConfig>,
     /// How often completed offsets are committed. Default 1s.
     #[serde(default = "default_commit_interval", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub commit_interval: Duration,
     /// On partition revocation, how long in-flight messages of the revoked partitions may
     /// take before the partitions are let go. Default 10s.
     #[serde(default = "default_revoke_timeout", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub revoke_drain_timeout: Duration,
     /// When a message's handle is dropped unsettled or its settle fails, its partition is
     /// rewound to the first unfinished offset after this pause, so the message (and the
     /// later ones of that partition) are delivered again without a restart. Default 1s.
     #[serde(default = "default_redelivery_delay", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub redelivery_delay: Duration,
     /// How long a produce (dead letter, requeue, `qt send`) may wait for the broker's
     /// acknowledgement before it fails (librdkafka `message.timeout.ms`). Default 30s.
     #[serde(default = "default_delivery_timeout", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub delivery_timeout: Duration,
     /// How long `connect` waits for the cluster to describe the topics before it fails.
     /// Default 10s.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub connect_timeout: Duration,
     /// librdkafka consumer settings passed through as is (e.g. `session.timeout.ms`).
     /// Values of keys that look secret are masked when printed. Unless set here, qt uses
@@ -279,6 +293,16 @@ fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>
     }
 
     deserializer.deserialize_any(OneOrMany)
+}
+
+/// `topics` as [`one_or_many`] reads it: a topic name or a list of them.
+fn topics_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "anyOf": [
+            {"type": "string"},
+            {"type": "array", "items": {"type": "string"}},
+        ],
+    })
 }
 
 /// Whether a librdkafka option name holds a credential.

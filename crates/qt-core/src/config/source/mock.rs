@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::config::problems::{ConfigErrors, Validate, join};
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with the mock source fields (`queue`, `file`, `dlq_file`)"
@@ -14,6 +15,7 @@ use crate::config::problems::{ConfigErrors, Validate, join};
 pub struct MockSourceConfig {
     /// Queue name used in logs and the ledger. Default `mock`.
     #[serde(default = "default_queue", alias = "queue_name")]
+    #[schemars(extend("x-aliases" = ["queue_name"]))]
     pub queue: String,
     /// JSONL file of messages to enqueue at start, one per line:
     /// `{"id": "...", "headers": {...}, "json": {...}}` (or `"text"` / `"body_base64"`).

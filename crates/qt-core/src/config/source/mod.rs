@@ -12,11 +12,12 @@ pub use rabbitmq::{
 };
 pub use sqs::{SQS_MAX_VISIBILITY, SQS_MAX_WAIT, SqsSourceConfig, is_fifo_queue};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::problems::{ConfigErrors, Validate};
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SourceConfig {
     Mock(MockSourceConfig),

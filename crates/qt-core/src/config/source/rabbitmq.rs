@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::schema::HumanDuration;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::config::problems::{ConfigErrors, Validate, join};
@@ -14,7 +16,7 @@ const MAX_NAME_BYTES: usize = 255;
 
 /// A queue for qt to declare: the consumed queue (`declare.queue`) or the dead-letter queue
 /// (`dlq.declare`), in the same shape.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with `durable` (true or false) and `arguments` (a mapping of queue arguments), e.g. {durable: true}"
@@ -39,7 +41,7 @@ impl Default for QueueDeclaration {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with `name`, `kind` (direct, fanout, topic or headers) and `durable`"
@@ -47,6 +49,7 @@ impl Default for QueueDeclaration {
 pub struct ExchangeDeclaration {
     /// Required.
     #[serde(default)]
+    #[schemars(extend("x-required" = true))]
     pub name: String,
     /// `direct`, `fanout`, `topic`, `headers`. Default `direct`.
     #[serde(default = "default_kind")]
@@ -57,11 +60,12 @@ pub struct ExchangeDeclaration {
 }
 
 /// Binds the consumed queue to an exchange.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a mapping with `exchange` and `routing_key`")]
 pub struct QueueBinding {
     /// Required (the default exchange cannot be bound).
     #[serde(default)]
+    #[schemars(extend("x-required" = true))]
     pub exchange: String,
     #[serde(default)]
     pub routing_key: String,
@@ -69,7 +73,7 @@ pub struct QueueBinding {
 
 /// What to declare at start (and after every reconnect). Without `queue`, qt only checks
 /// passively that the queue exists and fails with an error naming it when it does not.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with `queue` (a mapping with `durable` and `arguments`), `exchanges` (a list) and `bindings` (a list)"
@@ -88,7 +92,7 @@ pub struct RabbitMqDeclare {
 
 /// Where qt publishes dead letters (with publisher confirms, before acking the original).
 /// Without it, dead-lettering a message fails and the message is redelivered.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with `exchange`, `routing_key` and `declare` (a mapping with `durable` and `arguments`)"
@@ -99,6 +103,7 @@ pub struct RabbitMqDlq {
     pub exchange: String,
     /// Routing key (the DLQ queue name when `exchange` is `""`). Required.
     #[serde(default)]
+    #[schemars(extend("x-required" = true))]
     pub routing_key: String,
     /// Declare the DLQ queue, named `routing_key`, with these settings: the same shape as
     /// `declare.queue` (`{durable: true, arguments: {...}}`; `{}` is a durable queue without
@@ -149,7 +154,7 @@ fn queue_declaration_not_bool<'de, D: serde::Deserializer<'de>>(
     deserializer.deserialize_any(Declaration)
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with the rabbitmq source fields (`url`, `queue`, `declare`, `dlq`, ...)"
@@ -159,9 +164,12 @@ pub struct RabbitMqSourceConfig {
     /// masked whenever the URL is printed. Query options such as `?heartbeat=30` are passed
     /// to the client.
     #[serde(default)]
+    #[schemars(extend("x-required" = true))]
     pub url: SecretUrl,
     /// Queue to consume. Required. (`queue_name` is accepted as an alias.)
     #[serde(default, alias = "queue_name")]
+    #[schemars(extend("x-required" = true))]
+    #[schemars(extend("x-aliases" = ["queue_name"]))]
     pub queue: String,
     /// basic.qos prefetch count. Default: the engine's max in-flight messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,16 +193,20 @@ pub struct RabbitMqSourceConfig {
     pub client_key_file: Option<PathBuf>,
     /// How long one connection attempt (TCP, TLS and AMQP handshake) may take. Default 10s.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub connect_timeout: Duration,
     /// How long a publish (dead letter, delayed requeue, `qt send`) waits for the broker's
     /// confirm before failing; the original message is then left for redelivery. Default 30s.
     #[serde(default = "default_confirm_timeout", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub confirm_timeout: Duration,
     /// First reconnect delay; doubles up to `reconnect_max`. Default 500ms.
     #[serde(default = "default_reconnect_initial", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub reconnect_initial: Duration,
     /// Default 30s.
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub reconnect_max: Duration,
 }
 

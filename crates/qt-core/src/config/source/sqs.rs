@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::config::schema::HumanDuration;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::config::problems::{ConfigErrors, Validate, join};
@@ -11,7 +13,7 @@ pub const SQS_MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
 /// The longest long-poll wait SQS allows.
 pub const SQS_MAX_WAIT: Duration = Duration::from_secs(20);
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with the sqs source fields (`queue_url`, `region`, ...)"
@@ -21,9 +23,12 @@ pub struct SqsSourceConfig {
     /// name that is looked up with GetQueueUrl on connect. Required. (`queue_name` is
     /// accepted as an alias.) A name ending in `.fifo` is a FIFO queue.
     #[serde(default, alias = "queue_name")]
+    #[schemars(extend("x-required" = true))]
+    #[schemars(extend("x-aliases" = ["queue_name"]))]
     pub queue_url: String,
     /// AWS region. Required.
     #[serde(default)]
+    #[schemars(extend("x-required" = true))]
     pub region: String,
     /// Endpoint override for local emulators (e.g. `http://127.0.0.1:4566`). Default: AWS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,6 +48,7 @@ pub struct SqsSourceConfig {
     pub pollers: usize,
     /// Long-poll wait per receive, whole seconds (0s..=20s). Default 20s.
     #[serde(default = "default_wait_time", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub wait_time: Duration,
     /// Messages per receive (1..=10). Default 10.
     #[serde(default = "default_max_messages")]
@@ -50,15 +56,18 @@ pub struct SqsSourceConfig {
     /// Visibility timeout asked for on receive, whole seconds (1s..=12h). Default: the
     /// queue's own.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    #[schemars(with = "Option<HumanDuration>")]
     pub visibility_timeout: Option<Duration>,
     /// While a message is unsettled its visibility is extended whenever half of the
     /// visibility timeout has passed, until the message has been invisible this long since
     /// it was received; after that it is left to time out and be redelivered. `0s` turns
     /// the heartbeat off. Default 12h (the SQS maximum).
     #[serde(default = "default_max_extension", with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub max_visibility_extension: Duration,
     /// How soon a nacked message becomes visible again, whole seconds. Default 0s.
     #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "HumanDuration")]
     pub nack_delay: Duration,
 }
 
