@@ -3,6 +3,8 @@
 //! - `ci`: everything CI checks (format, lints, services, all tests, docs).
 //! - `services up|status`: installs (cached outside the checkout) and starts what the
 //!   integration tests need, idempotently.
+//! - `docs [--check]`: regenerates (or checks) the configuration reference tables of
+//!   `docs/configuration.md` from the configuration types.
 //! - `bench <engine|redis|kafka|rabbitmq|sqs|http|ledger>`: runs a benchmark and records its figures in
 //!   `docs/benchmarks.md`.
 
@@ -13,6 +15,7 @@ mod bench;
 mod ci;
 mod cmd;
 mod deny;
+mod docs;
 mod services;
 
 use anyhow::Result;
@@ -36,6 +39,13 @@ enum Command {
         #[command(subcommand)]
         action: services::Action,
     },
+    /// Regenerate the configuration reference tables of docs/configuration.md from the
+    /// configuration types.
+    Docs {
+        /// Change nothing; fail, naming the file, when the checked-in tables are stale.
+        #[arg(long)]
+        check: bool,
+    },
     /// Run a benchmark and write its figures to docs/benchmarks.md.
     Bench {
         /// Which benchmark.
@@ -51,6 +61,7 @@ fn main() -> Result<()> {
         Command::Ci => ci::run(),
         Command::Deny => deny::check(),
         Command::Services { action } => services::run(action),
+        Command::Docs { check } => docs::run(check),
         Command::Bench { which } => bench::run(which),
     }
 }

@@ -124,9 +124,13 @@ impl JsonSchema for FieldSource {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExtractedField {
+    /// `event_name`.
     EventName,
+    /// `tenant_id`.
     TenantId,
+    /// `dedup_key`.
     DedupKey,
+    /// `ordering_key`.
     OrderingKey,
 }
 
@@ -145,26 +149,26 @@ impl ExtractedField {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtractionRules {
-    /// Where the event name comes from. Default: the `x-event-name` header.
+    /// Rules for the event name, tried in order; the first that yields a value wins. An
+    /// event without a name is named after its queue.
     #[serde(default = "default_event_name")]
     pub event_name: Vec<FieldSource>,
-    /// Where the tenant id comes from. Default: the `x-tenant-id` header.
+    /// Rules for the tenant id, tried in order.
     #[serde(default = "default_tenant_id")]
     pub tenant_id: Vec<FieldSource>,
-    /// Where the dedup key comes from. Default: the `x-dedup-key` header; without one the
-    /// message id is the idempotency key.
+    /// Rules for the dedup key, tried in order; a message without one is keyed by its
+    /// message id.
     #[serde(default = "default_dedup_key")]
     pub dedup_key: Vec<FieldSource>,
-    /// Where the ordering key for `ordering: key` comes from. Default: the broker's message
-    /// key.
+    /// Rules for the ordering key of `ordering: key`, tried in order.
     #[serde(default = "default_ordering_key")]
     pub ordering_key: Vec<FieldSource>,
     /// When set, the agent receives the sub-document at this JSON pointer instead of the
-    /// whole payload; a message without it fails extraction. Default: the whole payload.
+    /// whole payload; a message without it fails extraction. Unset: the whole payload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_pointer: Option<String>,
     /// Fields that must resolve; a message missing one fails extraction and is handled as
-    /// a parse failure. Default: none.
+    /// a parse failure.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub required: Vec<ExtractedField>,
 }

@@ -18,19 +18,23 @@ use crate::secret::{Secret, SecretUrl};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandTarget {
-    /// Program to run. Required.
+    /// Program to run: a path, or a name looked up in `PATH`.
     #[serde(default)]
     #[schemars(extend("x-required" = true))]
     pub program: PathBuf,
+    /// Arguments passed to the program, as given (no shell).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
-    /// Default 30s.
+    /// How long one run may take. Past it the run is a timeout and the program's process
+    /// group is sent SIGTERM, then SIGKILL 2 s later.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub timeout: Duration,
-    /// Extra environment variables. Values are treated as secrets: never printed.
+    /// Extra environment variables, beside the `QT_*` ones qt sets. Values are secrets:
+    /// never printed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, Secret>,
+    /// Directory the program runs in. Unset: qt's own working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<PathBuf>,
 }
@@ -48,16 +52,17 @@ fn default_timeout() -> Duration {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpTarget {
-    /// `http://` or `https://` URL to call. Required. Credentials in it are masked when printed.
+    /// `http://` or `https://` URL to call; `http://` is refused under
+    /// `security.require_tls`. Credentials in it are masked when printed and sent as basic
+    /// auth.
     #[serde(default)]
     #[schemars(extend("x-required" = true))]
     pub url: SecretUrl,
-    /// POST, PUT or PATCH: the event goes in the body. Default POST.
+    /// `POST`, `PUT` or `PATCH`: the event goes in the body.
     #[serde(default = "default_method")]
     pub method: String,
     /// How long one call may take, from sending the request to the end of the response body
     /// (waiting for a `max_concurrency` slot is not counted). Past it the call is a timeout.
-    /// Default 30s.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub timeout: Duration,
@@ -66,23 +71,24 @@ pub struct HttpTarget {
     /// `tracestate`, `x-qt-*`) cannot be set here; `authorization` only when `auth` is not set.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, Secret>,
-    /// `authorization` header: `{bearer: TOKEN}` or `{basic: {username, password}}`.
+    /// The `authorization` header: `{bearer: TOKEN}` or `{basic: {username, password}}`;
+    /// token and password are secrets. Unset: none is sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<HttpAuth>,
-    /// Custom CA and client certificate (mTLS) for `https://` URLs.
+    /// Custom CA and client certificate (mTLS) for an `https://` URL.
     #[serde(default, skip_serializing_if = "HttpTls::is_empty")]
     pub tls: HttpTls,
-    /// Most calls in flight to this target at once. At least 1; the engine's
-    /// `processing.concurrency` bounds it too, so a value above that has no effect.
-    /// Default: no bound of its own.
+    /// Most calls in flight to this target at once, at least 1. `processing.concurrency`
+    /// bounds every run, so a value above it has no effect. Unset: no bound of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<usize>,
     /// How much of a response body is read. A 2xx body longer than this is not parsed (the run
     /// still succeeds, with no run id, LLM call count or output); a failure's error shows at
-    /// most the first 512 bytes. At least 1. Default 65536 (64 KiB).
+    /// most the first 512 bytes. Bytes, at least 1.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
-    /// Which HTTP version to speak. Default `auto`.
+    /// Which HTTP version to speak. A server that does not speak a forced version fails
+    /// every call (retryable).
     #[serde(default, skip_serializing_if = "HttpVersion::is_auto")]
     pub http_version: HttpVersion,
 }
@@ -102,6 +108,7 @@ pub enum HttpVersion {
 }
 
 impl HttpVersion {
+    /// Whether this is the default, [`HttpVersion::Auto`].
     pub fn is_auto(&self) -> bool {
         *self == HttpVersion::Auto
     }
@@ -121,11 +128,11 @@ pub enum HttpAuth {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BasicAuth {
-    /// Required; must not contain `:`.
+    /// User name; must not contain `:`.
     #[serde(default)]
     #[schemars(extend("x-required" = true))]
     pub username: String,
-    /// A secret: never printed.
+    /// Password; a secret, never printed.
     #[serde(default)]
     pub password: Secret,
 }
@@ -147,6 +154,7 @@ pub struct HttpTls {
 }
 
 impl HttpTls {
+    /// Whether none of the files is set.
     pub fn is_empty(&self) -> bool {
         self.ca_file.is_none() && self.client_cert_file.is_none() && self.client_key_file.is_none()
     }
@@ -290,7 +298,9 @@ impl Validate for HttpTarget {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum TargetConfig {
+    /// A program run once per message.
     Command(CommandTarget),
+    /// An HTTP endpoint called once per message.
     Http(HttpTarget),
     /// Logs the event and succeeds: for trying configurations out.
     Log,
@@ -300,34 +310,37 @@ pub enum TargetConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
-    /// Glob on the event name, e.g. `order.*`. Required.
+    /// Glob on the event name, e.g. `order.*`, or `*` for every event.
     #[serde(default)]
     #[schemars(extend("x-required" = true))]
     pub event: String,
-    /// Name of a target in `agent.targets`. Required.
+    /// Name of a target in `agent.targets`.
     #[serde(default)]
     #[schemars(extend("x-required" = true))]
     pub target: String,
-    /// Narrows what the agent may use (requirement 4.4). Default: `agent.focus`.
+    /// Narrows what the agent may use (requirement 4.4), passed as `QT_FOCUS` / the event's
+    /// `focus`. Unset: `agent.focus`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub focus: Option<String>,
 }
 
+/// `agent`: where events are delivered.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// Named targets. At least one is required.
+    /// Targets by name, at least one; `type` picks `command`, `http` or `log` (logs the
+    /// event and succeeds).
     #[serde(default)]
     #[schemars(extend("x-required" = true, "minProperties" = 1))]
     pub targets: BTreeMap<String, TargetConfig>,
-    /// Tried in order; the first whose glob matches the event name wins.
+    /// Routes tried in order; the first whose glob matches the event name picks the target.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
-    /// Target for events no route matches. Default: the only target when there is exactly
-    /// one and no routes; otherwise none (such events are unrouted).
+    /// Target for events no route matches. Unset: the only target when there is exactly one
+    /// and no routes; otherwise none, and such events are unrouted (`processing.on_unrouted`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_target: Option<String>,
-    /// Focus for events whose route sets none.
+    /// Focus for events whose route sets none (the seed spec's `focus`). Unset: no focus.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub focus: Option<String>,
 }

@@ -10,16 +10,17 @@ use serde::{Deserialize, Serialize};
 use super::problems::{ConfigErrors, Validate, join};
 use crate::secret::SecretUrl;
 
+/// `ledger` with `type: jsonl`: records appended to a local file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonlLedgerConfig {
-    /// File records are appended to, one JSON object per line. Required.
+    /// File records are appended to, one JSON object per line; created if missing.
     #[serde(default)]
     #[schemars(extend("x-required" = true))]
     pub path: PathBuf,
     /// Fsync each batch (with the batches written beside it) before acking, so records
     /// survive a machine crash, not just a process crash. `false` is faster and loses the last
-    /// records on a machine crash or power loss. Default true.
+    /// records on a machine crash or power loss.
     #[serde(default = "default_fsync")]
     pub fsync: bool,
 }
@@ -52,36 +53,35 @@ pub enum PostgresTls {
 pub struct PostgresLedgerConfig {
     /// `postgres://user:password@host:5432/database`. The password is masked whenever the
     /// URL is printed; prefer `${PG_PASSWORD}`-style substitution over writing it in the
-    /// file. Encryption is set by `tls`, not by `sslmode` in the URL. Required.
+    /// file. Encryption is set by `tls`, not by `sslmode` in the URL (which is refused).
     #[serde(default)]
     #[schemars(extend("x-required" = true))]
     pub url: SecretUrl,
-    /// `disable` (default), `require` or `verify-full`; see [`PostgresTls`].
+    /// How the connection is encrypted.
     #[serde(default)]
     pub tls: PostgresTls,
     /// Connections in the pool. Each batch of records takes one connection for one
-    /// transaction, so a few connections carry a high record rate. 1 to 64, default 4.
+    /// transaction, so a few connections carry a high record rate. 1 to 64.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
     /// Schema holding the ledger table, created if missing. Letters, digits and `_`.
-    /// Default `public`.
     #[serde(default = "default_schema")]
     pub schema: String,
     /// Table the records go to; its migrations are tracked in `<table>_migrations` in the
-    /// same schema. Letters, digits and `_`, at most 40 characters. Default `qt_ledger`.
+    /// same schema. Letters, digits and `_`, at most 40 characters.
     #[serde(default = "default_table")]
     pub table: String,
-    /// Bound on opening one connection (TCP, TLS handshake, authentication). Default 5s.
+    /// Bound on opening one connection (TCP, TLS handshake, authentication).
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub connect_timeout: Duration,
     /// PostgreSQL `statement_timeout` of every statement, and the bound on waiting for a
-    /// pooled connection. A batch that takes longer fails (and is not acked). Default 10s.
+    /// pooled connection. A batch that takes longer fails (and is not acked).
     #[serde(default = "default_statement_timeout", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub statement_timeout: Duration,
-    /// PEM CA bundle to trust with `tls: verify-full` instead of the system roots (a
-    /// private CA).
+    /// PEM CA bundle trusted with `tls: verify-full` instead of the system roots (a private
+    /// CA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate, for servers that authenticate clients by certificate
@@ -92,11 +92,13 @@ pub struct PostgresLedgerConfig {
     /// PEM private key of `client_cert_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key_file: Option<PathBuf>,
-    /// Records whose `finished_at` is older than this are deleted by a background task,
-    /// at start and then once a minute, in chunks of at most 10000 rows per statement and 100000 rows per
-    /// minute, so a large backlog is worked off gradually without long locks. Each chunk is
-    /// an index range scan on `finished_at` plus the deletes (which leave dead rows for
-    /// autovacuum). Unset (the default): records are kept forever.
+    /// Records whose `finished_at` is older than this (at least `1m`, e.g. `90d`) are
+    /// deleted by a background task. Unset: records are kept forever.
+    ///
+    /// The task runs at start and then once a minute, in chunks of at most 10000 rows per
+    /// statement and 100000 rows per minute, so a large backlog is worked off gradually
+    /// without long locks. Each chunk is an index range scan on `finished_at` plus the
+    /// deletes (which leave dead rows for autovacuum).
     #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
     #[schemars(with = "Option<HumanDuration>")]
     pub retention: Option<Duration>,
@@ -126,6 +128,7 @@ pub const POSTGRES_MAX_TABLE_LEN: usize = 40;
 pub const POSTGRES_MAX_SCHEMA_LEN: usize = 63;
 
 impl PostgresLedgerConfig {
+    /// A ledger at `url` with every other field at its default.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: SecretUrl::new(url),
@@ -242,6 +245,7 @@ impl Validate for PostgresLedgerConfig {
     }
 }
 
+/// `ledger`: where audit records go; `type` picks the ledger.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LedgerConfig {
@@ -265,11 +269,11 @@ impl LedgerConfig {
 }
 
 impl Default for LedgerConfig {
-    /// `{type: jsonl, path: qt-ledger.jsonl}`: durable by default.
+    /// A JSONL file in the working directory, fsynced: durable by default.
     fn default() -> Self {
         LedgerConfig::Jsonl(JsonlLedgerConfig {
             path: PathBuf::from("qt-ledger.jsonl"),
-            fsync: true,
+            fsync: default_fsync(),
         })
     }
 }

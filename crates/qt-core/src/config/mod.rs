@@ -5,6 +5,8 @@
 //! type, bad value) is recorded, the offending node is set aside so the rest can still be
 //! read, and semantic validation then runs on what remains.
 
+#![warn(missing_docs)]
+
 mod agent;
 mod env;
 mod governance;
@@ -48,26 +50,36 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Names this trigger in logs, metrics and `/status`. Default `qt`.
+    /// Names this trigger in logs, metrics, `/status` and broker client ids; give each trigger
+    /// of a deployment its own.
     #[serde(default = "default_name")]
     pub name: String,
-    /// Required.
+    /// The broker messages come from, picked by `type`.
     pub source: SourceConfig,
+    /// How many messages run at once, in what order, how they are parsed, and what happens
+    /// to those that cannot succeed.
     #[serde(default)]
     pub processing: ProcessingConfig,
+    /// How failed agent runs are retried.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// De-duplication: at most one run per key within a window.
     #[serde(default)]
     pub idempotency: IdempotencyConfig,
+    /// Tenant and event rules, rate limits and quotas applied before a run.
     #[serde(default)]
     pub governance: GovernanceConfig,
+    /// The targets events are delivered to and the routes that pick one.
     #[serde(default)]
     #[schemars(extend("x-required" = true))]
     pub agent: AgentConfig,
+    /// Where the audit record of each message's outcome is written, picked by `type`.
     #[serde(default)]
     pub ledger: LedgerConfig,
+    /// The admin server, logs and traces.
     #[serde(default)]
     pub observability: ObservabilityConfig,
+    /// Settings that hold across every connection qt makes.
     #[serde(default)]
     pub security: SecurityConfig,
 }

@@ -13,21 +13,27 @@ use super::agent::is_header_name;
 use super::problems::{ConfigErrors, Validate, join};
 use crate::secret::{Secret, SecretUrl};
 
+/// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
+    /// One human-readable line per event.
     #[default]
     Text,
+    /// One JSON object per line, for log collectors.
     Json,
 }
 
+/// `observability.admin`: the HTTP server for metrics, health and status.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Serve `/metrics`, `/healthz`, `/readyz`, `/status`. Default true.
+    /// Serve `/metrics`, `/healthz`, `/readyz` and `/status` (and `POST /send` for the
+    /// mock source).
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// Default `127.0.0.1:9464` (loopback only).
+    /// Address and port the admin server listens on; the default is loopback only, so
+    /// set an outside address (e.g. `0.0.0.0:9464`) for a scraper on another host.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
 }
@@ -42,20 +48,21 @@ fn default_listen() -> SocketAddr {
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
-            enabled: true,
+            enabled: default_true(),
             listen: default_listen(),
         }
     }
 }
 
+/// `observability.log`: what is logged, and how.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
-    /// `text` or `json`. Default `text`.
+    /// How each line is written.
     #[serde(default)]
     pub format: LogFormat,
-    /// A tracing filter such as `info` or `qt_engine=debug,info`. Default `info`; the
-    /// `RUST_LOG` variable overrides it.
+    /// A tracing filter such as `info` or `qt_engine=debug,info`; the `RUST_LOG`
+    /// environment variable overrides it.
     #[serde(default = "default_level")]
     pub level: String,
 }
@@ -73,14 +80,17 @@ impl Default for LogConfig {
     }
 }
 
+/// `observability`: the admin server, logs and traces.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ObservabilityConfig {
+    /// The HTTP server for `/metrics`, `/healthz`, `/readyz` and `/status`.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Log format and level.
     #[serde(default)]
     pub log: LogConfig,
-    /// OpenTelemetry traces. Default: off.
+    /// OpenTelemetry traces: a span per message, exported over OTLP.
     #[serde(default)]
     pub tracing: TracingConfig,
 }
@@ -107,39 +117,41 @@ pub enum OtlpProtocol {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TracingConfig {
-    /// Make and export spans. Default false: no span is made at all.
+    /// Make and export spans (see operations.md, *Traces*). Off, no span is made at all.
     #[serde(default)]
     pub enabled: bool,
-    /// Where spans go. `http`: the URL spans are POSTed to, path included (default
-    /// `http://127.0.0.1:4318/v1/traces`); `grpc`: the collector's address (default
-    /// `http://127.0.0.1:4317`). Credentials in it are masked when printed.
+    /// Where spans go, `http://` or `https://`. `http`: the URL spans are POSTed to, path
+    /// included; `grpc`: the collector's address. Credentials in it are masked when printed.
+    /// Unset: `http://127.0.0.1:4318/v1/traces` (`http`), `http://127.0.0.1:4317` (`grpc`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<SecretUrl>,
-    /// `http` (OTLP/HTTP with protobuf) or `grpc`. Default `http`.
+    /// How spans are sent to the collector.
     #[serde(default)]
     pub protocol: OtlpProtocol,
     /// Headers (gRPC metadata) sent with every export, such as a collector's API key. Values
-    /// are secrets: never printed.
+    /// are secrets: never printed. With `http`, `OTEL_EXPORTER_OTLP_HEADERS` in the
+    /// environment overrides a header of the same name; with `grpc`, names ending in `-bin`
+    /// are refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, Secret>,
     /// Share of traces kept, from 0 to 1, for messages that arrive without a sampling
     /// decision; a message whose producer sent a `traceparent` follows its sampled flag
-    /// (parent-based sampling). Default 1.
+    /// (parent-based sampling).
     #[serde(default = "default_sample_ratio")]
     pub sample_ratio: f64,
-    /// The `service.name` resource attribute. Default `qt`.
+    /// The `service.name` resource attribute spans carry.
     #[serde(default = "default_service_name")]
     pub service_name: String,
     /// Further resource attributes, such as `deployment.environment: prod`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub resource_attributes: BTreeMap<String, String>,
-    /// How long one export may take. Default 10s.
+    /// How long one export to the collector may take.
     #[serde(default = "default_export_timeout", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub timeout: Duration,
     /// Most finished spans waiting for export. When the collector is slow or down and the
     /// queue is full, new spans are dropped (and counted in `qt_trace_spans_dropped_total`)
-    /// rather than slowing the pipeline. Default 65536.
+    /// rather than slowing the pipeline.
     #[serde(default = "default_max_queue_size")]
     pub max_queue_size: usize,
     /// PEM CA certificates to trust for an `https://` endpoint besides the built-in roots.
@@ -249,10 +261,12 @@ impl Validate for TracingConfig {
     }
 }
 
+/// `security`: settings that hold across every connection qt makes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityConfig {
-    /// Refuse every plaintext endpoint (broker, Redis). Default false.
+    /// Refuse every plaintext endpoint: broker, Redis store, PostgreSQL ledger, trace
+    /// collector and `http` agent targets must all use TLS.
     #[serde(default)]
     pub require_tls: bool,
 }

@@ -5,7 +5,10 @@ use std::fmt;
 /// One problem: `source.brokers: required`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigProblem {
+    /// The field, as a dotted path (`source.brokers[0]`), or `line N` for a problem found
+    /// before parsing; empty for the file as a whole.
     pub path: String,
+    /// What is wrong there.
     pub message: String,
 }
 
@@ -22,6 +25,7 @@ impl fmt::Display for ConfigProblem {
 /// Every problem found in one configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigErrors {
+    /// In the order they were found.
     pub problems: Vec<ConfigProblem>,
 }
 
@@ -41,10 +45,12 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl ConfigErrors {
+    /// Whether no problem was found.
     pub fn is_empty(&self) -> bool {
         self.problems.is_empty()
     }
 
+    /// Records a problem at `path`.
     pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.problems.push(ConfigProblem {
             path: path.into(),
@@ -52,6 +58,7 @@ impl ConfigErrors {
         });
     }
 
+    /// `ok` when no problem was found, else every problem.
     pub fn into_result<T>(self, ok: T) -> Result<T, ConfigErrors> {
         if self.problems.is_empty() { Ok(ok) } else { Err(self) }
     }
@@ -71,5 +78,6 @@ pub fn join(parent: &str, field: &str) -> String {
 /// Semantic checks that serde cannot express. Implementations push every problem they find
 /// instead of stopping at the first.
 pub trait Validate {
+    /// Pushes every problem of `self`, which sits at `path` in the file, onto `problems`.
     fn validate(&self, path: &str, problems: &mut ConfigErrors);
 }

@@ -44,9 +44,12 @@ pub enum FailureAction {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UnprocessableAction {
+    /// Dead-letter it with the reason.
     #[default]
     Dlq,
+    /// Reject it: the broker's own dead-lettering applies (RabbitMQ DLX, SQS redrive).
     Nack,
+    /// Acknowledge and drop it (the ledger still records it).
     Ack,
 }
 
@@ -54,64 +57,73 @@ pub enum UnprocessableAction {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DenyAction {
+    /// Acknowledge and drop it (the ledger records the denial).
     #[default]
     Ack,
+    /// Dead-letter it with the reason.
     Dlq,
 }
 
+/// `processing`: how messages are taken, run and settled.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessingConfig {
-    /// Agent runs in progress at once. Default 8.
+    /// Agent runs in progress at once, 1 to 10000.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
-    /// Default `none`.
+    /// Which messages may run concurrently.
     #[serde(default)]
     pub ordering: Ordering,
-    /// `json`, `text` or `binary`. Default `json`.
+    /// How message bodies are read: `json` (extraction pointers need it), `text` (UTF-8) or
+    /// `binary` (passed to the agent as base64).
     #[serde(default, alias = "parser_type")]
     #[schemars(extend("x-aliases" = ["parser_type"]))]
     pub parser: PayloadFormat,
-    /// Larger bodies fail parsing. Default 1048576 (1 MiB).
+    /// Largest message body, in bytes (at most 256 MiB); larger bodies fail parsing. The admin
+    /// server's `POST /send` takes bodies up to twice this plus 64 KiB.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
-    /// Most deliveries taken from the source at once. Default 64. While less than a quarter
-    /// of `max_in_flight` is free, intake waits up to 1 ms for a fuller batch.
+    /// Most deliveries taken from the source at once (one idempotency round trip per
+    /// batch), 1 to 10000. While less than a quarter of `max_in_flight` is free, intake
+    /// waits up to 1 ms for a fuller batch instead of taking a trickle.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
-    /// Most messages taken from the source and not yet settled. Default: 4 x concurrency,
-    /// at least 2 x batch_size.
+    /// Most messages taken from the source and not yet settled, at least `concurrency`.
+    /// Unset: 4 × `concurrency`, at least 2 × `batch_size`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<usize>,
     /// On stop, how long agent runs already in progress may take to finish before they are
     /// abandoned for redelivery; messages not yet running are handed back at once, and no
-    /// run or retry starts. Default 30s.
+    /// run or retry starts.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub drain_timeout: Duration,
+    /// Where the event name, tenant, dedup key and ordering key come from, and which part of
+    /// the payload the agent sees.
     #[serde(default)]
     pub extraction: ExtractionRules,
-    /// Agent failed permanently or ran out of retries; also a message whose processing
-    /// panicked, for which `requeue` means `nack` (it would only panic again). Default
-    /// `dlq`. (`ack_policy` is accepted as an alias.)
+    /// What happens to a message whose agent run failed permanently or ran out of retries;
+    /// also to a message whose processing panicked, for which `requeue` means `nack` (it
+    /// would only panic again).
     #[serde(default, alias = "ack_policy")]
     #[schemars(extend("x-aliases" = ["ack_policy"]))]
     pub on_failure: FailureAction,
-    /// Delay before a requeued message returns when `on_failure: requeue`. Default 10s.
+    /// How long a message requeued by `on_failure: requeue` waits before it comes back.
     #[serde(default = "default_requeue_delay", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub requeue_delay: Duration,
-    /// Parse or extraction failed. Default `dlq`.
+    /// What happens to a message that cannot be parsed or extracted.
     #[serde(default)]
     pub on_parse_failure: UnprocessableAction,
-    /// No route matches the event name. Default `dlq`.
+    /// What happens to a message whose event name no route matches (and there is no
+    /// default target).
     #[serde(default)]
     pub on_unrouted: UnprocessableAction,
-    /// Governance denied the event. Default `ack`.
+    /// What happens to a message governance denied.
     #[serde(default)]
     pub on_governance_deny: DenyAction,
-    /// When another worker holds the message's key, it comes back after this delay.
-    /// Default 5s.
+    /// How long a message waits before it comes back when another worker holds its
+    /// idempotency key right now.
     #[serde(default = "default_in_flight_delay", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub duplicate_in_flight_delay: Duration,

@@ -10,35 +10,36 @@ use serde::{Deserialize, Serialize};
 use super::problems::{ConfigErrors, Validate, join};
 use crate::secret::{Secret, SecretUrl};
 
+/// `idempotency.store` with `type: redis`: claims kept in Redis, shared by every process.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisStoreConfig {
     /// `redis://host:6379/0` or `rediss://` for TLS. Credentials may be in the URL; they are
-    /// masked whenever it is printed. Required.
+    /// masked whenever it is printed. `redis://` is refused under `security.require_tls`.
     #[serde(default)]
     #[schemars(extend("x-required" = true))]
     pub url: SecretUrl,
-    /// Overrides the URL's user name (Redis 6+ ACL user). Needs a password.
+    /// Redis 6+ ACL user, overriding the URL's user name. Needs `password`. Unset: the URL's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
-    /// Overrides the URL's password. Prefer `${REDIS_PASSWORD}` over writing it here.
+    /// Password, overriding the URL's; a secret. Write `${REDIS_PASSWORD}` rather than the
+    /// value. Unset: the URL's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
     /// Connections in the pool. Each is multiplexed, so a few carry many concurrent
-    /// claims. Default 16.
+    /// claims. 1 to 1024.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
     /// Bound on opening one connection (TCP, TLS handshake, AUTH, script loading).
-    /// Default 5s.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub connect_timeout: Duration,
     /// Bound on every command round trip; an operation that takes longer fails with a
-    /// timeout naming it. Default 2s.
+    /// timeout naming it (and `on_store_error` applies).
     #[serde(default = "default_command_timeout", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub command_timeout: Duration,
-    /// PEM CA bundle to trust for `rediss://` instead of the system roots (a private CA).
+    /// PEM CA bundle trusted for `rediss://` instead of the system roots (a private CA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate for `rediss://` servers that require client certificates
@@ -61,6 +62,7 @@ fn default_command_timeout() -> Duration {
 }
 
 impl RedisStoreConfig {
+    /// A store at `url` with every other field at its default.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: SecretUrl::new(url),
@@ -75,6 +77,7 @@ impl RedisStoreConfig {
         }
     }
 
+    /// Whether the URL asks for TLS (`rediss://`).
     pub fn is_tls(&self) -> bool {
         self.url.scheme().as_deref() == Some("rediss")
     }

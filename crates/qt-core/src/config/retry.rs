@@ -18,19 +18,19 @@ use crate::error_class::ErrorClass;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffConfig {
-    /// First delay. Default 200ms. (`base` is accepted as an alias.)
+    /// Delay before the first retry.
     #[serde(default = "default_initial", with = "humantime_serde", alias = "base")]
     #[schemars(with = "HumanDuration")]
     #[schemars(extend("x-aliases" = ["base"]))]
     pub initial: Duration,
-    /// Growth per attempt. Default 2.0.
+    /// Factor each further delay grows by, 1.0 to 100.
     #[serde(default = "default_multiplier")]
     pub multiplier: f64,
-    /// Cap on one delay. Default 30s.
+    /// Longest single delay, at least `initial`.
     #[serde(default = "default_max", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub max: Duration,
-    /// Fraction (0..=1) by which a delay may be shortened at random. Default 0.2.
+    /// Fraction, 0 to 1, by which each delay is shortened at random.
     #[serde(default = "default_jitter")]
     pub jitter: f64,
 }
@@ -77,35 +77,42 @@ impl From<&BackoffConfig> for Backoff {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClassRetryConfig {
+    /// Retries after the first attempt for this class. Unset: `retry.max_retries`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
+    /// Delay before the first retry. Unset: `retry.backoff.initial`.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
     #[schemars(with = "Option<HumanDuration>")]
     pub initial: Option<Duration>,
+    /// Growth factor of the delay, 1.0 to 100. Unset: `retry.backoff.multiplier`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multiplier: Option<f64>,
+    /// Longest single delay. Unset: `retry.backoff.max`.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
     #[schemars(with = "Option<HumanDuration>")]
     pub max: Option<Duration>,
+    /// Random shortening of each delay, 0 to 1. Unset: `retry.backoff.jitter`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jitter: Option<f64>,
 }
 
+/// `retry`: how failed agent runs are retried.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
-    /// Retries after the first attempt (so `max_retries + 1` attempts). Default 3.
+    /// Retries after the first attempt (so `max_retries + 1` attempts), at most 100.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// The delays between attempts.
     #[serde(default)]
     pub backoff: BackoffConfig,
-    /// Stop retrying once this much time has passed since the first attempt. Default: no
+    /// Stop retrying once this much time has passed since the first attempt. Unset: no
     /// budget.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
     #[schemars(with = "Option<HumanDuration>")]
     pub total_budget: Option<Duration>,
-    /// Overrides per error class: `retryable`, `rate_limited`, `timeout`. `permanent`
-    /// failures are never retried.
+    /// Overrides of the fields above per error class: `retryable`, `rate_limited`,
+    /// `timeout`. `permanent` failures are never retried.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub per_class: BTreeMap<ErrorClass, ClassRetryConfig>,
 }
@@ -124,11 +131,15 @@ impl Default for RetryConfig {
 /// The policy in force for one error class after applying overrides.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EffectiveRetry {
+    /// Retries after the first attempt.
     pub max_retries: u32,
+    /// The delays between attempts.
     pub backoff: BackoffConfig,
 }
 
 impl RetryConfig {
+    /// The policy for failures of `class`: its override, field by field, over the top-level
+    /// values; no retries for `permanent`.
     pub fn for_class(&self, class: ErrorClass) -> EffectiveRetry {
         if class == ErrorClass::Permanent {
             return EffectiveRetry {

@@ -48,15 +48,29 @@ impl JsonSchema for HumanDuration {
     }
 }
 
-/// Applies the `x-required` and `x-aliases` marks of every object schema in `value`.
+/// Applies the `x-required` and `x-aliases` marks of every object schema in `value`, and
+/// the `x-aliases` of enum values.
 fn settle_markers(value: &mut Value) {
     match value {
         Value::Object(object) => {
             settle_object(object);
+            settle_enum_value(object);
             object.values_mut().for_each(settle_markers);
         }
         Value::Array(items) => items.iter_mut().for_each(settle_markers),
         _ => {}
+    }
+}
+
+/// An enum value with aliases, `{const: A, x-aliases: [a]}`, becomes `{enum: [A, a]}`: the
+/// first value is the one written out.
+fn settle_enum_value(object: &mut Map<String, Value>) {
+    let Some(Value::Array(aliases)) = object.remove("x-aliases") else {
+        return;
+    };
+    if let Some(value) = object.remove("const") {
+        let values = std::iter::once(value).chain(aliases).collect();
+        object.insert("enum".into(), Value::Array(values));
     }
 }
 

@@ -13,16 +13,22 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::config::problems::{ConfigErrors, Validate, join};
 use crate::secret::{REDACTED, Secret};
 
+/// How the Kafka connection is secured (librdkafka's `security.protocol`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     rename_all = "snake_case",
     expecting = "one of plaintext, ssl, sasl_plaintext or sasl_ssl"
 )]
 pub enum KafkaSecurityProtocol {
+    /// Neither encrypted nor authenticated; refused under `security.require_tls`.
     #[default]
     Plaintext,
+    /// TLS, configured by `ssl`.
     Ssl,
+    /// SASL authentication (`sasl`) without encryption; refused under
+    /// `security.require_tls`.
     SaslPlaintext,
+    /// SASL authentication (`sasl`) over TLS (`ssl`).
     SaslSsl,
 }
 
@@ -37,10 +43,12 @@ impl KafkaSecurityProtocol {
         }
     }
 
+    /// Whether the connection is encrypted.
     pub fn is_tls(self) -> bool {
         matches!(self, KafkaSecurityProtocol::Ssl | KafkaSecurityProtocol::SaslSsl)
     }
 
+    /// Whether the client authenticates with SASL.
     pub fn is_sasl(self) -> bool {
         matches!(
             self,
@@ -49,18 +57,26 @@ impl KafkaSecurityProtocol {
     }
 }
 
+/// The SASL mechanism (librdkafka's `sasl.mechanism`). Lower case is accepted too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(expecting = "one of PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")]
 pub enum SaslMechanism {
+    /// User name and password sent as they are: use it over `sasl_ssl` only.
     #[serde(rename = "PLAIN", alias = "plain")]
+    #[schemars(extend("x-aliases" = ["plain"]))]
     Plain,
+    /// Salted challenge-response, SHA-256.
     #[serde(rename = "SCRAM-SHA-256", alias = "scram-sha-256")]
+    #[schemars(extend("x-aliases" = ["scram-sha-256"]))]
     ScramSha256,
+    /// Salted challenge-response, SHA-512.
     #[serde(rename = "SCRAM-SHA-512", alias = "scram-sha-512")]
+    #[schemars(extend("x-aliases" = ["scram-sha-512"]))]
     ScramSha512,
 }
 
 impl SaslMechanism {
+    /// librdkafka's `sasl.mechanism` value.
     pub fn as_librdkafka(self) -> &'static str {
         match self {
             SaslMechanism::Plain => "PLAIN",
@@ -70,105 +86,111 @@ impl SaslMechanism {
     }
 }
 
+/// `source.sasl`: SASL credentials for `sasl_plaintext` and `sasl_ssl`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with `mechanism` (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512), `username` and `password`"
 )]
 pub struct KafkaSaslConfig {
+    /// How the client proves who it is.
     pub mechanism: SaslMechanism,
+    /// SASL user name.
     #[serde(default)]
     #[schemars(extend("x-required" = true))]
     pub username: String,
-    /// Masked whenever printed; use `${KAFKA_PASSWORD}` to keep it out of the file.
+    /// SASL password; a secret. Write `${KAFKA_PASSWORD}` to keep it out of the file.
     #[serde(default)]
     #[schemars(extend("x-required" = true))]
     pub password: Secret,
 }
 
+/// `source.ssl`: TLS files for `ssl` and `sasl_ssl`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with `ca_location`, `certificate_location`, `key_location` and `key_password`"
 )]
 pub struct KafkaSslConfig {
-    /// CA bundle to verify brokers with. Default: the system store.
+    /// PEM CA bundle brokers are verified with. Unset: the system's CA store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_location: Option<PathBuf>,
-    /// Client certificate for mutual TLS.
+    /// PEM client certificate, for brokers that require one (mutual TLS). Needs
+    /// `key_location`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_location: Option<PathBuf>,
-    /// Private key of the client certificate.
+    /// PEM private key of `certificate_location`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_location: Option<PathBuf>,
-    /// Passphrase of an encrypted private key.
+    /// Passphrase of an encrypted `key_location`; a secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_password: Option<Secret>,
 }
 
+/// `source` with `type: kafka`.
 #[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with the kafka source fields (`brokers`, `topics`, `consumer_group`, ...)"
 )]
 pub struct KafkaSourceConfig {
-    /// Bootstrap brokers, `host:port`. Required.
+    /// Bootstrap brokers, each `host:port`; the rest of the cluster is discovered from them.
     #[serde(default)]
     #[schemars(extend("x-required" = true))]
     pub brokers: Vec<String>,
-    /// Topics to consume. Required. `queue_name: orders` is accepted for a single topic.
+    /// Topics to consume: a list, or one name.
     #[serde(default, alias = "queue_name", deserialize_with = "one_or_many")]
     #[schemars(extend("x-required" = true))]
     #[schemars(extend("x-aliases" = ["queue_name"]))]
     #[schemars(schema_with = "topics_schema")]
     pub topics: Vec<String>,
-    /// Consumer group id. Required. Every qt process with the same group shares the
-    /// partitions of the topics.
+    /// Consumer group id. Every qt process with the same group shares the partitions of the
+    /// topics; offsets are committed under it.
     #[serde(default)]
     #[schemars(extend("x-required" = true))]
     pub consumer_group: String,
-    /// Failed messages are produced here (original key, value and headers plus the
-    /// `x-qt-dlq-*` headers), and the original offset is committed only once the broker has
-    /// confirmed the write. Default: none, and dead-lettering then fails and leaves the
-    /// message uncommitted, so set it when `on_failure` is `dlq`.
+    /// Topic dead letters are produced to (original key, value and headers plus the
+    /// `x-qt-dlq-*` headers); the original offset is committed only once the broker has
+    /// confirmed the write. Unset: dead-lettering fails and leaves the message uncommitted,
+    /// so set it when a `processing` action is `dlq`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dlq_topic: Option<String>,
-    /// Requeued messages are produced here with an incremented `x-qt-attempt` header (and
-    /// `x-qt-not-before` for a delay). qt consumes it in the same group as `topics`.
-    /// Default: back to the message's own topic.
+    /// Topic requeued messages are produced to, with an incremented `x-qt-attempt` header
+    /// (and `x-qt-not-before` for a delay); qt consumes it in the same group as `topics`.
+    /// Unset: back to the message's own topic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_topic: Option<String>,
-    /// Default `plaintext`.
+    /// How connections to the brokers are secured.
     #[serde(default)]
     pub security_protocol: KafkaSecurityProtocol,
-    /// Required with `sasl_plaintext` and `sasl_ssl`.
+    /// SASL credentials; required with `sasl_plaintext` and `sasl_ssl`, refused otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl: Option<KafkaSaslConfig>,
-    /// TLS settings for `ssl` and `sasl_ssl`.
+    /// TLS files for `ssl` and `sasl_ssl`. Unset: the system's CA store, no client
+    /// certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssl: Option<KafkaSslConfig>,
-    /// How often completed offsets are committed. Default 1s.
+    /// How often the offsets of finished messages are committed.
     #[serde(default = "default_commit_interval", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub commit_interval: Duration,
     /// On partition revocation, how long in-flight messages of the revoked partitions may
-    /// take before the partitions are let go. Default 10s.
+    /// take before the partitions are let go; keep it below `max.poll.interval.ms`.
     #[serde(default = "default_revoke_timeout", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub revoke_drain_timeout: Duration,
     /// When a message's handle is dropped unsettled or its settle fails, its partition is
     /// rewound to the first unfinished offset after this pause, so the message (and the
-    /// later ones of that partition) are delivered again without a restart. Default 1s.
+    /// later ones of that partition) are delivered again without a restart.
     #[serde(default = "default_redelivery_delay", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub redelivery_delay: Duration,
     /// How long a produce (dead letter, requeue, `qt send`) may wait for the broker's
-    /// acknowledgement before it fails (librdkafka `message.timeout.ms`). Default 30s.
+    /// acknowledgement before it fails (librdkafka `message.timeout.ms`).
     #[serde(default = "default_delivery_timeout", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub delivery_timeout: Duration,
-    /// How long `connect` waits for the cluster to describe the topics before it fails.
-    /// Default 10s.
+    /// How long qt waits at start for the cluster to describe the topics before it fails.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub connect_timeout: Duration,
@@ -379,6 +401,8 @@ fn topic_name_problem(name: &str) -> Option<String> {
 }
 
 impl KafkaSourceConfig {
+    /// The unencrypted endpoints, as (field path, brokers and protocol), for
+    /// `security.require_tls`.
     pub fn plaintext_endpoints(&self, path: &str) -> Vec<(String, String)> {
         if self.security_protocol.is_tls() {
             return Vec::new();

@@ -7,21 +7,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::problems::{ConfigErrors, Validate, join};
 
+/// `source` with `type: mock`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with the mock source fields (`queue`, `file`, `dlq_file`)"
 )]
 pub struct MockSourceConfig {
-    /// Queue name used in logs and the ledger. Default `mock`.
+    /// Queue name used in logs and the ledger.
     #[serde(default = "default_queue", alias = "queue_name")]
     #[schemars(extend("x-aliases" = ["queue_name"]))]
     pub queue: String,
-    /// JSONL file of messages to enqueue at start, one per line:
-    /// `{"id": "...", "headers": {...}, "json": {...}}` (or `"text"` / `"body_base64"`).
+    /// JSONL file of messages enqueued at start, one per line:
+    /// `{"id": "...", "headers": {...}, "key": "...", "json": {...}}` (or `"text"` /
+    /// `"body_base64"` instead of `"json"`). Unset: the queue starts empty and is fed by
+    /// `qt send`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
-    /// Dead letters are appended here as JSONL. Default: kept in memory only.
+    /// JSONL file dead letters are appended to, in the same format plus `reason`,
+    /// `error_class` and `attempts`. Unset: they are kept in memory only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dlq_file: Option<PathBuf>,
 }

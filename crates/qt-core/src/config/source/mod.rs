@@ -17,12 +17,17 @@ use serde::{Deserialize, Serialize};
 
 use super::problems::{ConfigErrors, Validate};
 
+/// The broker messages come from; `type` picks the adapter.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SourceConfig {
+    /// An in-memory queue, optionally fed from a JSONL file: for trying configurations out.
     Mock(MockSourceConfig),
+    /// Kafka topics, consumed in a consumer group.
     Kafka(KafkaSourceConfig),
+    /// A RabbitMQ (AMQP 0-9-1) queue.
     Rabbitmq(RabbitMqSourceConfig),
+    /// An Amazon SQS queue (standard or FIFO).
     Sqs(SqsSourceConfig),
 }
 

@@ -22,7 +22,7 @@ const MAX_NAME_BYTES: usize = 255;
     expecting = "a mapping with `durable` (true or false) and `arguments` (a mapping of queue arguments), e.g. {durable: true}"
 )]
 pub struct QueueDeclaration {
-    /// Default true.
+    /// Whether the queue survives a broker restart.
     #[serde(default = "default_true")]
     pub durable: bool,
     /// Queue arguments such as `x-queue-type: quorum`, `x-dead-letter-exchange: ""`,
@@ -41,20 +41,21 @@ impl Default for QueueDeclaration {
     }
 }
 
+/// An exchange for qt to declare.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with `name`, `kind` (direct, fanout, topic or headers) and `durable`"
 )]
 pub struct ExchangeDeclaration {
-    /// Required.
+    /// Exchange name, at most 255 bytes.
     #[serde(default)]
     #[schemars(extend("x-required" = true))]
     pub name: String,
-    /// `direct`, `fanout`, `topic`, `headers`. Default `direct`.
+    /// Exchange type: `direct`, `fanout`, `topic` or `headers`.
     #[serde(default = "default_kind")]
     pub kind: String,
-    /// Default true.
+    /// Whether the exchange survives a broker restart.
     #[serde(default = "default_true")]
     pub durable: bool,
 }
@@ -63,10 +64,11 @@ pub struct ExchangeDeclaration {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, expecting = "a mapping with `exchange` and `routing_key`")]
 pub struct QueueBinding {
-    /// Required (the default exchange cannot be bound).
+    /// Exchange to bind to (not the default exchange `""`, which cannot be bound).
     #[serde(default)]
     #[schemars(extend("x-required" = true))]
     pub exchange: String,
+    /// Routing key (binding key) of the binding; `""` for fanout and headers exchanges.
     #[serde(default)]
     pub routing_key: String,
 }
@@ -101,14 +103,15 @@ pub struct RabbitMqDlq {
     /// Exchange name; `""` is the default exchange, which routes by queue name.
     #[serde(default)]
     pub exchange: String,
-    /// Routing key (the DLQ queue name when `exchange` is `""`). Required.
+    /// Routing key dead letters are published with: the DLQ queue's name when `exchange` is
+    /// `""`.
     #[serde(default)]
     #[schemars(extend("x-required" = true))]
     pub routing_key: String,
     /// Declare the DLQ queue, named `routing_key`, with these settings: the same shape as
-    /// `declare.queue` (`{durable: true, arguments: {...}}`; `{}` is a durable queue without
-    /// arguments). Only with `exchange: ""`. Default: none, and the DLQ destination is
-    /// checked passively at start. (The former `declare: true` is refused with this shape.)
+    /// `declare.queue` (`{}` is a durable queue without arguments). Only with `exchange: ""`.
+    /// Unset: the DLQ destination is only checked at start. (The former `declare: true` is
+    /// refused with this shape.)
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -154,35 +157,41 @@ fn queue_declaration_not_bool<'de, D: serde::Deserializer<'de>>(
     deserializer.deserialize_any(Declaration)
 }
 
+/// `source` with `type: rabbitmq`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a mapping with the rabbitmq source fields (`url`, `queue`, `declare`, `dlq`, ...)"
 )]
 pub struct RabbitMqSourceConfig {
-    /// `amqp://user:pass@host:5672/vhost` or `amqps://` for TLS. Required; the password is
-    /// masked whenever the URL is printed. Query options such as `?heartbeat=30` are passed
-    /// to the client.
+    /// `amqp://user:pass@host:5672/vhost`, or `amqps://` for TLS; the password is masked
+    /// whenever the URL is printed. Query options such as `?heartbeat=30` are passed to the
+    /// client.
     #[serde(default)]
     #[schemars(extend("x-required" = true))]
     pub url: SecretUrl,
-    /// Queue to consume. Required. (`queue_name` is accepted as an alias.)
+    /// Queue to consume, at most 255 bytes.
     #[serde(default, alias = "queue_name")]
     #[schemars(extend("x-required" = true))]
     #[schemars(extend("x-aliases" = ["queue_name"]))]
     pub queue: String,
-    /// basic.qos prefetch count. Default: the engine's max in-flight messages.
+    /// `basic.qos` prefetch count: most unacknowledged deliveries the broker sends, at
+    /// least 1. Unset: `processing.max_in_flight`'s effective value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefetch: Option<u16>,
+    /// The queue, exchanges and bindings qt declares at start. Unset: qt only checks that
+    /// the queue exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub declare: Option<RabbitMqDeclare>,
+    /// Where qt publishes dead letters. Unset: dead-lettering a message fails and it is
+    /// redelivered, so set it when a `processing` action is `dlq`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dlq: Option<RabbitMqDlq>,
     /// Queue used for delayed requeues (per-message TTL, dead-lettering back to the main
-    /// queue); declared by qt at start unless it already exists. Default `<queue>.qt-retry`.
+    /// queue); declared by qt at start unless it already exists. Unset: `<queue>.qt-retry`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_queue: Option<String>,
-    /// CA bundle (PEM) trusted for amqps in addition to the system roots.
+    /// PEM CA bundle trusted for `amqps://` besides the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
     /// Client certificate chain (PEM) for mutual TLS. Needs `client_key_file`.
@@ -191,20 +200,21 @@ pub struct RabbitMqSourceConfig {
     /// Client private key (PKCS#8 PEM) for mutual TLS. Needs `client_cert_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key_file: Option<PathBuf>,
-    /// How long one connection attempt (TCP, TLS and AMQP handshake) may take. Default 10s.
+    /// How long one connection attempt (TCP, TLS and AMQP handshake) may take.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub connect_timeout: Duration,
     /// How long a publish (dead letter, delayed requeue, `qt send`) waits for the broker's
-    /// confirm before failing; the original message is then left for redelivery. Default 30s.
+    /// confirm before failing; the original message is then left for redelivery.
     #[serde(default = "default_confirm_timeout", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub confirm_timeout: Duration,
-    /// First reconnect delay; doubles up to `reconnect_max`. Default 500ms.
+    /// Delay before the first reconnect after the connection is lost; it doubles on each
+    /// failed attempt up to `reconnect_max`.
     #[serde(default = "default_reconnect_initial", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub reconnect_initial: Duration,
-    /// Default 30s.
+    /// Longest delay between reconnect attempts, at least `reconnect_initial`.
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub reconnect_max: Duration,
@@ -261,6 +271,7 @@ impl RabbitMqSourceConfig {
             .unwrap_or_else(|| format!("{}.qt-retry", self.queue))
     }
 
+    /// The `amqp://` URL, masked, for `security.require_tls`.
     pub fn plaintext_endpoints(&self, path: &str) -> Vec<(String, String)> {
         if self.is_tls() {
             Vec::new()

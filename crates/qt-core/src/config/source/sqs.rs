@@ -13,6 +13,7 @@ pub const SQS_MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
 /// The longest long-poll wait SQS allows.
 pub const SQS_MAX_WAIT: Duration = Duration::from_secs(20);
 
+/// `source` with `type: sqs`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
@@ -20,40 +21,41 @@ pub const SQS_MAX_WAIT: Duration = Duration::from_secs(20);
 )]
 pub struct SqsSourceConfig {
     /// Queue URL (`https://sqs.<region>.amazonaws.com/<account>/<name>`), or a bare queue
-    /// name that is looked up with GetQueueUrl on connect. Required. (`queue_name` is
-    /// accepted as an alias.) A name ending in `.fifo` is a FIFO queue.
+    /// name that is looked up with GetQueueUrl on connect. A name ending in `.fifo` is a FIFO
+    /// queue.
     #[serde(default, alias = "queue_name")]
     #[schemars(extend("x-required" = true))]
     #[schemars(extend("x-aliases" = ["queue_name"]))]
     pub queue_url: String,
-    /// AWS region. Required.
+    /// AWS region of the queue, e.g. `eu-west-1`.
     #[serde(default)]
     #[schemars(extend("x-required" = true))]
     pub region: String,
-    /// Endpoint override for local emulators (e.g. `http://127.0.0.1:4566`). Default: AWS.
+    /// Endpoint override for local emulators (e.g. `http://127.0.0.1:4566`). Unset: AWS's
+    /// endpoint for `region`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_url: Option<String>,
-    /// Named profile from the shared AWS config. Default: the standard provider chain
+    /// Named profile from the shared AWS config. Unset: the standard provider chain
     /// (environment, shared profile, web identity, container and instance credentials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
     /// Dead letters are sent here (URL or queue name), with the failure details as message
-    /// attributes, before the original is deleted. Default: none, and then a dead-letter
-    /// settlement fails and the message is left for redelivery; use the queue's own redrive
-    /// policy (`on_failure: nack`) instead.
+    /// attributes, before the original is deleted. Unset: a dead-letter settlement fails
+    /// and the message is left for redelivery; use the queue's own redrive policy
+    /// (`on_failure: nack`) instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dlq_queue_url: Option<String>,
-    /// Concurrent long-poll loops. Default 2.
+    /// Concurrent long-poll loops, 1 to 64; more carry a higher message rate.
     #[serde(default = "default_pollers")]
     pub pollers: usize,
-    /// Long-poll wait per receive, whole seconds (0s..=20s). Default 20s.
+    /// Long-poll wait per receive, whole seconds, `0s` to `20s`.
     #[serde(default = "default_wait_time", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub wait_time: Duration,
-    /// Messages per receive (1..=10). Default 10.
+    /// Messages per receive, 1 to 10.
     #[serde(default = "default_max_messages")]
     pub max_messages: i32,
-    /// Visibility timeout asked for on receive, whole seconds (1s..=12h). Default: the
+    /// Visibility timeout asked for on receive, whole seconds, `1s` to `12h`. Unset: the
     /// queue's own.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
     #[schemars(with = "Option<HumanDuration>")]
@@ -61,11 +63,11 @@ pub struct SqsSourceConfig {
     /// While a message is unsettled its visibility is extended whenever half of the
     /// visibility timeout has passed, until the message has been invisible this long since
     /// it was received; after that it is left to time out and be redelivered. `0s` turns
-    /// the heartbeat off. Default 12h (the SQS maximum).
+    /// the heartbeat off; at most `12h`, the SQS maximum.
     #[serde(default = "default_max_extension", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub max_visibility_extension: Duration,
-    /// How soon a nacked message becomes visible again, whole seconds. Default 0s.
+    /// How soon a nacked message becomes visible again, whole seconds, at most `12h`.
     #[serde(default, with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub nack_delay: Duration,
@@ -108,10 +110,12 @@ pub fn is_fifo_queue(url_or_name: &str) -> bool {
 }
 
 impl SqsSourceConfig {
+    /// Whether the queue is a FIFO queue (its name ends in `.fifo`).
     pub fn is_fifo(&self) -> bool {
         is_fifo_queue(&self.queue_url)
     }
 
+    /// The `http://` endpoints, as (field path, masked URL), for `security.require_tls`.
     pub fn plaintext_endpoints(&self, path: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for (field, value) in [
