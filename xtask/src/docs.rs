@@ -42,6 +42,14 @@ pub fn run(check: bool) -> Result<()> {
     Ok(())
 }
 
+/// The table of one configuration type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table {
+    /// The first paragraph of the type's doc comment.
+    pub about: String,
+    pub rows: Vec<Row>,
+}
+
 /// One row of a table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Row {
@@ -66,7 +74,7 @@ pub fn regenerate(text: &str, schema: &Value) -> Result<String> {
         let Some(end) = after_start.find(END) else {
             bail!("{FILE}: the table of `{path}` has no `{END}` after it");
         };
-        let Some(rows) = tables.get(&path) else {
+        let Some(table) = tables.get(&path) else {
             bail!(
                 "{FILE}: `{START}{path} -->` names no configuration type; the types are: {}",
                 names(&tables)
@@ -77,7 +85,7 @@ pub fn regenerate(text: &str, schema: &Value) -> Result<String> {
         }
         out.push_str(&rest[..start + START.len() + close + 3]);
         out.push('\n');
-        out.push_str(&render_table(rows));
+        out.push_str(&render_table(table));
         out.push_str(END);
         rest = &after_start[end + END.len()..];
     }
@@ -94,13 +102,17 @@ pub fn regenerate(text: &str, schema: &Value) -> Result<String> {
     Ok(out)
 }
 
-fn names(tables: &BTreeMap<String, Vec<Row>>) -> String {
+fn names(tables: &BTreeMap<String, Table>) -> String {
     tables.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
 }
 
-fn render_table(rows: &[Row]) -> String {
-    let mut out = String::from("| field | type | default | meaning |\n|---|---|---|---|\n");
-    for r in rows {
+fn render_table(table: &Table) -> String {
+    let mut out = String::new();
+    if !table.about.is_empty() {
+        out.push_str(&format!("{}\n\n", table.about));
+    }
+    out.push_str("| field | type | default | meaning |\n|---|---|---|---|\n");
+    for r in &table.rows {
         out.push_str(&format!(
             "| `{}` | {} | {} | {} |\n",
             r.field, r.ty, r.default, r.meaning
@@ -110,7 +122,7 @@ fn render_table(rows: &[Row]) -> String {
 }
 
 /// Every configuration type's table, by marker path.
-pub fn tables(schema: &Value) -> BTreeMap<String, Vec<Row>> {
+pub fn tables(schema: &Value) -> BTreeMap<String, Table> {
     let mut walker = Walker {
         root: schema,
         paths: BTreeMap::new(),
@@ -121,8 +133,13 @@ pub fn tables(schema: &Value) -> BTreeMap<String, Vec<Row>> {
     pending
         .into_iter()
         .map(|(path, object, tag)| {
+            let about = object
+                .get("description")
+                .and_then(Value::as_str)
+                .map(first_paragraph)
+                .unwrap_or_default();
             let rows = walker.rows(object, tag);
-            (path, rows)
+            (path, Table { about, rows })
         })
         .collect()
 }
@@ -464,8 +481,9 @@ fn is_plain(s: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn row<'a>(tables: &'a BTreeMap<String, Vec<Row>>, path: &str, field: &str) -> &'a Row {
+    fn row<'a>(tables: &'a BTreeMap<String, Table>, path: &str, field: &str) -> &'a Row {
         tables[path]
+            .rows
             .iter()
             .find(|r| r.field == field)
             .unwrap_or_else(|| panic!("no {field} in {path}: {:#?}", tables[path]))
@@ -479,11 +497,15 @@ mod tests {
         assert!(commit.meaning.starts_with("How often"), "{commit:?}");
         let brokers = row(&tables, "source.kafka", "brokers");
         assert_eq!(brokers.default, "required");
-        assert_eq!(tables["source.kafka"][0].field, "brokers", "required fields come first");
+        assert_eq!(
+            tables["source.kafka"].rows[0].field, "brokers",
+            "required fields come first"
+        );
         let topics = row(&tables, "source.kafka", "topics");
         assert!(topics.meaning.ends_with("(alias `queue_name`)"), "{topics:?}");
         assert!(
             tables["source.kafka"]
+                .rows
                 .iter()
                 .all(|r| r.field != "queue_name" && r.field != "type")
         );

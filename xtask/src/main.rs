@@ -1,6 +1,6 @@
 //! Project automation, run as `cargo xtask <command>`.
 //!
-//! - `ci`: everything CI checks (format, lints, services, all tests, docs).
+//! - `ci`: everything CI checks (format, lints, generated docs, services, all tests, docs).
 //! - `services up|status`: installs (cached outside the checkout) and starts what the
 //!   integration tests need, idempotently.
 //! - `docs [--check]`: regenerates (or checks) the configuration reference tables of
@@ -30,7 +30,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Format check, clippy (warnings denied), dependency policy, services, all tests, doc build.
+    /// Format check, clippy (warnings denied), generated docs, dependency policy, services, all
+    /// tests, doc build.
     Ci,
     /// Check licenses, bans and sources against deny.toml (offline).
     Deny,

@@ -29,6 +29,21 @@ pub enum Command {
     Send(SendArgs),
     /// Read the audit ledger the configuration writes (`jsonl` or `postgres`).
     Ledger(LedgerArgs),
+    /// The configuration format itself.
+    Config(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the configuration's JSON Schema, for editors to complete and check the YAML:
+    /// save it and put `# yaml-language-server: $schema=FILE` at the top of a configuration.
+    Schema,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,6 @@
 //! The subcommands.
 
+mod config;
 mod ledger;
 mod preflight;
 mod run;
@@ -24,6 +25,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => validate::validate(&args.config).await,
         Command::Send(args) => send::send(args).await,
         Command::Ledger(args) => ledger::ledger(args).await,
+        Command::Config(args) => config::config(&args),
     }
 }
 

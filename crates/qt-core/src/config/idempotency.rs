@@ -27,7 +27,9 @@ pub enum OnStoreError {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StoreConfig {
     /// In this process only: right for a single instance and for tests. Forgets every key on
-    /// restart.
+    /// restart. Each key of the window is kept as a 128-bit keyed fingerprint of (tenant, key)
+    /// in a 32-byte slot, at most three quarters full: 43 to 85 bytes of memory per key as the
+    /// table fills and grows (a million keys: under 80 MB).
     Memory(MemoryStoreConfig),
     /// In Redis, shared by every process of the trigger.
     Redis(RedisStoreConfig),
@@ -39,9 +41,7 @@ impl Default for StoreConfig {
     }
 }
 
-/// The in-process store. It remembers each key of the window as a 128-bit keyed fingerprint
-/// of (tenant, key) in 32-byte slots, at most three quarters full: 43 to 85 bytes of memory
-/// per key as its table fills and grows (a million keys: under 80 MB).
+/// `idempotency.store` with `type: memory`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryStoreConfig {
