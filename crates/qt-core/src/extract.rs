@@ -78,7 +78,7 @@ impl From<FieldSource> for FieldSourceRepr {
     }
 }
 
-/// Read through [`FieldSourceRepr`], which takes any of the four keys; the schema says what
+/// Read through `FieldSourceRepr`, which takes any of the four keys; the schema says what
 /// it then accepts: a mapping with exactly one of them.
 impl JsonSchema for FieldSource {
     fn schema_name() -> Cow<'static, str> {
