@@ -35,8 +35,8 @@ fn default_fsync() -> bool {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum PostgresTls {
-    /// Plaintext. The default, for a database on the same host or a private network;
-    /// refused under `security.require_tls`.
+    /// Plaintext, for a database on the same host or a private network; refused under
+    /// `security.require_tls`.
     #[default]
     Disable,
     /// Encrypted, but the server's certificate is not checked: protects against passive
