@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::schema::HumanDuration;
+use crate::config::schema::{HumanDuration, default_of};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -90,6 +90,7 @@ pub struct HttpTarget {
     /// Which HTTP version to speak. A server that does not speak a forced version fails
     /// every call (retryable).
     #[serde(default, skip_serializing_if = "HttpVersion::is_auto")]
+    #[schemars(transform = default_of::<HttpVersion>)]
     pub http_version: HttpVersion,
 }
 

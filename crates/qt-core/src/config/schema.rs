@@ -10,11 +10,18 @@
 //!   no default.
 //! - `#[schemars(extend("x-aliases" = ["old_name"]))]`: the field's serde aliases, accepted as
 //!   property names beside it.
+//!
+//! A secret's default is left out (it serializes as `***`), and a field whose
+//! `skip_serializing_if` hides its default names it with `#[schemars(transform =
+//! default_of::<T>)]`.
 
 use std::borrow::Cow;
 
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::Serialize;
 use serde_json::{Map, Value};
+
+use crate::secret::REDACTED;
 
 use super::Config;
 
@@ -45,6 +52,14 @@ impl JsonSchema for HumanDuration {
             "description": "A duration: a number and a unit, several summed, e.g. `250ms`, `30s`, `5m`, `1h 30m`, `7d`.",
             "pattern": DURATION_PATTERN,
         })
+    }
+}
+
+/// Sets a field's `default` to `T::default()`: for a field whose `skip_serializing_if`
+/// matches its default, which schemars then leaves out.
+pub(crate) fn default_of<T: Default + Serialize>(schema: &mut Schema) {
+    if let Ok(value) = serde_json::to_value(T::default()) {
+        schema.insert("default".into(), value);
     }
 }
 
@@ -84,6 +99,12 @@ fn settle_object(object: &mut Map<String, Value>) {
         let Some(property) = property.as_object_mut() else {
             continue;
         };
+        // A secret's default serializes masked, which says nothing about it.
+        if property.get("$ref") == Some(&Value::from("#/$defs/Secret"))
+            && property.get("default") == Some(&Value::from(REDACTED))
+        {
+            property.remove("default");
+        }
         if property.remove("x-required") == Some(Value::Bool(true)) {
             property.remove("default");
             required.push(name.clone());
@@ -165,6 +186,23 @@ mod tests {
             serde_json::json!([{"required": ["topics"]}, {"required": ["queue_name"]}])
         );
         assert!(!schema.to_string().contains("x-required") && !schema.to_string().contains("x-aliases"));
+    }
+
+    #[test]
+    fn a_default_hidden_by_skip_serializing_if_is_still_given_and_secrets_have_none() {
+        let schema = json_schema();
+        let http = schema["$defs"]["TargetConfig"]["oneOf"]
+            .as_array()
+            .expect("TargetConfig is a oneOf")
+            .iter()
+            .find(|v| v["properties"]["type"]["const"] == "http")
+            .expect("an http variant");
+        assert_eq!(http["properties"]["http_version"]["default"], "auto");
+        assert!(
+            schema["$defs"]["BasicAuth"]["properties"]["password"]
+                .get("default")
+                .is_none()
+        );
     }
 
     #[test]
