@@ -8,8 +8,8 @@
 //! - `#[schemars(extend("x-required" = true))]`: the field is read with a default only so that
 //!   validation can report it missing with its path; the schema lists it as required and gives
 //!   no default.
-//! - `#[schemars(extend("x-aliases" = ["old_name"]))]`: the field's serde aliases, accepted as
-//!   property names beside it.
+//! - `#[schemars(extend("x-aliases" = ["old_name"]))]`: the serde aliases of a field, accepted
+//!   as property names beside it, or of an enum value, accepted beside it.
 //!
 //! A secret's default is left out (it serializes as `***`), and a field whose
 //! `skip_serializing_if` hides its default names it with `#[schemars(transform =
