@@ -10,6 +10,8 @@
 mod adapter;
 mod file;
 mod queue;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use adapter::{MockAdapter, MockPublisher};
 pub use file::{FileError, MessageLine, read_messages};
