@@ -130,7 +130,8 @@ pub async fn a_dead_letter_carries_every_qt_header_and_the_original_body_and_hea
     close(adapter.as_ref()).await;
 }
 
-/// While paused, the adapter delivers nothing; after resume, what arrived meanwhile comes.
+/// While paused (once `pause_grace` has passed), the adapter delivers nothing; after resume,
+/// what arrived meanwhile comes.
 pub async fn pause_stops_intake_and_resume_restarts_it(queue: &dyn TestQueue) {
     let adapter = queue.adapter().await;
     if !adapter.capabilities().pause {
@@ -152,6 +153,7 @@ pub async fn pause_stops_intake_and_resume_restarts_it(queue: &dyn TestQueue) {
         .expect("ack");
 
     adapter.pause().await.expect("pause succeeds");
+    tokio::time::sleep(queue.patience().pause_grace).await;
     let during = message("while-paused");
     queue.publish(during.clone()).await;
     let quiet = queue.patience().quiet;

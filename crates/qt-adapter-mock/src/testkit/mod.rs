@@ -93,6 +93,9 @@ pub struct Patience {
     pub quiet: Duration,
     /// The delay the delayed-requeue check asks for.
     pub requeue_delay: Duration,
+    /// How long after `pause` returns the adapter may still take in messages: adapters
+    /// pause from their own task, and what the broker had already sent still arrives.
+    pub pause_grace: Duration,
 }
 
 impl Default for Patience {
@@ -101,6 +104,7 @@ impl Default for Patience {
             arrival: Duration::from_secs(15),
             quiet: Duration::from_secs(1),
             requeue_delay: Duration::from_secs(2),
+            pause_grace: Duration::from_millis(500),
         }
     }
 }
@@ -131,12 +135,36 @@ pub trait TestQueue: Send + Sync {
     }
 }
 
+/// Every check, by name: what [`conformance_suite!`](crate::conformance_suite) runs.
+pub const CHECKS: [&str; 7] = [
+    "an_acked_message_is_not_delivered_again",
+    "a_dropped_handle_is_redelivered",
+    "a_delayed_requeue_comes_back_no_earlier_than_its_delay_with_its_attempt",
+    "a_dead_letter_carries_every_qt_header_and_the_original_body_and_headers",
+    "pause_stops_intake_and_resume_restarts_it",
+    "health_reflects_a_lost_connection_and_its_recovery",
+    "close_lets_in_flight_settlements_finish",
+];
+
 /// Expands into one `#[tokio::test]` per conformance check, each running the check on a
 /// queue made by `$fresh_queue` (an async function returning a [`TestQueue`]).
+///
+/// `conformance_suite!(fresh_queue)` runs every check. To record a check the adapter fails
+/// today, list every check and mark that one `#[ignore = "why"]`; a test then fails if a
+/// check is missing from the list, so none is left out silently:
+///
+/// ```rust,ignore
+/// qt_adapter_mock::conformance_suite!(fresh_queue;
+///     an_acked_message_is_not_delivered_again,
+///     // ... every other check ...
+///     #[ignore = "close cuts acks under way: they fail and the messages are redelivered"]
+///     close_lets_in_flight_settlements_finish,
+/// );
+/// ```
 #[macro_export]
 macro_rules! conformance_suite {
     ($fresh_queue:path) => {
-        $crate::conformance_suite!(@checks $fresh_queue;
+        $crate::conformance_suite!($fresh_queue;
             an_acked_message_is_not_delivered_again,
             a_dropped_handle_is_redelivered,
             a_delayed_requeue_comes_back_no_earlier_than_its_delay_with_its_attempt,
@@ -146,13 +174,26 @@ macro_rules! conformance_suite {
             close_lets_in_flight_settlements_finish,
         );
     };
-    (@checks $fresh_queue:path; $($check:ident,)*) => {
+    ($fresh_queue:path; $($(#[$attribute:meta])* $check:ident),+ $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$attribute])*
             async fn $check() {
                 let queue = $fresh_queue().await;
                 $crate::testkit::$check(&queue).await;
             }
-        )*
+        )+
+
+        #[test]
+        fn every_conformance_check_is_listed() {
+            let mut listed = vec![$(stringify!($check)),+];
+            listed.sort_unstable();
+            let mut all = $crate::testkit::CHECKS.to_vec();
+            all.sort_unstable();
+            assert_eq!(
+                listed, all,
+                "list every conformance check once; mark one the adapter fails with #[ignore = \"why\"]"
+            );
+        }
     };
 }
