@@ -12,13 +12,13 @@ use qt_core::{AckHandle, AdapterError, AdapterSettings, Capabilities, Delivery, 
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::client_config::{self, SOURCE_PATH};
+use crate::connection::{self, SOURCE_PATH};
 use crate::consumer::{ConsumerCtx, Control, PollLoop};
 use crate::context::QtClientContext;
-use crate::handle::{KafkaSettle, SettleContext};
 use crate::health::BrokerHealth;
 use crate::publisher::KafkaPublisher;
 use crate::record;
+use crate::settle::{KafkaSettle, SettleContext};
 use crate::state::Shared;
 use qt_core::redact::Redactor;
 
@@ -74,7 +74,7 @@ impl KafkaAdapter {
     /// Validates the section (and `require_tls`) and creates the consumer and producer.
     /// Nothing is contacted until [`QueueAdapter::connect`].
     pub fn new(cfg: &KafkaSourceConfig, settings: AdapterSettings) -> Result<Self, AdapterError> {
-        client_config::check(cfg, &settings)?;
+        connection::check(cfg, &settings)?;
         let redactor = crate::redact::for_config(cfg);
         let shared = Arc::new(Shared::new());
         let client = QtClientContext::new("consumer", redactor.clone());
@@ -84,7 +84,7 @@ impl KafkaAdapter {
             drain_timeout: cfg.revoke_drain_timeout,
         };
         let consumer =
-            BaseConsumer::from_config_and_context(&client_config::consumer(cfg, &settings), ctx).map_err(|e| {
+            BaseConsumer::from_config_and_context(&connection::consumer(cfg, &settings), ctx).map_err(|e| {
                 AdapterError::Config {
                     field: format!("{SOURCE_PATH}.options"),
                     reason: format!("librdkafka refused the consumer settings: {}", redactor.redact(&e)),

@@ -16,7 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::client_config;
+use crate::connection;
 use crate::context::QtClientContext;
 use qt_core::redact::Redactor;
 
@@ -39,7 +39,7 @@ impl KafkaAdmin {
         let redactor = crate::redact::for_config(cfg);
         let context = QtClientContext::new("admin", redactor.clone());
         let admin =
-            AdminClient::from_config_and_context(&client_config::helper(cfg, "qt-admin"), context).map_err(|e| {
+            AdminClient::from_config_and_context(&connection::helper(cfg, "qt-admin"), context).map_err(|e| {
                 AdapterError::Config {
                     field: "source".to_owned(),
                     reason: format!("cannot create a Kafka admin client: {}", redactor.redact(&e)),
@@ -174,7 +174,7 @@ impl KafkaAdmin {
         if let Some(c) = groups.get(group) {
             return Ok(c.clone());
         }
-        let mut config = client_config::helper(&self.cfg, "qt-admin-offsets");
+        let mut config = connection::helper(&self.cfg, "qt-admin-offsets");
         config.set("group.id", group);
         config.set("enable.auto.commit", "false");
         let context = QtClientContext::new("admin", self.redactor.clone());

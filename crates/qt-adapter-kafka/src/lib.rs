@@ -43,19 +43,19 @@
 
 mod adapter;
 pub mod admin;
-mod client_config;
+mod connection;
 mod consumer;
 mod context;
-mod handle;
 mod health;
 pub mod offsets;
 mod publisher;
 mod record;
 mod redact;
+mod settle;
 mod state;
 
 pub use adapter::{KafkaAdapter, KafkaStatus};
 pub use admin::KafkaAdmin;
-pub use client_config::FETCH_QUEUE_BACKOFF_MS;
+pub use connection::FETCH_QUEUE_BACKOFF_MS;
 pub use publisher::{KafkaPublisher, Produced};
 pub use record::NOT_BEFORE;

@@ -14,7 +14,7 @@ use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
-use crate::client_config::{self, SOURCE_PATH};
+use crate::connection::{self, SOURCE_PATH};
 use crate::context::QtClientContext;
 use crate::record;
 use qt_core::redact::Redactor;
@@ -60,7 +60,7 @@ impl KafkaPublisher {
         redactor: Redactor,
     ) -> Result<Self, AdapterError> {
         let context = QtClientContext::new("producer", redactor);
-        let client_config = client_config::producer(cfg, &format!("qt-{}-producer", settings.trigger_name));
+        let client_config = connection::producer(cfg, &format!("qt-{}-producer", settings.trigger_name));
         let producer = FutureProducer::from_config_and_context(&client_config, context.clone()).map_err(|e| {
             AdapterError::Config {
                 field: format!("{SOURCE_PATH}.producer_options"),
@@ -174,7 +174,7 @@ impl KafkaPublisher {
 /// The parts of the section a producer needs: brokers, security, producer options.
 fn check_connection_settings(cfg: &KafkaSourceConfig, settings: &AdapterSettings) -> Result<(), AdapterError> {
     let consumer_only = ["topics", "consumer_group", "options"].map(|f| format!("{SOURCE_PATH}.{f}"));
-    let relevant = client_config::problems(cfg, settings)
+    let relevant = connection::problems(cfg, settings)
         .problems
         .into_iter()
         .filter(|p| {
@@ -183,7 +183,7 @@ fn check_connection_settings(cfg: &KafkaSourceConfig, settings: &AdapterSettings
                 .any(|c| p.path == *c || p.path.starts_with(&format!("{c}.")) || p.path.starts_with(&format!("{c}[")))
         })
         .collect::<Vec<_>>();
-    client_config::into_result(&relevant)
+    connection::into_result(&relevant)
 }
 
 #[async_trait]

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::reconnect_delay;
 use crate::context::Context;
 use crate::describe::{is_connection_loss, lapin_error};
-use crate::incoming::raw_message;
+use crate::message::raw_message;
 use crate::session::{Opened, Session};
 use crate::settle::{Original, RabbitMqSettle};
 use crate::topology::ready_messages;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use qt_core::config::RabbitMqSourceConfig;
 use qt_core::{AdapterError, AdapterSettings};
 
+use crate::connection::Endpoint;
 use crate::describe::lapin_error;
-use crate::endpoint::Endpoint;
 use crate::topology::TopologyPlan;
 
 #[derive(Debug)]

@@ -9,8 +9,8 @@ use qt_core::config::RabbitMqSourceConfig;
 use qt_core::{AdapterError, AdapterSettings, OutgoingMessage, Publisher};
 
 use crate::amqp_value::table_for;
+use crate::connection::Endpoint;
 use crate::describe::lapin_error;
-use crate::endpoint::Endpoint;
 use crate::publish::{Publication, PublishFailure, new_properties, publish_confirmed};
 
 /// Publishes messages with publisher confirms, on its own connection (opened on first use

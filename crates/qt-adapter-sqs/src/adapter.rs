@@ -19,9 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{Failure, classify, describe, resolve_queue_url, sdk_client};
 use crate::deleter::Deleter;
-use crate::handle::SqsSettle;
 use crate::poller::{Poller, Received};
 use crate::queue::{QueueCtx, visibility_seconds};
+use crate::settle::SqsSettle;
 use crate::status::Status;
 
 /// What SQS gives a queue when nobody set its visibility timeout.

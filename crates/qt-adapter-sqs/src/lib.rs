@@ -81,13 +81,13 @@ mod adapter;
 pub mod attributes;
 pub mod client;
 mod deleter;
-mod handle;
 mod inbound;
 mod lease;
 mod poller;
 mod publisher;
 mod queue;
 mod send;
+mod settle;
 mod status;
 
 pub use adapter::SqsAdapter;
