@@ -16,8 +16,8 @@ use crate::connection::{self, SOURCE_PATH};
 use crate::consumer::{ConsumerCtx, Control, PollLoop};
 use crate::context::QtClientContext;
 use crate::health::BrokerHealth;
+use crate::message;
 use crate::publisher::KafkaPublisher;
-use crate::record;
 use crate::settle::{KafkaSettle, SettleContext};
 use crate::state::Shared;
 use qt_core::redact::Redactor;
@@ -281,7 +281,7 @@ impl QueueAdapter for KafkaAdapter {
                     return Ok(taken
                         .into_iter()
                         .map(|p| {
-                            let message = record::raw_message(&p, &adapter);
+                            let message = message::raw_message(&p, &adapter);
                             Delivery::new(message, AckHandle::new(KafkaSettle::new(settle.clone(), p.origin)))
                         })
                         .collect());

@@ -25,7 +25,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientContext, config::RDKafkaLogLevel};
 
 use crate::context::QtClientContext;
-use crate::record;
+use crate::message;
 use crate::state::{Pending, Shared, TopicPartition};
 
 /// Longest a single `poll` blocks, which bounds how late pause/resume, rewinds, held
@@ -349,7 +349,7 @@ impl PollLoop {
         batch_topics.clear();
         let mut wait = timeout;
         // Taken when the first message arrived: one clock reading per batch.
-        let mut times: Option<record::Batch> = None;
+        let mut times: Option<message::Batch> = None;
         while batch.len() < room {
             match consumer.poll(wait) {
                 None => break,
@@ -362,12 +362,12 @@ impl PollLoop {
                             t
                         }
                     };
-                    let times = times.get_or_insert_with(|| record::Batch {
+                    let times = times.get_or_insert_with(|| message::Batch {
                         received_at: chrono::Utc::now(),
                         now_wall: SystemTime::now(),
                         now: Instant::now(),
                     });
-                    batch.push(record::from_kafka(&msg, topic, times));
+                    batch.push(message::from_kafka(&msg, topic, times));
                     wait = Duration::ZERO;
                 }
                 Some(Err(KafkaError::MessageConsumptionFatal(code))) => {

@@ -16,7 +16,7 @@ use rdkafka::util::Timeout;
 
 use crate::connection::{self, SOURCE_PATH};
 use crate::context::QtClientContext;
-use crate::record;
+use crate::message;
 use qt_core::redact::Redactor;
 
 /// How many messages [`KafkaPublisher::publish_many`] keeps awaiting acknowledgement at once.
@@ -123,7 +123,7 @@ impl KafkaPublisher {
                 field: "destination".to_owned(),
                 reason: "no destination topic given and the source has no topics".to_owned(),
             })?;
-        let headers = record::outgoing_headers(std::iter::empty(), &[], message.headers.iter());
+        let headers = message::outgoing_headers(std::iter::empty(), &[], message.headers.iter());
         let produced = self
             .produce(
                 topic,
@@ -136,7 +136,7 @@ impl KafkaPublisher {
                 destination: topic.to_owned(),
                 reason,
             })?;
-        Ok(record::message_id(topic, produced.partition, produced.offset))
+        Ok(message::message_id(topic, produced.partition, produced.offset))
     }
 
     /// Publishes many messages with up to a few thousand awaiting acknowledgement at once;

@@ -10,8 +10,8 @@ use qt_core::headers::{ATTEMPT, TRACEPARENT, dead_letter};
 use qt_core::{DeadLetter, Headers, Settle, SettleError, Settlement, SourceInfo};
 use rdkafka::message::OwnedHeaders;
 
+use crate::message::{self, NOT_BEFORE};
 use crate::publisher::KafkaPublisher;
-use crate::record::{self, NOT_BEFORE};
 use crate::state::{Completion, Failure, Origin, Shared};
 
 /// What the handles of one adapter share. Each received batch's handles share a copy of
@@ -85,14 +85,14 @@ impl KafkaSettle {
         let attempt = attempt.to_string();
         let mut extra = vec![(ATTEMPT, attempt)];
         if let Some(d) = delay.filter(|d| !d.is_zero()) {
-            extra.push((NOT_BEFORE, record::not_before_value(d)));
+            extra.push((NOT_BEFORE, message::not_before_value(d)));
         }
         let mut replaced = vec![ATTEMPT, NOT_BEFORE];
         if let Some(traceparent) = traceparent {
             extra.push((TRACEPARENT, traceparent));
             replaced.push(TRACEPARENT);
         }
-        let headers = record::outgoing_headers(o.record.headers(), &replaced, extra);
+        let headers = message::outgoing_headers(o.record.headers(), &replaced, extra);
         self.reproduce("requeue", topic, headers).await
     }
 
@@ -113,7 +113,7 @@ impl KafkaSettle {
         if dl.traceparent.is_some() {
             replaced.push(TRACEPARENT);
         }
-        let headers = record::outgoing_headers(o.record.headers(), &replaced, added.iter());
+        let headers = message::outgoing_headers(o.record.headers(), &replaced, added.iter());
         self.reproduce("dead-letter", topic, headers).await
     }
 

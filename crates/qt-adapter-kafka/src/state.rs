@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use crate::message::{self, RecordBytes};
 use crate::offsets::OffsetTracker;
-use crate::record::{self, RecordBytes};
 
 /// Partition lookups happen several times per message; the topic name is hashed each time,
 /// so the hasher is a fast one (the keys are broker-assigned, not attacker-chosen).
@@ -55,13 +55,13 @@ pub struct Origin {
 impl Origin {
     /// The message id (`topic/partition/offset`), for logs and errors.
     pub fn message_id(&self) -> String {
-        record::message_id(&self.tp.topic, self.tp.partition, self.offset)
+        message::message_id(&self.tp.topic, self.tp.partition, self.offset)
     }
 }
 
 /// A message taken from the broker, not yet handed to the engine: its exact bytes and
 /// where it came from. Its [`qt_core::RawMessage`] (header strings, key, message id) is
-/// made by the engine's thread as it receives the message ([`record::raw_message`]): what
+/// made by the engine's thread as it receives the message ([`message::raw_message`]): what
 /// the consumer thread allocated would be read and freed on another core, and each such
 /// block is a cache miss there and a contended free back here.
 #[derive(Debug)]

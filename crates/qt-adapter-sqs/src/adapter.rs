@@ -19,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{Failure, classify, describe, resolve_queue_url, sdk_client};
 use crate::deleter::Deleter;
+use crate::health::Status;
 use crate::poller::{Poller, Received};
 use crate::queue::{QueueCtx, visibility_seconds};
 use crate::settle::SqsSettle;
-use crate::status::Status;
 
 /// What SQS gives a queue when nobody set its visibility timeout.
 const SQS_DEFAULT_VISIBILITY: Duration = Duration::from_secs(30);

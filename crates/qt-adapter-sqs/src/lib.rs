@@ -81,15 +81,15 @@ mod adapter;
 pub mod attributes;
 pub mod client;
 mod deleter;
-mod inbound;
+mod health;
 mod lease;
+mod message;
 mod poller;
 mod publisher;
 mod queue;
 mod send;
 mod settle;
-mod status;
 
 pub use adapter::SqsAdapter;
-pub use inbound::{DEDUPLICATION_ID_HEADER, GROUP_ID_HEADER, SEQUENCE_NUMBER_HEADER};
+pub use message::{DEDUPLICATION_ID_HEADER, GROUP_ID_HEADER, SEQUENCE_NUMBER_HEADER};
 pub use publisher::SqsPublisher;

@@ -16,10 +16,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::{Instant, sleep};
 
 use crate::client::{Failure, classify, describe};
-use crate::inbound;
+use crate::health::Status;
 use crate::lease::Lease;
+use crate::message;
 use crate::queue::QueueCtx;
-use crate::status::Status;
 
 /// The pause after each of a run of failed receives.
 const RECEIVE_BACKOFF: Backoff = Backoff {
@@ -175,8 +175,8 @@ impl Poller {
             permits.push(permit.split(1).expect("one permit per message was taken"));
         }
         permits.push(permit);
-        for (message, message_permit) in messages.into_iter().zip(permits) {
-            let inbound = match inbound::convert(message, &self.ctx.url, received_at) {
+        for (sqs_message, message_permit) in messages.into_iter().zip(permits) {
+            let inbound = match message::convert(sqs_message, &self.ctx.url, received_at) {
                 Ok(inbound) => inbound,
                 Err(why) => {
                     tracing::warn!(queue = %self.ctx.url, why, "skipping a message SQS sent incomplete");
