@@ -316,9 +316,11 @@ pub fn outgoing_headers<'a, K: AsRef<str>, V: AsRef<str>>(
 /// Milliseconds since the Unix epoch, `delay` from now.
 pub fn not_before_value(delay: Duration) -> String {
     let due = SystemTime::now() + delay;
+    // Rounded up: a whole millisecond rounded down would let the message back before its delay.
     due.duration_since(UNIX_EPOCH)
         .unwrap_or_default()
-        .as_millis()
+        .as_nanos()
+        .div_ceil(1_000_000)
         .to_string()
 }
 
@@ -336,6 +338,17 @@ mod tests {
             format!("t/{}/{}", i32::MAX, i64::MAX)
         );
         assert_eq!(message_id("t", -1, i64::MIN), format!("t/-1/{}", i64::MIN));
+    }
+
+    #[test]
+    fn a_not_before_time_is_never_earlier_than_now_plus_the_delay() {
+        for delay_ms in [0, 1, 250, 30_000] {
+            let delay = Duration::from_millis(delay_ms) + Duration::from_micros(300);
+            let earliest = SystemTime::now() + delay;
+            let written: u64 = not_before_value(delay).parse().expect("milliseconds");
+            let due = UNIX_EPOCH + Duration::from_millis(written);
+            assert!(due >= earliest, "{delay:?}: due {due:?} before {earliest:?}");
+        }
     }
 
     #[test]
