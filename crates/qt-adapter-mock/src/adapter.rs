@@ -1,13 +1,11 @@
-//! The adapter, its settle handles and its publisher.
+//! The adapter: receiving from the in-memory queue, pausing, health and backlog.
 
 use async_trait::async_trait;
-use qt_core::{
-    AckHandle, AdapterError, Capabilities, Delivery, Health, OrderingUnit, OutgoingMessage, Publisher, QueueAdapter,
-    RawMessage, Settle, SettleError, Settlement,
-};
+use qt_core::{AckHandle, AdapterError, Capabilities, Delivery, Health, OrderingUnit, QueueAdapter, RawMessage};
 use tokio::time::Instant;
 
-use crate::queue::{MockQueue, Settled};
+use crate::queue::MockQueue;
+use crate::settle::MockSettle;
 
 /// The [`QueueAdapter`] side of a [`MockQueue`].
 #[derive(Debug, Clone)]
@@ -22,81 +20,6 @@ impl MockAdapter {
 
     pub fn queue_handle(&self) -> &MockQueue {
         &self.queue
-    }
-}
-
-struct MockSettle {
-    queue: MockQueue,
-    message: RawMessage,
-}
-
-#[async_trait]
-impl Settle for MockSettle {
-    async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), SettleError> {
-        let MockSettle { queue, mut message } = *self;
-        let inner = &queue.inner;
-        match settlement {
-            Settlement::DeadLetter(dl) => {
-                let id = message.message_id.clone();
-                return queue.record_dead_letter(message, *dl).map_err(|e| SettleError::Broker {
-                    operation: "dead-letter",
-                    queue: inner.name.to_string(),
-                    message_id: id,
-                    reason: e.to_string(),
-                });
-            }
-            Settlement::Ack => {
-                let mut s = inner.state.lock();
-                s.outstanding -= 1;
-                s.acked_count += 1;
-                if inner.keep_history {
-                    s.acked.push(Settled { message });
-                }
-                let idle = s.pending() == 0;
-                drop(s);
-                queue.notify_if_idle(idle);
-            }
-            Settlement::Nack => {
-                let mut s = inner.state.lock();
-                s.outstanding -= 1;
-                s.nacked.push(Settled { message });
-                let idle = s.pending() == 0;
-                drop(s);
-                queue.notify_if_idle(idle);
-            }
-            Settlement::Requeue {
-                delay,
-                attempt,
-                traceparent,
-            } => {
-                message.headers.insert(qt_core::headers::ATTEMPT, attempt.to_string());
-                if let Some(traceparent) = traceparent {
-                    message.headers.insert(qt_core::headers::TRACEPARENT, traceparent);
-                }
-                let mut s = inner.state.lock();
-                s.outstanding -= 1;
-                if inner.keep_history {
-                    s.requeued.push((
-                        Settled {
-                            message: message.clone(),
-                        },
-                        delay,
-                    ));
-                }
-                match delay {
-                    Some(d) if !d.is_zero() => s.delay(message, d),
-                    _ => s.ready.push_back(message),
-                }
-                drop(s);
-                inner.available.notify_one();
-            }
-        }
-        Ok(())
-    }
-
-    fn abandon(self: Box<Self>) {
-        let MockSettle { queue, message } = *self;
-        queue.put_back(message);
     }
 }
 
@@ -195,33 +118,5 @@ impl QueueAdapter for MockAdapter {
 
     async fn close(&self) -> Result<(), AdapterError> {
         Ok(())
-    }
-}
-
-/// Publishes into a [`MockQueue`] (what `qt send` uses for the mock source).
-#[derive(Debug, Clone)]
-pub struct MockPublisher {
-    queue: MockQueue,
-}
-
-impl MockPublisher {
-    pub(crate) fn new(queue: MockQueue) -> Self {
-        Self { queue }
-    }
-}
-
-#[async_trait]
-impl Publisher for MockPublisher {
-    async fn publish(&self, message: OutgoingMessage) -> Result<Option<String>, AdapterError> {
-        let id = message
-            .headers
-            .get("x-message-id")
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("sent-{}", uuid::Uuid::now_v7()));
-        let mut source = self.queue.source_info();
-        source.key = message.key;
-        let raw = RawMessage::new(id.clone(), message.body, source).with_headers(message.headers);
-        self.queue.enqueue(raw);
-        Ok(Some(id))
     }
 }

@@ -9,10 +9,13 @@
 
 mod adapter;
 mod file;
+mod publisher;
 mod queue;
+mod settle;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use adapter::{MockAdapter, MockPublisher};
+pub use adapter::MockAdapter;
 pub use file::{FileError, MessageLine, read_messages};
+pub use publisher::MockPublisher;
 pub use queue::{DeadLettered, MockQueue, Settled};

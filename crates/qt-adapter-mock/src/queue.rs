@@ -11,8 +11,9 @@ use qt_core::{DeadLetter, Headers, RawMessage, SourceInfo};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::adapter::{MockAdapter, MockPublisher};
+use crate::adapter::MockAdapter;
 use crate::file::{FileError, append_dead_letter, read_messages};
+use crate::publisher::MockPublisher;
 
 /// A message settled by the engine, as the test handle shows it.
 #[derive(Clone, Debug)]
