@@ -132,7 +132,7 @@ impl Sqs {
         };
         let credentials = Credentials::new(ACCESS_KEY_ID, SECRET_ACCESS_KEY, None, None, "qt-e2e");
         let client = runtime
-            .block_on(qt_adapter_sqs::client::sdk_client(
+            .block_on(qt_adapter_sqs::connection::sdk_client(
                 &cfg,
                 false,
                 Some(SharedCredentialsProvider::new(credentials)),

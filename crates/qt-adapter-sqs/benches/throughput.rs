@@ -33,7 +33,7 @@ use aws_sdk_sqs::types::{
 };
 use futures::StreamExt;
 use qt_adapter_sqs::SqsAdapter;
-use qt_adapter_sqs::client::sdk_client;
+use qt_adapter_sqs::connection::sdk_client;
 use qt_bench_support::{NoOpAgent, dedup_key, env_or, median, order_body, run_until_succeeded, tenant_of};
 use qt_core::config::{Config, FailureAction, LedgerConfig, SourceConfig, SqsSourceConfig, UnprocessableAction};
 use qt_core::{AdapterSettings, LedgerStatus};

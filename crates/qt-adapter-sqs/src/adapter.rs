@@ -17,7 +17,7 @@ use tokio::sync::{OnceCell, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Failure, classify, describe, resolve_queue_url, sdk_client};
+use crate::connection::{Failure, classify, describe, resolve_queue_url, sdk_client};
 use crate::deleter::Deleter;
 use crate::health::Status;
 use crate::poller::{Poller, Received};

@@ -15,7 +15,7 @@ use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::{Instant, sleep, sleep_until};
 
-use crate::client::{Failure, classify, describe};
+use crate::connection::{Failure, classify, describe};
 
 /// Longest an ack waits for others to share its DeleteMessageBatch call.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(10);

@@ -16,7 +16,7 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Failure, classify, describe};
+use crate::connection::{Failure, classify, describe};
 use crate::queue::{QueueCtx, visibility_seconds};
 
 /// SQS counts its 12h visibility limit from its own receipt, a little before ours.

@@ -79,7 +79,7 @@
 
 mod adapter;
 pub mod attributes;
-pub mod client;
+pub mod connection;
 mod deleter;
 mod health;
 mod lease;

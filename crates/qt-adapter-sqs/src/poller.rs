@@ -15,7 +15,7 @@ use qt_core::{Backoff, RawMessage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::{Instant, sleep};
 
-use crate::client::{Failure, classify, describe};
+use crate::connection::{Failure, classify, describe};
 use crate::health::Status;
 use crate::lease::Lease;
 use crate::message;

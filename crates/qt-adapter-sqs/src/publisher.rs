@@ -9,7 +9,7 @@ use qt_core::config::SqsSourceConfig;
 use qt_core::{AdapterError, AdapterSettings, OutgoingMessage, Publisher};
 use tokio::sync::OnceCell;
 
-use crate::client::{resolve_queue_url, sdk_client};
+use crate::connection::{resolve_queue_url, sdk_client};
 use crate::send::{Outgoing, send};
 
 /// Publishes to the configured queue (or `OutgoingMessage::destination`, a queue URL or

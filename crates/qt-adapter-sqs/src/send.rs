@@ -6,7 +6,7 @@ use qt_core::Headers;
 use qt_core::config::is_fifo_queue;
 
 use crate::attributes::{is_sqs_char, to_attributes};
-use crate::client::describe;
+use crate::connection::describe;
 
 /// One message to send.
 #[derive(Debug)]

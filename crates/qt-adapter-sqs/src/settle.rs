@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use qt_core::{DeadLetter, Headers, Settle, SettleError, Settlement, SourceInfo};
 
-use crate::client::describe;
+use crate::connection::describe;
 use crate::lease::Lease;
 use crate::queue::QueueCtx;
 use crate::send::{Outgoing, send};

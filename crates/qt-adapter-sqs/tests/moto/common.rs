@@ -8,7 +8,7 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{Credentials, SharedCredentialsProvider};
 use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
 use qt_adapter_sqs::SqsAdapter;
-use qt_adapter_sqs::client::sdk_client;
+use qt_adapter_sqs::connection::sdk_client;
 use qt_core::config::SqsSourceConfig;
 use qt_core::{AdapterSettings, Delivery, QueueAdapter};
 use tokio::time::{Instant, timeout};
