@@ -15,6 +15,10 @@
 //!
 //! A settle returns once its ack frame is written, as with a single `basic.ack`; if the
 //! connection dies first, the broker redelivers the message.
+//!
+//! Closing the adapter drains the batcher ([`AckBatcher::drain`]): every ack already
+//! requested is still sent before the connection closes. Losing the connection stops it
+//! at once ([`AckBatcher::close`]): there is no channel left to send on.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -43,7 +47,12 @@ pub(crate) struct AckBatcher {
     channel: Channel,
     state: parking_lot::Mutex<State>,
     wake: Notify,
+    /// Stop now, failing what is queued.
     closed: CancellationToken,
+    /// Send what is queued, then stop.
+    draining: CancellationToken,
+    /// Cancelled once the flusher has stopped.
+    finished: CancellationToken,
 }
 
 #[derive(Default)]
@@ -99,6 +108,8 @@ impl AckBatcher {
             state: parking_lot::Mutex::new(State::default()),
             wake: Notify::new(),
             closed: CancellationToken::new(),
+            draining: CancellationToken::new(),
+            finished: CancellationToken::new(),
         });
         tokio::spawn(Arc::clone(&batcher).flush_loop());
         batcher
@@ -139,17 +150,37 @@ impl AckBatcher {
         self.closed.cancel();
     }
 
+    /// Sends every ack requested so far, waits until their frames are written, and stops
+    /// the flusher; acks requested after that fail with [`AckFailure::Closed`].
+    pub(crate) async fn drain(&self) {
+        self.draining.cancel();
+        self.finished.cancelled().await;
+    }
+
     async fn flush_loop(self: Arc<Self>) {
         loop {
-            tokio::select! {
+            let draining = tokio::select! {
                 biased;
                 () = self.closed.cancelled() => break,
-                () = self.wake.notified() => {}
-            }
+                () = self.draining.cancelled() => true,
+                () = self.wake.notified() => false,
+            };
             loop {
-                let round = self.state.lock().take_round();
+                let round = {
+                    let mut state = self.state.lock();
+                    let round = state.take_round();
+                    // Stopping under the same lock that found nothing left to send: no ack
+                    // can be requested in between and be left unsent.
+                    if round.is_none() && draining {
+                        state.stopped = true;
+                    }
+                    round
+                };
                 let Some(round) = round else { break };
                 self.send(round).await;
+            }
+            if draining {
+                break;
             }
         }
         let abandoned = {
@@ -160,6 +191,7 @@ impl AckBatcher {
         for (_, waiter) in abandoned {
             let _ = waiter.send(Err(AckFailure::Closed));
         }
+        self.finished.cancel();
     }
 
     async fn send(&self, round: Round) {

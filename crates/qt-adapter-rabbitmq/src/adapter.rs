@@ -9,6 +9,10 @@
 //! fail with [`qt_core::SettleError::ConnectionLost`].
 //!
 //! The buffer holds at most what the broker sends, which the prefetch (basic.qos) bounds.
+//!
+//! [`QueueAdapter::close`] first stops intake (cancels the consumer), then lets the
+//! settlements already under way finish, and only then closes the connection; deliveries
+//! never handed out, and those whose settle did not finish in time, are redelivered.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,12 +31,17 @@ use crate::backoff::reconnect_delay;
 use crate::context::Context;
 use crate::describe::{is_connection_loss, lapin_error};
 use crate::message::raw_message;
-use crate::session::{Opened, Session};
+use crate::session::{CLOSE_TIMEOUT, Opened, SETTLE_DRAIN_TIMEOUT, Session};
 use crate::settle::{Original, RabbitMqSettle};
 use crate::topology::ready_messages;
 
-/// How long `close` waits for the supervisor to close the connection.
-const CLOSE_WAIT: Duration = Duration::from_secs(10);
+/// How long `close` waits for the supervisor to close the connection: each of its steps is
+/// bounded (cancelling the consumer, waiting for settlements, closing the connection), and
+/// this covers them all with a second to spare.
+const CLOSE_WAIT: Duration = CLOSE_TIMEOUT
+    .saturating_add(SETTLE_DRAIN_TIMEOUT)
+    .saturating_add(CLOSE_TIMEOUT)
+    .saturating_add(Duration::from_secs(1));
 
 /// Consumes one RabbitMQ queue. See the crate documentation for what each settlement does.
 pub struct RabbitMqAdapter {
@@ -312,6 +321,10 @@ async fn supervise(inner: Arc<Inner>, mut opened: Opened, tx: mpsc::UnboundedSen
     loop {
         let end = run_session(&inner, &mut opened, &tx).await;
         let lost = opened.session.clone();
+        if matches!(end, SessionEnd::Closed) {
+            stop_intake(&inner, &mut opened).await;
+            lost.finish_settlements().await;
+        }
         lost.shutdown().await;
         inner.state.lock().session = None;
         let reason = match end {
@@ -463,6 +476,26 @@ async fn run_session(inner: &Inner, opened: &mut Opened, tx: &mpsc::UnboundedSen
                     ));
                 }
             },
+        }
+    }
+}
+
+/// Cancels the consumer so that the broker sends nothing more while settlements finish.
+/// Deliveries it sent before the cancel are never handed out; closing the connection returns
+/// them to the queue.
+/// (`&mut`: the event stream in `Opened` is `Send` but not `Sync`.)
+async fn stop_intake(inner: &Inner, opened: &mut Opened) {
+    if opened.consumer.is_none() {
+        return;
+    }
+    let queue = &inner.ctx.plan.queue;
+    match tokio::time::timeout(CLOSE_TIMEOUT, opened.session.cancel_consumer()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(%queue, error = %inner.redact(&e), "cancelling the consumer on close failed");
+        }
+        Err(_) => {
+            tracing::debug!(%queue, "cancelling the consumer on close took longer than {CLOSE_TIMEOUT:?}");
         }
     }
 }

@@ -5,6 +5,11 @@
 //! fails, the session is marked dead and a new one replaces it; handles of messages the dead
 //! session delivered refuse to settle (the broker redelivers those messages), so a delivery
 //! tag is never used on a channel other than the one that issued it.
+//!
+//! Closing a session politely ([`Session::finish_settlements`]) lets the settlements already
+//! under way finish before the connection goes: acks already requested are sent, and copies
+//! being published (dead letters, delayed requeues) get their confirm and the ack of their
+//! original. Settlements started after that fail and their messages are redelivered.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,13 +20,22 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions}
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer, Event};
 use qt_core::AdapterError;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::acks::AckBatcher;
 use crate::context::Context;
 use crate::describe::lapin_error;
 
 /// How long closing a connection politely may take before it is abandoned.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long closing the adapter waits for settlements already under way. Acks need only
+/// their frames written and a healthy broker confirms a copy within milliseconds, so this
+/// is ample; it is shorter than the default `confirm_timeout` because a broker that holds
+/// confirms back (a resource alarm) should not hold a shutdown for as long. Whatever is cut
+/// short is redelivered by the broker, never lost.
+pub(crate) const SETTLE_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) struct Session {
     /// Counts sessions of one adapter, for logs.
@@ -37,6 +51,9 @@ pub(crate) struct Session {
     /// Channel for passive queries (backlog); reopened after an error closes it.
     query: tokio::sync::Mutex<Option<Channel>>,
     alive: AtomicBool,
+    /// Settlements other than plain acks (those the ack batcher tracks) under way; closed
+    /// when the adapter starts closing.
+    settling: TaskTracker,
 }
 
 /// What the supervisor needs beside the session itself.
@@ -82,6 +99,7 @@ impl Session {
             publish: tokio::sync::Mutex::new(None),
             query: tokio::sync::Mutex::new(None),
             alive: AtomicBool::new(true),
+            settling: TaskTracker::new(),
         });
         let consumer = if paused {
             None
@@ -131,6 +149,41 @@ impl Session {
     /// Whether deliveries of this session can still be settled.
     pub(crate) fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire) && self.connection.status().connected() && self.consume.status().connected()
+    }
+
+    /// Registers a settlement that publishes or rejects (anything but a plain ack) for
+    /// [`Session::finish_settlements`] to wait for; `None` once the session is closing.
+    /// Hold the token until the settlement is done.
+    pub(crate) fn start_settlement(&self) -> Option<TaskTrackerToken> {
+        // Counted before the check, on the same atomic that closing sets: either closing
+        // sees this settlement and waits for it, or this check sees closing.
+        let token = self.settling.token();
+        (!self.settling.is_closed()).then_some(token)
+    }
+
+    /// Whether the adapter is closing this session and takes no new settlements.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.settling.is_closed()
+    }
+
+    /// Refuses new settlements, then waits (up to [`SETTLE_DRAIN_TIMEOUT`]) for those under
+    /// way: copies waiting for their confirm, and every ack requested, until its frame is
+    /// written. The connection stays open; [`Session::shutdown`] closes it.
+    pub(crate) async fn finish_settlements(&self) {
+        self.settling.close();
+        let finished = async {
+            // Copies first: each acks its original when confirmed, through the batcher.
+            self.settling.wait().await;
+            self.acks.drain().await;
+        };
+        if tokio::time::timeout(SETTLE_DRAIN_TIMEOUT, finished).await.is_err() {
+            tracing::warn!(
+                queue = %self.ctx.plan.queue,
+                in_flight = self.settling.len(),
+                "settlements under way did not finish within {SETTLE_DRAIN_TIMEOUT:?} of closing; the broker \
+                 redelivers their messages"
+            );
+        }
     }
 
     pub(crate) fn mark_dead(&self) {

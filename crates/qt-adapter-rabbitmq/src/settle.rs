@@ -13,6 +13,9 @@
 //! well: at least once, never lost. When writing the copy fails, the original is returned to
 //! the queue (`basic.nack(requeue)`) one second later, and the settle reports the error. A
 //! handle dropped unsettled is returned at once.
+//!
+//! Closing the adapter lets settlements already under way finish (see [`crate::session`]);
+//! one started after the close began fails, and the broker redelivers its message.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +77,13 @@ impl RabbitMqSettle {
         }
     }
 
+    fn closing(&self, operation: &'static str) -> SettleError {
+        self.broker_error(
+            operation,
+            "the adapter is closing and takes no new settlements; the broker redelivers the message",
+        )
+    }
+
     fn broker_error(&self, operation: &'static str, reason: impl std::fmt::Display) -> SettleError {
         SettleError::Broker {
             operation,
@@ -97,6 +107,7 @@ impl RabbitMqSettle {
     async fn ack(&self) -> Result<(), SettleError> {
         match self.session.acks.ack(self.delivery_tag).await {
             Ok(()) => Ok(()),
+            Err(AckFailure::Closed) if self.session.is_closing() => Err(self.closing("ack")),
             Err(AckFailure::Closed) => Err(self.lost()),
             Err(AckFailure::Broker(e)) => self.acked("ack", Err(e)),
             Err(AckFailure::UnknownTag) => Err(self.broker_error(
@@ -219,18 +230,12 @@ impl Settle for RabbitMqSettle {
             return Err(self.lost());
         }
         let outcome = match settlement {
+            // Acks in flight are the ack batcher's to finish when the adapter closes.
             Settlement::Ack => self.ack().await,
-            Settlement::Nack => self.nack(false).await,
-            Settlement::Requeue {
-                delay,
-                attempt,
-                traceparent,
-            } => match delay.filter(|d| !d.is_zero()) {
-                // The broker puts the message itself back: it keeps its headers.
-                None => self.nack(true).await,
-                Some(delay) => self.requeue_later(delay, attempt, traceparent).await,
+            other => match self.session.start_settlement() {
+                Some(_in_flight) => self.publish_or_reject(other).await,
+                None => Err(self.closing("settle")),
             },
-            Settlement::DeadLetter(dead_letter) => self.dead_letter(&dead_letter).await,
         };
         if outcome.is_err() {
             // The original was neither acked nor rejected (the copy could not be written).
@@ -246,6 +251,24 @@ impl Settle for RabbitMqSettle {
 }
 
 impl RabbitMqSettle {
+    /// Every settlement but a plain ack.
+    async fn publish_or_reject(&self, settlement: Settlement) -> Result<(), SettleError> {
+        match settlement {
+            Settlement::Ack => self.ack().await,
+            Settlement::Nack => self.nack(false).await,
+            Settlement::Requeue {
+                delay,
+                attempt,
+                traceparent,
+            } => match delay.filter(|d| !d.is_zero()) {
+                // The broker puts the message itself back: it keeps its headers.
+                None => self.nack(true).await,
+                Some(delay) => self.requeue_later(delay, attempt, traceparent).await,
+            },
+            Settlement::DeadLetter(dead_letter) => self.dead_letter(&dead_letter).await,
+        }
+    }
+
     /// Returns the message to the queue with `basic.nack(requeue)` after `delay`. On a live
     /// channel RabbitMQ would otherwise hold it unacknowledged, out of every consumer's reach,
     /// until the connection closes. Nothing to do when the channel is gone or the delivery

@@ -118,7 +118,5 @@ qt_adapter_mock::conformance_suite!(fresh_queue;
     a_dead_letter_carries_every_qt_header_and_the_original_body_and_headers,
     pause_stops_intake_and_resume_restarts_it,
     health_reflects_a_lost_connection_and_its_recovery,
-    #[ignore = "close marks the session dead at once: an ack under way fails with ConnectionLost and the \
-                broker redelivers the message (the engine settles everything before it closes the adapter)"]
     close_lets_in_flight_settlements_finish,
 );

@@ -6,12 +6,13 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::*;
+use futures::future::join_all;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use qt_adapter_rabbitmq::{RabbitMqAdapter, RabbitMqPublisher};
 use qt_core::config::{QueueDeclaration, RabbitMqDeclare, RabbitMqDlq};
 use qt_core::headers::{ATTEMPT, dead_letter};
-use qt_core::{DeadLetter, ErrorClass, Health, OutgoingMessage, Publisher, QueueAdapter, SettleError};
+use qt_core::{DeadLetter, ErrorClass, Health, OutgoingMessage, Publisher, QueueAdapter, SettleError, Settlement};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -167,6 +168,72 @@ async fn delayed_requeue_returns_after_the_delay_with_the_attempt_header() {
     back.handle.ack().await.unwrap();
     adapter.close().await.unwrap();
     assert_eq!(broker.ready(&q).await, 0);
+    assert_eq!(broker.ready(&retry).await, 0);
+}
+
+#[tokio::test]
+async fn settlements_under_way_when_close_begins_still_reach_the_broker() {
+    const ACKED: usize = 20;
+    let broker = Broker::connect().await;
+    let q = unique("close-drain");
+    let adapter_cfg = config(&broker_url(), &q);
+    let retry = adapter_cfg.retry_queue_name();
+    let _cleanup = Cleanup::new(&[&q, &retry]);
+    broker.declare(&q, FieldTable::default()).await;
+    for i in 0..ACKED {
+        let id = format!("ack-{i}");
+        broker.publish(&q, id.as_bytes(), with_id(&id)).await;
+    }
+    broker.publish(&q, b"retry", with_id("retry")).await;
+
+    let adapter = RabbitMqAdapter::new(&adapter_cfg, settings(64)).unwrap();
+    adapter.connect().await.unwrap();
+    let got = receive_n(&adapter, ACKED + 1, WAIT).await;
+    let mut settling: Vec<_> = got
+        .into_iter()
+        .map(|d| {
+            let settlement = if d.message.message_id == "retry" {
+                Settlement::Requeue {
+                    delay: Some(Duration::from_millis(300)),
+                    attempt: 2,
+                    traceparent: None,
+                }
+            } else {
+                Settlement::Ack
+            };
+            (d.message.message_id.clone(), d.handle.settle(settlement))
+        })
+        .collect();
+    // Each polled once, so every settlement has started before close begins. On this
+    // single-threaded runtime, the yield lets the ack batcher take the first half and start
+    // sending it; the second half (with the delayed requeue) is still queued at the close.
+    let (first, second) = settling.split_at_mut(ACKED / 2);
+    for (id, s) in first {
+        assert!(futures::poll!(s).is_pending(), "{id} settled before close began");
+    }
+    tokio::task::yield_now().await;
+    for (id, s) in second {
+        assert!(futures::poll!(s).is_pending(), "{id} settled before close began");
+    }
+    let finish = join_all(settling.into_iter().map(|(id, s)| async move { (id, s.await) }));
+    let (results, closed) = tokio::join!(finish, adapter.close());
+    closed.unwrap();
+    for (id, result) in results {
+        if let Err(e) = result {
+            panic!("settling {id} failed while the adapter closed: {e}");
+        }
+    }
+
+    // The acked messages are gone for good; the requeued one comes back through the retry
+    // queue as a copy carrying its attempt.
+    broker.wait_ready(&q, 1, WAIT).await;
+    let back = broker.get(&q).await.expect("the requeued copy is back");
+    assert_eq!(
+        back.delivery.properties.message_id().as_ref().unwrap().as_str(),
+        "retry"
+    );
+    assert_eq!(header(&back.delivery.properties, ATTEMPT).as_deref(), Some("2"));
+    assert_eq!(broker.ready(&q).await, 0, "an acked message was redelivered");
     assert_eq!(broker.ready(&retry).await, 0);
 }
 
