@@ -29,6 +29,7 @@ const NOTES: &[&str] = &[
     "dead-lettering produces to dlq_topic and marks the original finished only after the broker confirms; without dlq_topic it fails and the message stays uncommitted",
     "a failed settle or a dropped handle rewinds the partition to its first unfinished offset after redelivery_delay, so later messages of that partition are delivered again too",
     "a crash or lost partition redelivers everything after the last commit (at-least-once); idempotency (dedup) skips the repeats",
+    "close stops intake, waits up to revoke_drain_timeout for requeues and dead letters under way, then commits; a requeue or dead letter started after close began fails and its message is delivered again",
     "ordering: messages are delivered in partition order; requeued messages come back later, out of order",
 ];
 

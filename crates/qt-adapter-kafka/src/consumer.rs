@@ -13,6 +13,9 @@
 //! Rebalance callbacks run on this thread too, inside `poll`: on revocation it stops taking
 //! messages from the revoked partitions, waits (bounded) for the engine to settle what it
 //! holds of them, commits the completed prefix and lets them go.
+//!
+//! Close ends the loop the same way: nothing more is taken, requeues and dead letters
+//! under way get the same bounded wait, then the completed prefix is committed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -497,10 +500,24 @@ impl PollLoop {
         }
     }
 
-    /// Commits the completed prefix of every partition and leaves the group. Dropping the
-    /// consumer closes it: librdkafka revokes the assignment (the revoke callback commits
-    /// anything that finished meanwhile, without waiting) and leaves the group.
+    /// Waits (up to `revoke_drain_timeout`, as a revocation does) for requeues and dead
+    /// letters under way, commits the completed prefix of every partition and leaves the
+    /// group. Without the wait, a copy confirmed after the final commit would finish its
+    /// offset too late: the message would be delivered again besides being copied.
+    /// Dropping the consumer closes it: librdkafka revokes the assignment (the revoke
+    /// callback commits anything that finished meanwhile, without waiting) and leaves the
+    /// group.
     fn shutdown(self) {
+        let drain_timeout = self.consumer.context().drain_timeout;
+        let still_underway = self.shared.wait_underway(Instant::now() + drain_timeout);
+        if still_underway > 0 {
+            tracing::warn!(
+                underway = still_underway,
+                timeout = ?drain_timeout,
+                "closing while requeues or dead letters still wait for the broker after revoke_drain_timeout; \
+                 their messages stay uncommitted and are delivered again, even if the copy is written"
+            );
+        }
         self.commit_now();
         let health = self.consumer.context().client.health().clone();
         let shared = self.shared.clone();

@@ -12,7 +12,7 @@ use rdkafka::message::OwnedHeaders;
 
 use crate::message::{self, NOT_BEFORE};
 use crate::publisher::KafkaPublisher;
-use crate::state::{Completion, Failure, Origin, Shared};
+use crate::state::{Completion, Failure, Origin, Refusal, Shared};
 
 /// What the handles of one adapter share. Each received batch's handles share a copy of
 /// their own (cheap: shared parts and two topic names): every handle holds it until its
@@ -60,6 +60,18 @@ impl SettleContext {
         SettleError::ConnectionLost {
             message_id: origin.message_id(),
         }
+    }
+}
+
+/// A requeue or dead letter under way, from its start until its outcome is recorded (or
+/// its future is dropped). Dropped after the outcome, so a close waiting for it commits
+/// the message's offset when the copy is confirmed.
+struct Underway<'a>(&'a Shared);
+
+impl Drop for Underway<'_> {
+    fn drop(&mut self) {
+        self.0.lock().end_underway();
+        self.0.notify_settled();
     }
 }
 
@@ -143,13 +155,23 @@ impl KafkaSettle {
         }
     }
 
-    /// A copy produced for a partition this consumer no longer owns would duplicate the
-    /// redelivery its new owner is about to process.
-    fn check_current(&self) -> Result<(), SettleError> {
-        if self.ctx.shared.lock().is_current(&self.origin) {
-            Ok(())
-        } else {
-            Err(SettleContext::stale(&self.origin))
+    /// Counts the settlement as under way until the returned guard is dropped, so close
+    /// waits for its copy. A copy produced for a partition this consumer no longer owns
+    /// would duplicate the redelivery its new owner is about to process, and one started
+    /// once close began could land after the final commit; both are refused.
+    fn begin_underway(&self, operation: &'static str) -> Result<Underway<'_>, SettleError> {
+        let started = self.ctx.shared.lock().begin_underway(&self.origin);
+        match started {
+            Ok(()) => Ok(Underway(&self.ctx.shared)),
+            Err(Refusal::Stale) => Err(SettleContext::stale(&self.origin)),
+            Err(Refusal::Closing) => Err(SettleError::Broker {
+                operation,
+                queue: self.origin.tp.topic.to_string(),
+                message_id: self.origin.message_id(),
+                reason: "the adapter is closing; the message stays uncommitted and the consumer group \
+                         delivers it again"
+                    .to_owned(),
+            }),
         }
     }
 
@@ -199,12 +221,12 @@ impl Settle for KafkaSettle {
                 attempt,
                 traceparent,
             } => {
-                self.check_current()?;
+                let _underway = self.begin_underway("requeue")?;
                 let produced = self.requeue(delay, attempt, traceparent).await;
                 self.after_produce("requeue", produced)
             }
             Settlement::DeadLetter(dl) => {
-                self.check_current()?;
+                let _underway = self.begin_underway("dead-letter")?;
                 let produced = self.dead_letter(&dl).await;
                 self.after_produce("dead-letter", produced)
             }

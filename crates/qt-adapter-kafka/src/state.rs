@@ -161,6 +161,15 @@ pub enum Failure {
     LeftToBroker,
 }
 
+/// Why a settlement that produces a copy (requeue, dead letter) was not started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The partition was revoked or rewound since the message was delivered.
+    Stale,
+    /// The adapter is closing: its final commit would not wait for this copy.
+    Closing,
+}
+
 #[derive(Debug, Default)]
 pub struct State {
     pub partitions: PartitionMap<PartitionState>,
@@ -169,6 +178,9 @@ pub struct State {
     next_epoch: u64,
     held_seq: u64,
     pub closing: bool,
+    /// Requeues and dead letters started and not yet finished (their copy is waiting for
+    /// the broker's acknowledgement). Close waits for them before its final commit.
+    pub underway: usize,
     /// Set when the poll thread stopped for good because of an error.
     pub failed: Option<String>,
     /// Rebalance callbacks seen (assignments and revocations).
@@ -311,6 +323,24 @@ impl State {
     /// Whether a settle of this message can still count.
     pub fn is_current(&self, origin: &Origin) -> bool {
         self.partitions.get(&origin.tp).is_some_and(|p| p.epoch == origin.epoch)
+    }
+
+    /// Starts a settlement that produces a copy before its message is finished. Counted
+    /// until [`State::end_underway`], so close can wait for it.
+    pub fn begin_underway(&mut self, origin: &Origin) -> Result<(), Refusal> {
+        if self.closing {
+            return Err(Refusal::Closing);
+        }
+        if !self.is_current(origin) {
+            return Err(Refusal::Stale);
+        }
+        self.underway += 1;
+        Ok(())
+    }
+
+    /// A settlement started with [`State::begin_underway`] is over, whatever its outcome.
+    pub fn end_underway(&mut self) {
+        self.underway = self.underway.saturating_sub(1);
     }
 
     /// Marks a message finished (acked, nacked, requeued or dead-lettered).
@@ -469,7 +499,8 @@ impl State {
 #[derive(Debug, Default)]
 pub struct Shared {
     state: Mutex<State>,
-    /// Signalled whenever a message of any partition finishes, for revoke draining.
+    /// Signalled whenever a message of any partition finishes or a requeue or dead letter
+    /// is over, for revoke and close draining.
     settled: Condvar,
     /// Signalled when messages become available to `receive` (or the consumer stops).
     pub ready: tokio::sync::Notify,
@@ -505,6 +536,18 @@ impl Shared {
                 return;
             }
         }
+    }
+
+    /// Waits until no requeue or dead letter is under way, or until `deadline`. Returns how
+    /// many still are.
+    pub fn wait_underway(&self, deadline: Instant) -> usize {
+        let mut st = self.state.lock();
+        while st.underway > 0 {
+            if self.settled.wait_until(&mut st, deadline).timed_out() {
+                break;
+            }
+        }
+        st.underway
     }
 
     /// Waits until the engine holds no message of `tps`, or until `deadline`. Returns how
@@ -597,6 +640,31 @@ mod tests {
         assert!(again[0].redelivered);
         st.complete(&again[0].origin);
         assert_eq!(st.store_candidates(), vec![(tp, 12)]);
+    }
+
+    #[test]
+    fn copies_under_way_are_counted_and_none_start_once_closing() {
+        let tp = TopicPartition::new("t", 0);
+        let mut st = State::default();
+        st.assign(std::slice::from_ref(&tp));
+        for o in 0..3 {
+            st.admit(pending(&tp, o), None);
+        }
+        let taken = st.take(3);
+        assert_eq!(st.begin_underway(&taken[0].origin), Ok(()));
+        assert_eq!(st.underway, 1);
+        st.closing = true;
+        assert_eq!(st.begin_underway(&taken[1].origin), Err(Refusal::Closing));
+        assert_eq!(st.underway, 1, "a refused copy is not counted");
+        // The one under way still counts once confirmed, so the final commit includes it.
+        assert_eq!(st.complete(&taken[0].origin), Completion::Counted);
+        st.end_underway();
+        assert_eq!(st.underway, 0);
+        assert_eq!(st.positions(), vec![(tp.clone(), Some(1))]);
+        st.closing = false;
+        st.revoke_begin(std::slice::from_ref(&tp));
+        st.revoke_finish(std::slice::from_ref(&tp));
+        assert_eq!(st.begin_underway(&taken[2].origin), Err(Refusal::Stale));
     }
 
     #[test]
