@@ -175,7 +175,8 @@ pub struct KafkaSourceConfig {
     #[schemars(with = "HumanDuration")]
     pub commit_interval: Duration,
     /// On partition revocation, how long in-flight messages of the revoked partitions may
-    /// take before the partitions are let go; keep it below `max.poll.interval.ms`.
+    /// take before the partitions are let go; keep it below `max.poll.interval.ms`. On
+    /// close, how long requeues and dead letters under way may take before the final commit.
     #[serde(default = "default_revoke_timeout", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub revoke_drain_timeout: Duration,
