@@ -24,18 +24,6 @@ fn printed_schema() -> serde_json::Value {
     serde_json::from_str(&out.stdout).expect("qt config schema prints JSON")
 }
 
-/// `KEY=VALUE` lines of `.env.example`, when the repository has one: the values the examples'
-/// `${KEY}` stand for.
-fn env_example() -> BTreeMap<String, String> {
-    let text = std::fs::read_to_string(repo_root().join(".env.example")).unwrap_or_default();
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect()
-}
-
 /// A configuration file as the schema sees it once `qt` has substituted its variables: each
 /// `${VAR:-default}` by its default, each other `${VAR}` by `.env.example`'s value or "".
 fn as_json(path: &Path, env: &BTreeMap<String, String>) -> serde_json::Value {
@@ -59,7 +47,7 @@ fn the_printed_schema_is_a_valid_json_schema_that_every_example_satisfies() {
         panic!("qt config schema is not a valid JSON Schema: {e}");
     }
     let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
-    let env = env_example();
+    let env: BTreeMap<String, String> = support::env_example().into_iter().collect();
     let mut examples: Vec<_> = std::fs::read_dir(repo_root().join("examples"))
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -111,12 +111,4 @@ impl TestQueue for RabbitTestQueue {
     }
 }
 
-qt_adapter_mock::conformance_suite!(fresh_queue;
-    an_acked_message_is_not_delivered_again,
-    a_dropped_handle_is_redelivered,
-    a_delayed_requeue_comes_back_no_earlier_than_its_delay_with_its_attempt,
-    a_dead_letter_carries_every_qt_header_and_the_original_body_and_headers,
-    pause_stops_intake_and_resume_restarts_it,
-    health_reflects_a_lost_connection_and_its_recovery,
-    close_lets_in_flight_settlements_finish,
-);
+qt_adapter_mock::conformance_suite!(fresh_queue);
