@@ -3,7 +3,6 @@
 //! connection-loss check can cut.
 
 #[allow(dead_code)]
-#[path = "moto/common.rs"]
 mod common;
 
 use std::net::SocketAddr;

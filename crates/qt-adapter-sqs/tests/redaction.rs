@@ -1,9 +1,12 @@
 //! `require_tls` and keeping credentials out of everything printed.
 
+#[allow(dead_code)]
+mod common;
+
 use qt_adapter_sqs::{SqsAdapter, SqsPublisher};
 use qt_core::{AdapterError, QueueAdapter};
 
-use crate::common::*;
+use common::*;
 
 #[tokio::test]
 async fn require_tls_rejects_http_endpoints_naming_the_field() {

@@ -1,10 +1,8 @@
 //! What qt declares or checks at connect, and how it reports what is missing.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use lapin::BasicProperties;
 use lapin::types::FieldTable;
 use qt_adapter_rabbitmq::RabbitMqAdapter;

@@ -1,11 +1,9 @@
 //! Every settlement lands where it should, checked at the broker.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use chrono::Utc;
-use common::*;
 use futures::future::join_all;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};

@@ -2,11 +2,9 @@
 //! held or being returned, checked at the broker: such a message comes back, and the
 //! channel never sees an ack for an unknown delivery tag (which would close it).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::future::join_all;
 use lapin::types::FieldTable;
 use qt_adapter_rabbitmq::RabbitMqAdapter;
