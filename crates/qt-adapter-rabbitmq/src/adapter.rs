@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::reconnect_delay;
 use crate::context::Context;
 use crate::describe::{is_connection_loss, lapin_error};
+use crate::health;
 use crate::message::raw_message;
 use crate::session::{CLOSE_TIMEOUT, Opened, SETTLE_DRAIN_TIMEOUT, Session};
 use crate::settle::{Original, RabbitMqSettle};
@@ -83,7 +84,7 @@ impl RabbitMqAdapter {
             inner: Arc::new(Inner {
                 ctx,
                 state: parking_lot::Mutex::new(State {
-                    health: Health::Unhealthy("not connected yet".into()),
+                    health: health::not_connected(),
                     session: None,
                 }),
                 buffer: tokio::sync::Mutex::new(None),
@@ -191,7 +192,7 @@ impl QueueAdapter for RabbitMqAdapter {
         let opened = match Session::open(&inner.ctx, 1, paused).await {
             Ok(opened) => opened,
             Err(e) => {
-                inner.set_health(Health::Unhealthy(e.to_string()));
+                inner.set_health(health::connect_failed(&e));
                 return Err(e);
             }
         };
@@ -292,7 +293,7 @@ impl QueueAdapter for RabbitMqAdapter {
         {
             let mut state = inner.state.lock();
             state.session = None;
-            state.health = Health::Unhealthy("closed".into());
+            state.health = health::closed();
         }
         // Buffered deliveries belong to the closed connection; the broker has requeued them.
         if let Ok(mut buffer) = inner.buffer.try_lock() {
@@ -341,10 +342,7 @@ async fn supervise(inner: Arc<Inner>, mut opened: Opened, tx: mpsc::UnboundedSen
             generation,
             "lost the RabbitMQ connection; reconnecting (unsettled messages are redelivered by the broker)"
         );
-        inner.set_health(Health::Unhealthy(format!(
-            "connection to {} lost: {reason}; reconnecting",
-            inner.url()
-        )));
+        inner.set_health(health::lost(inner.url(), &reason));
 
         let mut attempt = 0u32;
         opened = loop {
@@ -375,10 +373,7 @@ async fn supervise(inner: Arc<Inner>, mut opened: Opened, tx: mpsc::UnboundedSen
                         error = %reason,
                         "reconnecting to RabbitMQ failed"
                     );
-                    inner.set_health(Health::Unhealthy(format!(
-                        "reconnecting to {} (attempt {attempt}): {reason}",
-                        inner.url()
-                    )));
+                    inner.set_health(health::reconnect_failed(inner.url(), attempt, &reason));
                 }
             }
         };
@@ -420,10 +415,7 @@ async fn run_session(inner: &Inner, opened: &mut Opened, tx: &mpsc::UnboundedSen
                 }
                 Some(Event::ConnectionBlocked(reason)) => {
                     tracing::warn!(queue = %inner.ctx.plan.queue, %reason, "the broker blocked this connection");
-                    inner.set_health(Health::Degraded(format!(
-                        "the broker blocked publishing ({reason}): dead letters and delayed requeues wait until \
-                         the resource alarm clears"
-                    )));
+                    inner.set_health(health::blocked(&reason));
                 }
                 Some(Event::ConnectionUnblocked) => inner.set_health(Health::Healthy),
                 Some(_) => {}

@@ -79,6 +79,7 @@ mod backoff;
 mod connection;
 mod context;
 mod describe;
+mod health;
 mod message;
 mod publish;
 mod publisher;
