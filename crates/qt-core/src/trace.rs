@@ -13,8 +13,7 @@ use crate::headers::{Headers, TRACEPARENT, TRACESTATE};
 thread_local! {
     /// Every message without a `traceparent` gets a new trace id. Trace ids must be unique,
     /// not unpredictable, so a fast generator per thread (seeded from the OS-seeded thread
-    /// generator) serves them; the cryptographic thread generator cost several times more
-    /// per message.
+    /// generator) serves them (ARCHITECTURE.md, hot-path rule 15).
     static TRACE_ID_RNG: RefCell<SmallRng> = RefCell::new(SmallRng::from_rng(&mut rand::rng()));
 }
 
