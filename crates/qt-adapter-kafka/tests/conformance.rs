@@ -101,21 +101,13 @@ impl Drop for KafkaTestQueue {
     fn drop(&mut self) {
         let topics = [self.topic.clone(), self.dlq.clone()];
         let brokers = self.config.brokers.join(",");
-        // A runtime of its own: Drop may run inside the test's runtime or while it unwinds.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async move {
-                if let Ok(admin) = KafkaAdmin::plaintext(&brokers) {
-                    for topic in &topics {
-                        let _ = admin.delete_topic(topic).await;
-                    }
+        qt_adapter_mock::testkit::clean_up_on_drop(async move {
+            if let Ok(admin) = KafkaAdmin::plaintext(&brokers) {
+                for topic in &topics {
+                    let _ = admin.delete_topic(topic).await;
                 }
-            });
-        })
-        .join();
+            }
+        });
     }
 }
 

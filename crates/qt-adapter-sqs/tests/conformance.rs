@@ -120,20 +120,12 @@ impl TestQueue for SqsTestQueue {
 impl Drop for SqsTestQueue {
     fn drop(&mut self) {
         let queues = [self.queue.clone(), self.dlq.clone()];
-        // A runtime of its own: Drop may run inside the test's runtime or while it unwinds.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async move {
-                let admin = admin().await;
-                for queue in &queues {
-                    delete_queue(&admin, queue).await;
-                }
-            });
-        })
-        .join();
+        qt_adapter_mock::testkit::clean_up_on_drop(async move {
+            let admin = admin().await;
+            for queue in &queues {
+                delete_queue(&admin, queue).await;
+            }
+        });
     }
 }
 

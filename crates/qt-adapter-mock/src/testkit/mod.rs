@@ -197,3 +197,17 @@ macro_rules! conformance_suite {
         }
     };
 }
+
+/// Runs `cleanup` (deleting a test queue, say) to its end from a `Drop` impl. It gets a
+/// runtime of its own on a thread of its own: `Drop` may run inside the test's runtime, where
+/// blocking on it would panic, or while the test unwinds.
+pub fn clean_up_on_drop(cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(cleanup);
+    })
+    .join();
+}

@@ -91,7 +91,7 @@ impl Settler {
         if group.is_empty() {
             return;
         }
-        let (records, traced) = self.resolve(p, group);
+        let (records, traced) = self.resolve_group(p, group);
         self.finish_claims(p, &records).await;
         if records.is_empty() {
             return;
@@ -118,7 +118,7 @@ impl Settler {
     /// in `pending` until the record is durable) and what happens to its claim (kept in
     /// `completes` / `releases`). A message left to the broker at stop is let go here.
     /// Returns the records, and the traced messages' spans for the batch steps to link to.
-    fn resolve(&mut self, p: &Pipeline, group: Vec<Finished>) -> (Vec<LedgerRecord>, Vec<SpanContext>) {
+    fn resolve_group(&mut self, p: &Pipeline, group: Vec<Finished>) -> (Vec<LedgerRecord>, Vec<SpanContext>) {
         let mut records = Vec::with_capacity(group.len());
         // A batch's settler starts empty: room for the whole group at once, not by doubling.
         self.pending.reserve(group.len());
