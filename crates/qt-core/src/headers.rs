@@ -18,6 +18,8 @@ pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
 /// How many times qt has already handed this message back to the broker for another try.
 pub const ATTEMPT: &str = "x-qt-attempt";
+/// How many times `qt dlq replay` has put this message back on its queue.
+pub const REPLAYS: &str = "x-qt-replays";
 
 /// Headers qt adds to a dead-lettered message, beside the original headers.
 pub mod dead_letter {

@@ -16,6 +16,7 @@ pub mod agent;
 pub mod backoff;
 pub mod config;
 pub mod delivery;
+pub mod dlq;
 pub mod envelope;
 pub mod error_class;
 pub mod extract;
@@ -37,6 +38,7 @@ pub use adapter::{
 pub use agent::{AgentError, AgentEvent, AgentRun, AgentRuntime};
 pub use backoff::Backoff;
 pub use delivery::{AckHandle, DeadLetter, Delivery, Settle, SettleError, Settlement, Settling};
+pub use dlq::{DeadLetterDetails, DlqMessage, DlqReader};
 pub use envelope::{MessageEnvelope, Payload};
 pub use error_class::ErrorClass;
 pub use governance::{Decision, Governance, GovernanceContext, GovernanceError};
