@@ -9,6 +9,7 @@ use std::time::Duration;
 mod support;
 
 use support::agent::ExampleHttpAgent;
+use support::dlq::{DlqStory, breakable_agent, story_prefix};
 use support::files::{by_message, jsonl, status_of};
 use support::free_port;
 use support::http::http_get;
@@ -1090,4 +1091,42 @@ fn two_qt_runs_share_one_postgres_ledger_and_qt_ledger_reads_it() {
         || tail.logs(),
     );
     drop(tail);
+}
+
+/// Issue 19: the dead-letter story of every source, on the mock source's `dlq_file`, with
+/// replays going into the running trigger through its admin server.
+#[test]
+fn dead_letters_are_listed_shown_replayed_guarded_and_purged_with_qt_dlq() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let broken = dir.path().join("broken");
+    let ledger = dir.path().join("ledger.jsonl");
+    let cfg = dir.path().join("dlq.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "source: {{type: mock, dlq_file: {dlq}}}\n\
+             agent: {{targets: {{main: {{type: command, program: /bin/sh, args: [\"{agent}\"]}}}}}}\n\
+             processing: {{on_failure: dlq}}\n\
+             ledger: {{type: jsonl, path: {ledger}}}\n\
+             observability: {{admin: {{listen: \"127.0.0.1:{port}\"}}}}\n",
+            dlq = dir.path().join("dlq.jsonl").display(),
+            agent = breakable_agent(dir.path(), &broken).display(),
+            ledger = ledger.display(),
+        ),
+    )
+    .unwrap();
+    let mut run = QtRun::start(&cfg, &dir.path().join("qt.log"), port, &[]);
+    run.wait_ready(Duration::from_secs(20));
+    DlqStory {
+        dir: dir.path(),
+        config: cfg,
+        ledger,
+        broken,
+        run: &run,
+        qt: &qt,
+        prefix: story_prefix(),
+    }
+    .tell();
+    assert!(run.terminate(Duration::from_secs(20)).success(), "{}", run.logs());
 }

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod collector;
+pub mod dlq;
 pub mod files;
 pub mod http;
 pub mod process;

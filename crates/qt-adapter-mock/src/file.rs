@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::dlq::FileLock;
 use base64::Engine as _;
 use qt_core::{DeadLetter, Headers, RawMessage, SourceInfo};
 use serde::{Deserialize, Serialize};
@@ -167,9 +168,8 @@ pub(crate) fn append_dead_letter(
     let mut buf = serde_json::to_vec(&line).expect("dead-letter lines serialize");
     buf.push(b'\n');
     let write = || -> std::io::Result<()> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
+        // A `qt dlq` session may be rewriting the file.
+        let _lock = FileLock::take_io(path)?;
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
         f.write_all(&buf)
     };

@@ -8,6 +8,7 @@
 //! and `receive` is cancel-safe.
 
 mod adapter;
+mod dlq;
 mod file;
 mod publisher;
 mod queue;
@@ -16,6 +17,7 @@ mod settle;
 pub mod testkit;
 
 pub use adapter::MockAdapter;
+pub use dlq::MockDlq;
 pub use file::{FileError, MessageLine, read_messages};
 pub use publisher::MockPublisher;
 pub use queue::{DeadLettered, MockQueue, Settled};

@@ -29,8 +29,134 @@ pub enum Command {
     Send(SendArgs),
     /// Read the audit ledger the configuration writes (`jsonl` or `postgres`).
     Ledger(LedgerArgs),
+    /// Inspect, replay and purge the dead letters of the configured source.
+    Dlq(DlqArgs),
     /// The configuration format itself.
     Config(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// The dead letters that match, oldest first. Listing changes nothing in the dead-letter
+    /// destination.
+    List(DlqListArgs),
+    /// One dead letter, by its id in the dead-letter destination or its original message id.
+    Show(DlqShowArgs),
+    /// Publish matching dead letters back to their original queue (or `--to`). Each leaves
+    /// the dead-letter destination only after the broker confirmed the publish, so an
+    /// interrupted replay loses nothing.
+    Replay(DlqReplayArgs),
+    /// Delete matching dead letters for good.
+    Purge(DlqPurgeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DlqListArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub filter: LetterFilter,
+    /// Most letters listed: the oldest that match.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: u64,
+    #[command(flatten)]
+    pub output: LetterOutput,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqShowArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The letter's id in the dead-letter destination (as `qt dlq list` prints it: Kafka
+    /// `partition:offset`, the RabbitMQ or SQS message id, the mock letter's id), or its
+    /// original message id.
+    pub id: String,
+    #[command(flatten)]
+    pub output: LetterOutput,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqReplayArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub filter: LetterFilter,
+    /// Most letters replayed (and skipped): the oldest that match. Unset: all of them.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// Publish to this queue or topic of the same broker instead of each letter's original
+    /// queue.
+    #[arg(long, value_name = "QUEUE")]
+    pub to: Option<String>,
+    /// Letters already replayed this many times are skipped and reported (a loop guard),
+    /// unless `--force`.
+    #[arg(long, default_value_t = 3)]
+    pub max_replays: u32,
+    /// Replay letters at or over `--max-replays` too.
+    #[arg(long)]
+    pub force: bool,
+    /// Say what would be replayed and skipped, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// At most this many letters a second.
+    #[arg(long, value_name = "N", value_parser = parse_rate)]
+    pub rate: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqPurgeArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub filter: LetterFilter,
+    /// Most letters deleted: the oldest that match. Unset: all of them.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// Delete without asking for confirmation (needed when not on a terminal).
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// Which dead letters: each option given must hold.
+#[derive(Clone, Debug, Default, Args)]
+pub struct LetterFilter {
+    /// Only letters whose reason contains this text (ASCII case ignored).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only this tenant's letters (the tenant as the configuration's extraction finds it).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only letters of this event name (as the configuration's extraction finds it).
+    #[arg(long)]
+    pub event: Option<String>,
+    /// Only letters that last failed at or after this: a duration ago (`15m`, `2h`, `7d`) or
+    /// an RFC 3339 time.
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// How letters are printed.
+#[derive(Clone, Copy, Debug, Default, Args)]
+pub struct LetterOutput {
+    /// Print whole bodies instead of their beginning.
+    #[arg(long)]
+    pub full: bool,
+    /// One JSON object per letter instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a rate: give letters a second, a number above 0")),
+    }
 }
 
 #[derive(Debug, Args)]

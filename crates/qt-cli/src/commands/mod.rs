@@ -1,6 +1,7 @@
 //! The subcommands.
 
 mod config;
+mod dlq;
 mod ledger;
 mod preflight;
 mod run;
@@ -25,6 +26,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => validate::validate(&args.config).await,
         Command::Send(args) => send::send(args).await,
         Command::Ledger(args) => ledger::ledger(args).await,
+        Command::Dlq(args) => dlq::dlq(args).await,
         Command::Config(args) => config::config(&args),
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use qt_adapter_mock::MockQueue;
 use qt_core::config::{Config, LedgerConfig, SourceConfig, StoreConfig};
-use qt_core::{AdapterSettings, IdempotencyStore, Ledger, Publisher, QueueAdapter};
+use qt_core::{AdapterSettings, DlqReader, IdempotencyStore, Ledger, Publisher, QueueAdapter};
 
 /// A connected-to-be source.
 pub struct Source {
@@ -82,6 +82,27 @@ pub async fn publisher(config: &Config) -> anyhow::Result<Arc<dyn Publisher>> {
             let _ = settings;
             Err(missing_source(other))
         }
+    }
+}
+
+/// Where `qt dlq replay` publishes: the broker's publisher, or for the mock source the
+/// running `qt run` that holds its queue.
+pub async fn replay_publisher(config: &Config) -> anyhow::Result<Arc<dyn Publisher>> {
+    match &config.source {
+        SourceConfig::Mock(m) => Ok(Arc::new(mock::RunningMockPublisher::new(config, m)?)),
+        _ => publisher(config).await,
+    }
+}
+
+/// A session on the configured source's dead-letter destination, for `qt dlq`.
+pub async fn dlq(config: &Config) -> anyhow::Result<Box<dyn DlqReader>> {
+    match &config.source {
+        SourceConfig::Mock(m) => mock::dlq(m),
+        #[allow(unreachable_patterns)]
+        other => Err(anyhow::anyhow!(
+            "`qt dlq` cannot read the dead letters of a {} source yet",
+            other.kind()
+        )),
     }
 }
 
