@@ -16,7 +16,9 @@ pub const DEDUP_KEY: &str = "x-dedup-key";
 pub const TRACEPARENT: &str = "traceparent";
 /// W3C vendor trace state, passed on to agents with the trace it belongs to.
 pub const TRACESTATE: &str = "tracestate";
-/// How many times qt has already handed this message back to the broker for another try.
+/// The delivery attempt qt gives a message it hands back to the broker for another try:
+/// `2` after the first requeue, and so on (a message without it is on its first attempt,
+/// unless the broker counts more deliveries). `processing.max_requeues` counts by it.
 pub const ATTEMPT: &str = "x-qt-attempt";
 /// How many times `qt dlq replay` has put this message back on its queue.
 pub const REPLAYS: &str = "x-qt-replays";

@@ -29,10 +29,12 @@ pub enum DlqReason {
     RetryBudgetExhausted,
     /// Processing the message panicked (a bug, in qt or in a component given to it).
     Panicked,
+    /// It failed again after `processing.max_requeues` requeues.
+    RequeuesExhausted,
 }
 
 impl DlqReason {
-    pub const ALL: [DlqReason; 7] = [
+    pub const ALL: [DlqReason; 8] = [
         DlqReason::ParseFailed,
         DlqReason::Unrouted,
         DlqReason::Rejected,
@@ -40,6 +42,7 @@ impl DlqReason {
         DlqReason::RetriesExhausted,
         DlqReason::RetryBudgetExhausted,
         DlqReason::Panicked,
+        DlqReason::RequeuesExhausted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +54,7 @@ impl DlqReason {
             DlqReason::RetriesExhausted => "retries_exhausted",
             DlqReason::RetryBudgetExhausted => "retry_budget_exhausted",
             DlqReason::Panicked => "panicked",
+            DlqReason::RequeuesExhausted => "requeues_exhausted",
         }
     }
 
@@ -164,7 +168,7 @@ pub struct Metrics {
     processed: [AtomicU64; 7],
     retries: [AtomicU64; 4],
     dedup_hits: AtomicU64,
-    dlq: [AtomicU64; 7],
+    dlq: [AtomicU64; DlqReason::ALL.len()],
     panics: AtomicU64,
     idempotency_errors: AtomicU64,
     settle_errors: AtomicU64,

@@ -893,6 +893,25 @@ agent:
     }
 
     #[test]
+    fn a_capped_requeue_needs_a_dead_letter_destination_and_says_how_to_do_without() {
+        let kafka = "source: {type: kafka, brokers: [\"k:9092\"], topics: [t], consumer_group: g}\n\
+                     agent: {targets: {a: {type: log}}}\n\
+                     processing: {on_failure: requeue, on_parse_failure: ack, on_unrouted: ack";
+        let got = problems(&format!("{kafka}}}\n"));
+        let dlq = at(&got, "source.dlq_topic");
+        assert_eq!(dlq.len(), 1, "{got:#?}");
+        assert!(
+            dlq[0].contains("processing.max_requeues asks for dead-lettering")
+                && dlq[0].contains("still failing after max_requeues requeues")
+                && dlq[0].ends_with("set source.dlq_topic, or set processing.max_requeues: unlimited"),
+            "{got:#?}"
+        );
+        let unlimited = load_str(&format!("{kafka}, max_requeues: unlimited}}\n"), no_env)
+            .expect("an unlimited requeue never dead-letters");
+        assert_eq!(unlimited.warnings().len(), 1, "and is warned about");
+    }
+
+    #[test]
     fn the_memory_store_takes_a_capacity_and_nothing_else() {
         use crate::config::{MemoryStoreConfig, StoreConfig};
         let with = |store: &str| {
@@ -926,7 +945,7 @@ mod applied {
     use proptest::prelude::*;
 
     use super::load_str;
-    use crate::config::{FailureAction, Ordering};
+    use crate::config::{FailureAction, Ordering, RequeueLimit};
     use crate::parse::PayloadFormat;
 
     proptest! {
@@ -944,12 +963,13 @@ mod applied {
             parser in prop_oneof![Just(PayloadFormat::Json), Just(PayloadFormat::Text), Just(PayloadFormat::Binary)],
             ordering in prop_oneof![Just(Ordering::None), Just(Ordering::Key), Just(Ordering::Partition)],
             on_failure in prop_oneof![Just(FailureAction::Dlq), Just(FailureAction::Nack), Just(FailureAction::Requeue), Just(FailureAction::Ack)],
+            max_requeues in prop_oneof![(0u32..1_000).prop_map(RequeueLimit::At), Just(RequeueLimit::Unlimited)],
             queue in "[a-z][a-z0-9_.-]{0,20}",
             dedup in any::<bool>(),
         ) {
             let yaml = format!(
                 "source: {{type: mock, queue: \"${{QUEUE}}\"}}\n\
-                 processing: {{concurrency: {concurrency}, parser: {}, ordering: {}, ack_policy: {}}}\n\
+                 processing: {{concurrency: {concurrency}, parser: {}, ordering: {}, ack_policy: {}, max_requeues: {max_requeues}}}\n\
                  retry: {{max_retries: {max_retries}, backoff: {{base: {initial_ms}ms, multiplier: {multiplier}, max: 10m}}}}\n\
                  idempotency: {{enable_dedup: {dedup}, idempotency_window: {window_s}s}}\n\
                  agent: {{targets: {{a: {{type: log}}}}}}\n",
@@ -962,6 +982,7 @@ mod applied {
             prop_assert_eq!(c.processing.parser, parser);
             prop_assert_eq!(c.processing.ordering, ordering);
             prop_assert_eq!(c.processing.on_failure, on_failure);
+            prop_assert_eq!(c.processing.max_requeues, max_requeues);
             prop_assert_eq!(c.retry.max_retries, max_retries);
             prop_assert_eq!(c.retry.backoff.initial, Duration::from_millis(initial_ms));
             prop_assert!((c.retry.backoff.multiplier - multiplier).abs() < 1e-9);

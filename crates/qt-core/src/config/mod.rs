@@ -37,7 +37,7 @@ pub use observability::{
     AdminConfig, LogConfig, LogFormat, ObservabilityConfig, OtlpProtocol, SecurityConfig, TracingConfig,
 };
 pub use problems::{ConfigErrors, ConfigProblem, Validate, join};
-pub use processing::{DenyAction, FailureAction, Ordering, ProcessingConfig, UnprocessableAction};
+pub use processing::{DenyAction, FailureAction, Ordering, ProcessingConfig, RequeueLimit, UnprocessableAction};
 pub use redis::RedisStoreConfig;
 pub use retry::{BackoffConfig, ClassRetryConfig, EffectiveRetry, RetryConfig};
 pub use schema::json_schema;
@@ -105,6 +105,12 @@ impl Config {
         }
     }
 
+    /// Settings that are valid but most likely not wanted: `qt validate` prints them and
+    /// `qt run` logs them at start.
+    pub fn warnings(&self) -> Vec<ConfigProblem> {
+        self.processing.warnings("processing")
+    }
+
     /// The effective configuration as YAML, secrets masked.
     pub fn to_masked_yaml(&self) -> String {
         serde_yaml_ng::to_string(self).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
@@ -129,15 +135,22 @@ impl Validate for Config {
             && !asks.is_empty()
         {
             let verb = if asks.len() == 1 { "asks" } else { "ask" };
+            let mut why = Vec::new();
+            if asks.iter().any(|a| *a != processing::MAX_REQUEUES) {
+                why.push("dlq, the default of on_failure, on_parse_failure and on_unrouted");
+            }
+            if asks.contains(&processing::MAX_REQUEUES) {
+                why.push("on_failure: requeue dead-letters a message still failing after max_requeues requeues");
+            }
             problems.push(
                 join(path, &format!("source.{field}")),
                 format!(
-                    "required: {} {verb} for dead-lettering (dlq, the default of on_failure, on_parse_failure and \
-                     on_unrouted), but this {} source has no dead-letter destination; set source.{field}, or set {} \
-                     to another action (e.g. nack or ack)",
+                    "required: {} {verb} for dead-lettering ({}), but this {} source has no dead-letter \
+                     destination; set source.{field}, or {}",
                     asks.join(", "),
+                    why.join("; "),
                     self.source.kind(),
-                    asks.join(", ")
+                    ProcessingConfig::without_dead_letters(&asks)
                 ),
             );
         }

@@ -1,13 +1,15 @@
 //! `processing`: how many messages run at once, in what order, how they are parsed, and
 //! what happens to the ones that cannot succeed.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::time::Duration;
 
 use crate::config::schema::HumanDuration;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::problems::{ConfigErrors, Validate, join};
+use super::problems::{ConfigErrors, ConfigProblem, Validate, join};
 use crate::extract::{ExtractionRules, FieldSource};
 use crate::parse::PayloadFormat;
 
@@ -34,10 +36,109 @@ pub enum FailureAction {
     Dlq,
     /// Reject it: the broker's own dead-lettering applies (RabbitMQ DLX, SQS redrive).
     Nack,
-    /// Hand it back to the broker for a later delivery after `requeue_delay`.
+    /// Hand it back to the broker for a later delivery after `requeue_delay`, at most
+    /// `max_requeues` times; then dead-letter it.
     Requeue,
     /// Acknowledge and drop it (the ledger still records the failure).
     Ack,
+}
+
+/// How many times `on_failure: requeue` hands one failing message back to the broker: a
+/// count, or `unlimited`. Written as a number or the word `unlimited` in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequeueLimit {
+    /// A message that fails again after this many requeues is dead-lettered instead.
+    At(u32),
+    /// A failing message is requeued however often it fails.
+    Unlimited,
+}
+
+const UNLIMITED: &str = "unlimited";
+
+impl RequeueLimit {
+    /// Whether a message that failed on delivery `attempt` (1 for its first delivery) may
+    /// be requeued once more. Every earlier delivery counts as one requeue.
+    pub fn allows_requeue(self, attempt: u32) -> bool {
+        match self {
+            RequeueLimit::At(max) => attempt.saturating_sub(1) < max,
+            RequeueLimit::Unlimited => true,
+        }
+    }
+}
+
+impl Default for RequeueLimit {
+    fn default() -> Self {
+        RequeueLimit::At(10)
+    }
+}
+
+impl fmt::Display for RequeueLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequeueLimit::At(max) => write!(f, "{max}"),
+            RequeueLimit::Unlimited => f.write_str(UNLIMITED),
+        }
+    }
+}
+
+impl Serialize for RequeueLimit {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RequeueLimit::At(max) => serializer.serialize_u32(*max),
+            RequeueLimit::Unlimited => serializer.serialize_str(UNLIMITED),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RequeueLimit {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RequeueLimit;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a number of requeues (0 or more) or `{UNLIMITED}`")
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RequeueLimit, E> {
+                u32::try_from(v)
+                    .map(RequeueLimit::At)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RequeueLimit, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::invalid_value(serde::de::Unexpected::Signed(v), &self)),
+                }
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RequeueLimit, E> {
+                if v == UNLIMITED {
+                    Ok(RequeueLimit::Unlimited)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl JsonSchema for RequeueLimit {
+    fn schema_name() -> Cow<'static, str> {
+        "RequeueLimit".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "title": "integer or `unlimited`",
+            "anyOf": [
+                {"type": "integer", "minimum": 0, "maximum": u32::MAX},
+                {"const": UNLIMITED},
+            ],
+        })
+    }
 }
 
 /// What happens to a message that cannot be parsed or extracted.
@@ -112,6 +213,15 @@ pub struct ProcessingConfig {
     #[serde(default = "default_requeue_delay", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub requeue_delay: Duration,
+    /// With `on_failure: requeue`, how many times one message is requeued before a further
+    /// failure dead-letters it (reason `requeues_exhausted`), so that a message that always
+    /// fails cannot circle forever; `0` dead-letters at the first failure. Every earlier
+    /// delivery of the message counts (its `x-qt-attempt` header, or the broker's delivery
+    /// count where larger), deferrals and redeliveries included. A source without a
+    /// dead-letter destination is refused, as for `dlq`. `unlimited` requeues for ever, and
+    /// validation warns about it.
+    #[serde(default)]
+    pub max_requeues: RequeueLimit,
     /// What happens to a message that cannot be parsed or extracted.
     #[serde(default)]
     pub on_parse_failure: UnprocessableAction,
@@ -148,13 +258,19 @@ fn default_in_flight_delay() -> Duration {
     Duration::from_secs(5)
 }
 
+/// The path of the requeue cap, as `dead_letter_requests` names it.
+pub(crate) const MAX_REQUEUES: &str = "processing.max_requeues";
+
 impl ProcessingConfig {
-    /// The fields (as `processing.*` paths) whose action is to dead-letter; the source must
-    /// then have a dead-letter destination.
+    /// The fields (as `processing.*` paths) whose action is to dead-letter, the requeue cap
+    /// among them; the source must then have a dead-letter destination.
     pub fn dead_letter_requests(&self) -> Vec<&'static str> {
         let mut asks = Vec::new();
         if self.on_failure == FailureAction::Dlq {
             asks.push("processing.on_failure");
+        }
+        if self.on_failure == FailureAction::Requeue && self.max_requeues != RequeueLimit::Unlimited {
+            asks.push(MAX_REQUEUES);
         }
         if self.on_parse_failure == UnprocessableAction::Dlq {
             asks.push("processing.on_parse_failure");
@@ -166,6 +282,38 @@ impl ProcessingConfig {
             asks.push("processing.on_governance_deny");
         }
         asks
+    }
+
+    /// What to set instead of a dead-letter destination, for the fields
+    /// [`dead_letter_requests`](Self::dead_letter_requests) named.
+    pub fn without_dead_letters(asks: &[&str]) -> String {
+        let (cap, actions): (Vec<&str>, Vec<&str>) = asks.iter().partition(|a| **a == MAX_REQUEUES);
+        let mut instead = Vec::new();
+        if !actions.is_empty() {
+            instead.push(format!(
+                "set {} to another action (e.g. nack or ack)",
+                actions.join(", ")
+            ));
+        }
+        if !cap.is_empty() {
+            instead.push(format!("set {MAX_REQUEUES}: {UNLIMITED}"));
+        }
+        instead.join(", or ")
+    }
+
+    /// Settings that are valid but most likely not wanted, each at its path under `path`.
+    pub fn warnings(&self, path: &str) -> Vec<ConfigProblem> {
+        let mut warnings = Vec::new();
+        if self.on_failure == FailureAction::Requeue && self.max_requeues == RequeueLimit::Unlimited {
+            warnings.push(ConfigProblem {
+                path: join(path, "max_requeues"),
+                message:
+                    "on_failure: requeue without a limit hands a message that always fails back to the broker for \
+                 ever, taking a worker each time; set a number to dead-letter it after that many requeues"
+                        .to_owned(),
+            });
+        }
+        warnings
     }
 }
 
@@ -182,6 +330,7 @@ impl Default for ProcessingConfig {
             extraction: ExtractionRules::default(),
             on_failure: FailureAction::default(),
             requeue_delay: default_requeue_delay(),
+            max_requeues: RequeueLimit::default(),
             on_parse_failure: UnprocessableAction::default(),
             on_unrouted: UnprocessableAction::default(),
             on_governance_deny: DenyAction::default(),
@@ -275,5 +424,108 @@ impl Validate for ProcessingConfig {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, load_str};
+
+    fn load(processing: &str) -> Result<Config, Vec<String>> {
+        let yaml =
+            format!("source: {{type: mock}}\nagent: {{targets: {{a: {{type: log}}}}}}\nprocessing: {processing}\n");
+        load_str(&yaml, |_| None).map_err(|e| e.problems.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn max_requeues_is_ten_unless_set_and_reads_a_number_or_unlimited() {
+        let default = load("{}").unwrap();
+        assert_eq!(default.processing.max_requeues, RequeueLimit::At(10));
+        assert_eq!(
+            load("{max_requeues: 3}").unwrap().processing.max_requeues,
+            RequeueLimit::At(3)
+        );
+        assert_eq!(
+            load("{max_requeues: 0}").unwrap().processing.max_requeues,
+            RequeueLimit::At(0)
+        );
+        assert_eq!(
+            load("{max_requeues: unlimited}").unwrap().processing.max_requeues,
+            RequeueLimit::Unlimited
+        );
+    }
+
+    #[test]
+    fn a_max_requeues_that_is_neither_a_count_nor_unlimited_is_refused_with_what_it_takes() {
+        for bad in ["-1", "forever", "1.5", "4294967296"] {
+            let got = load(&format!("{{max_requeues: {bad}}}")).unwrap_err();
+            assert!(
+                got.iter().any(|p| p.starts_with("processing.max_requeues:")
+                    && p.contains("a number of requeues (0 or more) or `unlimited`")),
+                "{bad}: {got:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn max_requeues_is_written_back_as_it_is_read() {
+        for (limit, yaml) in [(RequeueLimit::At(7), "7"), (RequeueLimit::Unlimited, "unlimited")] {
+            assert_eq!(serde_yaml_ng::to_string(&limit).unwrap().trim(), yaml);
+            assert_eq!(serde_yaml_ng::from_str::<RequeueLimit>(yaml).unwrap(), limit);
+            assert_eq!(limit.to_string(), yaml);
+        }
+    }
+
+    #[test]
+    fn every_earlier_delivery_counts_as_one_requeue_against_the_limit() {
+        let three = RequeueLimit::At(3);
+        // Deliveries 1 to 3 have been requeued 0 to 2 times: one more is allowed.
+        assert!((1..=3).all(|attempt| three.allows_requeue(attempt)));
+        assert!(!three.allows_requeue(4), "requeued three times already");
+        assert!(!three.allows_requeue(40));
+        assert!(!RequeueLimit::At(0).allows_requeue(1), "0: never requeued");
+        assert!(RequeueLimit::Unlimited.allows_requeue(u32::MAX));
+    }
+
+    #[test]
+    fn requeueing_without_a_limit_is_valid_but_warned_about() {
+        let unlimited = load("{on_failure: requeue, max_requeues: unlimited}").unwrap();
+        let warnings: Vec<String> = unlimited.warnings().iter().map(ToString::to_string).collect();
+        assert_eq!(warnings.len(), 1, "{warnings:#?}");
+        assert!(
+            warnings[0].starts_with("processing.max_requeues: on_failure: requeue without a limit"),
+            "{warnings:#?}"
+        );
+        for quiet in [
+            "{on_failure: requeue}",
+            "{on_failure: requeue, max_requeues: 100}",
+            "{on_failure: dlq, max_requeues: unlimited}",
+        ] {
+            assert_eq!(load(quiet).unwrap().warnings(), Vec::new(), "{quiet}");
+        }
+    }
+
+    #[test]
+    fn a_capped_requeue_asks_for_dead_lettering_and_an_unlimited_one_does_not() {
+        let mut p = ProcessingConfig {
+            on_failure: FailureAction::Requeue,
+            on_parse_failure: UnprocessableAction::Ack,
+            on_unrouted: UnprocessableAction::Ack,
+            ..ProcessingConfig::default()
+        };
+        assert_eq!(p.dead_letter_requests(), ["processing.max_requeues"]);
+        assert_eq!(
+            ProcessingConfig::without_dead_letters(&p.dead_letter_requests()),
+            "set processing.max_requeues: unlimited"
+        );
+        p.max_requeues = RequeueLimit::Unlimited;
+        assert!(p.dead_letter_requests().is_empty());
+        p.on_parse_failure = UnprocessableAction::Dlq;
+        p.max_requeues = RequeueLimit::At(2);
+        assert_eq!(
+            ProcessingConfig::without_dead_letters(&p.dead_letter_requests()),
+            "set processing.on_parse_failure to another action (e.g. nack or ack), or set processing.max_requeues: unlimited"
+        );
     }
 }

@@ -93,7 +93,8 @@ fn unprocessable(action: UnprocessableAction, reason: String, dlq: DlqReason) ->
     }
 }
 
-/// Applies the table. `attempt` is the delivery attempt of the message; a requeue carries
+/// Applies the table. `attempt` is the delivery attempt of the message (1 for its first
+/// delivery; each earlier one counts against `processing.max_requeues`); a requeue carries
 /// `attempt + 1`. `None` for [`Outcome::HandedBack`] and [`Outcome::Abandoned`]: those
 /// messages are left to the broker.
 pub(crate) fn resolve(outcome: &Outcome, config: &Config, attempt: u32, event: Option<&str>) -> Option<Resolution> {
@@ -194,28 +195,41 @@ pub(crate) fn resolve(outcome: &Outcome, config: &Config, attempt: u32, event: O
             history,
             first_failure,
         } => {
-            let reason = format!(
+            let mut reason = format!(
                 "{}: {} after {attempts} attempt(s): {}",
                 give_up.as_str(),
                 error.class,
                 error.message
             );
+            let dead_letter = |reason: &str| {
+                let mut dl = DeadLetter::new(reason.to_owned());
+                dl.error_class = Some(error.class);
+                dl.attempts = *attempts;
+                dl.first_failure_at = Some(*first_failure);
+                dl.last_failure_at = history.last().map(|h| h.at).or(Some(*first_failure));
+                Settlement::DeadLetter(Box::new(dl))
+            };
             let (settlement, dlq_reason) = match p.on_failure {
                 FailureAction::Dlq => {
-                    let mut dl = DeadLetter::new(reason.clone());
-                    dl.error_class = Some(error.class);
-                    dl.attempts = *attempts;
-                    dl.first_failure_at = Some(*first_failure);
-                    dl.last_failure_at = history.last().map(|h| h.at).or(Some(*first_failure));
                     let label = match give_up {
                         GiveUpReason::Permanent => DlqReason::PermanentFailure,
                         GiveUpReason::RetriesExhausted => DlqReason::RetriesExhausted,
                         GiveUpReason::BudgetExhausted => DlqReason::RetryBudgetExhausted,
                     };
-                    (Settlement::DeadLetter(Box::new(dl)), Some(label))
+                    (dead_letter(&reason), Some(label))
                 }
                 FailureAction::Nack => (Settlement::Nack, None),
-                FailureAction::Requeue => (requeue(p.requeue_delay), None),
+                FailureAction::Requeue if p.max_requeues.allows_requeue(attempt) => (requeue(p.requeue_delay), None),
+                // A message that fails however often it comes back would circle for ever.
+                FailureAction::Requeue => {
+                    reason = format!(
+                        "{}: failed after {} requeue(s) (processing.max_requeues: {}): {reason}",
+                        DlqReason::RequeuesExhausted.as_str(),
+                        attempt.saturating_sub(1),
+                        p.max_requeues
+                    );
+                    (dead_letter(&reason), Some(DlqReason::RequeuesExhausted))
+                }
                 FailureAction::Ack => (Settlement::Ack, None),
             };
             Resolution {
@@ -255,7 +269,7 @@ pub(crate) fn resolve(outcome: &Outcome, config: &Config, attempt: u32, event: O
 #[cfg(test)]
 mod tests {
     use qt_core::SettlementKind;
-    use qt_core::config::{MockSourceConfig, SourceConfig};
+    use qt_core::config::{MockSourceConfig, RequeueLimit, SourceConfig};
     use qt_core::parse::ParseError;
 
     use super::*;
@@ -477,6 +491,69 @@ mod tests {
         let config = config();
         assert!(resolve(&Outcome::HandedBack, &config, 1, None).is_none());
         assert!(resolve(&Outcome::Abandoned, &config, 1, None).is_none());
+    }
+
+    #[test]
+    fn with_on_failure_requeue_a_failure_is_requeued_until_max_requeues_then_dead_lettered() {
+        use RequeueLimit::{At, Unlimited};
+        use SettlementKind::{DeadLetter, Requeue};
+        // (max_requeues, delivery attempt of the failing message, settlement)
+        let rows = [
+            (At(3), 1, Requeue),
+            (At(3), 3, Requeue),
+            (At(3), 4, DeadLetter),
+            (At(3), 9, DeadLetter),
+            (At(0), 1, DeadLetter),
+            (Unlimited, 1_000, Requeue),
+        ];
+        let mut config = config();
+        config.processing.on_failure = FailureAction::Requeue;
+        for (limit, attempt, settlement) in rows {
+            config.processing.max_requeues = limit;
+            let outcome = failed(AgentError::retryable("timeout"), GiveUpReason::RetriesExhausted);
+            let row = format!("max_requeues {limit}, delivery {attempt}");
+            let resolved = resolve(&outcome, &config, attempt, None).expect("a failure is recorded");
+            assert_eq!(resolved.status, LedgerStatus::Failed, "{row}");
+            assert_eq!(resolved.claim, ClaimAction::Release, "{row}");
+            assert_eq!(SettlementKind::from(&resolved.settlement), settlement, "{row}");
+            match resolved.settlement {
+                Settlement::Requeue {
+                    attempt: next, delay, ..
+                } => {
+                    assert_eq!(next, attempt + 1, "{row}");
+                    assert_eq!(delay, Some(config.processing.requeue_delay), "{row}");
+                    assert_eq!(resolved.dlq_reason, None, "{row}");
+                }
+                Settlement::DeadLetter(dl) => {
+                    assert_eq!(resolved.dlq_reason, Some(DlqReason::RequeuesExhausted), "{row}");
+                    assert_eq!(dl.error_class, Some(ErrorClass::Retryable), "{row}");
+                    assert_eq!(dl.attempts, 3, "{row}: the agent attempts of the last delivery");
+                    assert_eq!(
+                        resolved.error.as_deref(),
+                        Some(dl.reason.as_str()),
+                        "{row}: the ledger says why"
+                    );
+                }
+                other => panic!("{row}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_message_dead_lettered_at_the_requeue_cap_says_so_and_keeps_its_last_error() {
+        let mut config = config();
+        config.processing.on_failure = FailureAction::Requeue;
+        config.processing.max_requeues = RequeueLimit::At(2);
+        let outcome = failed(AgentError::permanent("bad input"), GiveUpReason::Permanent);
+        let resolved = resolve(&outcome, &config, 3, None).expect("a failure is recorded");
+        assert_eq!(
+            resolved.error.as_deref(),
+            Some(
+                "requeues_exhausted: failed after 2 requeue(s) (processing.max_requeues: 2): \
+                 permanent_failure: permanent after 3 attempt(s): bad input"
+            )
+        );
+        assert_eq!(resolved.error_class, Some(ErrorClass::Permanent));
     }
 
     #[test]

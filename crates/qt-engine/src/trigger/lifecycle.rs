@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use qt_core::config::ProcessingConfig;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -98,10 +99,11 @@ impl QueueTrigger {
         let needs_dlq = self.shared.pipeline.config.processing.dead_letter_requests();
         if !caps.dead_letter && !needs_dlq.is_empty() {
             return Err(format!(
-                "{} {} dead-lettering, but this {} source has no dead-letter destination configured; configure one or choose another action",
+                "{} {} dead-lettering, but this {} source has no dead-letter destination configured; configure one, or {}",
                 needs_dlq.join(", "),
                 if needs_dlq.len() == 1 { "asks for" } else { "ask for" },
-                self.shared.adapter.kind()
+                self.shared.adapter.kind(),
+                ProcessingConfig::without_dead_letters(&needs_dlq)
             ));
         }
         Ok(())

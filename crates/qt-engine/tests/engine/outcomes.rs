@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use qt_core::config::{DenyAction, FailureAction, GovernanceRule, RuleAction, UnprocessableAction};
-use qt_core::headers::dead_letter;
-use qt_core::{AgentRuntime, LedgerStatus, RawMessage};
+use qt_core::config::{DenyAction, FailureAction, GovernanceRule, RequeueLimit, RuleAction, UnprocessableAction};
+use qt_core::headers::{ATTEMPT, dead_letter};
+use qt_core::{AgentRuntime, LedgerRecord, LedgerStatus, RawMessage, SettlementKind};
 use serde_json::json;
 
 use crate::support::*;
@@ -245,61 +245,162 @@ async fn rate_limited_failures_use_their_class_policy() {
     );
 }
 
+/// A message that fails on every delivery under `on_failure: requeue` is requeued exactly
+/// `max_requeues` times, then dead-lettered with the reason, which its last ledger record
+/// carries; the other messages are not held up by it.
+#[tokio::test]
+async fn a_message_that_always_fails_is_requeued_max_requeues_times_then_dead_lettered() {
+    let mut c = config();
+    c.retry.max_retries = 0;
+    c.processing.on_failure = FailureAction::Requeue;
+    c.processing.max_requeues = RequeueLimit::At(3);
+    let agent = ScriptedAgent::new("default");
+    let ran = run_to_idle(
+        c,
+        &[("default", agent.clone() as Arc<dyn AgentRuntime>)],
+        vec![
+            msg("poison", &[], json!({"do": "fail", "class": "retryable"})),
+            ok("fine"),
+        ],
+    )
+    .await;
+    assert_eq!(agent.runs_of("poison"), 4, "the first delivery and three requeued ones");
+    let requeued: Vec<Option<String>> = ran
+        .queue
+        .requeued()
+        .iter()
+        .filter(|(s, _)| s.message.message_id == "poison")
+        .map(|(s, _)| s.message.headers.get(ATTEMPT).map(str::to_owned))
+        .collect();
+    assert_eq!(
+        requeued,
+        [Some("2".to_owned()), Some("3".to_owned()), Some("4".to_owned())],
+        "each requeue carries the next attempt"
+    );
+    let attempts: Vec<u32> = agent
+        .calls()
+        .iter()
+        .filter(|c| c.message_id == "poison")
+        .map(|c| c.event.envelope.attempt)
+        .collect();
+    assert_eq!(attempts, [1, 2, 3, 4]);
+
+    let reason = "requeues_exhausted: failed after 3 requeue(s) (processing.max_requeues: 3): \
+                  retries_exhausted: retryable after 1 attempt(s): scripted retryable failure";
+    let dlq = ran.queue.dead_lettered();
+    assert_eq!(dlq.len(), 1, "{dlq:#?}");
+    assert_eq!(dlq[0].message.message_id, "poison");
+    assert_eq!(dlq[0].dead_letter.reason, reason);
+    assert_eq!(dlq[0].headers.get(dead_letter::REASON), Some(reason));
+    assert_eq!(dlq[0].headers.get(dead_letter::ERROR_CLASS), Some("retryable"));
+
+    let records: Vec<LedgerRecord> = ran.records().into_iter().filter(|r| r.message_id == "poison").collect();
+    let settled: Vec<(LedgerStatus, SettlementKind)> = records.iter().map(|r| (r.status, r.settlement)).collect();
+    assert_eq!(
+        settled,
+        [
+            (LedgerStatus::Failed, SettlementKind::Requeue),
+            (LedgerStatus::Failed, SettlementKind::Requeue),
+            (LedgerStatus::Failed, SettlementKind::Requeue),
+            (LedgerStatus::Failed, SettlementKind::DeadLetter),
+        ],
+        "one record per delivery"
+    );
+    assert_eq!(records[3].error.as_deref(), Some(reason));
+    assert_eq!(records[3].error_class, Some(qt_core::ErrorClass::Retryable));
+    assert!(
+        ran.metrics.dlq.contains(&("requeues_exhausted", 1)),
+        "{:?}",
+        ran.metrics.dlq
+    );
+    assert_eq!(ran.acked_ids(), ["fine"]);
+}
+
+/// The mock adapter with dead-lettering switched off, as a broker source without a
+/// dead-letter destination reports itself.
+#[derive(Debug)]
+struct NoDlq(qt_adapter_mock::MockAdapter);
+
+#[async_trait::async_trait]
+impl qt_core::QueueAdapter for NoDlq {
+    fn kind(&self) -> &'static str {
+        "nodlq"
+    }
+    fn queue(&self) -> &str {
+        "q"
+    }
+    fn capabilities(&self) -> qt_core::Capabilities {
+        let mut c = self.0.capabilities();
+        c.dead_letter = false;
+        c
+    }
+    async fn connect(&self) -> Result<(), qt_core::AdapterError> {
+        Ok(())
+    }
+    async fn receive(&self, max: usize) -> Result<Vec<qt_core::Delivery>, qt_core::AdapterError> {
+        self.0.receive(max).await
+    }
+    async fn pause(&self) -> Result<(), qt_core::AdapterError> {
+        Ok(())
+    }
+    async fn resume(&self) -> Result<(), qt_core::AdapterError> {
+        Ok(())
+    }
+    async fn health(&self) -> qt_core::Health {
+        qt_core::Health::Healthy
+    }
+    async fn backlog(&self) -> Result<Option<u64>, qt_core::AdapterError> {
+        Ok(None)
+    }
+    async fn close(&self) -> Result<(), qt_core::AdapterError> {
+        Ok(())
+    }
+}
+
+/// A trigger for `c` on a source that cannot dead-letter.
+fn without_dlq(c: qt_core::config::Config) -> qt_engine::QueueTrigger {
+    let q = qt_adapter_mock::MockQueue::new("q");
+    qt_engine::QueueTrigger::builder(c)
+        .adapter(Arc::new(NoDlq(q.adapter())))
+        .agent("default", ScriptedAgent::new("default") as Arc<dyn AgentRuntime>)
+        .build()
+        .unwrap()
+}
+
 /// A dead-letter settlement that the source cannot carry out is refused at start.
 #[tokio::test]
 async fn the_dlq_policy_needs_a_dlq_capable_source() {
-    use qt_core::config::FailureAction;
-    #[derive(Debug)]
-    struct NoDlq(qt_adapter_mock::MockAdapter);
-    #[async_trait::async_trait]
-    impl qt_core::QueueAdapter for NoDlq {
-        fn kind(&self) -> &'static str {
-            "nodlq"
-        }
-        fn queue(&self) -> &str {
-            "q"
-        }
-        fn capabilities(&self) -> qt_core::Capabilities {
-            let mut c = self.0.capabilities();
-            c.dead_letter = false;
-            c
-        }
-        async fn connect(&self) -> Result<(), qt_core::AdapterError> {
-            Ok(())
-        }
-        async fn receive(&self, max: usize) -> Result<Vec<qt_core::Delivery>, qt_core::AdapterError> {
-            self.0.receive(max).await
-        }
-        async fn pause(&self) -> Result<(), qt_core::AdapterError> {
-            Ok(())
-        }
-        async fn resume(&self) -> Result<(), qt_core::AdapterError> {
-            Ok(())
-        }
-        async fn health(&self) -> qt_core::Health {
-            qt_core::Health::Healthy
-        }
-        async fn backlog(&self) -> Result<Option<u64>, qt_core::AdapterError> {
-            Ok(None)
-        }
-        async fn close(&self) -> Result<(), qt_core::AdapterError> {
-            Ok(())
-        }
-    }
-    let q = qt_adapter_mock::MockQueue::new("q");
     let mut c = config();
     c.processing.on_failure = FailureAction::Dlq;
     c.processing.on_parse_failure = UnprocessableAction::Nack;
     c.processing.on_unrouted = UnprocessableAction::Nack;
-    let t = qt_engine::QueueTrigger::builder(c)
-        .adapter(Arc::new(NoDlq(q.adapter())))
-        .agent("default", ScriptedAgent::new("default") as Arc<dyn AgentRuntime>)
-        .build()
-        .unwrap();
+    let t = without_dlq(c);
     let err = t.start().await.unwrap_err().to_string();
     assert!(
         err.contains("processing.on_failure") && err.contains("dead-letter"),
         "{err}"
     );
     assert_eq!(t.state(), qt_engine::TriggerState::Failed);
+}
+
+/// A requeue cap dead-letters, so it is refused the same way on a source that cannot; an
+/// unlimited requeue is not.
+#[tokio::test]
+async fn a_requeue_cap_needs_a_dlq_capable_source_and_unlimited_requeues_do_not() {
+    let mut c = config();
+    c.processing.on_failure = FailureAction::Requeue;
+    c.processing.on_parse_failure = UnprocessableAction::Nack;
+    c.processing.on_unrouted = UnprocessableAction::Nack;
+    let t = without_dlq(c.clone());
+    let err = t.start().await.unwrap_err().to_string();
+    assert!(
+        err.contains("processing.max_requeues asks for dead-lettering")
+            && err.ends_with("configure one, or set processing.max_requeues: unlimited"),
+        "{err}"
+    );
+    assert_eq!(t.state(), qt_engine::TriggerState::Failed);
+    c.processing.max_requeues = RequeueLimit::Unlimited;
+    let t = without_dlq(c);
+    t.start().await.expect("an unlimited requeue never dead-letters");
+    t.stop().await.expect("stops");
 }
