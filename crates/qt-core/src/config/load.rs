@@ -629,6 +629,84 @@ agent:
     }
 
     #[test]
+    fn an_admin_server_on_an_outside_address_without_a_token_is_refused_naming_listen() {
+        for listen in ["0.0.0.0:9464", "10.1.2.3:9464", "[::]:9464"] {
+            let got = problems(&format!(
+                "source: {{type: mock}}\nagent: {{targets: {{a: {{type: log}}}}}}\n\
+                 observability: {{admin: {{listen: \"{listen}\"}}}}\n"
+            ));
+            let listen_problems = at(&got, "observability.admin.listen");
+            assert_eq!(listen_problems.len(), 1, "{listen}: {got:#?}");
+            for hint in ["token", "allow_unauthenticated", "loopback"] {
+                assert!(listen_problems[0].contains(hint), "{hint} in {got:#?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_outside_admin_address_is_accepted_with_a_token_or_allow_unauthenticated() {
+        let base = "source: {type: mock}\nagent: {targets: {a: {type: log}}}\n";
+        for admin in [
+            "{listen: \"0.0.0.0:9464\", token: \"${QT_ADMIN_TOKEN}\"}",
+            "{listen: \"0.0.0.0:9464\", allow_unauthenticated: true}",
+            "{listen: \"0.0.0.0:9464\", enabled: false}",
+        ] {
+            let yaml = format!("{base}observability: {{admin: {admin}}}\n");
+            let env = |n: &str| (n == "QT_ADMIN_TOKEN").then(|| "admin-tok-1".to_owned());
+            if let Err(e) = load_str(&yaml, env) {
+                panic!("{admin} is accepted: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_loopback_admin_address_needs_no_token() {
+        for listen in ["127.0.0.1:9464", "127.0.0.2:0", "[::1]:9464", "[::ffff:127.0.0.1]:9464"] {
+            let yaml = format!(
+                "source: {{type: mock}}\nagent: {{targets: {{a: {{type: log}}}}}}\n\
+                 observability: {{admin: {{listen: \"{listen}\"}}}}\n"
+            );
+            if let Err(e) = load_str(&yaml, no_env) {
+                panic!("{listen} is accepted: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_admin_token_must_be_usable_and_protect_all_needs_one() {
+        let base = "source: {type: mock}\nagent: {targets: {a: {type: log}}}\n";
+        let got = problems(&format!("{base}observability: {{admin: {{token: \"\"}}}}\n"));
+        assert_eq!(at(&got, "observability.admin.token").len(), 1, "{got:#?}");
+        let got = problems(&format!("{base}observability: {{admin: {{token: \"two words\"}}}}\n"));
+        assert_eq!(at(&got, "observability.admin.token").len(), 1, "{got:#?}");
+        assert!(!got[0].contains("two words"), "the token is not echoed: {got:#?}");
+        let got = problems(&format!("{base}observability: {{admin: {{protect_all: true}}}}\n"));
+        assert_eq!(at(&got, "observability.admin.protect_all").len(), 1, "{got:#?}");
+        let got = problems(&format!(
+            "{base}observability: {{admin: {{token: \"${{QT_ADMIN_TOKEN}}\"}}}}\n"
+        ));
+        let unset = at(&got, "observability.admin.token");
+        assert_eq!(unset.len(), 1, "{got:#?}");
+        assert!(unset[0].contains("QT_ADMIN_TOKEN"), "{got:#?}");
+    }
+
+    #[test]
+    fn the_admin_token_comes_from_the_environment_and_never_prints() {
+        let c = load_str(
+            "source: {type: mock}\nagent: {targets: {a: {type: log}}}\n\
+             observability: {admin: {listen: \"0.0.0.0:9464\", token: \"${QT_ADMIN_TOKEN}\"}}\n",
+            |n| (n == "QT_ADMIN_TOKEN").then(|| "admin-secret-7".to_owned()),
+        )
+        .unwrap();
+        let token = c.observability.admin.token.as_ref().expect("the token is set");
+        assert_eq!(token.expose(), "admin-secret-7");
+        let masked = c.to_masked_yaml();
+        let printed = format!("{masked}\n{c:?}");
+        assert!(!printed.contains("admin-secret-7"), "{printed}");
+        assert!(masked.contains("token: '***'"), "masked, not dropped: {masked}");
+    }
+
+    #[test]
     fn an_http_target_rejects_unknown_fields() {
         let got = problems(
             "source: {type: mock, queue: q}\nagent: {targets: {a: {type: http, url: \"https://h\", bogus: 1}}}\n",

@@ -24,18 +24,36 @@ pub enum LogFormat {
     Json,
 }
 
-/// `observability.admin`: the HTTP server for metrics, health and status.
+/// `observability.admin`: the HTTP server for metrics, health, status and control.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Serve `/metrics`, `/healthz`, `/readyz` and `/status` (and `POST /send` for the
-    /// mock source).
+    /// Serve `/metrics`, `/healthz`, `/readyz` and `/status`, `POST /pause` and
+    /// `POST /resume` (what `qt pause` and `qt resume` use), and `POST /send` for the mock
+    /// source.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// Address and port the admin server listens on; the default is loopback only, so
-    /// set an outside address (e.g. `0.0.0.0:9464`) for a scraper on another host.
+    /// Address and port the admin server listens on; the default is loopback only. An
+    /// outside address (e.g. `0.0.0.0:9464`, for a scraper on another host) needs `token`,
+    /// or `allow_unauthenticated: true`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// A bearer token the admin server requires, as `Authorization: Bearer <token>`, on
+    /// `/status`, `/pause`, `/resume` and `/send` (on every endpoint with `protect_all`).
+    /// `qt pause`, `qt resume` and `qt send` read it from the same configuration and send
+    /// it. Give it through an environment variable (`${QT_ADMIN_TOKEN}`); it is never
+    /// printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// Require the token on `/metrics`, `/healthz` and `/readyz` too. Off, they stay open
+    /// for probes and scrapers that cannot send a token.
+    #[serde(default)]
+    pub protect_all: bool,
+    /// Serve on an address other than loopback without a token. Anyone who can reach the
+    /// address can then pause and resume the trigger and read its status: set it only where
+    /// the network itself keeps others out.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
 }
 
 fn default_true() -> bool {
@@ -50,6 +68,45 @@ impl Default for AdminConfig {
         Self {
             enabled: default_true(),
             listen: default_listen(),
+            token: None,
+            protect_all: false,
+            allow_unauthenticated: false,
+        }
+    }
+}
+
+impl Validate for AdminConfig {
+    fn validate(&self, path: &str, problems: &mut ConfigErrors) {
+        if !self.enabled {
+            return;
+        }
+        match &self.token {
+            Some(token) if token.expose().trim().is_empty() => {
+                problems.push(join(path, "token"), "is empty; set a token, or remove the field");
+            }
+            // An Authorization header holds visible ASCII only (RFC 9110 field values, as
+            // every client sends them).
+            Some(token) if !token.expose().bytes().all(|b| b.is_ascii_graphic()) => {
+                problems.push(
+                    join(path, "token"),
+                    "holds a space, a control character or a non-ASCII character; a bearer token is visible ASCII only",
+                );
+            }
+            Some(_) => {}
+            None if self.protect_all => problems.push(
+                join(path, "protect_all"),
+                "needs observability.admin.token: without a token there is nothing to require",
+            ),
+            None if !self.allow_unauthenticated && !self.listen.ip().to_canonical().is_loopback() => {
+                problems.push(
+                    join(path, "listen"),
+                    format!(
+                        "{} is not a loopback address and the admin server has no token: anyone who can reach it could pause the trigger and read its status. Set observability.admin.token (from an environment variable, e.g. \"${{QT_ADMIN_TOKEN}}\"), listen on 127.0.0.1, or set observability.admin.allow_unauthenticated: true if the network keeps others out",
+                        self.listen
+                    ),
+                );
+            }
+            None => {}
         }
     }
 }
@@ -84,7 +141,8 @@ impl Default for LogConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ObservabilityConfig {
-    /// The HTTP server for `/metrics`, `/healthz`, `/readyz` and `/status`.
+    /// The HTTP server for `/metrics`, `/healthz`, `/readyz`, `/status`, and `/pause` and
+    /// `/resume`.
     #[serde(default)]
     pub admin: AdminConfig,
     /// Log format and level.
@@ -97,6 +155,7 @@ pub struct ObservabilityConfig {
 
 impl Validate for ObservabilityConfig {
     fn validate(&self, path: &str, problems: &mut ConfigErrors) {
+        self.admin.validate(&join(path, "admin"), problems);
         self.tracing.validate(&join(path, "tracing"), problems);
     }
 }
