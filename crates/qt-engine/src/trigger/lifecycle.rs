@@ -111,6 +111,7 @@ impl QueueTrigger {
 
     /// Stops taking new messages; in-flight ones finish. The broker keeps the connection.
     pub async fn pause(&self) -> Result<(), LifecycleError> {
+        self.refuse_once_ending("pause")?;
         let _guard = self.shared.running.lock().await;
         match self.state() {
             TriggerState::Running => {}
@@ -131,7 +132,9 @@ impl QueueTrigger {
         Ok(())
     }
 
+    /// Takes messages again after [`pause`](Self::pause).
     pub async fn resume(&self) -> Result<(), LifecycleError> {
+        self.refuse_once_ending("resume")?;
         let _guard = self.shared.running.lock().await;
         match self.state() {
             TriggerState::Paused => {}
@@ -154,6 +157,20 @@ impl QueueTrigger {
         self.shared.state.send_replace(TriggerState::Running);
         info!(name = %self.config().name, "trigger resumed");
         Ok(())
+    }
+
+    /// A stop holds the lifecycle lock for its whole drain, so a pause or resume asked
+    /// meanwhile is refused at once rather than after the drain.
+    fn refuse_once_ending(&self, action: &'static str) -> Result<(), LifecycleError> {
+        match self.state() {
+            state @ (TriggerState::Stopping | TriggerState::Stopped | TriggerState::Failed) => {
+                Err(LifecycleError::InvalidTransition {
+                    action,
+                    state: state.as_str(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Graceful stop: stop intake; start no agent run or retry; hand every message taken but

@@ -277,6 +277,53 @@ async fn pause_stops_intake_and_resume_continues() {
     t.stop().await.unwrap();
 }
 
+/// A stop holds the lifecycle through its drain; a pause or resume asked meanwhile is
+/// refused at once, naming the state, instead of waiting for the drain to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_resume_during_a_stop_are_refused_at_once() {
+    let queue = MockQueue::new("q");
+    queue.enqueue(msg("slow", &[], json!({"do": "sleep", "ms": 2000})));
+    let mut c = config();
+    c.processing.drain_timeout = Duration::from_secs(10);
+    let agent = ScriptedAgent::new("default");
+    let t = QueueTrigger::builder(c)
+        .adapter(Arc::new(queue.adapter()))
+        .ledger(Arc::new(MemoryLedger::new()))
+        .agent("default", agent.clone() as Arc<dyn AgentRuntime>)
+        .build()
+        .unwrap();
+    t.start().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while agent.runs_of("slow") == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the slow run starts");
+    let stopping = tokio::spawn({
+        let t = t.clone();
+        async move { t.stop().await }
+    });
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while t.state() != TriggerState::Stopping {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the stop begins");
+    let asked = std::time::Instant::now();
+    let paused = t.pause().await.expect_err("no pause while stopping");
+    let resumed = t.resume().await.expect_err("no resume while stopping");
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "answered after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(paused.to_string(), "cannot pause a trigger that is stopping");
+    assert_eq!(resumed.to_string(), "cannot resume a trigger that is stopping");
+    assert!(stopping.await.unwrap().unwrap().drained);
+}
+
 /// With `ordering: none`, intake receives on one lane per worker thread: the lanes take
 /// every message exactly once between them, whether its batch finished at once on the
 /// lane or had to wait in a task of its own.
