@@ -492,6 +492,214 @@ fn send_feeds_a_running_trigger_and_sigterm_drains() {
     assert!(logs.contains("SIGTERM"), "{logs}");
 }
 
+/// A mock-source configuration whose admin server on `port` needs the token in
+/// `QT_TEST_ADMIN_TOKEN`, and whose agent notes each message it starts in `started` and then
+/// takes `sleep` to finish; records go to `ledger`.
+fn admin_config(
+    dir: &std::path::Path,
+    port: u16,
+    sleep: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let cfg = dir.join("admin.yaml");
+    let ledger = dir.join("ledger.jsonl");
+    let started = dir.join("started");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+name: paused-e2e
+source: {{type: mock}}
+agent:
+  targets:
+    main:
+      type: command
+      program: /bin/sh
+      args: ["-c", "cat > /dev/null; echo \"$QT_MESSAGE_ID\" >> {started}; sleep {sleep}"]
+ledger: {{type: jsonl, path: {ledger}}}
+observability:
+  admin: {{listen: "127.0.0.1:{port}", token: "${{QT_TEST_ADMIN_TOKEN}}"}}
+  log: {{level: debug}}
+"#,
+            started = started.display(),
+            ledger = ledger.display(),
+        ),
+    )
+    .unwrap();
+    (cfg, ledger, started)
+}
+
+/// `qt pause` stops intake of the running `qt run` of the same configuration: `/readyz`
+/// answers 503 saying paused, the run that was going finishes and is recorded while paused, a
+/// message sent meanwhile waits, and `qt resume` runs it. The token is sent by every command
+/// and printed by none.
+#[test]
+fn pause_holds_new_messages_until_resume_while_the_run_in_flight_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (cfg, ledger, started) = admin_config(dir.path(), port, "2");
+    let token = "adm-tok-5e6f7a8b";
+    let env = [("QT_TEST_ADMIN_TOKEN", token)];
+    let mut run = QtRun::start(&cfg, &dir.path().join("qt.log"), port, &env);
+    run.wait_ready(Duration::from_secs(20));
+    let send = |id: &str| {
+        let sent = run_bounded(
+            qt().args(["send", "-c"])
+                .arg(&cfg)
+                .args(["--id", id, "--body", "{}"])
+                .envs(env),
+            dir.path(),
+            BOUND,
+        );
+        assert_eq!(sent.sent_id(), id);
+        sent
+    };
+    let started_ids = || std::fs::read_to_string(&started).unwrap_or_default();
+    let recorded = || std::fs::read_to_string(&ledger).unwrap_or_default();
+    let mut outputs = vec![send("in-flight")];
+    wait_until(
+        "the first run to start",
+        Duration::from_secs(20),
+        || started_ids().contains("in-flight"),
+        || run.logs(),
+    );
+
+    let paused = run_bounded(qt().args(["pause", "-c"]).arg(&cfg).envs(env), dir.path(), BOUND);
+    paused.assert_shows(&["paused-e2e paused (was running)"]);
+    assert!(
+        !recorded().contains("\"in-flight\""),
+        "the pause answered before the run ended (it takes 2 s)"
+    );
+    let (code, body) = http_get(port, "/readyz").expect("the admin server answers");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"state\":\"paused\""), "{body}");
+    outputs.push(send("while-paused"));
+    wait_until(
+        "the run in flight to finish while paused",
+        Duration::from_secs(20),
+        || recorded().contains("\"in-flight\""),
+        || run.logs(),
+    );
+    assert!(recorded().contains("\"succeeded\""), "{}", recorded());
+    // Long enough for intake to have taken the message, had it not been paused.
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(!started_ids().contains("while-paused"), "a message ran while paused");
+    let (code, status) = support::http::http_get_as(port, "/status", Some(token)).expect("the admin server answers");
+    assert_eq!(code, 200, "{status}");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["status"]["state"], "paused", "{status}");
+
+    let resumed = run_bounded(qt().args(["resume", "-c"]).arg(&cfg).envs(env), dir.path(), BOUND);
+    resumed.assert_shows(&["paused-e2e running (was paused)"]);
+    wait_until(
+        "the message sent while paused to run after the resume",
+        Duration::from_secs(20),
+        || recorded().contains("\"while-paused\""),
+        || run.logs(),
+    );
+    run.wait_ready(Duration::from_secs(5));
+    let exit = run.terminate(Duration::from_secs(20));
+    let logs = run.logs();
+    assert!(exit.success(), "{logs}");
+    assert!(
+        logs.contains("trigger paused") && logs.contains("trigger resumed"),
+        "{logs}"
+    );
+    let validate = run_bounded(qt().args(["validate", "-c"]).arg(&cfg).envs(env), dir.path(), BOUND);
+    validate.assert_shows(&["token: '***'"]);
+    outputs.extend([paused, resumed, validate]);
+    for out in &outputs {
+        for text in [&out.stdout, &out.stderr] {
+            assert!(!text.contains(token), "the token in {}: {text}", out.command);
+        }
+    }
+    assert!(!logs.contains(token), "the token in qt run's debug log");
+}
+
+/// `qt pause` fails with a message that says why: a token that does not match the running
+/// `qt run`'s, nothing listening, or an admin server the configuration disables.
+#[test]
+fn qt_pause_fails_clearly_on_a_wrong_token_nothing_listening_or_no_admin_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (cfg, _, _) = admin_config(dir.path(), port, "0");
+    let token = "adm-tok-right-1";
+    let mut run = QtRun::start(
+        &cfg,
+        &dir.path().join("qt.log"),
+        port,
+        &[("QT_TEST_ADMIN_TOKEN", token)],
+    );
+    run.wait_ready(Duration::from_secs(20));
+    let wrong = run_bounded(
+        qt().args(["pause", "-c"])
+            .arg(&cfg)
+            .env("QT_TEST_ADMIN_TOKEN", "adm-tok-wrong-2"),
+        dir.path(),
+        BOUND,
+    );
+    assert_eq!(wrong.status.code(), Some(1), "{}", wrong.stderr);
+    assert!(
+        wrong
+            .stderr
+            .contains("the bearer token does not match observability.admin.token"),
+        "{}",
+        wrong.stderr
+    );
+    for secret in [token, "adm-tok-wrong-2"] {
+        assert!(
+            !wrong.stderr.contains(secret) && !wrong.stdout.contains(secret),
+            "{}",
+            wrong.stderr
+        );
+    }
+    let (code, body) = http_get(port, "/readyz").expect("the admin server answers");
+    assert_eq!(code, 200, "still running after the refused pause: {body}");
+    let exit = run.terminate(Duration::from_secs(20));
+    assert!(exit.success(), "{}", run.logs());
+
+    let nothing = run_bounded(
+        qt().args(["pause", "-c"]).arg(&cfg).env("QT_TEST_ADMIN_TOKEN", token),
+        dir.path(),
+        BOUND,
+    );
+    assert_eq!(nothing.status.code(), Some(1), "{}", nothing.stderr);
+    assert!(
+        nothing
+            .stderr
+            .contains(&format!("nothing answers at http://127.0.0.1:{port}/pause")),
+        "{}",
+        nothing.stderr
+    );
+
+    let disabled = dir.path().join("disabled.yaml");
+    std::fs::write(
+        &disabled,
+        "source: {type: mock}\nagent: {targets: {main: {type: log}}}\nobservability: {admin: {enabled: false}}\n",
+    )
+    .unwrap();
+    let off = run_bounded(qt().args(["resume", "-c"]).arg(&disabled), dir.path(), BOUND);
+    assert_eq!(off.status.code(), Some(1), "{}", off.stderr);
+    assert!(
+        off.stderr.contains("observability.admin.enabled: false"),
+        "{}",
+        off.stderr
+    );
+}
+
+/// `qt run` refuses an admin server on an outside address with no token, naming the field.
+#[test]
+fn qt_run_refuses_an_outside_admin_address_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("open.yaml");
+    std::fs::write(
+        &cfg,
+        "source: {type: mock}\nagent: {targets: {main: {type: log}}}\nobservability: {admin: {listen: \"0.0.0.0:0\"}}\n",
+    )
+    .unwrap();
+    let out = run_bounded(qt().args(["run", "--until-idle", "-c"]).arg(&cfg), dir.path(), BOUND);
+    out.assert_refused(&["observability.admin.listen", "observability.admin.token"]);
+}
+
 /// A body nested past what a value tree holds, or with a lone surrogate escape, used to
 /// panic at the first extraction rule and be put back at the front of the queue forever.
 /// Each is now a parse failure, dead-lettered with its reason, and the queue goes on.

@@ -1,8 +1,10 @@
-//! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/status`, and for the mock
-//! source `POST /send` (what `qt send` uses).
+//! The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/status`, `POST /pause` and
+//! `POST /resume` (what `qt pause` and `qt resume` use), and for the mock source `POST /send`
+//! (what `qt send` uses).
 //!
 //! Connections are served with hyper directly rather than `axum::serve`, which has no
 //! connection bound and no header or idle timeouts; [`AdminLimits`] says what applies.
+//! [`AdminAuth`] says which endpoints need `observability.admin.token`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,7 +24,11 @@ use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use qt_adapter_mock::{MessageLine, MockQueue};
-use qt_engine::QueueTrigger;
+use qt_core::Secret;
+use qt_core::config::AdminConfig;
+use qt_engine::{LifecycleError, QueueTrigger};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -88,6 +94,24 @@ impl Default for AdminLimits {
     }
 }
 
+/// Who may use the admin server. With a token, `/status`, `/pause`, `/resume` and `/send`
+/// need it as `Authorization: Bearer <token>`; `/metrics`, `/healthz` and `/readyz` need it
+/// only with `protect_all`, so that probes and scrapers without one keep working.
+#[derive(Clone, Debug, Default)]
+pub struct AdminAuth {
+    pub token: Option<Secret>,
+    pub protect_all: bool,
+}
+
+impl AdminAuth {
+    pub fn from_config(config: &AdminConfig) -> Self {
+        Self {
+            token: config.token.clone(),
+            protect_all: config.protect_all,
+        }
+    }
+}
+
 #[derive(Clone)]
 struct AppState {
     trigger: QueueTrigger,
@@ -116,6 +140,7 @@ pub async fn serve(
     trigger: QueueTrigger,
     mock: Option<MockQueue>,
     limits: AdminLimits,
+    auth: AdminAuth,
 ) -> anyhow::Result<AdminServer> {
     let listener = TcpListener::bind(addr)
         .await
@@ -126,12 +151,28 @@ pub async fn serve(
         mock,
         max_body_bytes: limits.max_body_bytes,
     };
-    let app = Router::new()
+    let open = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz));
+    let protected = Router::new()
         .route("/status", get(status))
-        .route("/send", post(send))
+        .route("/pause", post(pause))
+        .route("/resume", post(resume))
+        .route("/send", post(send));
+    let (open, protected) = if auth.token.is_some() {
+        let check = middleware::from_fn_with_state(Arc::new(auth.clone()), require_token);
+        let open = if auth.protect_all {
+            open.route_layer(check.clone())
+        } else {
+            open
+        };
+        (open, protected.route_layer(check))
+    } else {
+        (open, protected)
+    };
+    let app = open
+        .merge(protected)
         .layer(middleware::from_fn_with_state(state.clone(), refuse_declared_oversize))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .with_state(state);
@@ -366,6 +407,99 @@ async fn status(State(s): State<AppState>) -> Response {
     Json(serde_json::json!({ "status": status, "health": health })).into_response()
 }
 
+/// Why a request was refused for want of the token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    Missing,
+    NotBearer,
+    Wrong,
+}
+
+/// Lets a request through only with the right `Authorization: Bearer <token>`.
+async fn require_token(State(auth): State<Arc<AdminAuth>>, request: Request, next: Next) -> Response {
+    let Some(expected) = &auth.token else {
+        return next.run(request).await;
+    };
+    match check_bearer(request.headers().get(header::AUTHORIZATION), expected) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => unauthorized(refusal),
+    }
+}
+
+fn check_bearer(authorization: Option<&HeaderValue>, expected: &Secret) -> Result<(), Refusal> {
+    let value = authorization.ok_or(Refusal::Missing)?;
+    let (scheme, given) = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().split_once(' '))
+        .ok_or(Refusal::NotBearer)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Refusal::NotBearer);
+    }
+    if token_matches(given.trim().as_bytes(), expected.expose().as_bytes()) {
+        Ok(())
+    } else {
+        Err(Refusal::Wrong)
+    }
+}
+
+/// Compares the digests, in constant time: `ct_eq` on the tokens themselves would return at
+/// once for a different length, telling a guesser the token's length.
+fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    let (given, expected) = (Sha256::digest(given), Sha256::digest(expected));
+    bool::from(given.as_slice().ct_eq(expected.as_slice()))
+}
+
+fn unauthorized(refusal: Refusal) -> Response {
+    let (challenge, message) = match refusal {
+        Refusal::Missing => (
+            r#"Bearer realm="qt""#,
+            "this endpoint needs `Authorization: Bearer <token>` (observability.admin.token), and the request had no Authorization header",
+        ),
+        Refusal::NotBearer => (
+            r#"Bearer realm="qt", error="invalid_request""#,
+            "the Authorization header is not `Bearer <token>` (observability.admin.token)",
+        ),
+        Refusal::Wrong => (
+            r#"Bearer realm="qt", error="invalid_token""#,
+            "the bearer token does not match observability.admin.token",
+        ),
+    };
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, challenge)],
+        message,
+    )
+        .into_response()
+}
+
+async fn pause(State(s): State<AppState>) -> Response {
+    let was = s.trigger.state();
+    let paused = s.trigger.pause().await;
+    lifecycle_response(&s, was, paused)
+}
+
+async fn resume(State(s): State<AppState>) -> Response {
+    let was = s.trigger.state();
+    let resumed = s.trigger.resume().await;
+    lifecycle_response(&s, was, resumed)
+}
+
+/// The trigger's state after a pause or resume, with the messages still in flight (they
+/// finish while paused); or why it could not be done.
+fn lifecycle_response(s: &AppState, was: qt_engine::TriggerState, done: Result<(), LifecycleError>) -> Response {
+    match done {
+        Ok(()) => Json(serde_json::json!({
+            "state": s.trigger.state(),
+            "was": was,
+            "in_flight": s.trigger.metrics().inflight,
+        }))
+        .into_response(),
+        Err(e @ LifecycleError::InvalidTransition { .. }) => (StatusCode::CONFLICT, e.to_string()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
 async fn send(State(s): State<AppState>, line: Result<Json<MessageLine>, JsonRejection>) -> Response {
     let line = match line {
         Ok(Json(line)) => line,
@@ -398,10 +532,18 @@ mod tests {
     use tokio::net::TcpStream;
     use tokio::time::{Instant, timeout};
 
-    use super::{AdminLimits, AdminServer, serve};
+    use qt_core::Secret;
+    use reqwest::StatusCode;
+
+    use super::{AdminAuth, AdminLimits, AdminServer, serve, token_matches};
 
     /// An admin server for a mock-source trigger on a free loopback port.
     async fn server(limits: AdminLimits) -> AdminServer {
+        server_with(limits, AdminAuth::default()).await.0
+    }
+
+    /// An admin server with `auth` for a started mock-source trigger, and the trigger.
+    async fn server_with(limits: AdminLimits, auth: AdminAuth) -> (AdminServer, QueueTrigger) {
         let config = qt_core::config::load_str(
             "source: {type: mock}\nagent: {targets: {main: {type: log}}}\nledger: {type: memory}\n",
             |_| None,
@@ -413,9 +555,216 @@ mod tests {
             builder = builder.agent(name, agent);
         }
         let trigger = builder.build().expect("the trigger builds");
-        serve(([127, 0, 0, 1], 0).into(), trigger, source.mock, limits)
+        let admin = serve(([127, 0, 0, 1], 0).into(), trigger.clone(), source.mock, limits, auth)
             .await
-            .expect("the admin server listens")
+            .expect("the admin server listens");
+        (admin, trigger)
+    }
+
+    const TOKEN: &str = "admin-test-token-1";
+
+    fn with_token(protect_all: bool) -> AdminAuth {
+        AdminAuth {
+            token: Some(Secret::new(TOKEN)),
+            protect_all,
+        }
+    }
+
+    /// `method path` with `authorization` as the header if given: status, the
+    /// `WWW-Authenticate` header, body.
+    async fn call(
+        admin: &AdminServer,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+    ) -> (StatusCode, Option<String>, String) {
+        let url = format!("http://{}{path}", admin.addr);
+        let client = reqwest::Client::new();
+        let mut request = match method {
+            "GET" => client.get(&url),
+            _ => client.post(&url).json(&serde_json::json!({"text": "hello"})),
+        };
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let response = request.send().await.expect("the admin server answers");
+        let status = response.status();
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (status, challenge, response.text().await.unwrap())
+    }
+
+    const PROTECTED: [(&str, &str); 4] = [
+        ("GET", "/status"),
+        ("POST", "/send"),
+        ("POST", "/pause"),
+        ("POST", "/resume"),
+    ];
+    const OPEN: [(&str, &str); 3] = [("GET", "/metrics"), ("GET", "/healthz"), ("GET", "/readyz")];
+
+    #[tokio::test]
+    async fn with_a_token_the_protected_endpoints_refuse_a_missing_token_with_401_saying_so() {
+        let (admin, trigger) = server_with(AdminLimits::default(), with_token(false)).await;
+        trigger.start().await.unwrap();
+        for (method, path) in PROTECTED {
+            let (status, challenge, body) = call(&admin, method, path, None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
+            assert!(
+                challenge.as_deref().is_some_and(|c| c.starts_with("Bearer")),
+                "{method} {path}: {challenge:?}"
+            );
+            assert!(body.contains("no Authorization header"), "{method} {path}: {body}");
+        }
+        assert_eq!(trigger.state(), qt_engine::TriggerState::Running, "nothing was paused");
+        trigger.stop().await.unwrap();
+        admin.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn with_a_token_the_protected_endpoints_refuse_a_wrong_or_malformed_token_with_401_saying_so() {
+        let (admin, trigger) = server_with(AdminLimits::default(), with_token(false)).await;
+        trigger.start().await.unwrap();
+        for (method, path) in PROTECTED {
+            for wrong in [
+                "Bearer admin-test-token-2",
+                "Bearer admin-test-token-1x",
+                "Bearer admin-test-token-",
+                "Bearer ",
+            ] {
+                let (status, challenge, body) = call(&admin, method, path, Some(wrong)).await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} {wrong:?}: {body}");
+                assert!(
+                    challenge
+                        .as_deref()
+                        .is_some_and(|c| c.starts_with("Bearer") && c.contains("invalid_")),
+                    "{challenge:?}"
+                );
+                assert!(
+                    body.contains("does not match") || body.contains("is not `Bearer <token>`"),
+                    "{method} {path} {wrong:?}: {body}"
+                );
+                assert!(!body.contains(TOKEN), "the token is never echoed: {body}");
+            }
+            let basic = format!("Basic {TOKEN}");
+            let (status, _, body) = call(&admin, method, path, Some(&basic)).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+            assert!(body.contains("is not `Bearer <token>`"), "{body}");
+        }
+        assert_eq!(trigger.state(), qt_engine::TriggerState::Running, "nothing was paused");
+        trigger.stop().await.unwrap();
+        admin.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn with_the_right_token_the_protected_endpoints_answer() {
+        let (admin, trigger) = server_with(AdminLimits::default(), with_token(false)).await;
+        trigger.start().await.unwrap();
+        let right = format!("Bearer {TOKEN}");
+        // The scheme is case-insensitive (RFC 9110).
+        let lower = format!("bearer {TOKEN}");
+        for (method, path) in PROTECTED {
+            for authorization in [&right, &lower] {
+                let (status, challenge, body) = call(&admin, method, path, Some(authorization)).await;
+                assert!(status.is_success(), "{method} {path}: {status} {body}");
+                assert_eq!(challenge, None);
+            }
+        }
+        trigger.stop().await.unwrap();
+        admin.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn probes_and_metrics_stay_open_with_a_token_unless_protect_all() {
+        let (admin, trigger) = server_with(AdminLimits::default(), with_token(false)).await;
+        trigger.start().await.unwrap();
+        for (method, path) in OPEN {
+            let (status, _, body) = call(&admin, method, path, None).await;
+            assert_eq!(status, StatusCode::OK, "{method} {path}: {body}");
+        }
+        trigger.stop().await.unwrap();
+        admin.shutdown().await;
+
+        let (admin, trigger) = server_with(AdminLimits::default(), with_token(true)).await;
+        trigger.start().await.unwrap();
+        let right = format!("Bearer {TOKEN}");
+        for (method, path) in OPEN {
+            let (status, _, body) = call(&admin, method, path, None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
+            let (status, _, body) = call(&admin, method, path, Some("Bearer nope")).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
+            let (status, _, body) = call(&admin, method, path, Some(&right)).await;
+            assert_eq!(status, StatusCode::OK, "{method} {path}: {body}");
+        }
+        trigger.stop().await.unwrap();
+        admin.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn without_a_token_every_endpoint_is_open() {
+        let (admin, trigger) = server_with(AdminLimits::default(), AdminAuth::default()).await;
+        trigger.start().await.unwrap();
+        for (method, path) in OPEN.into_iter().chain(PROTECTED) {
+            let (status, _, body) = call(&admin, method, path, None).await;
+            assert!(status.is_success(), "{method} {path}: {status} {body}");
+        }
+        trigger.stop().await.unwrap();
+        admin.shutdown().await;
+    }
+
+    #[test]
+    fn the_token_check_compares_digests_in_constant_time_so_no_prefix_or_length_passes() {
+        let expected = TOKEN.as_bytes();
+        assert!(token_matches(expected, expected));
+        for given in [
+            &b""[..],
+            b"admin-test-token-",
+            b"admin-test-token-12",
+            b"admin-test-token-2",
+            b"Admin-test-token-1",
+        ] {
+            assert!(!token_matches(given, expected), "{}", String::from_utf8_lossy(given));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pause_makes_readyz_answer_503_saying_paused_and_a_resume_makes_it_ready() {
+        let (admin, trigger) = server_with(AdminLimits::default(), AdminAuth::default()).await;
+        trigger.start().await.unwrap();
+        let (status, _, body) = call(&admin, "POST", "/pause", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["state"], "paused", "{body}");
+        assert_eq!(answer["was"], "running", "{body}");
+        let (status, _, body) = call(&admin, "GET", "/readyz", None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains("\"state\":\"paused\""), "{body}");
+        let (_, _, body) = call(&admin, "GET", "/status", None).await;
+        let status_doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status_doc["status"]["state"], "paused", "{body}");
+        let (status, _, body) = call(&admin, "POST", "/pause", None).await;
+        assert_eq!(status, StatusCode::OK, "pausing twice is no error: {body}");
+        let (status, _, body) = call(&admin, "POST", "/resume", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains("\"was\":\"paused\""), "{body}");
+        let (status, _, body) = call(&admin, "GET", "/readyz", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        trigger.stop().await.unwrap();
+        admin.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_pause_of_a_trigger_that_is_not_running_is_a_409_naming_its_state() {
+        let (admin, trigger) = server_with(AdminLimits::default(), AdminAuth::default()).await;
+        trigger.start().await.unwrap();
+        trigger.stop().await.unwrap();
+        for (path, action) in [("/pause", "pause"), ("/resume", "resume")] {
+            let (status, _, body) = call(&admin, "POST", path, None).await;
+            assert_eq!(status, StatusCode::CONFLICT, "{body}");
+            assert_eq!(body, format!("cannot {action} a trigger that is stopped"));
+        }
+        admin.shutdown().await;
     }
 
     /// Reads until the peer closes, failing if it has not within `within`.

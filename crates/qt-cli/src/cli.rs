@@ -27,6 +27,11 @@ pub enum Command {
     /// Publish one message to the configured source (for the mock source: into a running
     /// `qt run` of the same configuration, through its admin server).
     Send(SendArgs),
+    /// Pause the running `qt run` of this configuration, through its admin server: it takes
+    /// no new message, and messages already taken finish. The broker connection stays open.
+    Pause(ConfigArg),
+    /// Resume a paused `qt run` of this configuration, through its admin server.
+    Resume(ConfigArg),
     /// Read the audit ledger the configuration writes (`jsonl` or `postgres`).
     Ledger(LedgerArgs),
     /// Inspect, replay and purge the dead letters of the configured source.

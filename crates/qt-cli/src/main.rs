@@ -1,6 +1,7 @@
 //! `qt`: runs a queue trigger from one YAML file.
 
 mod admin;
+mod admin_client;
 mod agents;
 mod cli;
 mod commands;

@@ -3,6 +3,7 @@
 mod config;
 mod dlq;
 mod ledger;
+mod pause;
 mod preflight;
 mod run;
 mod send;
@@ -25,6 +26,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args).await,
         Command::Validate(args) => validate::validate(&args.config).await,
         Command::Send(args) => send::send(args).await,
+        Command::Pause(args) => pause::pause(&args).await,
+        Command::Resume(args) => pause::resume(&args).await,
         Command::Ledger(args) => ledger::ledger(args).await,
         Command::Dlq(args) => dlq::dlq(args).await,
         Command::Config(args) => config::config(&args),

@@ -70,11 +70,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             trigger.clone(),
             source.mock.clone(),
             limits,
+            admin::AdminAuth::from_config(&config.observability.admin),
         )
         .await
         {
             Ok(server) => {
-                info!(addr = %server.addr, "admin server listening (/metrics /healthz /readyz /status)");
+                info!(
+                    addr = %server.addr,
+                    token_required = config.observability.admin.token.is_some(),
+                    "admin server listening (/metrics /healthz /readyz /status /pause /resume)"
+                );
                 Some(server)
             }
             Err(e) => {

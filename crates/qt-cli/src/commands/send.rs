@@ -12,6 +12,7 @@ use qt_core::headers::TRACEPARENT;
 use qt_core::{Headers, OutgoingMessage, TraceId};
 
 use super::load_or_report;
+use crate::admin_client::AdminClient;
 use crate::cli::SendArgs;
 use crate::wiring;
 
@@ -76,11 +77,7 @@ async fn send_to_running_mock(
     headers: &Headers,
     body: &[u8],
 ) -> anyhow::Result<Option<String>> {
-    if !config.observability.admin.enabled {
-        bail!(
-            "the mock source takes messages through the admin server, which this configuration disables (observability.admin.enabled)"
-        );
-    }
+    let admin = AdminClient::for_config(config, "qt send (for the mock source)")?;
     let mut line = serde_json::json!({
         "headers": headers.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect::<std::collections::BTreeMap<_, _>>(),
     });
@@ -98,20 +95,6 @@ async fn send_to_running_mock(
         (Err(_), Ok(text)) => line["text"] = text.into(),
         (Err(_), Err(_)) => line["body_base64"] = base64::engine::general_purpose::STANDARD.encode(body).into(),
     }
-    let url = format!("http://{}/send", config.observability.admin.listen);
-    let response = reqwest::Client::new()
-        .post(&url)
-        .json(&line)
-        .send()
-        .await
-        .with_context(|| {
-            format!("cannot reach the running `qt run` at {url}; is it running with this configuration?")
-        })?;
-    let status = response.status();
-    let text = response.text().await.unwrap_or_default();
-    if !status.is_success() {
-        bail!("{url} refused the message ({status}): {text}");
-    }
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    Ok(v.get("message_id").and_then(|m| m.as_str()).map(str::to_owned))
+    let answer = admin.post("/send", Some(&line)).await?;
+    Ok(answer.get("message_id").and_then(|m| m.as_str()).map(str::to_owned))
 }
