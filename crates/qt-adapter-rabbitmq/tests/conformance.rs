@@ -41,6 +41,7 @@ async fn fresh_queue() -> RabbitTestQueue {
         exchange: String::new(),
         routing_key: dlq.clone(),
         declare: None,
+        queue: None,
     });
     let cleanup = Cleanup::new(&[&queue, &dlq, &config.retry_queue_name()]);
     broker.declare(&queue, FieldTable::default()).await;

@@ -245,6 +245,7 @@ async fn dead_letter_goes_to_the_dlq_with_its_headers() {
         exchange: String::new(),
         routing_key: dlq.clone(),
         declare: Some(QueueDeclaration::default()),
+        queue: None,
     });
     let _cleanup = Cleanup::new(&[&q, &dlq, &adapter_cfg.retry_queue_name()]);
     broker.declare(&q, FieldTable::default()).await;

@@ -105,6 +105,7 @@ async fn missing_dlq_and_missing_binding_exchange_are_named() {
         exchange: String::new(),
         routing_key: dlq.clone(),
         declare: None,
+        queue: None,
     });
     assert_missing(&cfg, &dlq, "source.dlq").await;
 

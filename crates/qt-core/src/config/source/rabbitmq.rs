@@ -118,6 +118,23 @@ pub struct RabbitMqDlq {
         deserialize_with = "queue_declaration_not_bool"
     )]
     pub declare: Option<QueueDeclaration>,
+    /// The queue the dead letters end up in, which `qt dlq` reads. Unset: `routing_key`
+    /// when `exchange` is `""`; with a named exchange qt cannot tell which queue is bound
+    /// to it, so `qt dlq` needs this set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+}
+
+impl RabbitMqDlq {
+    /// The queue holding the dead letters: `queue`, else `routing_key` on the default
+    /// exchange; `None` for a named exchange without `queue`.
+    pub fn queue_name(&self) -> Option<&str> {
+        match &self.queue {
+            Some(queue) => Some(queue),
+            None if self.exchange.is_empty() => Some(&self.routing_key),
+            None => None,
+        }
+    }
 }
 
 /// `dlq.declare` as a mapping, with a message that says what to write for the former boolean.
@@ -369,6 +386,27 @@ impl Validate for RabbitMqSourceConfig {
             if dlq.exchange.is_empty() && !self.queue.is_empty() && dlq.routing_key == self.queue {
                 problems.push(join(path, "dlq.routing_key"), "must not be the consumed queue itself");
             }
+            if let Some(queue) = &dlq.queue {
+                let at = join(path, "dlq.queue");
+                check_name(problems, at.clone(), queue);
+                if queue.trim().is_empty() {
+                    problems.push(
+                        at,
+                        "must not be empty (leave it out for routing_key with exchange \"\")",
+                    );
+                } else if dlq.exchange.is_empty() && *queue != dlq.routing_key {
+                    problems.push(
+                        at,
+                        format!(
+                            "with exchange \"\" dead letters go to the queue named routing_key ({:?}); leave \
+                             queue out or make it the same",
+                            dlq.routing_key
+                        ),
+                    );
+                } else if *queue == self.queue {
+                    problems.push(at, "must not be the consumed queue itself");
+                }
+            }
         }
         if let Some(retry) = &self.retry_queue {
             if retry.trim().is_empty() {
@@ -452,6 +490,7 @@ mod tests {
             exchange: "dlx".into(),
             routing_key: String::new(),
             declare: Some(QueueDeclaration::default()),
+            queue: None,
         });
         cfg.ca_file = Some("/ca.pem".into());
         cfg.client_cert_file = Some("/c.pem".into());
@@ -499,10 +538,40 @@ mod tests {
             exchange: String::new(),
             routing_key: "q".into(),
             declare: None,
+            queue: None,
         });
         cfg.retry_queue = Some("q".into());
         let got = problems(&cfg);
         assert!(got.iter().any(|p| p.starts_with("source.dlq.routing_key:")), "{got:#?}");
         assert!(got.iter().any(|p| p.starts_with("source.retry_queue:")), "{got:#?}");
+    }
+
+    #[test]
+    fn the_dlq_queue_is_the_routing_key_on_the_default_exchange_and_must_be_named_for_a_named_one() {
+        let mut cfg = RabbitMqSourceConfig::new("amqp://localhost", "q");
+        let mut dlq = RabbitMqDlq {
+            exchange: String::new(),
+            routing_key: "q.dlq".into(),
+            declare: None,
+            queue: None,
+        };
+        assert_eq!(dlq.queue_name(), Some("q.dlq"));
+        dlq.exchange = "dlx".into();
+        assert_eq!(dlq.queue_name(), None);
+        dlq.queue = Some("q.dead".into());
+        assert_eq!(dlq.queue_name(), Some("q.dead"));
+        cfg.dlq = Some(dlq.clone());
+        assert!(problems(&cfg).is_empty(), "{:?}", problems(&cfg));
+
+        for (exchange, queue) in [("", "elsewhere"), ("dlx", "q"), ("dlx", " ")] {
+            dlq.exchange = exchange.into();
+            dlq.queue = Some(queue.into());
+            cfg.dlq = Some(dlq.clone());
+            let got = problems(&cfg);
+            assert!(
+                got.iter().any(|p| p.starts_with("source.dlq.queue:")),
+                "{exchange:?} {queue:?}: {got:#?}"
+            );
+        }
     }
 }
