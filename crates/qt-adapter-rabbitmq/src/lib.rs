@@ -1,7 +1,8 @@
 //! RabbitMQ adapter for qt, built on lapin (AMQP 0-9-1).
 //!
 //! [`RabbitMqAdapter`] consumes one queue; [`RabbitMqPublisher`] publishes (`qt send`, DLQ
-//! replay). Both take the `source` section of a `type: rabbitmq` configuration
+//! replay); [`RabbitMqDlq`] reads and empties the dead-letter queue (`qt dlq`). All take the
+//! `source` section of a `type: rabbitmq` configuration
 //! ([`qt_core::config::RabbitMqSourceConfig`]).
 //!
 //! # Consuming
@@ -58,6 +59,15 @@
 //! used on another channel). `connect` itself does not retry: a broker that is unreachable at
 //! start is an error for the caller.
 //!
+//! # Dead letters (`qt dlq`)
+//!
+//! [`RabbitMqDlq`] reads the queue `source.dlq.queue`, else `source.dlq.routing_key` when
+//! `source.dlq.exchange` is `""`. It takes letters with `basic.get` and leaves them
+//! unacknowledged; removing one acks it, and the letters it did not remove go back to their
+//! places in the queue when the session closes or its connection is lost. A replay is
+//! published to the default exchange with the original queue (`x-qt-original-queue`) as the
+//! routing key, and acked in the DLQ only after the broker confirmed the publish.
+//!
 //! # Security
 //!
 //! `amqps://` URLs use rustls, trusting the platform's roots plus `ca_file`; a client
@@ -71,6 +81,7 @@
 //! (`amq.default` for the retry queue and for a DLQ on the default exchange, else the DLQ
 //! exchange); `configure` on the retry queue unless it already exists, and on whatever
 //! `declare` lists (bindings also need `write` on the queue and `read` on the exchange).
+//! `qt dlq` needs `read` on the DLQ queue, and for a replay `write` on `amq.default`.
 
 mod acks;
 mod adapter;
@@ -79,6 +90,7 @@ mod backoff;
 mod connection;
 mod context;
 mod describe;
+mod dlq;
 mod health;
 mod message;
 mod publish;
@@ -89,4 +101,5 @@ mod settle;
 mod topology;
 
 pub use adapter::RabbitMqAdapter;
+pub use dlq::RabbitMqDlq;
 pub use publisher::RabbitMqPublisher;

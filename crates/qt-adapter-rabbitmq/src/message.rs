@@ -25,7 +25,7 @@ use crate::amqp_value::{headers_from_table, to_text};
 
 /// Headers left out of the derived id: RabbitMQ writes them when it redelivers or
 /// dead-letters a message, and qt writes its attempt counter when it re-publishes.
-const VOLATILE_HEADERS: &[&str] = &[
+pub(crate) const VOLATILE_HEADERS: &[&str] = &[
     "x-delivery-count",
     "x-death",
     "x-first-death-exchange",
@@ -111,7 +111,7 @@ fn as_u64(v: &AMQPValue) -> Option<u64> {
     }
 }
 
-fn broker_timestamp(properties: &BasicProperties) -> Option<DateTime<Utc>> {
+pub(crate) fn broker_timestamp(properties: &BasicProperties) -> Option<DateTime<Utc>> {
     let from_header = properties
         .headers()
         .as_ref()

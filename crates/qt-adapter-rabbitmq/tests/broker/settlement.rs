@@ -14,17 +14,6 @@ use qt_core::{DeadLetter, ErrorClass, Health, OutgoingMessage, Publisher, QueueA
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn header(props: &BasicProperties, name: &str) -> Option<String> {
-    props
-        .headers()
-        .as_ref()
-        .and_then(|t| t.inner().get(name))
-        .map(|v| match v {
-            AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-            other => format!("{other:?}"),
-        })
-}
-
 #[tokio::test]
 async fn ack_removes_the_message_and_unsettled_ones_come_back() {
     let broker = Broker::connect().await;

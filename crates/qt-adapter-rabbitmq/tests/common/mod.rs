@@ -373,3 +373,16 @@ pub fn ids(deliveries: &[Delivery]) -> Vec<String> {
 pub fn with_id(id: &str) -> BasicProperties {
     BasicProperties::default().with_message_id(id.into())
 }
+
+/// A header of a received message as text (long strings as they are, other values as
+/// their `Debug`).
+pub fn header(props: &BasicProperties, name: &str) -> Option<String> {
+    props
+        .headers()
+        .as_ref()
+        .and_then(|t| t.inner().get(name))
+        .map(|v| match v {
+            AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            other => format!("{other:?}"),
+        })
+}

@@ -1,5 +1,5 @@
 //! The rabbitmq source: [`RabbitMqAdapter`] for `qt run`, [`RabbitMqPublisher`] for
-//! `qt send`.
+//! `qt send` and `qt dlq replay`, [`RabbitMqDlq`] for `qt dlq`.
 //!
 //! Construction checks the configuration (URL, TLS files, `security.require_tls` through
 //! [`AdapterSettings::require_tls`]) without connecting; the engine connects at start, and a
@@ -8,9 +8,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use qt_adapter_rabbitmq::{RabbitMqAdapter, RabbitMqPublisher};
+use qt_adapter_rabbitmq::{RabbitMqAdapter, RabbitMqDlq, RabbitMqPublisher};
 use qt_core::config::RabbitMqSourceConfig;
-use qt_core::{AdapterError, AdapterSettings, OutgoingMessage, Publisher};
+use qt_core::{AdapterError, AdapterSettings, DlqReader, OutgoingMessage, Publisher};
 
 use super::Source;
 
@@ -29,6 +29,13 @@ pub async fn source(config: &RabbitMqSourceConfig, settings: AdapterSettings) ->
 pub async fn publisher(config: &RabbitMqSourceConfig, settings: AdapterSettings) -> anyhow::Result<Arc<dyn Publisher>> {
     let publisher = RabbitMqPublisher::new(config, &settings)?;
     Ok(Arc::new(SendPublisher { inner: publisher }))
+}
+
+/// A session on the source's dead-letter queue (`source.dlq`), connected.
+// `wiring::dlq` calls it once the `qt dlq` command is wired in.
+#[allow(dead_code)]
+pub async fn dlq(config: &RabbitMqSourceConfig, settings: AdapterSettings) -> anyhow::Result<Box<dyn DlqReader>> {
+    Ok(Box::new(RabbitMqDlq::open(config, &settings).await?))
 }
 
 /// [`RabbitMqPublisher`] with the `qt send` id convention applied.
@@ -104,6 +111,33 @@ mod tests {
         super::super::publisher(&plain)
             .await
             .expect("plaintext is allowed by default");
+    }
+
+    #[tokio::test]
+    async fn the_dlq_needs_a_dlq_configured_and_tls_when_required_before_it_connects() {
+        let config = RabbitMqSourceConfig::new("amqp://app:s3cret-pw@mq.example.com:5672/prod", "orders");
+        let e = format!(
+            "{:#}",
+            dlq(&config, AdapterSettings::new("t", 1, 1))
+                .await
+                .err()
+                .expect("no dlq is configured")
+        );
+        assert!(e.contains("source.dlq"), "{e}");
+        let mut settings = AdapterSettings::new("t", 1, 1);
+        settings.require_tls = true;
+        let mut with_dlq = config.clone();
+        with_dlq.dlq = Some(qt_core::config::RabbitMqDlq {
+            exchange: String::new(),
+            routing_key: "orders.dlq".into(),
+            declare: None,
+            queue: None,
+        });
+        let e = format!(
+            "{:#}",
+            dlq(&with_dlq, settings).await.err().expect("plaintext is refused")
+        );
+        assert!(e.contains("require_tls") && !e.contains("s3cret-pw"), "{e}");
     }
 
     #[test]
