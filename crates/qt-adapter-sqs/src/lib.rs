@@ -1,7 +1,8 @@
 //! AWS SQS adapter for qt (aws-sdk-sqs).
 //!
 //! [`SqsAdapter`] consumes one standard or FIFO queue; [`SqsPublisher`] sends to one (for
-//! `qt send`, dead letters and replays).
+//! `qt send`, dead letters and replays); [`SqsDlq`] reads and empties the DLQ for `qt dlq`
+//! (see [its module](dlq) for what reading a queue without a peek costs).
 //!
 //! # Receiving
 //!
@@ -74,13 +75,17 @@
 //! The consumer needs `sqs:ReceiveMessage`, `sqs:DeleteMessage`,
 //! `sqs:ChangeMessageVisibility`, `sqs:GetQueueAttributes` (and `sqs:GetQueueUrl` when
 //! configured by name) on its queue, plus `sqs:SendMessage` and `sqs:GetQueueAttributes` on
-//! `dlq_queue_url`; a publisher needs `sqs:SendMessage`. Queues encrypted with a customer
+//! `dlq_queue_url`; a publisher needs `sqs:SendMessage`. `qt dlq` needs
+//! `sqs:GetQueueAttributes`, `sqs:ReceiveMessage`, `sqs:ChangeMessageVisibility` and (to
+//! remove, replay or purge) `sqs:DeleteMessage` on `dlq_queue_url`, and `sqs:SendMessage` on
+//! the queues it replays to. Queues encrypted with a customer
 //! KMS key also need `kms:Decrypt` (receiving) and `kms:GenerateDataKey` (sending).
 
 mod adapter;
 pub mod attributes;
 pub mod connection;
 mod deleter;
+pub mod dlq;
 mod health;
 mod lease;
 mod message;
@@ -91,5 +96,6 @@ mod send;
 mod settle;
 
 pub use adapter::SqsAdapter;
+pub use dlq::SqsDlq;
 pub use message::{DEDUPLICATION_ID_HEADER, GROUP_ID_HEADER, SEQUENCE_NUMBER_HEADER};
 pub use publisher::SqsPublisher;

@@ -1,5 +1,5 @@
 //! The adapter against SQS: how each settlement lands, FIFO order, the visibility
-//! heartbeat, and pause, resume and backlog.
+//! heartbeat, pause, resume and backlog, and `qt dlq`'s sessions on a DLQ.
 //!
 //! Run against an SQS emulator (moto) at `QT_TEST_SQS_ENDPOINT` (default
 //! `http://127.0.0.1:4566`; `cargo xtask services up` starts it). Every test works on its
@@ -9,6 +9,7 @@
 #[allow(dead_code)]
 #[path = "../common/mod.rs"]
 mod common;
+mod dlq;
 mod fifo;
 mod heartbeat;
 mod lifecycle;
