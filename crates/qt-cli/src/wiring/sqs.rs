@@ -1,4 +1,5 @@
-//! The sqs source: [`SqsAdapter`] for `qt run`, [`SqsPublisher`] for `qt send`.
+//! The sqs source: [`SqsAdapter`] for `qt run`, [`SqsPublisher`] for `qt send` and replays,
+//! [`SqsDlq`] for `qt dlq` on `source.dlq_queue_url`.
 //!
 //! Construction checks the section and `security.require_tls` (through
 //! [`AdapterSettings::require_tls`]: also an `http://` endpoint that comes from
@@ -15,9 +16,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use qt_adapter_sqs::{SqsAdapter, SqsPublisher};
+use qt_adapter_sqs::{SqsAdapter, SqsDlq, SqsPublisher};
 use qt_core::config::SqsSourceConfig;
-use qt_core::{AdapterError, AdapterSettings, OutgoingMessage, Publisher};
+use qt_core::{AdapterError, AdapterSettings, DlqReader, OutgoingMessage, Publisher};
 
 use super::Source;
 
@@ -35,6 +36,14 @@ pub async fn source(config: &SqsSourceConfig, settings: AdapterSettings) -> anyh
 pub async fn publisher(config: &SqsSourceConfig, settings: AdapterSettings) -> anyhow::Result<Arc<dyn Publisher>> {
     let publisher = SqsPublisher::new(config, &settings).await?;
     Ok(Arc::new(SendPublisher { inner: publisher }))
+}
+
+/// A session on `source.dlq_queue_url`. Letters it reads stay invisible to other readers
+/// of the DLQ until it closes, or for five minutes if the process dies first (SQS has no
+/// peek; see [`qt_adapter_sqs::dlq`]).
+#[allow(dead_code)] // until `wiring::dlq` has its sqs arm
+pub async fn dlq(config: &SqsSourceConfig, settings: AdapterSettings) -> anyhow::Result<Box<dyn DlqReader>> {
+    Ok(Box::new(SqsDlq::open(config, &settings).await?))
 }
 
 /// [`SqsPublisher`] with the `qt send --id` convention applied.
@@ -81,12 +90,25 @@ mod tests {
         config
     }
 
+    fn sqs_source(config: &Config) -> SqsSourceConfig {
+        match &config.source {
+            SourceConfig::Sqs(s) => s.clone(),
+            other => panic!("an sqs source, not {}", other.kind()),
+        }
+    }
+
     #[tokio::test]
     async fn require_tls_refuses_a_plaintext_endpoint_naming_the_field() {
-        let config = sqs_config("orders", Some(&format!("http://user:{SECRET}@127.0.0.1:4566")), true);
+        let mut config = sqs_config("orders", Some(&format!("http://user:{SECRET}@127.0.0.1:4566")), true);
+        if let SourceConfig::Sqs(s) = &mut config.source {
+            s.dlq_queue_url = Some("orders-dlq".into());
+        }
         for result in [
             super::super::source(&config).await.map(|_| ()),
             super::super::publisher(&config).await.map(|_| ()),
+            dlq(&sqs_source(&config), super::super::adapter_settings(&config))
+                .await
+                .map(|_| ()),
         ] {
             let e = format!(
                 "{:#}",
@@ -119,6 +141,19 @@ mod tests {
         super::super::publisher(&plain)
             .await
             .expect("plaintext is allowed by default");
+    }
+
+    #[tokio::test]
+    async fn dlq_needs_the_dlq_queue_configured() {
+        let config = sqs_config("https://sqs.us-east-1.amazonaws.com/123456789012/orders", None, false);
+        let e = format!(
+            "{:#}",
+            dlq(&sqs_source(&config), super::super::adapter_settings(&config))
+                .await
+                .err()
+                .expect("no source.dlq_queue_url")
+        );
+        assert!(e.contains("source.dlq_queue_url"), "{e}");
     }
 
     #[test]
