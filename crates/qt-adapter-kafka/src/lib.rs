@@ -3,8 +3,9 @@
 //! [`KafkaAdapter`] consumes one or more topics in a consumer group and hands the engine
 //! [`qt_core::Delivery`]s whose source carries topic, partition, offset, key and the broker
 //! timestamp. [`KafkaPublisher`] produces with confirmation (`qt send`, dead letters,
-//! requeues). [`KafkaAdmin`] creates topics and reads committed and end offsets (tests,
-//! benchmarks, tooling).
+//! requeues). [`KafkaDlq`] reads and empties the dead-letter topic for `qt dlq` (its docs
+//! say what "in the DLQ" means on Kafka). [`KafkaAdmin`] creates topics and reads committed
+//! and end offsets (tests, benchmarks, tooling).
 //!
 //! # Guarantees
 //!
@@ -46,6 +47,7 @@ pub mod admin;
 mod connection;
 mod consumer;
 mod context;
+mod dlq;
 mod health;
 mod message;
 pub mod offsets;
@@ -57,5 +59,6 @@ mod state;
 pub use adapter::{KafkaAdapter, KafkaStatus};
 pub use admin::KafkaAdmin;
 pub use connection::FETCH_QUEUE_BACKOFF_MS;
+pub use dlq::KafkaDlq;
 pub use message::NOT_BEFORE;
 pub use publisher::{KafkaPublisher, Produced};

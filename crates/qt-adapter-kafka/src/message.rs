@@ -201,7 +201,7 @@ fn len_i32(n: usize) -> i32 {
 }
 
 /// Lossless when `bytes` is UTF-8 (the usual case), lossy otherwise.
-fn text(bytes: &[u8]) -> String {
+pub fn text(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
         Ok(s) => s.to_owned(),
         Err(_) => String::from_utf8_lossy(bytes).into_owned(),
@@ -265,10 +265,7 @@ fn due_in(value: &[u8], batch: &Batch) -> Option<Instant> {
 /// `adapter` is the receiving batch's copy of the adapter name.
 pub fn raw_message(pending: &Pending, adapter: &Arc<str>) -> RawMessage {
     let Origin { tp, offset, record, .. } = &pending.origin;
-    let headers: Headers = record
-        .headers()
-        .map(|(k, v)| (k, v.map(text).unwrap_or_default()))
-        .collect();
+    let headers = decoded_headers(record);
     let source = SourceInfo {
         adapter: adapter.clone(),
         queue: tp.topic.clone(),
@@ -288,6 +285,29 @@ pub fn raw_message(pending: &Pending, adapter: &Arc<str>) -> RawMessage {
         received_at: pending.received_at,
         source,
     }
+}
+
+/// A record's headers as text (a null value is empty), in record order.
+pub fn decoded_headers(record: &RecordBytes) -> Headers {
+    record
+        .headers()
+        .map(|(k, v)| (k, v.map(text).unwrap_or_default()))
+        .collect()
+}
+
+/// Copies a record read outside the consumer thread (no `x-qt-not-before` handling).
+pub fn record_of(msg: &BorrowedMessage<'_>) -> RecordBytes {
+    let raw_headers = msg.headers();
+    let header_bytes = raw_headers
+        .iter()
+        .flat_map(|hs| hs.iter())
+        .map(|h| header_len(h.key, h.value))
+        .sum();
+    let mut builder = RecordBuilder::new(msg.key(), msg.payload(), header_bytes);
+    for h in raw_headers.iter().flat_map(|hs| hs.iter()) {
+        builder.header(h.key, h.value);
+    }
+    builder.finish()
 }
 
 /// Builds librdkafka headers from the original headers minus `replaced` names (compared

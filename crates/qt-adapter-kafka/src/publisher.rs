@@ -90,7 +90,23 @@ impl KafkaPublisher {
         payload: Option<&[u8]>,
         headers: OwnedHeaders,
     ) -> Result<Produced, String> {
+        self.produce_at(topic, key, payload, headers, None).await
+    }
+
+    /// [`produce`](Self::produce) with the record's timestamp (Unix milliseconds) given
+    /// rather than taken by the producer: a record written again keeps its original time.
+    pub async fn produce_at(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: OwnedHeaders,
+        timestamp_ms: Option<i64>,
+    ) -> Result<Produced, String> {
         let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+        if let Some(ts) = timestamp_ms {
+            rec = rec.timestamp(ts);
+        }
         if let Some(k) = key {
             rec = rec.key(k);
         }

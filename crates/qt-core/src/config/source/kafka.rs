@@ -152,7 +152,9 @@ pub struct KafkaSourceConfig {
     /// Topic dead letters are produced to (original key, value and headers plus the
     /// `x-qt-dlq-*` headers); the original offset is committed only once the broker has
     /// confirmed the write. Unset: dead-lettering fails and leaves the message uncommitted,
-    /// so set it when a `processing` action is `dlq`.
+    /// so set it when a `processing` action is `dlq`. `qt dlq` reads it in the consumer
+    /// group `<consumer_group>-dlq`: a letter is in the DLQ until that group has committed
+    /// past it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dlq_topic: Option<String>,
     /// Topic requeued messages are produced to, with an incremented `x-qt-attempt` header

@@ -1,7 +1,9 @@
 //! The adapter against a real Kafka-protocol broker (Nisshi at QT_TEST_KAFKA_BROKERS; start
 //! it with `cargo xtask services up`). Every test uses its own topics and group.
 
+#[path = "../common/mod.rs"]
 mod common;
+mod dlq;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
