@@ -1,4 +1,5 @@
-//! The kafka source: [`KafkaAdapter`] for `qt run`, [`KafkaPublisher`] for `qt send`.
+//! The kafka source: [`KafkaAdapter`] for `qt run`, [`KafkaPublisher`] for `qt send`,
+//! [`KafkaDlq`] for `qt dlq`.
 //!
 //! Construction checks the section (brokers, topics, group, owned librdkafka keys, TLS
 //! files) and `security.require_tls` through [`AdapterSettings::require_tls`], without
@@ -9,12 +10,15 @@
 //! `topic/partition/offset`, which is also what `qt send` prints. `qt send --id ID` travels
 //! as the `x-message-id` header; deduplicate on it with
 //! `processing.extraction.dedup_key: [{header: x-message-id}]`.
+//!
+//! `qt dlq` reads `dlq_topic`; a letter is in the DLQ until the consumer group
+//! `<consumer_group>-dlq` has committed past it (see [`KafkaDlq`]).
 
 use std::sync::Arc;
 
-use qt_adapter_kafka::{KafkaAdapter, KafkaPublisher};
+use qt_adapter_kafka::{KafkaAdapter, KafkaDlq, KafkaPublisher};
 use qt_core::config::KafkaSourceConfig;
-use qt_core::{AdapterSettings, Publisher};
+use qt_core::{AdapterSettings, DlqReader, Publisher};
 
 use super::Source;
 
@@ -28,6 +32,12 @@ pub async fn source(config: &KafkaSourceConfig, settings: AdapterSettings) -> an
 
 pub async fn publisher(config: &KafkaSourceConfig, settings: AdapterSettings) -> anyhow::Result<Arc<dyn Publisher>> {
     Ok(Arc::new(KafkaPublisher::new(config, &settings)?))
+}
+
+// Until `wiring::dlq` has its kafka arm, only the tests below call it.
+#[allow(dead_code)]
+pub async fn dlq(config: &KafkaSourceConfig, settings: AdapterSettings) -> anyhow::Result<Box<dyn DlqReader>> {
+    Ok(Box::new(KafkaDlq::open(config, &settings).await?))
 }
 
 #[cfg(test)]
@@ -98,6 +108,28 @@ mod tests {
         super::super::publisher(&plain)
             .await
             .expect("plaintext is allowed by default");
+    }
+
+    #[tokio::test]
+    async fn the_dlq_needs_a_dlq_topic_and_refuses_plaintext_under_require_tls() {
+        let mut config = kafka_config(KafkaSecurityProtocol::SaslPlaintext, true);
+        let settings = super::super::adapter_settings(&config);
+        let SourceConfig::Kafka(kafka) = &config.source else {
+            unreachable!()
+        };
+        let e = format!("{:#}", super::dlq(kafka, settings).await.err().expect("refused"));
+        assert!(e.contains("source.security_protocol"), "{e}");
+        assert!(!e.contains("k4fka-pw-e2e"), "{e}");
+        let SourceConfig::Kafka(kafka) = &mut config.source else {
+            unreachable!()
+        };
+        kafka.dlq_topic = None;
+        let settings = super::super::adapter_settings(&config);
+        let SourceConfig::Kafka(kafka) = &config.source else {
+            unreachable!()
+        };
+        let e = format!("{:#}", super::dlq(kafka, settings).await.err().expect("refused"));
+        assert!(e.contains("source.dlq_topic"), "{e}");
     }
 
     #[tokio::test]
