@@ -253,6 +253,35 @@ fn validate_shows_what_a_source_without_a_dead_letter_destination_cannot_do() {
     assert_eq!(capability(&out.stdout, "pauses intake at the broker"), "yes");
 }
 
+/// `on_failure: requeue` without a limit is valid, and `qt validate` warns about it on
+/// stderr; `qt run` logs the same warning when it starts.
+#[test]
+fn an_unlimited_requeue_is_valid_but_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("requeue.yaml");
+    std::fs::write(
+        &cfg,
+        "source: {type: mock, queue: orders}\n\
+         processing: {on_failure: requeue, max_requeues: unlimited}\n\
+         agent: {targets: {main: {type: log}}}\n\
+         observability: {admin: {enabled: false}}\n",
+    )
+    .unwrap();
+    let warning = "processing.max_requeues: on_failure: requeue without a limit";
+    let out = run_bounded(qt().args(["validate", "-c"]).arg(&cfg), dir.path(), BOUND);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("qt: warning: {}: {warning}", cfg.display())),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.contains("max_requeues: unlimited"), "{}", out.stdout);
+    let out = run_bounded(qt().args(["run", "--until-idle", "-c"]).arg(&cfg), dir.path(), BOUND);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stderr.contains(warning), "{}", out.stderr);
+}
+
 /// The value `qt validate` printed for one capability (`#   LABEL   VALUE`).
 fn capability<'a>(stdout: &'a str, label: &str) -> &'a str {
     stdout
@@ -1334,6 +1363,7 @@ fn dead_letters_are_listed_shown_replayed_guarded_and_purged_with_qt_dlq() {
         run: &run,
         qt: &qt,
         prefix: story_prefix(),
+        interrupt: true,
     }
     .tell();
     assert!(run.terminate(Duration::from_secs(20)).success(), "{}", run.logs());

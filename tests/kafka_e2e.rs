@@ -27,6 +27,7 @@ use serde_json::Value;
 mod support;
 
 use support::collector::{Collector, consumer_span, with_tracing};
+use support::dlq::{DlqStory, breakable_agent, story_prefix};
 use support::files::{by_message, ledger, status_of};
 use support::process::{QtRun, qt, run_bounded};
 use support::wait::wait_until;
@@ -873,4 +874,45 @@ fn an_unreachable_cluster_fails_the_run_without_leaking_the_password() {
     assert!(out.stderr.contains(&closed), "{}", out.stderr);
     assert!(!out.stderr.contains("k4fka-e2e-pw-31337"), "{}", out.stderr);
     assert!(!out.stdout.contains("k4fka-e2e-pw-31337"), "{}", out.stdout);
+}
+
+/// Issue 19: the dead-letter story of every source on Kafka: letters listed from the DLQ
+/// topic without a commit, replayed with produce-then-commit, kept by the loop guard, safe
+/// under a SIGKILL mid-replay, and purged by filter.
+#[test]
+fn dead_letters_are_listed_shown_replayed_guarded_and_purged_with_qt_dlq_on_kafka() {
+    let mut kafka = Kafka::connect();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = kafka.topic("dlq-story", 1);
+    let dlq = kafka.topic("dlq-story-dlq", 1);
+    let group = unique("dlq-story-group");
+    let broken = dir.path().join("broken");
+    let agent = breakable_agent(dir.path(), &broken);
+    let ledger_path = dir.path().join("ledger.jsonl");
+    let port = free_port();
+    let cfg = dir.path().join("qt.yaml");
+    let yaml = config(&Setup {
+        brokers: &kafka.brokers,
+        topic: &topic,
+        group: &group,
+        dlq: &dlq,
+        agent: &agent,
+        ledger: &ledger_path.display().to_string(),
+        port: &port.to_string(),
+        processing: "{concurrency: 2, on_failure: dlq}",
+    });
+    std::fs::write(&cfg, yaml).unwrap();
+    let mut run = QtRun::start(&cfg, &dir.path().join("qt.log"), port, &[]);
+    run.wait_ready(Duration::from_secs(60));
+    DlqStory {
+        dir: dir.path(),
+        config: cfg.clone(),
+        ledger: ledger_path,
+        broken,
+        run: &run,
+        qt: &qt,
+        prefix: story_prefix(),
+    }
+    .tell();
+    assert!(run.terminate(Duration::from_secs(30)).success(), "{}", run.logs());
 }

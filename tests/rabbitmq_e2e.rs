@@ -28,6 +28,7 @@ mod support;
 
 use support::agent::{agent_runs, counting_agent};
 use support::collector::{Collector, consumer_span, with_tracing};
+use support::dlq::{DlqStory, breakable_agent, story_prefix};
 use support::files::{by_message, ledger, status_of};
 use support::process::{QtRun, qt, run_bounded};
 use support::wait::wait_until;
@@ -838,4 +839,42 @@ fn sigkill_with_200_unacked_messages_hands_them_all_to_the_next_run() {
     }
     assert_eq!(broker.stats(&queue), (0, 0), "all acked by the second run");
     assert_eq!(broker.ready(&format!("{queue}.dlq")), 0);
+}
+
+/// Issue 19: the dead-letter story of every source on RabbitMQ: letters listed from the
+/// dead-letter queue without an ack, replayed with publisher-confirm-then-ack, kept by the
+/// loop guard, safe under a SIGKILL mid-replay, and purged by filter.
+#[test]
+fn dead_letters_are_listed_shown_replayed_guarded_and_purged_with_qt_dlq_on_rabbitmq() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = broker_url();
+    let queue = unique("dlq-story");
+    let _cleanup = queue_family(&queue);
+    let broken = dir.path().join("broken");
+    let agent = breakable_agent(dir.path(), &broken);
+    let ledger_path = dir.path().join("ledger.jsonl");
+    let port = free_port();
+    let yaml = config(
+        &url,
+        &queue,
+        &agent,
+        &ledger_path.display().to_string(),
+        port,
+        "{concurrency: 2, on_failure: dlq}",
+    );
+    let cfg = dir.path().join("qt.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let mut run = QtRun::start(&cfg, &dir.path().join("qt.log"), port, &[]);
+    run.wait_ready(Duration::from_secs(30));
+    DlqStory {
+        dir: dir.path(),
+        config: cfg.clone(),
+        ledger: ledger_path,
+        broken,
+        run: &run,
+        qt: &qt,
+        prefix: story_prefix(),
+    }
+    .tell();
+    assert!(run.terminate(Duration::from_secs(30)).success(), "{}", run.logs());
 }

@@ -32,6 +32,7 @@ mod support;
 
 use support::agent::counting_agent;
 use support::collector::{Collector, consumer_span, with_tracing};
+use support::dlq::{DlqStory, breakable_agent, story_prefix};
 use support::files::{by_message, ledger, status_of};
 use support::process::{Finished, QtRun};
 use support::wait::wait_until;
@@ -952,4 +953,49 @@ fn sigkill_mid_run_unacked_messages_return_after_the_visibility_timeout() {
         finished_first.len(),
         interrupted.len()
     );
+}
+
+/// Issue 19: the dead-letter story of every source on SQS: letters listed from the DLQ queue
+/// and made visible again, replayed with send-then-delete, kept by the loop guard, safe under
+/// a SIGKILL mid-replay, and purged by filter.
+#[test]
+fn dead_letters_are_listed_shown_replayed_guarded_and_purged_with_qt_dlq_on_sqs() {
+    let sqs = Sqs::connect();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = sqs.create_queue("dlq-story");
+    let dlq = sqs.create_queue("dlq-story-dlq");
+    let _queues = Queues {
+        sqs: &sqs,
+        urls: vec![queue.clone(), dlq.clone()],
+    };
+    let broken = dir.path().join("broken");
+    let agent = breakable_agent(dir.path(), &broken);
+    let ledger_path = dir.path().join("ledger.jsonl");
+    let port = free_port();
+    let ledger_arg = ledger_path.display().to_string();
+    let yaml = config(&Setup {
+        queue_url: &queue,
+        dlq_url: &dlq,
+        agent: &agent,
+        ledger: &ledger_arg,
+        admin_port: port,
+        visibility_timeout: Duration::from_secs(30),
+        processing: "{concurrency: 2, on_failure: dlq}",
+    });
+    let cfg = dir.path().join("qt.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let mut run = start(dir.path(), &cfg, &dir.path().join("qt.log"), port, &[]);
+    run.wait_ready(Duration::from_secs(30));
+    let command = || qt(dir.path());
+    DlqStory {
+        dir: dir.path(),
+        config: cfg.clone(),
+        ledger: ledger_path,
+        broken,
+        run: &run,
+        qt: &command,
+        prefix: story_prefix(),
+    }
+    .tell();
+    assert!(run.terminate(Duration::from_secs(30)).success(), "{}", run.logs());
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use qt_engine::{BuildError, QueueTrigger, TraceSettings};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::{EXIT_INVALID_CONFIG, Ready, load_or_report, preflight_or_report};
 use crate::cli::RunArgs;
@@ -19,6 +19,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     logging::init(&config.observability.log);
+    for warning in config.warnings() {
+        warn!(config = %path.display(), "{warning}");
+    }
     if args.until_idle && !matches!(config.source, qt_core::config::SourceConfig::Mock(_)) {
         logging::fatal("--until-idle needs `source.type: mock`: a broker source is never idle for good");
         return Ok(ExitCode::from(EXIT_INVALID_CONFIG));

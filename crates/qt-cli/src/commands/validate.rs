@@ -25,6 +25,10 @@ pub async fn validate(path: &Path) -> anyhow::Result<ExitCode> {
         Ok(ready) => ready,
         Err(code) => return Ok(code),
     };
+    // Valid, but most likely not meant: said on stderr, so stdout stays a configuration.
+    for warning in config.warnings() {
+        let _ = writeln!(std::io::stderr(), "qt: warning: {}: {warning}", path.display());
+    }
     let adapter = &ready.source.adapter;
     let mut out = std::io::stdout().lock();
     writeln!(out, "# {}: valid.", path.display())?;
