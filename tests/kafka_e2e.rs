@@ -906,12 +906,13 @@ fn dead_letters_are_listed_shown_replayed_guarded_and_purged_with_qt_dlq_on_kafk
     run.wait_ready(Duration::from_secs(60));
     DlqStory {
         dir: dir.path(),
-        config: cfg.clone(),
+        config: cfg,
         ledger: ledger_path,
         broken,
         run: &run,
         qt: &qt,
         prefix: story_prefix(),
+        interrupt: true,
     }
     .tell();
     assert!(run.terminate(Duration::from_secs(30)).success(), "{}", run.logs());

@@ -989,12 +989,13 @@ fn dead_letters_are_listed_shown_replayed_guarded_and_purged_with_qt_dlq_on_sqs(
     let command = || qt(dir.path());
     DlqStory {
         dir: dir.path(),
-        config: cfg.clone(),
+        config: cfg,
         ledger: ledger_path,
         broken,
         run: &run,
         qt: &command,
         prefix: story_prefix(),
+        interrupt: false,
     }
     .tell();
     assert!(run.terminate(Duration::from_secs(30)).success(), "{}", run.logs());

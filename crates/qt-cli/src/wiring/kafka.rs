@@ -34,8 +34,6 @@ pub async fn publisher(config: &KafkaSourceConfig, settings: AdapterSettings) ->
     Ok(Arc::new(KafkaPublisher::new(config, &settings)?))
 }
 
-// Until `wiring::dlq` has its kafka arm, only the tests below call it.
-#[allow(dead_code)]
 pub async fn dlq(config: &KafkaSourceConfig, settings: AdapterSettings) -> anyhow::Result<Box<dyn DlqReader>> {
     Ok(Box::new(KafkaDlq::open(config, &settings).await?))
 }

@@ -10,6 +10,7 @@ use qt_core::config::{Config, MockSourceConfig};
 use qt_core::{AdapterError, DlqReader, OutgoingMessage, Publisher};
 
 use super::Source;
+use crate::admin_client::AdminClient;
 
 pub fn source(config: &MockSourceConfig) -> anyhow::Result<Source> {
     let queue = MockQueue::from_config(config).context("source.file")?;
@@ -20,26 +21,26 @@ pub fn source(config: &MockSourceConfig) -> anyhow::Result<Source> {
 }
 
 /// Publishes into the mock queue of a running `qt run` of the same configuration, through
-/// its admin server's `POST /send`: the mock queue lives inside that process.
-#[derive(Debug)]
+/// its admin server's `POST /send`: the mock queue lives inside that process. An
+/// `x-message-id` header becomes the message's id.
 pub struct RunningMockPublisher {
-    url: String,
+    admin: AdminClient,
     queue: String,
-    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for RunningMockPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningMockPublisher")
+            .field("queue", &self.queue)
+            .finish()
+    }
 }
 
 impl RunningMockPublisher {
     pub fn new(config: &Config, mock: &MockSourceConfig) -> anyhow::Result<Self> {
-        if !config.observability.admin.enabled {
-            anyhow::bail!(
-                "the mock source takes messages through the admin server of a running `qt run`, which this \
-                 configuration disables (observability.admin.enabled)"
-            );
-        }
         Ok(Self {
-            url: format!("http://{}/send", config.observability.admin.listen),
+            admin: AdminClient::for_config(config, "publishing to the mock source")?,
             queue: mock.queue.clone(),
-            client: reqwest::Client::new(),
         })
     }
 }
@@ -48,22 +49,24 @@ impl RunningMockPublisher {
 impl Publisher for RunningMockPublisher {
     async fn publish(&self, message: OutgoingMessage) -> Result<Option<String>, AdapterError> {
         let failed = |reason: String| AdapterError::Publish {
-            destination: self.url.clone(),
+            destination: format!("the mock queue {:?} of the running `qt run`", self.queue),
             reason,
         };
         if let Some(to) = message.destination.as_deref().filter(|to| *to != self.queue) {
             return Err(failed(format!(
-                "the mock source has one queue, {:?}; it cannot publish to {to:?}",
-                self.queue
+                "the mock source has one queue; it cannot publish to {to:?}"
             )));
         }
-        let headers: std::collections::BTreeMap<&str, &str> = message.headers.iter().collect();
+        let mut headers = message.headers;
+        let id = headers.get("x-message-id").map(str::to_owned);
+        headers.remove("x-message-id");
+        let headers: std::collections::BTreeMap<&str, &str> = headers.iter().collect();
         let mut line = serde_json::json!({ "headers": headers });
-        if let Some(id) = message.headers.get("x-message-id") {
+        if let Some(id) = id {
             line["id"] = id.into();
         }
-        if let Some(key) = &message.key {
-            line["key"] = key.as_str().into();
+        if let Some(key) = message.key {
+            line["key"] = key.into();
         }
         match (
             serde_json::from_slice::<serde_json::Value>(&message.body),
@@ -75,18 +78,12 @@ impl Publisher for RunningMockPublisher {
                 line["body_base64"] = base64::engine::general_purpose::STANDARD.encode(&message.body).into();
             }
         }
-        let response = self.client.post(&self.url).json(&line).send().await.map_err(|e| {
-            failed(format!(
-                "cannot reach the running `qt run` ({e}); is it running with this configuration?"
-            ))
-        })?;
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        if !status.is_success() {
-            return Err(failed(format!("refused ({status}): {text}")));
-        }
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        Ok(v.get("message_id").and_then(|m| m.as_str()).map(str::to_owned))
+        let answer = self
+            .admin
+            .post("/send", Some(&line))
+            .await
+            .map_err(|e| failed(format!("{e:#}")))?;
+        Ok(answer.get("message_id").and_then(|m| m.as_str()).map(str::to_owned))
     }
 }
 

@@ -66,11 +66,12 @@ pub async fn source(config: &Config) -> anyhow::Result<Source> {
     }
 }
 
-/// The publisher `qt send` uses for a broker source.
+/// The publisher `qt send` and `qt dlq replay` use: the broker's, or for the mock source the
+/// running `qt run` that holds its queue.
 pub async fn publisher(config: &Config) -> anyhow::Result<Arc<dyn Publisher>> {
     let settings = adapter_settings(config);
     match &config.source {
-        SourceConfig::Mock(_) => anyhow::bail!("the mock source publishes through a running `qt run` (see `qt send`)"),
+        SourceConfig::Mock(m) => Ok(Arc::new(mock::RunningMockPublisher::new(config, m)?)),
         #[cfg(feature = "kafka")]
         SourceConfig::Kafka(k) => kafka::publisher(k, settings).await,
         #[cfg(feature = "rabbitmq")]
@@ -85,24 +86,22 @@ pub async fn publisher(config: &Config) -> anyhow::Result<Arc<dyn Publisher>> {
     }
 }
 
-/// Where `qt dlq replay` publishes: the broker's publisher, or for the mock source the
-/// running `qt run` that holds its queue.
-pub async fn replay_publisher(config: &Config) -> anyhow::Result<Arc<dyn Publisher>> {
-    match &config.source {
-        SourceConfig::Mock(m) => Ok(Arc::new(mock::RunningMockPublisher::new(config, m)?)),
-        _ => publisher(config).await,
-    }
-}
-
 /// A session on the configured source's dead-letter destination, for `qt dlq`.
 pub async fn dlq(config: &Config) -> anyhow::Result<Box<dyn DlqReader>> {
+    let settings = adapter_settings(config);
     match &config.source {
         SourceConfig::Mock(m) => mock::dlq(m),
+        #[cfg(feature = "kafka")]
+        SourceConfig::Kafka(k) => kafka::dlq(k, settings).await,
+        #[cfg(feature = "rabbitmq")]
+        SourceConfig::Rabbitmq(r) => rabbitmq::dlq(r, settings).await,
+        #[cfg(feature = "sqs")]
+        SourceConfig::Sqs(s) => sqs::dlq(s, settings).await,
         #[allow(unreachable_patterns)]
-        other => Err(anyhow::anyhow!(
-            "`qt dlq` cannot read the dead letters of a {} source yet",
-            other.kind()
-        )),
+        other => {
+            let _ = settings;
+            Err(missing_source(other))
+        }
     }
 }
 

@@ -32,8 +32,6 @@ pub async fn publisher(config: &RabbitMqSourceConfig, settings: AdapterSettings)
 }
 
 /// A session on the source's dead-letter queue (`source.dlq`), connected.
-// `wiring::dlq` calls it once the `qt dlq` command is wired in.
-#[allow(dead_code)]
 pub async fn dlq(config: &RabbitMqSourceConfig, settings: AdapterSettings) -> anyhow::Result<Box<dyn DlqReader>> {
     Ok(Box::new(RabbitMqDlq::open(config, &settings).await?))
 }

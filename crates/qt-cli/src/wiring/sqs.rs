@@ -41,7 +41,6 @@ pub async fn publisher(config: &SqsSourceConfig, settings: AdapterSettings) -> a
 /// A session on `source.dlq_queue_url`. Letters it reads stay invisible to other readers
 /// of the DLQ until it closes, or for five minutes if the process dies first (SQS has no
 /// peek; see [`qt_adapter_sqs::dlq`]).
-#[allow(dead_code)] // until `wiring::dlq` has its sqs arm
 pub async fn dlq(config: &SqsSourceConfig, settings: AdapterSettings) -> anyhow::Result<Box<dyn DlqReader>> {
     Ok(Box::new(SqsDlq::open(config, &settings).await?))
 }

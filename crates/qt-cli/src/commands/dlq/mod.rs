@@ -33,7 +33,8 @@ async fn open(config: &ConfigArg) -> anyhow::Result<Result<(Config, Box<dyn DlqR
         Ok(c) => c,
         Err(code) => return Ok(Err(code)),
     };
-    let dlq = wiring::dlq(&config).await?;
+    // Opening differs by broker; boxed so every command's future stays small.
+    let dlq = Box::pin(wiring::dlq(&config)).await?;
     Ok(Ok((config, dlq)))
 }
 

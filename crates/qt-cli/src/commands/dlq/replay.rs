@@ -29,7 +29,7 @@ pub async fn replay(args: DlqReplayArgs) -> anyhow::Result<ExitCode> {
     let publisher = if args.dry_run {
         None
     } else {
-        Some(wiring::replay_publisher(&config).await?)
+        Some(wiring::publisher(&config).await?)
     };
     let reader = Reader::new(&config);
     let progress = Progress::new(args.dry_run);
