@@ -221,20 +221,12 @@ pub struct Batch {
 /// Returns the pending message and, for a requeued message whose delay has not passed,
 /// when it is due.
 pub fn from_kafka(msg: &BorrowedMessage<'_>, topic: Arc<str>, batch: &Batch) -> (Pending, Option<Instant>) {
-    let raw_headers = msg.headers();
-    let header_bytes = raw_headers
-        .iter()
-        .flat_map(|hs| hs.iter())
-        .map(|h| header_len(h.key, h.value))
-        .sum();
-    let mut builder = RecordBuilder::new(msg.key(), msg.payload(), header_bytes);
     let mut not_before = None;
-    for h in raw_headers.iter().flat_map(|hs| hs.iter()) {
-        builder.header(h.key, h.value);
-        if h.key.eq_ignore_ascii_case(NOT_BEFORE) && not_before.is_none() {
-            not_before = h.value.and_then(|v| due_in(v, batch));
+    let record = copy_record(msg, |key, value| {
+        if key.eq_ignore_ascii_case(NOT_BEFORE) && not_before.is_none() {
+            not_before = value.and_then(|v| due_in(v, batch));
         }
-    }
+    });
     let origin = Origin {
         tp: TopicPartition {
             topic,
@@ -242,7 +234,7 @@ pub fn from_kafka(msg: &BorrowedMessage<'_>, topic: Arc<str>, batch: &Batch) -> 
         },
         offset: msg.offset(),
         epoch: 0,
-        record: builder.finish(),
+        record,
     };
     let pending = Pending {
         origin,
@@ -297,6 +289,12 @@ pub fn decoded_headers(record: &RecordBytes) -> Headers {
 
 /// Copies a record read outside the consumer thread (no `x-qt-not-before` handling).
 pub fn record_of(msg: &BorrowedMessage<'_>) -> RecordBytes {
+    copy_record(msg, |_, _| {})
+}
+
+/// Copies a record's key, value and headers into one buffer, showing `each` every header
+/// on the way.
+fn copy_record(msg: &BorrowedMessage<'_>, mut each: impl FnMut(&str, Option<&[u8]>)) -> RecordBytes {
     let raw_headers = msg.headers();
     let header_bytes = raw_headers
         .iter()
@@ -306,6 +304,7 @@ pub fn record_of(msg: &BorrowedMessage<'_>) -> RecordBytes {
     let mut builder = RecordBuilder::new(msg.key(), msg.payload(), header_bytes);
     for h in raw_headers.iter().flat_map(|hs| hs.iter()) {
         builder.header(h.key, h.value);
+        each(h.key, h.value);
     }
     builder.finish()
 }

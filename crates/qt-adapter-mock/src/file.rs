@@ -45,6 +45,21 @@ pub enum FileError {
 }
 
 impl MessageLine {
+    /// The line that describes a message with this body, for sending it elsewhere (the
+    /// admin server's `POST /send`).
+    pub fn for_message(id: Option<String>, headers: &Headers, key: Option<String>, body: &[u8]) -> Self {
+        let (json, text, body_base64) = body_fields(body);
+        Self {
+            id,
+            headers: headers.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            key,
+            json,
+            text: text.map(str::to_owned),
+            body_base64,
+            ..Self::default()
+        }
+    }
+
     /// The raw message this line describes; without an id the line number names it.
     pub fn into_raw(self, queue: &str) -> RawMessage {
         let mut source = SourceInfo::new("mock", queue);
@@ -118,6 +133,17 @@ pub fn read_messages(path: &Path) -> Result<Vec<MessageLine>, FileError> {
     Ok(out)
 }
 
+/// A body as a line gives it: JSON when it parses, else UTF-8 text, else base64.
+fn body_fields(body: &[u8]) -> (Option<serde_json::Value>, Option<&str>, Option<String>) {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => (Some(v), None, None),
+        Err(_) => match std::str::from_utf8(body) {
+            Ok(t) => (None, Some(t), None),
+            Err(_) => (None, None, Some(base64::engine::general_purpose::STANDARD.encode(body))),
+        },
+    }
+}
+
 /// The dead-letter line: the message in the input format (so it can be replayed) plus why.
 #[derive(Serialize)]
 struct DeadLetterLine<'a> {
@@ -143,17 +169,7 @@ pub(crate) fn append_dead_letter(
     dead_letter: &DeadLetter,
     headers: &Headers,
 ) -> Result<(), FileError> {
-    let (json, text, body_base64) = match serde_json::from_slice::<serde_json::Value>(&message.body) {
-        Ok(v) => (Some(v), None, None),
-        Err(_) => match std::str::from_utf8(&message.body) {
-            Ok(t) => (None, Some(t), None),
-            Err(_) => (
-                None,
-                None,
-                Some(base64::engine::general_purpose::STANDARD.encode(&message.body)),
-            ),
-        },
-    };
+    let (json, text, body_base64) = body_fields(&message.body);
     let line = DeadLetterLine {
         id: &message.message_id,
         reason: &dead_letter.reason,

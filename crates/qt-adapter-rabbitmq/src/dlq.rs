@@ -23,7 +23,6 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{DeliveryTag, FieldTable};
 use lapin::{Channel, Connection};
 use qt_core::config::RabbitMqSourceConfig;
-use qt_core::dlq::no_original_queue;
 use qt_core::headers::dead_letter;
 use qt_core::{AdapterError, AdapterSettings, DlqMessage, DlqReader, OutgoingMessage};
 
@@ -183,10 +182,7 @@ fn letter(seq: u64, delivery: lapin::message::Delivery) -> DlqMessage {
 /// per dead-lettering (`x-death`, `x-delivery-count`, ...) are left out: the replay starts
 /// afresh.
 fn replay_to_queue(letter: &DlqMessage, to: Option<&str>) -> Result<OutgoingMessage, AdapterError> {
-    let queue = to
-        .map(str::to_owned)
-        .or_else(|| letter.details().original_queue)
-        .ok_or_else(|| no_original_queue(letter))?;
+    let queue = letter.replay_destination(to)?;
     let mut message = letter.replayed_to("");
     for name in VOLATILE_HEADERS {
         message.headers.remove(name);

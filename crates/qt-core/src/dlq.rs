@@ -79,6 +79,20 @@ impl DlqMessage {
         }
     }
 
+    /// Where a replay of the letter goes: `to` when given, else the queue it came from
+    /// (`x-qt-original-queue`).
+    pub fn replay_destination(&self, to: Option<&str>) -> Result<String, AdapterError> {
+        to.map(str::to_owned)
+            .or_else(|| self.details().original_queue)
+            .ok_or_else(|| AdapterError::Other {
+                what: format!("replaying dead letter {}", self.id),
+                reason: format!(
+                    "it has no {} header saying where it came from; give the destination with --to",
+                    dead_letter::ORIGINAL_QUEUE
+                ),
+            })
+    }
+
     /// The letter as a message for `destination` (a queue or topic): its original headers
     /// without the dead-letter ones and without qt's requeue count, so it gets a fresh set of
     /// tries, and with the replay count one higher. Body and key are unchanged.
@@ -103,17 +117,6 @@ impl DlqMessage {
     }
 }
 
-/// Why a letter cannot be replayed to where it came from.
-pub fn no_original_queue(letter: &DlqMessage) -> AdapterError {
-    AdapterError::Other {
-        what: format!("replaying dead letter {}", letter.id),
-        reason: format!(
-            "it has no {} header saying where it came from; give the destination with --to",
-            dead_letter::ORIGINAL_QUEUE
-        ),
-    }
-}
-
 /// One session on a dead-letter destination; see the module documentation.
 #[async_trait]
 pub trait DlqReader: Send {
@@ -127,10 +130,7 @@ pub trait DlqReader: Send {
     /// The message that puts `letter` back on its original queue, or on `to` (a queue or
     /// topic of this broker) when given, for this broker's [`Publisher`](crate::Publisher).
     fn replay_message(&self, letter: &DlqMessage, to: Option<&str>) -> Result<OutgoingMessage, AdapterError> {
-        match to.map(str::to_owned).or_else(|| letter.details().original_queue) {
-            Some(destination) => Ok(letter.replayed_to(destination)),
-            None => Err(no_original_queue(letter)),
-        }
+        Ok(letter.replayed_to(letter.replay_destination(to)?))
     }
 
     /// Takes a letter this session read out of the destination. It is gone for good once

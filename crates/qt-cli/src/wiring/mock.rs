@@ -4,8 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use base64::Engine as _;
-use qt_adapter_mock::{MockDlq, MockQueue};
+use qt_adapter_mock::{MessageLine, MockDlq, MockQueue};
 use qt_core::config::{Config, MockSourceConfig};
 use qt_core::{AdapterError, DlqReader, OutgoingMessage, Publisher};
 
@@ -60,24 +59,8 @@ impl Publisher for RunningMockPublisher {
         let mut headers = message.headers;
         let id = headers.get("x-message-id").map(str::to_owned);
         headers.remove("x-message-id");
-        let headers: std::collections::BTreeMap<&str, &str> = headers.iter().collect();
-        let mut line = serde_json::json!({ "headers": headers });
-        if let Some(id) = id {
-            line["id"] = id.into();
-        }
-        if let Some(key) = message.key {
-            line["key"] = key.into();
-        }
-        match (
-            serde_json::from_slice::<serde_json::Value>(&message.body),
-            std::str::from_utf8(&message.body),
-        ) {
-            (Ok(v), _) => line["json"] = v,
-            (Err(_), Ok(text)) => line["text"] = text.into(),
-            (Err(_), Err(_)) => {
-                line["body_base64"] = base64::engine::general_purpose::STANDARD.encode(&message.body).into();
-            }
-        }
+        let line = MessageLine::for_message(id, &headers, message.key, &message.body);
+        let line = serde_json::to_value(&line).map_err(|e| failed(e.to_string()))?;
         let answer = self
             .admin
             .post("/send", Some(&line))
