@@ -1363,8 +1363,45 @@ fn dead_letters_are_listed_shown_replayed_guarded_and_purged_with_qt_dlq() {
         run: &run,
         qt: &qt,
         prefix: story_prefix(),
-        interrupt: true,
+        hold: None,
     }
     .tell();
     assert!(run.terminate(Duration::from_secs(20)).success(), "{}", run.logs());
+}
+
+/// `--hold` is how long an SQS session hides what it read; elsewhere it would mean nothing,
+/// so it is refused rather than ignored, and an SQS hold out of range is refused too.
+#[test]
+fn qt_dlq_hold_is_refused_outside_sqs_and_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("dlq.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "source: {{type: mock, dlq_file: {dlq}}}\nagent: {{targets: {{main: {{type: log}}}}}}\n",
+            dlq = dir.path().join("dlq.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let on_mock = run_bounded(
+        qt().args(["dlq", "list", "--hold", "30s", "-c"]).arg(&cfg),
+        dir.path(),
+        BOUND,
+    );
+    assert!(!on_mock.status.success(), "{}", on_mock.stdout);
+    assert!(
+        on_mock.stderr.contains("--hold applies to SQS sources only"),
+        "{}",
+        on_mock.stderr
+    );
+    assert!(on_mock.stderr.contains("a mock session"), "{}", on_mock.stderr);
+    for hold in ["0s", "13h", "soon"] {
+        let bad = run_bounded(
+            qt().args(["dlq", "replay", "--hold", hold, "-c"]).arg(&cfg),
+            dir.path(),
+            BOUND,
+        );
+        assert_eq!(bad.status.code(), Some(2), "--hold {hold}: {}", bad.stderr);
+        assert!(bad.stderr.contains(&format!("{hold:?}")), "{}", bad.stderr);
+    }
 }

@@ -874,7 +874,7 @@ fn dead_letters_are_listed_shown_replayed_guarded_and_purged_with_qt_dlq_on_rabb
         run: &run,
         qt: &qt,
         prefix: story_prefix(),
-        interrupt: true,
+        hold: None,
     }
     .tell();
     assert!(run.terminate(Duration::from_secs(30)).success(), "{}", run.logs());

@@ -995,7 +995,7 @@ fn dead_letters_are_listed_shown_replayed_guarded_and_purged_with_qt_dlq_on_sqs(
         run: &run,
         qt: &command,
         prefix: story_prefix(),
-        interrupt: false,
+        hold: Some("10s"),
     }
     .tell();
     assert!(run.terminate(Duration::from_secs(30)).success(), "{}", run.logs());

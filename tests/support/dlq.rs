@@ -1,6 +1,7 @@
 //! One `qt dlq` story, told the same way for every source: messages fail into the
 //! dead-letter destination, are listed and shown, replayed after the agent is fixed, kept by
-//! the loop guard, replayed under a SIGKILL without loss, and purged by filter.
+//! the loop guard, replayed under a SIGKILL without loss, and purged by filter; a dry run
+//! changes nothing, and a replay on a terminal shows its progress.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::files::ledger;
-use super::process::{Finished, QtRun, run_bounded};
+use super::process::{Finished, QtRun, command_line, run_bounded};
 use super::unique;
 use super::wait::wait_until;
 
@@ -44,10 +45,9 @@ pub struct DlqStory<'a> {
     pub qt: &'a dyn Fn() -> Command,
     /// Makes this story's dedup keys its own.
     pub prefix: String,
-    /// Whether to kill a replay part way and look at once: not on SQS, where the killed
-    /// session's letters stay invisible for its visibility timeout (the adapter's own tests
-    /// cover that with a short one).
-    pub interrupt: bool,
+    /// `qt dlq --hold` for every session: set on SQS, where the letters of the replay the
+    /// story kills stay hidden this long.
+    pub hold: Option<&'static str>,
 }
 
 impl DlqStory<'_> {
@@ -103,17 +103,18 @@ impl DlqStory<'_> {
         );
     }
 
+    /// `qt dlq SUBCOMMAND -c CONFIG [--hold ..]`, to which the caller adds its arguments.
+    fn dlq_command(&self, subcommand: &str) -> Command {
+        let mut cmd = (self.qt)();
+        cmd.args(["dlq", subcommand, "-c"]).arg(&self.config);
+        if let Some(hold) = self.hold {
+            cmd.args(["--hold", hold]);
+        }
+        cmd
+    }
+
     fn dlq(&self, args: &[&str]) -> Finished {
-        run_bounded(
-            (self.qt)()
-                .arg("dlq")
-                .arg(args[0])
-                .arg("-c")
-                .arg(&self.config)
-                .args(&args[1..]),
-            self.dir,
-            COMMAND,
-        )
+        run_bounded(self.dlq_command(args[0]).args(&args[1..]), self.dir, COMMAND)
     }
 
     /// The letters `qt dlq list --json` prints.
@@ -159,9 +160,8 @@ impl DlqStory<'_> {
         self.wait_status(&slow, "failed");
         self.wait_listed(&["b1", "b2", "c1", "c2", "c3", "c4", "c5", "c6"]);
         self.fix_agent();
-        let mut replay = (self.qt)()
-            .args(["dlq", "replay", "-c"])
-            .arg(&self.config)
+        let mut replay = self
+            .dlq_command("replay")
             .args(["--tenant", "c", "--rate", "2"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -230,8 +230,18 @@ impl DlqStory<'_> {
         table.assert_shows(&["refused for tenant b"]);
         assert!(!table.stdout.contains("refused for tenant a"), "{}", table.stdout);
 
-        // Fixed, the replay of one tenant's letters succeeds; the others stay.
+        // A dry run says what it would do and changes nothing (the end of the story checks
+        // that no copy of a1 or a2 ran).
         self.fix_agent();
+        self.dlq(&["replay", "--tenant", "a", "--dry-run"])
+            .assert_shows(&["would replay 2, skipped 0, failed 0"]);
+        assert_eq!(
+            self.names(&self.list()),
+            self.names(&letters),
+            "a dry run changes nothing"
+        );
+
+        // Fixed, the replay of one tenant's letters succeeds; the others stay.
         let replayed = self.dlq(&["replay", "--tenant", "a"]);
         replayed.assert_shows(&["replayed 2, skipped 0, failed 0"]);
         self.wait_status(&["a1", "a2"], "succeeded");
@@ -251,22 +261,59 @@ impl DlqStory<'_> {
         self.wait_status(&["g1"], "succeeded");
         self.wait_listed(&["b1", "b2"]);
 
-        if self.interrupt {
-            self.interrupted_replay();
-        }
+        self.interrupted_replay();
 
         // Purge by filter: only the matching letters go.
         self.break_agent();
         self.send("e1", "e", &[]);
-        self.wait_listed(&["b1", "b2", "e1"]);
+        self.send("e2", "e", &[]);
+        self.wait_listed(&["b1", "b2", "e1", "e2"]);
         let refused = self.dlq(&["purge", "--tenant", "b"]);
         assert!(!refused.status.success(), "purge off a terminal needs --yes");
         assert!(refused.stderr.contains("--yes"), "{}", refused.stderr);
         self.dlq(&["purge", "--reason", "tenant b", "--yes"])
             .assert_shows(&["purged 2"]);
-        self.wait_listed(&["e1"]);
+        self.wait_listed(&["e1", "e2"]);
         self.fix_agent();
+
+        // On a terminal a replay shows its counts and rate as it goes.
+        let mut replay = self.dlq_command("replay");
+        replay.args(["--tenant", "e", "--rate", "2"]);
+        let shown = on_terminal(&replay, self.dir);
+        for words in [
+            "replayed 1 · skipped 0 · failed 0 · read 1",
+            "/s",
+            "replayed 2, skipped 0, failed 0",
+        ] {
+            assert!(shown.contains(words), "{words:?} not on the terminal:\n{shown}");
+        }
+        self.wait_status(&["e1", "e2"], "succeeded");
+        self.wait_listed(&[]);
+
+        // Long after the replays: a1 and a2 ran once each, so the dry run published nothing.
+        for name in ["a1", "a2"] {
+            assert_eq!(self.statuses(name), ["failed", "succeeded"], "{name}");
+        }
     }
+}
+
+/// What `cmd` writes when run on a terminal (a pseudo-terminal `script` makes), which must
+/// end in [`COMMAND`] and succeed.
+fn on_terminal(cmd: &Command, dir: &Path) -> String {
+    let mut script = Command::new("script");
+    script.args(["--quiet", "--return", "--command", &command_line(cmd), "/dev/null"]);
+    for (name, value) in cmd.get_envs() {
+        match value {
+            Some(value) => script.env(name, value),
+            None => script.env_remove(name),
+        };
+    }
+    if let Some(cwd) = cmd.get_current_dir() {
+        script.current_dir(cwd);
+    }
+    let ran = run_bounded(&mut script, dir, COMMAND);
+    assert!(ran.status.success(), "{}: {}{}", ran.command, ran.stdout, ran.stderr);
+    ran.stdout
 }
 
 /// A prefix for one story's dedup keys.

@@ -1,6 +1,7 @@
 //! Command-line arguments.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
@@ -64,7 +65,7 @@ pub enum DlqCommand {
 #[derive(Debug, Args)]
 pub struct DlqListArgs {
     #[command(flatten)]
-    pub config: ConfigArg,
+    pub session: DlqSessionArg,
     #[command(flatten)]
     pub filter: LetterFilter,
     /// Most letters listed: the oldest that match.
@@ -77,7 +78,7 @@ pub struct DlqListArgs {
 #[derive(Debug, Args)]
 pub struct DlqShowArgs {
     #[command(flatten)]
-    pub config: ConfigArg,
+    pub session: DlqSessionArg,
     /// The letter's id in the dead-letter destination (as `qt dlq list` prints it: Kafka
     /// `partition:offset`, the RabbitMQ or SQS message id, the mock letter's id), or its
     /// original message id.
@@ -89,7 +90,7 @@ pub struct DlqShowArgs {
 #[derive(Debug, Args)]
 pub struct DlqReplayArgs {
     #[command(flatten)]
-    pub config: ConfigArg,
+    pub session: DlqSessionArg,
     #[command(flatten)]
     pub filter: LetterFilter,
     /// Most letters replayed (and skipped): the oldest that match. Unset: all of them.
@@ -117,7 +118,7 @@ pub struct DlqReplayArgs {
 #[derive(Debug, Args)]
 pub struct DlqPurgeArgs {
     #[command(flatten)]
-    pub config: ConfigArg,
+    pub session: DlqSessionArg,
     #[command(flatten)]
     pub filter: LetterFilter,
     /// Most letters deleted: the oldest that match. Unset: all of them.
@@ -157,6 +158,15 @@ pub struct LetterOutput {
     pub json: bool,
 }
 
+/// SQS takes a visibility timeout in whole seconds, up to 12 hours.
+fn parse_hold(s: &str) -> Result<Duration, String> {
+    let hold = humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s or 5m: {e}"))?;
+    if hold < Duration::from_secs(1) || hold > Duration::from_secs(12 * 60 * 60) {
+        return Err(format!("{s:?} is out of range: SQS holds letters from 1s to 12h"));
+    }
+    Ok(hold)
+}
+
 fn parse_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
@@ -175,6 +185,19 @@ pub enum ConfigCommand {
     /// Print the configuration's JSON Schema, for editors to complete and check the YAML:
     /// save it and put `# yaml-language-server: $schema=FILE` at the top of a configuration.
     Schema,
+}
+
+/// Which dead-letter destination a `qt dlq` command reads, and how its session holds letters.
+#[derive(Debug, Args)]
+pub struct DlqSessionArg {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// SQS only: how long the letters this session has read stay hidden from other readers
+    /// (the receive visibility timeout), e.g. `30s`. A session that ends normally hands
+    /// them back at once; one that is killed leaves them hidden this long. Default: 5m. Keep
+    /// it longer than the session lasts, or early letters show up to other readers again.
+    #[arg(long, value_name = "DURATION", value_parser = parse_hold)]
+    pub hold: Option<Duration>,
 }
 
 #[derive(Debug, Args)]

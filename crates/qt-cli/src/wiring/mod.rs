@@ -15,6 +15,7 @@ mod redis;
 mod sqs;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use qt_adapter_mock::MockQueue;
 use qt_core::config::{Config, LedgerConfig, SourceConfig, StoreConfig};
@@ -86,9 +87,17 @@ pub async fn publisher(config: &Config) -> anyhow::Result<Arc<dyn Publisher>> {
     }
 }
 
-/// A session on the configured source's dead-letter destination, for `qt dlq`.
-pub async fn dlq(config: &Config) -> anyhow::Result<Box<dyn DlqReader>> {
+/// A session on the configured source's dead-letter destination, for `qt dlq`. `hold` is
+/// how long an SQS session hides the letters it reads; other brokers hand letters back when
+/// the session's connection ends, so they refuse it rather than ignore it.
+pub async fn dlq(config: &Config, hold: Option<Duration>) -> anyhow::Result<Box<dyn DlqReader>> {
     let settings = adapter_settings(config);
+    if hold.is_some() && !matches!(config.source, SourceConfig::Sqs(_)) {
+        anyhow::bail!(
+            "--hold applies to SQS sources only; a {} session hands back the letters it read when it ends, however it ends. Leave --hold out",
+            config.source.kind()
+        );
+    }
     match &config.source {
         SourceConfig::Mock(m) => mock::dlq(m),
         #[cfg(feature = "kafka")]
@@ -96,7 +105,7 @@ pub async fn dlq(config: &Config) -> anyhow::Result<Box<dyn DlqReader>> {
         #[cfg(feature = "rabbitmq")]
         SourceConfig::Rabbitmq(r) => rabbitmq::dlq(r, settings).await,
         #[cfg(feature = "sqs")]
-        SourceConfig::Sqs(s) => sqs::dlq(s, settings).await,
+        SourceConfig::Sqs(s) => sqs::dlq(s, settings, hold).await,
         #[allow(unreachable_patterns)]
         other => {
             let _ = settings;

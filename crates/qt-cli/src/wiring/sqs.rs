@@ -14,6 +14,7 @@
 //! itself drops a second send of the same id within its five-minute window.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use qt_adapter_sqs::{SqsAdapter, SqsDlq, SqsPublisher};
@@ -39,10 +40,18 @@ pub async fn publisher(config: &SqsSourceConfig, settings: AdapterSettings) -> a
 }
 
 /// A session on `source.dlq_queue_url`. Letters it reads stay invisible to other readers
-/// of the DLQ until it closes, or for five minutes if the process dies first (SQS has no
-/// peek; see [`qt_adapter_sqs::dlq`]).
-pub async fn dlq(config: &SqsSourceConfig, settings: AdapterSettings) -> anyhow::Result<Box<dyn DlqReader>> {
-    Ok(Box::new(SqsDlq::open(config, &settings).await?))
+/// of the DLQ until it closes, or for `hold` (default five minutes) if the process dies
+/// first (SQS has no peek; see [`qt_adapter_sqs::dlq`]).
+pub async fn dlq(
+    config: &SqsSourceConfig,
+    settings: AdapterSettings,
+    hold: Option<Duration>,
+) -> anyhow::Result<Box<dyn DlqReader>> {
+    let dlq = SqsDlq::open(config, &settings).await?;
+    Ok(Box::new(match hold {
+        Some(hold) => dlq.with_visibility_timeout(hold),
+        None => dlq,
+    }))
 }
 
 /// [`SqsPublisher`] with the `qt send --id` convention applied.
@@ -105,7 +114,7 @@ mod tests {
         for result in [
             super::super::source(&config).await.map(|_| ()),
             super::super::publisher(&config).await.map(|_| ()),
-            dlq(&sqs_source(&config), super::super::adapter_settings(&config))
+            dlq(&sqs_source(&config), super::super::adapter_settings(&config), None)
                 .await
                 .map(|_| ()),
         ] {
@@ -147,7 +156,7 @@ mod tests {
         let config = sqs_config("https://sqs.us-east-1.amazonaws.com/123456789012/orders", None, false);
         let e = format!(
             "{:#}",
-            dlq(&sqs_source(&config), super::super::adapter_settings(&config))
+            dlq(&sqs_source(&config), super::super::adapter_settings(&config), None)
                 .await
                 .err()
                 .expect("no source.dlq_queue_url")

@@ -13,7 +13,7 @@ use qt_core::DlqReader;
 use qt_core::config::Config;
 
 use super::load_or_report;
-use crate::cli::{ConfigArg, DlqArgs, DlqCommand, DlqListArgs, DlqPurgeArgs, DlqShowArgs};
+use crate::cli::{DlqArgs, DlqCommand, DlqListArgs, DlqPurgeArgs, DlqSessionArg, DlqShowArgs};
 use crate::wiring;
 use letter::{Letter, Reader};
 
@@ -28,18 +28,18 @@ pub async fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
 
 /// The configuration and a session on its dead-letter destination; `Err` holds the exit code
 /// after the configuration's problems were printed.
-async fn open(config: &ConfigArg) -> anyhow::Result<Result<(Config, Box<dyn DlqReader>), ExitCode>> {
-    let config = match load_or_report(&config.config) {
+async fn open(session: &DlqSessionArg) -> anyhow::Result<Result<(Config, Box<dyn DlqReader>), ExitCode>> {
+    let config = match load_or_report(&session.config.config) {
         Ok(c) => c,
         Err(code) => return Ok(Err(code)),
     };
     // Opening differs by broker; boxed so every command's future stays small.
-    let dlq = Box::pin(wiring::dlq(&config)).await?;
+    let dlq = Box::pin(wiring::dlq(&config, session.hold)).await?;
     Ok(Ok((config, dlq)))
 }
 
 async fn list(args: DlqListArgs) -> anyhow::Result<ExitCode> {
-    let (config, mut dlq) = match open(&args.config).await? {
+    let (config, mut dlq) = match open(&args.session).await? {
         Ok(opened) => opened,
         Err(code) => return Ok(code),
     };
@@ -78,7 +78,7 @@ async fn list(args: DlqListArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn show(args: DlqShowArgs) -> anyhow::Result<ExitCode> {
-    let (config, mut dlq) = match open(&args.config).await? {
+    let (config, mut dlq) = match open(&args.session).await? {
         Ok(opened) => opened,
         Err(code) => return Ok(code),
     };
@@ -109,7 +109,7 @@ async fn show(args: DlqShowArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn purge(args: DlqPurgeArgs) -> anyhow::Result<ExitCode> {
-    let (config, mut dlq) = match open(&args.config).await? {
+    let (config, mut dlq) = match open(&args.session).await? {
         Ok(opened) => opened,
         Err(code) => return Ok(code),
     };

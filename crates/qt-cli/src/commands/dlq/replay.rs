@@ -22,7 +22,7 @@ struct Tally {
 }
 
 pub async fn replay(args: DlqReplayArgs) -> anyhow::Result<ExitCode> {
-    let (config, mut dlq) = match open(&args.config).await? {
+    let (config, mut dlq) = match open(&args.session).await? {
         Ok(opened) => opened,
         Err(code) => return Ok(code),
     };
