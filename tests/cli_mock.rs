@@ -1405,3 +1405,59 @@ fn qt_dlq_hold_is_refused_outside_sqs_and_out_of_range() {
         assert!(bad.stderr.contains(&format!("{hold:?}")), "{}", bad.stderr);
     }
 }
+
+/// A `command` agent's program does not outlive a qt process that is killed outright: the
+/// message is redelivered elsewhere, and the old run must not go on beside the new one.
+#[test]
+fn a_command_agent_is_killed_with_its_qt_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let pid_file = dir.path().join("agent.pid");
+    let script = dir.path().join("agent.sh");
+    std::fs::write(&script, format!("echo $$ > {}\nexec sleep 300\n", pid_file.display())).unwrap();
+    let cfg = dir.path().join("kill.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "source: {{type: mock}}\n\
+             agent: {{targets: {{main: {{type: command, program: /bin/sh, args: [\"{script}\"], timeout: 10m}}}}}}\n\
+             ledger: {{type: jsonl, path: {ledger}}}\n\
+             observability: {{admin: {{listen: \"127.0.0.1:{port}\"}}}}\n",
+            script = script.display(),
+            ledger = dir.path().join("ledger.jsonl").display(),
+        ),
+    )
+    .unwrap();
+    let mut run = QtRun::start(&cfg, &dir.path().join("qt.log"), port, &[]);
+    run.wait_ready(Duration::from_secs(20));
+    let sent = run_bounded(
+        qt().args(["send", "-c"]).arg(&cfg).args(["--body", "{}"]),
+        dir.path(),
+        BOUND,
+    );
+    assert!(sent.status.success(), "{}", sent.stderr);
+    let agent_pid = || std::fs::read_to_string(&pid_file).unwrap_or_default().trim().to_owned();
+    wait_until(
+        "the agent program started",
+        BOUND,
+        || !agent_pid().is_empty(),
+        || run.logs(),
+    );
+    let pid = agent_pid();
+    assert!(running(&pid), "agent {pid} is running before qt is killed");
+    run.kill_hard();
+    wait_until(
+        "the agent program gone with qt",
+        Duration::from_secs(5),
+        || !running(&pid),
+        || format!("agent {pid} still running after qt was killed"),
+    );
+}
+
+/// Whether the process `pid` exists and is not a zombie waiting for a parent to reap it.
+fn running(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}

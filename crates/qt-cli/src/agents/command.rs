@@ -16,6 +16,12 @@
 //! everything it started — gets SIGTERM, and SIGKILL if any of it is still there
 //! [`KILL_GRACE`] later. A run past its timeout counts as a timeout. What a program leaves
 //! running after it exits by itself is its own business and is left alone.
+//!
+//! If qt itself dies without ending its runs (SIGKILL, OOM kill, a crash), the kernel sends
+//! each program SIGKILL (Linux's parent-death signal): a run cut off with its qt process is
+//! redelivered to another, and must not go on beside the new run. Only the program gets the
+//! signal; what it started is in its own hands (a shell script should `exec` its last
+//! command).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -121,6 +127,7 @@ impl CommandAgent {
         if let Some(dir) = &self.config.working_dir {
             cmd.current_dir(dir);
         }
+        die_with_qt(&mut cmd);
         cmd.spawn().map_err(|e| {
             AgentError::retryable(format!(
                 "cannot start {} for target {}: {e}",
@@ -171,6 +178,32 @@ impl CommandAgent {
         format!("{} (target {})", self.program.display(), self.target)
     }
 }
+
+/// Has the kernel SIGKILL the program when the thread that started it ends: a tokio worker,
+/// which lives as long as qt's runtime, so in effect when qt dies. A program started just as
+/// qt died would miss the signal, so it checks that its parent is still the one that forked it.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_qt(cmd: &mut Command) {
+    let qt = std::process::id();
+    let set_up = move || {
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+        if std::os::unix::process::parent_id() != qt {
+            // The spawn fails with "No such process": qt is gone and nobody reads it.
+            return Err(Errno::ESRCH.into());
+        }
+        Ok(())
+    };
+    // SAFETY: the closure runs in the forked child before exec and only makes two system
+    // calls (prctl and getppid), both async-signal-safe; it allocates nothing and takes no
+    // lock, errors included (an errno turned into an io::Error is not boxed).
+    unsafe {
+        cmd.pre_exec(set_up);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_qt(_cmd: &mut Command) {}
 
 /// Writes the input, reads stdout and stderr each until it closes, then waits for the program.
 /// The three go on at once, so a program blocked writing one pipe (or not yet reading its
