@@ -39,6 +39,8 @@ pub fn run() -> Result<()> {
         ],
         &env_refs,
     )?;
+    // One short chaos scenario per broker, in containers.
+    crate::chaos::run(Some("rabbitmq_qt_sigkill"), true)?;
     // The library example checks its own outcomes and exits non-zero when one differs.
     sh(
         "cargo",

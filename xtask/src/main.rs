@@ -5,6 +5,8 @@
 //!   integration tests need, idempotently.
 //! - `docs [--check]`: regenerates (or checks) the configuration reference tables of
 //!   `docs/configuration.md` from the configuration types.
+//! - `chaos [SCENARIO] [--short]`: the chaos suite in containers (podman set up when there is
+//!   no Docker), recording its report in `docs/reliability.md`.
 //! - `bench <engine|redis|kafka|rabbitmq|sqs|http|ledger>`: runs a benchmark and records its figures in
 //!   `docs/benchmarks.md`.
 
@@ -12,8 +14,10 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
+mod chaos;
 mod ci;
 mod cmd;
+mod containers;
 mod deny;
 mod docs;
 mod services;
@@ -47,6 +51,15 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Kill, hang and restart qt processes and the services they use while traffic flows,
+    /// and check that nothing is lost or run twice; the rows go to docs/reliability.md.
+    Chaos {
+        /// Only the scenarios whose test names contain this (e.g. `rabbitmq_qt_sigkill`).
+        scenario: Option<String>,
+        /// Fewer messages, as CI runs it; records nothing.
+        #[arg(long)]
+        short: bool,
+    },
     /// Run a benchmark and write its figures to docs/benchmarks.md.
     Bench {
         /// Which benchmark.
@@ -63,6 +76,7 @@ fn main() -> Result<()> {
         Command::Deny => deny::check(),
         Command::Services { action } => services::run(action),
         Command::Docs { check } => docs::run(check),
+        Command::Chaos { scenario, short } => chaos::run(scenario.as_deref(), short),
         Command::Bench { which } => bench::run(which),
     }
 }

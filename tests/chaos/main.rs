@@ -1,0 +1,102 @@
+//! The chaos suite: `qt run` processes sharing a Redis idempotency store and a PostgreSQL
+//! ledger consume a broker while their processes and services are killed, hung and restarted;
+//! a verifier then checks from the agent's log, the ledger and the dead-letter queue that
+//! nothing was lost, nothing ran twice after its claim was completed, and every outcome has
+//! its record. Every service runs in a container (see `services.rs`).
+//!
+//! Run by `cargo xtask chaos [SCENARIO]`, which sets up the container engine and the images
+//! first; the tests are ignored otherwise. Each scenario prints its report row as a JSON line
+//! and appends it to the file `QT_CHAOS_REPORT` names; `QT_CHAOS_SHORT=1` runs a shorter
+//! version (fewer messages) for CI.
+
+// The scenario's progress is printed for `cargo test` to show.
+#![allow(clippy::print_stderr, clippy::print_stdout)]
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod agent;
+mod run;
+mod services;
+mod verify;
+
+use std::time::Duration;
+
+use run::{Fault, Scenario};
+
+fn scenario(name: &'static str, fault: Fault) -> Scenario {
+    Scenario::new(name, fault)
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn rabbitmq_qt_sigkill_loses_nothing_and_runs_nothing_twice() {
+    scenario(
+        "rabbitmq/qt-sigkill",
+        Fault::KillQt {
+            every: Duration::from_secs(3),
+        },
+    )
+    .run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn rabbitmq_qt_sigterm_drains_under_load_lose_nothing() {
+    scenario(
+        "rabbitmq/qt-sigterm",
+        Fault::DrainQt {
+            every: Duration::from_secs(4),
+        },
+    )
+    .run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn rabbitmq_broker_paused_10s_loses_nothing() {
+    scenario("rabbitmq/broker-pause", Fault::PauseBroker(Duration::from_secs(10))).run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn rabbitmq_broker_restarted_loses_nothing() {
+    scenario("rabbitmq/broker-restart", Fault::RestartBroker).run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn rabbitmq_broker_killed_loses_nothing() {
+    scenario("rabbitmq/broker-kill", Fault::KillBroker).run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn rabbitmq_redis_paused_fail_closed_runs_nothing_twice() {
+    scenario(
+        "rabbitmq/redis-pause-fail-closed",
+        Fault::PauseRedis(Duration::from_secs(10)),
+    )
+    .on_store_error("fail_closed")
+    .run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn rabbitmq_redis_killed_fail_open_loses_nothing() {
+    scenario("rabbitmq/redis-kill-fail-open", Fault::KillRedis)
+        .on_store_error("fail_open")
+        .run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn rabbitmq_ledger_paused_acks_nothing_before_its_record() {
+    scenario("rabbitmq/ledger-pause", Fault::PauseLedger(Duration::from_secs(10))).run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn rabbitmq_poison_flood_keeps_good_traffic_flowing() {
+    scenario("rabbitmq/poison-flood", Fault::None).poison_percent(10).run();
+}

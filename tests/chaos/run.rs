@@ -1,0 +1,499 @@
+//! One scenario: the services, three `qt run` processes, a producer, the fault, and the
+//! settling afterwards; then the verifier's report.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+use super::agent::RecordingAgent;
+use super::services::{self, Images, Service};
+use super::support::http::http_get;
+use super::support::process::{QtRun, qt};
+use super::support::{free_port, runtime};
+use super::verify::{FaultEvent, Observed, Report};
+
+const QUEUE: &str = "chaos";
+const DLQ: &str = "chaos.dlq";
+/// The qt processes sharing the queue, the store and the ledger.
+const PROCESSES: [&str; 3] = ["a", "b", "c"];
+/// Bound on a qt process getting ready, or stopping after SIGTERM.
+const PROCESS_BOUND: Duration = Duration::from_secs(60);
+/// Bound on every produced message reaching an outcome once the faults are over; a killed
+/// process's claims block their messages for the claim lease first.
+const SETTLE_BOUND: Duration = Duration::from_secs(180);
+
+/// What is done to the system while the traffic flows.
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Nothing: the poison flood's clean comparison.
+    None,
+    /// SIGKILL one qt process after another, each restarted at once.
+    KillQt {
+        every: Duration,
+    },
+    /// SIGTERM one qt process after another (a drain under load), each restarted.
+    DrainQt {
+        every: Duration,
+    },
+    /// The broker frozen (a hung server), once.
+    PauseBroker(Duration),
+    /// The broker stopped cleanly and started, once.
+    RestartBroker,
+    /// The broker SIGKILLed and started, once.
+    KillBroker,
+    PauseRedis(Duration),
+    /// Redis SIGKILLed and started, losing every claim (it keeps nothing on disk).
+    KillRedis,
+    /// The ledger's PostgreSQL frozen, once.
+    PauseLedger(Duration),
+}
+
+#[derive(Debug)]
+pub struct Scenario {
+    name: &'static str,
+    fault: Fault,
+    messages: usize,
+    /// Messages published a second.
+    rate: u32,
+    poison_percent: usize,
+    on_store_error: &'static str,
+}
+
+impl Scenario {
+    pub fn new(name: &'static str, fault: Fault) -> Self {
+        let short = std::env::var("QT_CHAOS_SHORT").is_ok_and(|v| v == "1");
+        Self {
+            name,
+            fault,
+            messages: if short { 800 } else { 3000 },
+            rate: 100,
+            poison_percent: 0,
+            on_store_error: "fail_closed",
+        }
+    }
+
+    pub fn on_store_error(mut self, setting: &'static str) -> Self {
+        self.on_store_error = setting;
+        self
+    }
+
+    /// Of every 100 messages, this many are poison: half undecodable, half failing for good.
+    pub fn poison_percent(mut self, percent: usize) -> Self {
+        self.poison_percent = percent;
+        self
+    }
+
+    pub fn run(self) {
+        let images = Images::from_env();
+        let dir = tempfile::tempdir().unwrap();
+        let broker = services::rabbitmq(images);
+        let redis = services::redis(images);
+        let ledger = services::postgres(images);
+        let agent = RecordingAgent::start();
+        let amqp = format!("amqp://guest:guest@127.0.0.1:{}/%2f", broker.port);
+        let config = dir.path().join("qt.yaml");
+        std::fs::write(&config, self.config(&amqp, &redis, &ledger)).unwrap();
+        let mut fleet = Fleet::start(dir.path(), &config, &agent);
+        eprintln!("{}: services and {} qt processes up", self.name, PROCESSES.len());
+
+        let started = SystemTime::now();
+        let producer = Producer::start(amqp.clone(), self.messages, self.rate, self.poison_percent);
+        let faults = self.inject(&producer, &mut fleet, &broker, &redis, &ledger);
+        let produced = producer.finish();
+        let traffic_ended = SystemTime::now();
+        eprintln!(
+            "{}: {} messages produced, {} faults; settling",
+            self.name,
+            produced.len(),
+            faults.len()
+        );
+
+        let settled = Instant::now();
+        let ledger_records = loop {
+            let records = read_ledger(&config);
+            let done: BTreeSet<&str> = records.iter().filter(|r| r.final_).map(|r| r.key.as_str()).collect();
+            if produced.iter().all(|id| done.contains(id.as_str())) || settled.elapsed() > SETTLE_BOUND {
+                break records;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        };
+        fleet.stop();
+        let (still_queued, dead_letters) = runtime().block_on(drain_queues(&amqp));
+        let observed = Observed {
+            produced,
+            runs: agent.runs(),
+            ledger: ledger_records,
+            dead_letters,
+            still_queued,
+            faults,
+            traffic: (started, traffic_ended),
+        };
+        let report = Report::build(self.name, images, self.poison_percent, &observed);
+        report.publish(&observed.faults);
+        report.assert_holds();
+    }
+
+    fn config(&self, amqp: &str, redis: &Service, ledger: &Service) -> String {
+        format!(
+            r#"name: chaos
+source:
+  type: rabbitmq
+  url: "{amqp}"
+  queue: {QUEUE}
+  declare: {{queue: {{durable: true}}}}
+  dlq: {{routing_key: {DLQ}, declare: {{durable: true}}}}
+  connect_timeout: 5s
+  reconnect_initial: 100ms
+  reconnect_max: 1s
+processing: {{concurrency: 8, on_failure: dlq, duplicate_in_flight_delay: 200ms}}
+idempotency:
+  enabled: true
+  window: 1h
+  lease: 10s
+  on_store_error: {on_store_error}
+  store_error_delay: 500ms
+  store: {{type: redis, url: "redis://127.0.0.1:{redis}"}}
+agent:
+  targets:
+    main: {{type: http, url: "${{QT_CHAOS_AGENT}}", timeout: 10s}}
+ledger: {{type: postgres, url: "postgres://postgres@127.0.0.1:{pg}/postgres", connect_timeout: 2s, statement_timeout: 5s}}
+observability:
+  admin: {{listen: "${{QT_CHAOS_ADMIN}}"}}
+  log: {{level: info}}
+"#,
+            on_store_error = self.on_store_error,
+            redis = redis.port,
+            pg = ledger.port,
+        )
+    }
+
+    /// Injects the fault while the producer runs; returns what was done, when.
+    fn inject(
+        &self,
+        producer: &Producer,
+        fleet: &mut Fleet,
+        broker: &Service,
+        redis: &Service,
+        ledger: &Service,
+    ) -> Vec<FaultEvent> {
+        let mut faults = Vec::new();
+        // One-off faults strike a third of the way through the traffic.
+        let strike_at = Duration::from_secs_f64(self.messages as f64 / f64::from(self.rate) / 3.0);
+        let once = |what: &str, service: &Service, break_it: &dyn Fn(&Service)| {
+            std::thread::sleep(strike_at);
+            let at = SystemTime::now();
+            eprintln!("{}: {what}", self.name);
+            break_it(service);
+            FaultEvent::new(what, at, SystemTime::now())
+        };
+        let hold = |d: Duration| {
+            move |s: &Service| {
+                s.pause();
+                std::thread::sleep(d);
+                s.unpause();
+            }
+        };
+        match self.fault {
+            Fault::None => {}
+            Fault::KillQt { every } | Fault::DrainQt { every } => {
+                let kill = matches!(self.fault, Fault::KillQt { .. });
+                let mut next = 0;
+                loop {
+                    std::thread::sleep(every);
+                    if producer.done() {
+                        break;
+                    }
+                    faults.push(fleet.cycle(next % PROCESSES.len(), kill));
+                    next += 1;
+                }
+            }
+            Fault::PauseBroker(d) => faults.push(once("broker paused", broker, &hold(d))),
+            Fault::RestartBroker => faults.push(once("broker restarted", broker, &Service::restart)),
+            Fault::KillBroker => faults.push(once("broker SIGKILLed and started", broker, &Service::kill_and_start)),
+            Fault::PauseRedis(d) => faults.push(once("redis paused", redis, &hold(d))),
+            Fault::KillRedis => faults.push(once("redis SIGKILLed and started", redis, &Service::kill_and_start)),
+            Fault::PauseLedger(d) => faults.push(once("ledger database paused", ledger, &hold(d))),
+        }
+        faults
+    }
+}
+
+/// The qt processes; a process replaced after a fault gets the next generation's name
+/// (`a.1`, `a.2`, ...), which is also how it calls the agent.
+struct Fleet {
+    dir: PathBuf,
+    config: PathBuf,
+    agent: String,
+    processes: Vec<Process>,
+}
+
+struct Process {
+    name: String,
+    generation: u32,
+    admin_port: u16,
+    run: QtRun,
+}
+
+impl Fleet {
+    fn start(dir: &Path, config: &Path, agent: &RecordingAgent) -> Self {
+        let mut fleet = Fleet {
+            dir: dir.to_owned(),
+            config: config.to_owned(),
+            agent: agent.url(""),
+            processes: Vec::new(),
+        };
+        for base in PROCESSES {
+            let process = fleet.spawn(base, 1);
+            fleet.processes.push(process);
+        }
+        for p in &mut fleet.processes {
+            p.run.wait_ready(PROCESS_BOUND);
+        }
+        fleet
+    }
+
+    fn spawn(&self, base: &str, generation: u32) -> Process {
+        let name = format!("{base}.{generation}");
+        let admin_port = free_port();
+        let run = QtRun::spawn(
+            qt().args(["run", "-c"])
+                .arg(&self.config)
+                .env("QT_CHAOS_AGENT", format!("{}{name}", self.agent))
+                .env("QT_CHAOS_ADMIN", format!("127.0.0.1:{admin_port}")),
+            &self.dir.join(format!("{name}.log")),
+            admin_port,
+        );
+        Process {
+            name,
+            generation,
+            admin_port,
+            run,
+        }
+    }
+
+    /// Ends process `index` (SIGKILL or SIGTERM) and starts its next generation.
+    fn cycle(&mut self, index: usize, kill: bool) -> FaultEvent {
+        let base = PROCESSES[index];
+        let old = self.processes.remove(index);
+        let in_flight = in_flight(old.admin_port);
+        let at = SystemTime::now();
+        if kill {
+            old.run.kill_hard();
+        } else {
+            let mut run = old.run;
+            let status = run.terminate(PROCESS_BOUND);
+            assert!(
+                status.success(),
+                "{} did not drain cleanly: {status}\n{}",
+                old.name,
+                run.logs()
+            );
+        }
+        let mut next = self.spawn(base, old.generation + 1);
+        next.run.wait_ready(PROCESS_BOUND);
+        let what = if kill { "SIGKILL" } else { "SIGTERM" };
+        let event = FaultEvent::new(&format!("{what} {}", old.name), at, SystemTime::now())
+            .on_process(&old.name, if kill { in_flight } else { 0 });
+        self.processes.insert(index, next);
+        event
+    }
+
+    /// SIGTERM to every process; each must drain and exit cleanly.
+    fn stop(&mut self) {
+        for mut p in self.processes.drain(..) {
+            let status = p.run.terminate(PROCESS_BOUND);
+            assert!(
+                status.success(),
+                "{} did not stop cleanly: {status}\n{}",
+                p.name,
+                p.run.logs()
+            );
+        }
+    }
+}
+
+/// Messages the process had taken and not yet settled, from its `/status`; 0 when it does
+/// not answer.
+fn in_flight(admin_port: u16) -> u64 {
+    http_get(admin_port, "/status")
+        .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+        .and_then(|s| s["status"]["metrics"]["inflight"].as_u64())
+        .unwrap_or(0)
+}
+
+/// One ledger record, as far as the verifier needs it.
+#[derive(Clone, Debug)]
+pub struct LedgerRecord {
+    /// The message's dedup key, which the producer gave it.
+    pub key: String,
+    pub status: String,
+    /// Settled by ack or dead-lettering: the message left the queue with this record.
+    pub final_: bool,
+    pub finished_at: SystemTime,
+}
+
+/// Every record, through `qt ledger query` (run unbounded and unprinted: it is called every
+/// few seconds, once the faults are over).
+fn read_ledger(config: &Path) -> Vec<LedgerRecord> {
+    let out = qt()
+        .args(["ledger", "query", "--json", "--limit", "1000000", "-c"])
+        .arg(config)
+        // The configuration's per-process values, which reading the ledger does not use.
+        .env("QT_CHAOS_AGENT", "http://127.0.0.1:1/")
+        .env("QT_CHAOS_ADMIN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qt ledger query: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            let finished = chrono::DateTime::parse_from_rfc3339(r["finished_at"].as_str().unwrap()).unwrap();
+            LedgerRecord {
+                key: r["dedup_key"].as_str().unwrap_or_default().to_owned(),
+                status: r["status"].as_str().unwrap_or_default().to_owned(),
+                final_: matches!(r["settlement"].as_str(), Some("ack" | "dead_letter")),
+                finished_at: SystemTime::from(finished),
+            }
+        })
+        .collect()
+}
+
+/// Publishes `messages` persistent messages at `rate` a second with publisher confirms,
+/// reconnecting and publishing again whatever was not confirmed (at least once, as a real
+/// producer does). Message `i` has the id and dedup key `m-<i>`; the verifier follows
+/// messages by their dedup keys.
+struct Producer {
+    done: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<String>>,
+}
+
+impl Producer {
+    fn start(amqp: String, messages: usize, rate: u32, poison_percent: usize) -> Self {
+        let done = Arc::new(AtomicBool::new(false));
+        let finished = Arc::clone(&done);
+        let thread = std::thread::spawn(move || {
+            let produced = runtime().block_on(produce(&amqp, messages, rate, poison_percent));
+            finished.store(true, Ordering::SeqCst);
+            produced
+        });
+        Self { done, thread }
+    }
+
+    fn done(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    fn finish(self) -> Vec<String> {
+        self.thread.join().expect("the producer")
+    }
+}
+
+async fn produce(amqp: &str, messages: usize, rate: u32, poison_percent: usize) -> Vec<String> {
+    let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    let mut channel = None;
+    let mut ids = Vec::with_capacity(messages);
+    for i in 0..messages {
+        pace.tick().await;
+        let id = format!("m-{i:06}");
+        // Poison: every 100 messages, the first `poison_percent` (half undecodable).
+        let body = match i % 100 {
+            n if n < poison_percent / 2 => b"{not json".to_vec(),
+            n if n < poison_percent => format!(r#"{{"n":{i},"poison":true}}"#).into_bytes(),
+            _ => format!(r#"{{"n":{i}}}"#).into_bytes(),
+        };
+        loop {
+            if channel.is_none() {
+                channel = connect(amqp).await;
+            }
+            let Some(ch) = &channel else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            };
+            if publish(ch, &id, &body).await {
+                break;
+            }
+            channel = None;
+        }
+        ids.push(id);
+    }
+    ids
+}
+
+async fn connect(amqp: &str) -> Option<lapin::Channel> {
+    let connect = Connection::connect(amqp, ConnectionProperties::default());
+    let conn = tokio::time::timeout(Duration::from_secs(5), connect).await.ok()?.ok()?;
+    let channel = conn.create_channel().await.ok()?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await.ok()?;
+    Some(channel)
+}
+
+/// Whether the broker confirmed the message within 5 s.
+async fn publish(channel: &lapin::Channel, id: &str, body: &[u8]) -> bool {
+    let mut headers = FieldTable::default();
+    headers.insert("x-dedup-key".into(), AMQPValue::LongString(LongString::from(id)));
+    headers.insert("x-tenant-id".into(), AMQPValue::LongString(LongString::from("chaos")));
+    let properties = BasicProperties::default()
+        .with_message_id(id.into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    let confirmed = async {
+        channel
+            .basic_publish(
+                "".into(),
+                QUEUE.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .ok()?
+            .await
+            .ok()
+            .filter(|c| c.is_ack())
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), confirmed).await,
+        Ok(Some(_))
+    )
+}
+
+/// The dedup keys of the messages still in the queue and of the dead letters, taken with
+/// `basic.get` once the processes are stopped.
+async fn drain_queues(amqp: &str) -> (Vec<String>, Vec<String>) {
+    let channel = connect(amqp).await.expect("the broker is back for the count");
+    let mut left = (Vec::new(), Vec::new());
+    for (queue, keys) in [(QUEUE, &mut left.0), (DLQ, &mut left.1)] {
+        while let Some(message) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap_or_else(|e| panic!("basic.get on {queue}: {e}"))
+        {
+            let key = message
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("x-dedup-key").cloned())
+                .and_then(|v| match v {
+                    AMQPValue::LongString(s) => Some(s.to_string()),
+                    _ => None,
+                });
+            keys.push(key.unwrap_or_default());
+        }
+    }
+    left
+}

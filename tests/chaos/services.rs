@@ -1,0 +1,232 @@
+//! The services a chaos scenario breaks, each in a container of its own that can be paused
+//! (a hung server), stopped and started (a restart) and killed.
+//!
+//! Two image sets, chosen by `QT_CHAOS_IMAGES`:
+//! - `host` (the default): the image `qt-host-base` that `cargo xtask chaos` builds, whose
+//!   containers run this machine's own server binaries from its `/usr`, mounted read-only.
+//!   It serves where no image registry is reachable.
+//! - `official`: the services' official images, pulled by the container engine.
+//!
+//! Ports are published on 127.0.0.1 only: podman's netavark does not forward a port
+//! published on 0.0.0.0, and a binding with no address hides the port from testcontainers.
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use testcontainers::bollard::models::{HostConfig, PortBinding};
+use testcontainers::core::{AccessMode, IntoContainerPort, Mount, WaitFor};
+use testcontainers::runners::SyncRunner;
+use testcontainers::{Container, ContainerRequest, GenericImage, ImageExt};
+
+/// How long a service has to be back after a restart; RabbitMQ takes about 6 s here.
+const READY_WITHIN: Duration = Duration::from_secs(90);
+
+/// Which images the services run from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Images {
+    Host,
+    Official,
+}
+
+impl Images {
+    pub fn from_env() -> Self {
+        match std::env::var("QT_CHAOS_IMAGES").as_deref() {
+            Ok("official") => Images::Official,
+            Ok("host") | Err(_) => Images::Host,
+            Ok(other) => panic!("QT_CHAOS_IMAGES={other:?}: give host or official"),
+        }
+    }
+}
+
+/// One running service.
+pub struct Service {
+    pub name: &'static str,
+    container: Container<GenericImage>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.name)
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+impl Service {
+    fn start(name: &'static str, request: ContainerRequest<GenericImage>, port: u16) -> Self {
+        let container = request
+            .with_startup_timeout(READY_WITHIN)
+            .with_host_config_modifier(move |host: &mut HostConfig| publish_on_loopback(host, port))
+            .start()
+            .unwrap_or_else(|e| panic!("starting the {name} container failed: {e}. `cargo xtask chaos` sets up the container engine and the images"));
+        let host_port = container
+            .get_host_port_ipv4(port.tcp())
+            .unwrap_or_else(|e| panic!("the {name} container's port {port}: {e}"));
+        let service = Service {
+            name,
+            container,
+            port: host_port,
+        };
+        service.wait_ready();
+        service
+    }
+
+    /// Freezes every process of the service: connections stay open and nothing answers.
+    pub fn pause(&self) {
+        futures::executor::block_on(self.container.pause()).unwrap_or_else(|e| panic!("pausing {}: {e}", self.name));
+    }
+
+    pub fn unpause(&self) {
+        futures::executor::block_on(self.container.unpause())
+            .unwrap_or_else(|e| panic!("unpausing {}: {e}", self.name));
+    }
+
+    /// A clean stop (the stop signal, SIGKILL after 10 s), then a start; back when it answers.
+    pub fn restart(&self) {
+        self.container
+            .stop_with_timeout(Some(10))
+            .unwrap_or_else(|e| panic!("stopping {}: {e}", self.name));
+        self.start_again();
+    }
+
+    /// SIGKILL, then a start; back when it answers.
+    pub fn kill_and_start(&self) {
+        self.container
+            .stop_with_timeout(Some(0))
+            .unwrap_or_else(|e| panic!("killing {}: {e}", self.name));
+        self.start_again();
+    }
+
+    fn start_again(&self) {
+        self.container
+            .start()
+            .unwrap_or_else(|e| panic!("starting {} again: {e}", self.name));
+        self.wait_ready();
+    }
+
+    /// Until the port accepts connections (the servers here open it when they are ready).
+    fn wait_ready(&self) {
+        let started = Instant::now();
+        while TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_secs(1)).is_err() {
+            assert!(
+                started.elapsed() < READY_WITHIN,
+                "{} did not accept connections on 127.0.0.1:{} within {READY_WITHIN:?}",
+                self.name,
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn publish_on_loopback(host: &mut HostConfig, port: u16) {
+    host.port_bindings = Some(
+        [(
+            format!("{port}/tcp"),
+            Some(vec![PortBinding {
+                host_ip: Some("127.0.0.1".to_owned()),
+                host_port: None,
+            }]),
+        )]
+        .into_iter()
+        .collect(),
+    );
+}
+
+/// The base image of [`Images::Host`], with the host's `/usr` mounted read-only.
+fn host_image(port: u16, ready: WaitFor) -> ContainerRequest<GenericImage> {
+    GenericImage::new("qt-host-base", "latest")
+        .with_exposed_port(port.tcp())
+        .with_wait_for(ready)
+        .with_mount(Mount::bind_mount("/usr", "/usr").with_access_mode(AccessMode::ReadOnly))
+}
+
+/// Redis, keeping nothing on disk (as in production with a cache-only Redis: a restart
+/// forgets every claim).
+pub fn redis(images: Images) -> Service {
+    let ready = WaitFor::message_on_stdout("Ready to accept connections");
+    let args = ["--save", "", "--appendonly", "no", "--protected-mode", "no"];
+    let request = match images {
+        Images::Host => host_image(6379, ready).with_cmd(
+            [
+                "/usr/bin/redis-server",
+                "--port",
+                "6379",
+                "--bind",
+                "0.0.0.0",
+                "--dir",
+                "/data",
+            ]
+            .into_iter()
+            .chain(args),
+        ),
+        Images::Official => GenericImage::new("redis", "7")
+            .with_exposed_port(6379.tcp())
+            .with_wait_for(ready)
+            .with_cmd(["redis-server"].into_iter().chain(args)),
+    };
+    Service::start("redis", request, 6379)
+}
+
+/// PostgreSQL 15 with trust authentication (clients come from the container network), user
+/// and database `postgres`. Its data survives a restart.
+pub fn postgres(images: Images) -> Service {
+    let ready = WaitFor::message_on_stderr("database system is ready to accept connections");
+    let request = match images {
+        Images::Host => host_image(5432, ready)
+            .with_user("postgres")
+            .with_env_var("PGDATA", "/data/pg")
+            .with_env_var("LANG", "C.UTF-8")
+            .with_cmd(["/bin/sh", "-c", HOST_POSTGRES]),
+        Images::Official => GenericImage::new("postgres", "15")
+            .with_exposed_port(5432.tcp())
+            .with_wait_for(ready)
+            .with_env_var("POSTGRES_HOST_AUTH_METHOD", "trust"),
+    };
+    Service::start("postgres", request, 5432)
+}
+
+/// Creates the cluster on first start; the server opens TCP only once it is ready.
+const HOST_POSTGRES: &str = r#"set -e
+B=/usr/lib/postgresql/15/bin
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+  $B/initdb -D "$PGDATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
+  echo 'host all all all trust' >> "$PGDATA/pg_hba.conf"
+fi
+exec $B/postgres -D "$PGDATA" -c listen_addresses='*' -c unix_socket_directories=/tmp"#;
+
+/// RabbitMQ with guest/guest allowed from outside the container. Durable queues and
+/// persistent messages survive a restart.
+pub fn rabbitmq(images: Images) -> Service {
+    let ready = WaitFor::message_on_stdout("Server startup complete");
+    let request = match images {
+        Images::Host => host_image(5672, ready)
+            .with_user("rabbitmq")
+            .with_env_var("HOME", "/data/rabbitmq")
+            .with_env_var("RABBITMQ_NODENAME", "rabbit@localhost")
+            .with_env_var("RABBITMQ_MNESIA_BASE", "/data/rabbitmq/mnesia")
+            .with_env_var("RABBITMQ_LOG_BASE", "/data/rabbitmq/log")
+            .with_env_var("RABBITMQ_CONFIG_FILE", "/data/rabbitmq/rabbitmq.conf")
+            .with_env_var("RABBITMQ_ENABLED_PLUGINS_FILE", "/data/rabbitmq/enabled_plugins")
+            .with_env_var("RABBITMQ_CONF_ENV_FILE", "/data/rabbitmq/rabbitmq-env.conf")
+            .with_env_var("RABBITMQ_LOGS", "-")
+            .with_env_var("LANG", "C.UTF-8")
+            .with_cmd(["/bin/sh", "-c", HOST_RABBITMQ]),
+        Images::Official => GenericImage::new("rabbitmq", "3.13")
+            .with_exposed_port(5672.tcp())
+            .with_wait_for(ready)
+            .with_env_var("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", "-rabbit loopback_users []"),
+    };
+    Service::start("rabbitmq", request, 5672)
+}
+
+/// The server script itself, not Debian's wrapper (which switches user and directory).
+const HOST_RABBITMQ: &str = r#"set -e
+mkdir -p "$HOME"
+printf 'loopback_users = none\nlisteners.tcp.default = 5672\n' > "$RABBITMQ_CONFIG_FILE"
+[ -f "$RABBITMQ_ENABLED_PLUGINS_FILE" ] || echo '[].' > "$RABBITMQ_ENABLED_PLUGINS_FILE"
+touch "$RABBITMQ_CONF_ENV_FILE"
+exec /usr/lib/rabbitmq/bin/rabbitmq-server"#;
