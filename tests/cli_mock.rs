@@ -1461,3 +1461,36 @@ fn running(pid: &str) -> bool {
         .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
         .unwrap_or(false)
 }
+
+/// A message whose body cannot be parsed is still recorded under the tenant and dedup key its
+/// headers give, so that an operator finds its record by them (the chaos suite found such
+/// records without their dedup key).
+#[test]
+fn an_unparseable_message_is_recorded_with_the_tenant_and_dedup_key_of_its_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let messages = dir.path().join("messages.jsonl");
+    std::fs::write(
+        &messages,
+        r#"{"id": "bad", "headers": {"x-tenant-id": "acme", "x-dedup-key": "order-7"}, "text": "{not json"}
+"#,
+    )
+    .unwrap();
+    let ledger = dir.path().join("ledger.jsonl");
+    let cfg = dir.path().join("bad.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "source: {{type: mock, file: {}}}\nagent: {{targets: {{main: {{type: log}}}}}}\nledger: {{type: jsonl, path: {}}}\nobservability: {{admin: {{enabled: false}}}}\n",
+            messages.display(),
+            ledger.display()
+        ),
+    )
+    .unwrap();
+    let ran = run_bounded(qt().args(["run", "--until-idle", "-c"]).arg(&cfg), dir.path(), BOUND);
+    assert!(ran.status.success(), "{}", ran.stderr);
+    let records = jsonl(&ledger);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["status"], "parse_failed");
+    assert_eq!(records[0]["tenant_id"], "acme");
+    assert_eq!(records[0]["dedup_key"], "order-7");
+}

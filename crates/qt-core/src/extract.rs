@@ -284,6 +284,21 @@ impl ExtractionRules {
         Ok(out)
     }
 
+    /// The tenant and the dedup key of a message whose payload could not be read, as far as
+    /// the rules find them without it (headers, the broker's key, constants), so that its
+    /// ledger record can still be found by them.
+    pub fn without_payload(&self, headers: &Headers, source: &SourceInfo) -> (Option<String>, Option<String>) {
+        let find = |rules: &[FieldSource]| {
+            rules.iter().find_map(|rule| match rule {
+                FieldSource::Header(name) => headers.get(name).filter(|v| !v.is_empty()).map(str::to_owned),
+                FieldSource::SourceKey(true) => source.key.clone().filter(|k| !k.is_empty()),
+                FieldSource::Value(v) => Some(v.clone()),
+                FieldSource::Pointer(_) | FieldSource::SourceKey(false) => None,
+            })
+        };
+        (find(&self.tenant_id), find(&self.dedup_key))
+    }
+
     fn resolve(
         &self,
         field: ExtractedField,
@@ -376,6 +391,34 @@ mod tests {
                 .event_name
                 .as_deref(),
             Some("fallback")
+        );
+    }
+
+    #[test]
+    fn without_a_payload_the_rules_that_need_none_still_find_the_tenant_and_dedup_key() {
+        let rules: ExtractionRules = serde_yaml_ng::from_str(
+            "tenant_id: [{pointer: /tenant}, {header: x-org}, {value: nobody}]\n\
+             dedup_key: [{pointer: /id}, {source_key: true}]\n",
+        )
+        .unwrap();
+        let mut headers = Headers::new();
+        headers.insert("x-org", "acme");
+        let mut source = src();
+        source.key = Some("order-7".to_owned());
+        assert_eq!(
+            rules.without_payload(&headers, &source),
+            (Some("acme".to_owned()), Some("order-7".to_owned()))
+        );
+        assert_eq!(
+            rules.without_payload(&Headers::new(), &src()),
+            (Some("nobody".to_owned()), None),
+            "a pointer is skipped, a constant still counts"
+        );
+        let mut defaults = Headers::new();
+        defaults.insert(crate::headers::DEDUP_KEY, "k-1");
+        assert_eq!(
+            ExtractionRules::default().without_payload(&defaults, &src()),
+            (None, Some("k-1".to_owned()))
         );
     }
 

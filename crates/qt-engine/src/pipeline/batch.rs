@@ -118,7 +118,13 @@ pub(crate) async fn dead_letter_poisoned(
         },
         Err(unparseable) => {
             let qt_core::envelope::Unparseable { raw, trace_id, .. } = *unparseable;
-            unparsed_meta(raw, trace_id, consume_latency, Instant::now())
+            unparsed_meta(
+                raw,
+                trace_id,
+                &p.config.processing.extraction,
+                consume_latency,
+                Instant::now(),
+            )
         }
     };
     let outcome = Outcome::Panicked {
@@ -132,21 +138,24 @@ pub(crate) async fn dead_letter_poisoned(
     while settler.settle_next(&p).await.is_some() {}
 }
 
-/// What is known of a message that never became an envelope.
+/// What is known of a message that never became an envelope: what the extraction rules
+/// find without its payload.
 fn unparsed_meta(
     raw: qt_core::RawMessage,
     trace_id: qt_core::TraceId,
+    rules: &qt_core::extract::ExtractionRules,
     consume_latency: Option<std::time::Duration>,
     started: Instant,
 ) -> MessageMeta {
     let received_at = raw.received_at;
     let attempt = raw.attempt();
-    let tenant_id = raw.headers.get(qt_core::headers::TENANT_ID).map(str::to_owned);
+    let (tenant_id, dedup_key) = rules.without_payload(&raw.headers, &raw.source);
     MessageMeta {
         trace_id,
         identity: Identity::Unparsed(Box::new(Unparsed {
             message_id: raw.message_id,
             tenant_id,
+            dedup_key,
             queue: raw.source.queue,
             adapter: raw.source.adapter,
         })),
@@ -201,7 +210,7 @@ fn prepare(
                     Some(spans) => spans.start_unparsed(&raw, trace_id),
                     None => (MessageTrace::default(), trace_id),
                 };
-                let mut meta = unparsed_meta(raw, trace_id, consume_latency, started);
+                let mut meta = unparsed_meta(raw, trace_id, &p.config.processing.extraction, consume_latency, started);
                 meta.trace = trace;
                 let outcome = match error {
                     EnvelopeError::Panicked(message) => {

@@ -89,6 +89,7 @@ pub(crate) enum Identity {
 pub(crate) struct Unparsed {
     pub message_id: String,
     pub tenant_id: Option<String>,
+    pub dedup_key: Option<String>,
     pub queue: Arc<str>,
     pub adapter: Arc<str>,
 }
@@ -158,6 +159,7 @@ impl MessageMeta {
                 let Unparsed {
                     message_id,
                     tenant_id,
+                    dedup_key,
                     queue,
                     adapter,
                 } = *u;
@@ -165,7 +167,7 @@ impl MessageMeta {
                     message_id,
                     event_name: None,
                     tenant_id,
-                    dedup_key: None,
+                    dedup_key,
                     queue,
                     adapter,
                 }
