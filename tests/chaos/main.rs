@@ -1,5 +1,5 @@
 //! The chaos suite: `qt run` processes sharing a Redis idempotency store and a PostgreSQL
-//! ledger consume a broker while their processes and services are killed, hung and restarted;
+//! ledger consume a broker (RabbitMQ or Kafka) while their processes and services are killed, hung and restarted;
 //! a verifier then checks from the agent's log, the ledger and the dead-letter queue that
 //! nothing was lost, nothing ran twice after its claim was completed, and every outcome has
 //! its record. Every service runs in a container (see `services.rs`).
@@ -16,22 +16,28 @@
 mod support;
 
 mod agent;
+mod brokers;
 mod run;
 mod services;
 mod verify;
 
 use std::time::Duration;
 
+use brokers::Broker;
 use run::{Fault, Scenario};
 
-fn scenario(name: &'static str, fault: Fault) -> Scenario {
-    Scenario::new(name, fault)
+fn rabbitmq(name: &'static str, fault: Fault) -> Scenario {
+    Scenario::new(name, Broker::Rabbitmq, fault)
+}
+
+fn kafka(name: &'static str, fault: Fault) -> Scenario {
+    Scenario::new(name, Broker::Kafka, fault)
 }
 
 #[test]
 #[ignore = "run by `cargo xtask chaos`: needs a container engine"]
 fn rabbitmq_qt_sigkill_loses_nothing_and_runs_nothing_twice() {
-    scenario(
+    rabbitmq(
         "rabbitmq/qt-sigkill",
         Fault::KillQt {
             every: Duration::from_secs(3),
@@ -43,7 +49,7 @@ fn rabbitmq_qt_sigkill_loses_nothing_and_runs_nothing_twice() {
 #[test]
 #[ignore = "run by `cargo xtask chaos`: needs a container engine"]
 fn rabbitmq_qt_sigterm_drains_under_load_lose_nothing() {
-    scenario(
+    rabbitmq(
         "rabbitmq/qt-sigterm",
         Fault::DrainQt {
             every: Duration::from_secs(4),
@@ -55,25 +61,25 @@ fn rabbitmq_qt_sigterm_drains_under_load_lose_nothing() {
 #[test]
 #[ignore = "run by `cargo xtask chaos`: needs a container engine"]
 fn rabbitmq_broker_paused_10s_loses_nothing() {
-    scenario("rabbitmq/broker-pause", Fault::PauseBroker(Duration::from_secs(10))).run();
+    rabbitmq("rabbitmq/broker-pause", Fault::PauseBroker(Duration::from_secs(10))).run();
 }
 
 #[test]
 #[ignore = "run by `cargo xtask chaos`: needs a container engine"]
 fn rabbitmq_broker_restarted_loses_nothing() {
-    scenario("rabbitmq/broker-restart", Fault::RestartBroker).run();
+    rabbitmq("rabbitmq/broker-restart", Fault::RestartBroker).run();
 }
 
 #[test]
 #[ignore = "run by `cargo xtask chaos`: needs a container engine"]
 fn rabbitmq_broker_killed_loses_nothing() {
-    scenario("rabbitmq/broker-kill", Fault::KillBroker).run();
+    rabbitmq("rabbitmq/broker-kill", Fault::KillBroker).run();
 }
 
 #[test]
 #[ignore = "run by `cargo xtask chaos`: needs a container engine"]
 fn rabbitmq_redis_paused_fail_closed_runs_nothing_twice() {
-    scenario(
+    rabbitmq(
         "rabbitmq/redis-pause-fail-closed",
         Fault::PauseRedis(Duration::from_secs(10)),
     )
@@ -84,7 +90,7 @@ fn rabbitmq_redis_paused_fail_closed_runs_nothing_twice() {
 #[test]
 #[ignore = "run by `cargo xtask chaos`: needs a container engine"]
 fn rabbitmq_redis_killed_fail_open_loses_nothing() {
-    scenario("rabbitmq/redis-kill-fail-open", Fault::KillRedis)
+    rabbitmq("rabbitmq/redis-kill-fail-open", Fault::KillRedis)
         .on_store_error("fail_open")
         .run();
 }
@@ -92,11 +98,74 @@ fn rabbitmq_redis_killed_fail_open_loses_nothing() {
 #[test]
 #[ignore = "run by `cargo xtask chaos`: needs a container engine"]
 fn rabbitmq_ledger_paused_acks_nothing_before_its_record() {
-    scenario("rabbitmq/ledger-pause", Fault::PauseLedger(Duration::from_secs(10))).run();
+    rabbitmq("rabbitmq/ledger-pause", Fault::PauseLedger(Duration::from_secs(10))).run();
 }
 
 #[test]
 #[ignore = "run by `cargo xtask chaos`: needs a container engine"]
 fn rabbitmq_poison_flood_keeps_good_traffic_flowing() {
-    scenario("rabbitmq/poison-flood", Fault::None).poison_percent(10).run();
+    rabbitmq("rabbitmq/poison-flood", Fault::None).poison_percent(10).run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn kafka_qt_sigkill_loses_nothing_and_runs_nothing_twice() {
+    // Longer apart than the group's session timeout (6 s): members killed more often keep
+    // the whole group rebalancing (see docs/reliability.md).
+    kafka(
+        "kafka/qt-sigkill",
+        Fault::KillQt {
+            every: Duration::from_secs(8),
+        },
+    )
+    .run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn kafka_qt_sigterm_drains_under_load_lose_nothing() {
+    kafka(
+        "kafka/qt-sigterm",
+        Fault::DrainQt {
+            every: Duration::from_secs(4),
+        },
+    )
+    .run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn kafka_broker_paused_10s_loses_nothing() {
+    kafka("kafka/broker-pause", Fault::PauseBroker(Duration::from_secs(10))).run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn kafka_redis_paused_fail_closed_runs_nothing_twice() {
+    kafka(
+        "kafka/redis-pause-fail-closed",
+        Fault::PauseRedis(Duration::from_secs(10)),
+    )
+    .on_store_error("fail_closed")
+    .run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn kafka_redis_killed_fail_open_loses_nothing() {
+    kafka("kafka/redis-kill-fail-open", Fault::KillRedis)
+        .on_store_error("fail_open")
+        .run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn kafka_ledger_paused_acks_nothing_before_its_record() {
+    kafka("kafka/ledger-pause", Fault::PauseLedger(Duration::from_secs(10))).run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn kafka_poison_flood_keeps_good_traffic_flowing() {
+    kafka("kafka/poison-flood", Fault::None).poison_percent(10).run();
 }

@@ -1,26 +1,21 @@
 //! One scenario: the services, three `qt run` processes, a producer, the fault, and the
 //! settling afterwards; then the verifier's report.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
-
 use super::agent::RecordingAgent;
+use super::brokers::{Broker, Produced, RunningBroker};
 use super::services::{self, Images, Service};
 use super::support::http::http_get;
 use super::support::process::{QtRun, qt};
 use super::support::{free_port, runtime};
 use super::verify::{FaultEvent, Observed, Report};
 
-const QUEUE: &str = "chaos";
-const DLQ: &str = "chaos.dlq";
 /// The qt processes sharing the queue, the store and the ledger.
 const PROCESSES: [&str; 3] = ["a", "b", "c"];
 /// Bound on a qt process getting ready, or stopping after SIGTERM.
@@ -58,6 +53,7 @@ pub enum Fault {
 #[derive(Debug)]
 pub struct Scenario {
     name: &'static str,
+    broker: Broker,
     fault: Fault,
     messages: usize,
     /// Messages published a second.
@@ -67,12 +63,13 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    pub fn new(name: &'static str, fault: Fault) -> Self {
+    pub fn new(name: &'static str, broker: Broker, fault: Fault) -> Self {
         let short = std::env::var("QT_CHAOS_SHORT").is_ok_and(|v| v == "1");
         Self {
             name,
+            broker,
             fault,
-            messages: if short { 800 } else { 3000 },
+            messages: if short { 1500 } else { 3000 },
             rate: 100,
             poison_percent: 0,
             on_store_error: "fail_closed",
@@ -93,20 +90,19 @@ impl Scenario {
     pub fn run(self) {
         let images = Images::from_env();
         let dir = tempfile::tempdir().unwrap();
-        let broker = services::rabbitmq(images);
+        let broker = Arc::new(self.broker.start(images));
         let redis = services::redis(images);
         let ledger = services::postgres(images);
         let agent = RecordingAgent::start();
-        let amqp = format!("amqp://guest:guest@127.0.0.1:{}/%2f", broker.port);
         let config = dir.path().join("qt.yaml");
-        std::fs::write(&config, self.config(&amqp, &redis, &ledger)).unwrap();
+        std::fs::write(&config, self.config(&broker, &redis, &ledger)).unwrap();
         let mut fleet = Fleet::start(dir.path(), &config, &agent);
         eprintln!("{}: services and {} qt processes up", self.name, PROCESSES.len());
 
         let started = SystemTime::now();
-        let producer = Producer::start(amqp.clone(), self.messages, self.rate, self.poison_percent);
-        let faults = self.inject(&producer, &mut fleet, &broker, &redis, &ledger);
-        let produced = producer.finish();
+        let producer = Producer::start(Arc::clone(&broker), self.messages, self.rate, self.poison_percent);
+        let faults = self.inject(&producer, &mut fleet, &broker.service, &redis, &ledger);
+        let Produced { keys: produced, key_of } = producer.finish();
         let traffic_ended = SystemTime::now();
         eprintln!(
             "{}: {} messages produced, {} faults; settling",
@@ -117,7 +113,7 @@ impl Scenario {
 
         let settled = Instant::now();
         let ledger_records = loop {
-            let records = read_ledger(&config);
+            let records = read_ledger(&config, &key_of);
             let done: BTreeSet<&str> = records.iter().filter(|r| r.final_).map(|r| r.key.as_str()).collect();
             if produced.iter().all(|id| done.contains(id.as_str())) || settled.elapsed() > SETTLE_BOUND {
                 break records;
@@ -125,7 +121,7 @@ impl Scenario {
             std::thread::sleep(Duration::from_secs(2));
         };
         fleet.stop();
-        let (still_queued, dead_letters) = runtime().block_on(drain_queues(&amqp));
+        let (still_queued, dead_letters) = runtime().block_on(broker.leftovers());
         let observed = Observed {
             produced,
             runs: agent.runs(),
@@ -140,19 +136,10 @@ impl Scenario {
         report.assert_holds();
     }
 
-    fn config(&self, amqp: &str, redis: &Service, ledger: &Service) -> String {
+    fn config(&self, broker: &RunningBroker, redis: &Service, ledger: &Service) -> String {
         format!(
             r#"name: chaos
-source:
-  type: rabbitmq
-  url: "{amqp}"
-  queue: {QUEUE}
-  declare: {{queue: {{durable: true}}}}
-  dlq: {{routing_key: {DLQ}, declare: {{durable: true}}}}
-  connect_timeout: 5s
-  reconnect_initial: 100ms
-  reconnect_max: 1s
-processing: {{concurrency: 8, on_failure: dlq, duplicate_in_flight_delay: 200ms}}
+{source}processing: {{concurrency: 8, on_failure: dlq, duplicate_in_flight_delay: 200ms}}
 idempotency:
   enabled: true
   window: 1h
@@ -168,6 +155,7 @@ observability:
   admin: {{listen: "${{QT_CHAOS_ADMIN}}"}}
   log: {{level: info}}
 "#,
+            source = broker.source(),
             on_store_error = self.on_store_error,
             redis = redis.port,
             pg = ledger.port,
@@ -340,8 +328,9 @@ pub struct LedgerRecord {
 }
 
 /// Every record, through `qt ledger query` (run unbounded and unprinted: it is called every
-/// few seconds, once the faults are over).
-fn read_ledger(config: &Path) -> Vec<LedgerRecord> {
+/// few seconds, once the faults are over). A record without a dedup key (a message that
+/// could not be parsed) is matched by its message id.
+fn read_ledger(config: &Path, key_of: &HashMap<String, String>) -> Vec<LedgerRecord> {
     let out = qt()
         .args(["ledger", "query", "--json", "--limit", "1000000", "-c"])
         .arg(config)
@@ -362,7 +351,11 @@ fn read_ledger(config: &Path) -> Vec<LedgerRecord> {
             let r: serde_json::Value = serde_json::from_str(l).unwrap();
             let finished = chrono::DateTime::parse_from_rfc3339(r["finished_at"].as_str().unwrap()).unwrap();
             LedgerRecord {
-                key: r["dedup_key"].as_str().unwrap_or_default().to_owned(),
+                key: r["dedup_key"]
+                    .as_str()
+                    .or_else(|| key_of.get(r["message_id"].as_str()?).map(String::as_str))
+                    .unwrap_or_default()
+                    .to_owned(),
                 status: r["status"].as_str().unwrap_or_default().to_owned(),
                 final_: matches!(r["settlement"].as_str(), Some("ack" | "dead_letter")),
                 finished_at: SystemTime::from(finished),
@@ -371,21 +364,25 @@ fn read_ledger(config: &Path) -> Vec<LedgerRecord> {
         .collect()
 }
 
-/// Publishes `messages` persistent messages at `rate` a second with publisher confirms,
-/// reconnecting and publishing again whatever was not confirmed (at least once, as a real
-/// producer does). Message `i` has the id and dedup key `m-<i>`; the verifier follows
-/// messages by their dedup keys.
+/// Publishes the scenario's messages on a thread of its own while the faults strike.
+/// Poison messages, the first `poison_percent` of every 100: half not JSON, half refused by
+/// the agent for good.
 struct Producer {
     done: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<String>>,
+    thread: JoinHandle<Produced>,
 }
 
 impl Producer {
-    fn start(amqp: String, messages: usize, rate: u32, poison_percent: usize) -> Self {
+    fn start(broker: Arc<RunningBroker>, messages: usize, rate: u32, poison_percent: usize) -> Self {
         let done = Arc::new(AtomicBool::new(false));
         let finished = Arc::clone(&done);
         let thread = std::thread::spawn(move || {
-            let produced = runtime().block_on(produce(&amqp, messages, rate, poison_percent));
+            let body = |i: usize| match i % 100 {
+                n if n < poison_percent / 2 => b"{not json".to_vec(),
+                n if n < poison_percent => format!(r#"{{"n":{i},"poison":true}}"#).into_bytes(),
+                _ => format!(r#"{{"n":{i}}}"#).into_bytes(),
+            };
+            let produced = runtime().block_on(broker.produce(messages, rate, body));
             finished.store(true, Ordering::SeqCst);
             produced
         });
@@ -396,104 +393,7 @@ impl Producer {
         self.done.load(Ordering::SeqCst)
     }
 
-    fn finish(self) -> Vec<String> {
+    fn finish(self) -> Produced {
         self.thread.join().expect("the producer")
     }
-}
-
-async fn produce(amqp: &str, messages: usize, rate: u32, poison_percent: usize) -> Vec<String> {
-    let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
-    let mut channel = None;
-    let mut ids = Vec::with_capacity(messages);
-    for i in 0..messages {
-        pace.tick().await;
-        let id = format!("m-{i:06}");
-        // Poison: every 100 messages, the first `poison_percent` (half undecodable).
-        let body = match i % 100 {
-            n if n < poison_percent / 2 => b"{not json".to_vec(),
-            n if n < poison_percent => format!(r#"{{"n":{i},"poison":true}}"#).into_bytes(),
-            _ => format!(r#"{{"n":{i}}}"#).into_bytes(),
-        };
-        loop {
-            if channel.is_none() {
-                channel = connect(amqp).await;
-            }
-            let Some(ch) = &channel else {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            };
-            if publish(ch, &id, &body).await {
-                break;
-            }
-            channel = None;
-        }
-        ids.push(id);
-    }
-    ids
-}
-
-async fn connect(amqp: &str) -> Option<lapin::Channel> {
-    let connect = Connection::connect(amqp, ConnectionProperties::default());
-    let conn = tokio::time::timeout(Duration::from_secs(5), connect).await.ok()?.ok()?;
-    let channel = conn.create_channel().await.ok()?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await.ok()?;
-    Some(channel)
-}
-
-/// Whether the broker confirmed the message within 5 s.
-async fn publish(channel: &lapin::Channel, id: &str, body: &[u8]) -> bool {
-    let mut headers = FieldTable::default();
-    headers.insert("x-dedup-key".into(), AMQPValue::LongString(LongString::from(id)));
-    headers.insert("x-tenant-id".into(), AMQPValue::LongString(LongString::from("chaos")));
-    let properties = BasicProperties::default()
-        .with_message_id(id.into())
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_headers(headers);
-    let confirmed = async {
-        channel
-            .basic_publish(
-                "".into(),
-                QUEUE.into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await
-            .ok()?
-            .await
-            .ok()
-            .filter(|c| c.is_ack())
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(5), confirmed).await,
-        Ok(Some(_))
-    )
-}
-
-/// The dedup keys of the messages still in the queue and of the dead letters, taken with
-/// `basic.get` once the processes are stopped.
-async fn drain_queues(amqp: &str) -> (Vec<String>, Vec<String>) {
-    let channel = connect(amqp).await.expect("the broker is back for the count");
-    let mut left = (Vec::new(), Vec::new());
-    for (queue, keys) in [(QUEUE, &mut left.0), (DLQ, &mut left.1)] {
-        while let Some(message) = channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap_or_else(|e| panic!("basic.get on {queue}: {e}"))
-        {
-            let key = message
-                .delivery
-                .properties
-                .headers()
-                .as_ref()
-                .and_then(|h| h.inner().get("x-dedup-key").cloned())
-                .and_then(|v| match v {
-                    AMQPValue::LongString(s) => Some(s.to_string()),
-                    _ => None,
-                });
-            keys.push(key.unwrap_or_default());
-        }
-    }
-    left
 }

@@ -56,10 +56,17 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    fn start(name: &'static str, request: ContainerRequest<GenericImage>, port: u16) -> Self {
+    /// Starts the container and waits until `port` answers. `same_host_port` publishes the
+    /// port on the same number on the host, for a server that tells clients its address.
+    fn start(name: &'static str, request: ContainerRequest<GenericImage>, port: u16, same_host_port: bool) -> Self {
         let container = request
             .with_startup_timeout(READY_WITHIN)
-            .with_host_config_modifier(move |host: &mut HostConfig| publish_on_loopback(host, port))
+            .with_host_config_modifier(move |host: &mut HostConfig| {
+                publish_on_loopback(host, port, same_host_port);
+                // A process that is PID 1 ignores signals it has no handler for; an init
+                // passes the stop signal on.
+                host.init = Some(true);
+            })
             .start()
             .unwrap_or_else(|e| panic!("starting the {name} container failed: {e}. `cargo xtask chaos` sets up the container engine and the images"));
         let host_port = container
@@ -122,13 +129,13 @@ impl Service {
     }
 }
 
-fn publish_on_loopback(host: &mut HostConfig, port: u16) {
+fn publish_on_loopback(host: &mut HostConfig, port: u16, same_host_port: bool) {
     host.port_bindings = Some(
         [(
             format!("{port}/tcp"),
             Some(vec![PortBinding {
                 host_ip: Some("127.0.0.1".to_owned()),
-                host_port: None,
+                host_port: same_host_port.then(|| port.to_string()),
             }]),
         )]
         .into_iter()
@@ -168,7 +175,7 @@ pub fn redis(images: Images) -> Service {
             .with_wait_for(ready)
             .with_cmd(["redis-server"].into_iter().chain(args)),
     };
-    Service::start("redis", request, 6379)
+    Service::start("redis", request, 6379, false)
 }
 
 /// PostgreSQL 15 with trust authentication (clients come from the container network), user
@@ -186,7 +193,7 @@ pub fn postgres(images: Images) -> Service {
             .with_wait_for(ready)
             .with_env_var("POSTGRES_HOST_AUTH_METHOD", "trust"),
     };
-    Service::start("postgres", request, 5432)
+    Service::start("postgres", request, 5432, false)
 }
 
 /// Creates the cluster on first start; the server opens TCP only once it is ready.
@@ -220,7 +227,7 @@ pub fn rabbitmq(images: Images) -> Service {
             .with_wait_for(ready)
             .with_env_var("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", "-rabbit loopback_users []"),
     };
-    Service::start("rabbitmq", request, 5672)
+    Service::start("rabbitmq", request, 5672, false)
 }
 
 /// The server script itself, not Debian's wrapper (which switches user and directory).
@@ -230,3 +237,53 @@ printf 'loopback_users = none\nlisteners.tcp.default = 5672\n' > "$RABBITMQ_CONF
 [ -f "$RABBITMQ_ENABLED_PLUGINS_FILE" ] || echo '[].' > "$RABBITMQ_ENABLED_PLUGINS_FILE"
 touch "$RABBITMQ_CONF_ENV_FILE"
 exec /usr/lib/rabbitmq/bin/rabbitmq-server"#;
+
+/// A Kafka-protocol broker: Nisshi (the binary `QT_CHAOS_NISSHI` names, which
+/// `cargo xtask chaos` builds) with in-memory storage, so it keeps its topics through a pause
+/// but not a restart; or the official Apache Kafka image. It tells clients its address, so
+/// its port is the same inside and out: a free one.
+pub fn nisshi(images: Images) -> Service {
+    let port = super::support::free_port();
+    let listener = format!("tcp://127.0.0.1:{port}");
+    let request = match images {
+        Images::Host => {
+            let bin = std::env::var("QT_CHAOS_NISSHI")
+                .expect("QT_CHAOS_NISSHI: the nisshi binary (cargo xtask chaos sets it)");
+            let dir = std::path::Path::new(&bin)
+                .parent()
+                .expect("the binary's directory")
+                .display()
+                .to_string();
+            host_image(port, WaitFor::Nothing)
+                .with_mount(Mount::bind_mount(dir.as_str(), "/opt/nisshi").with_access_mode(AccessMode::ReadOnly))
+                .with_cmd([
+                    "/opt/nisshi/nisshi".to_owned(),
+                    "broker".to_owned(),
+                    "--listener-url".to_owned(),
+                    format!("tcp://0.0.0.0:{port}"),
+                    "--advertised-listener-url".to_owned(),
+                    listener,
+                    "--storage-engine".to_owned(),
+                    "memory://nisshi/".to_owned(),
+                ])
+        }
+        Images::Official => GenericImage::new("apache/kafka", "3.9.0")
+            .with_exposed_port(port.tcp())
+            .with_wait_for(WaitFor::message_on_stdout("Kafka Server started"))
+            .with_env_var("KAFKA_NODE_ID", "1")
+            .with_env_var("KAFKA_PROCESS_ROLES", "broker,controller")
+            .with_env_var(
+                "KAFKA_LISTENERS",
+                format!("PLAINTEXT://0.0.0.0:{port},CONTROLLER://localhost:9093"),
+            )
+            .with_env_var("KAFKA_ADVERTISED_LISTENERS", format!("PLAINTEXT://127.0.0.1:{port}"))
+            .with_env_var("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
+            .with_env_var(
+                "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
+                "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            )
+            .with_env_var("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@localhost:9093")
+            .with_env_var("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1"),
+    };
+    Service::start("kafka", request, port, true)
+}

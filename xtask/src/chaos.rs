@@ -20,6 +20,8 @@ const HEADER: &str = "| scenario | messages | faults | lost | doubled | re-runs 
 /// messages, for CI) records nothing.
 pub fn run(filter: Option<&str>, short: bool) -> Result<()> {
     let engine = containers::ensure()?;
+    // The Kafka scenarios run the cached Nisshi binary in a container.
+    let nisshi = crate::services::nisshi::install()?.display().to_string();
     let images = std::env::var("QT_CHAOS_IMAGES").unwrap_or_else(|_| engine.images.to_owned());
     std::fs::create_dir_all(cache_dir())?;
     let report = cache_dir().join("chaos-report.jsonl");
@@ -47,6 +49,7 @@ pub fn run(filter: Option<&str>, short: bool) -> Result<()> {
             ("QT_CHAOS_IMAGES", images.as_str()),
             ("QT_CHAOS_REPORT", report_s.as_str()),
             ("QT_CHAOS_SHORT", if short { "1" } else { "0" }),
+            ("QT_CHAOS_NISSHI", nisshi.as_str()),
         ],
     );
     if !short {

@@ -40,7 +40,7 @@ pub fn run() -> Result<()> {
         &env_refs,
     )?;
     // One short chaos scenario per broker, in containers.
-    crate::chaos::run(Some("rabbitmq_qt_sigkill"), true)?;
+    crate::chaos::run(Some("qt_sigkill"), true)?;
     // The library example checks its own outcomes and exits non-zero when one differs.
     sh(
         "cargo",

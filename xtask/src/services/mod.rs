@@ -4,7 +4,7 @@
 
 mod local;
 mod moto;
-mod nisshi;
+pub mod nisshi;
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};

@@ -37,7 +37,8 @@ fn binary() -> PathBuf {
     install_root().join("bin").join("nisshi")
 }
 
-fn install() -> Result<PathBuf> {
+/// The broker binary, built into the cache on first use.
+pub fn install() -> Result<PathBuf> {
     let bin = binary();
     if bin.is_file() {
         return Ok(bin);
