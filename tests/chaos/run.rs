@@ -112,15 +112,17 @@ impl Scenario {
         );
 
         let settled = Instant::now();
-        let ledger_records = loop {
+        loop {
             let records = read_ledger(&config, &key_of);
             let done: BTreeSet<&str> = records.iter().filter(|r| r.final_).map(|r| r.key.as_str()).collect();
-            if produced.iter().all(|id| done.contains(id.as_str())) || settled.elapsed() > SETTLE_BOUND {
-                break records;
+            if produced.iter().all(|key| done.contains(key.as_str())) || settled.elapsed() > SETTLE_BOUND {
+                break;
             }
             std::thread::sleep(Duration::from_secs(2));
-        };
+        }
+        // Stopped first, so that what their drains settle is in the ledger read after.
         fleet.stop();
+        let ledger_records = read_ledger(&config, &key_of);
         let (still_queued, dead_letters) = runtime().block_on(broker.leftovers());
         let observed = Observed {
             produced,
