@@ -55,7 +55,13 @@ impl TraceId {
     }
 
     pub fn to_hex(self) -> String {
-        self.to_string()
+        self.hex().as_str().to_owned()
+    }
+
+    /// The 32 hex digits, made without the formatting machinery: every message's id is
+    /// written out once or twice (hot path: see ARCHITECTURE.md, rule 18).
+    pub fn hex(self) -> HexDigits<32> {
+        HexDigits::of(self.0)
     }
 
     pub fn to_bytes(self) -> [u8; 16] {
@@ -90,11 +96,29 @@ impl TraceId {
 
 /// A W3C `traceparent` value, version 00: `00-<trace id>-<span id>-<01 | 00>`.
 pub fn traceparent(trace_id: TraceId, span_id: [u8; 8], sampled: bool) -> String {
-    format!(
-        "00-{trace_id}-{:016x}-{:02x}",
-        u64::from_be_bytes(span_id),
-        u8::from(sampled)
-    )
+    let mut value = String::with_capacity(55);
+    value.push_str("00-");
+    value.push_str(trace_id.hex().as_str());
+    value.push('-');
+    value.push_str(HexDigits::<16>::of(span_id).as_str());
+    value.push_str(if sampled { "-01" } else { "-00" });
+    value
+}
+
+/// Bytes as lower-case hex digits, on the stack: `N` digits for `N / 2` bytes.
+#[derive(Debug)]
+pub struct HexDigits<const N: usize>([u8; N]);
+
+impl<const N: usize> HexDigits<N> {
+    fn of(bytes: impl AsRef<[u8]>) -> Self {
+        let mut digits = [0; N];
+        hex::encode_to_slice(bytes, &mut digits).expect("N digits are two per byte");
+        Self(digits)
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
 }
 
 /// Where an agent attempt is in the message's trace, when the engine traces messages.
@@ -211,10 +235,7 @@ pub fn traceparent_from_xray(header: &str) -> Option<String> {
 
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(self.hex().as_str())
     }
 }
 
@@ -226,7 +247,7 @@ impl fmt::Debug for TraceId {
 
 impl Serialize for TraceId {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        serializer.serialize_str(self.hex().as_str())
     }
 }
 
@@ -259,6 +280,25 @@ mod tests {
         let t = TraceId::random();
         assert_eq!(t.to_string().len(), 32);
         assert_eq!(TraceId::from_hex(&t.to_string()), Some(t));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ids_and_traceparents_are_written_as_lower_case_hex_byte_by_byte(
+            id in proptest::array::uniform16(proptest::num::u8::ANY),
+            span in proptest::array::uniform8(proptest::num::u8::ANY),
+            sampled: bool,
+        ) {
+            let digits: String = id.iter().map(|b| format!("{b:02x}")).collect();
+            let span_digits: String = span.iter().map(|b| format!("{b:02x}")).collect();
+            let t = TraceId(id);
+            proptest::prop_assert_eq!(&t.to_string(), &digits);
+            proptest::prop_assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{digits}\""));
+            proptest::prop_assert_eq!(
+                traceparent(t, span, sampled),
+                format!("00-{digits}-{span_digits}-0{}", u8::from(sampled))
+            );
+        }
     }
 
     fn headers(pairs: &[(&str, &str)]) -> Headers {
