@@ -8,6 +8,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 use crate::envelope::Payload;
 use crate::headers::{DEDUP_KEY, EVENT_NAME, Headers, TENANT_ID};
+use crate::json_pointer::JsonPointer;
 use crate::message::SourceInfo;
 
 /// One place a value may come from. Rules are tried in the order written; the first that
@@ -19,7 +20,7 @@ pub enum FieldSource {
     /// A message header.
     Header(String),
     /// An RFC 6901 JSON pointer into a JSON payload.
-    Pointer(String),
+    Pointer(JsonPointer),
     /// The broker's own message key (Kafka key, RabbitMQ routing key, SQS MessageGroupId)
     /// when `true`.
     SourceKey(bool),
@@ -34,7 +35,7 @@ struct FieldSourceRepr {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     header: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pointer: Option<String>,
+    pointer: Option<JsonPointer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     source_key: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,7 +167,7 @@ pub struct ExtractionRules {
     /// When set, the agent receives the sub-document at this JSON pointer instead of the
     /// whole payload; a message without it fails extraction. Unset: the whole payload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload_pointer: Option<String>,
+    pub payload_pointer: Option<JsonPointer>,
     /// Fields that must resolve; a message missing one fails extraction and is handled as
     /// a parse failure.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -270,14 +271,14 @@ impl ExtractionRules {
         if let Some(pointer) = &self.payload_pointer {
             let Some(doc) = document(payload)? else {
                 return Err(ExtractionError::PayloadNotJson {
-                    pointer: pointer.clone(),
+                    pointer: pointer.to_string(),
                     format: payload.format(),
                 });
             };
-            let selected = doc
-                .pointer(pointer)
+            let selected = pointer
+                .lookup(doc)
                 .ok_or_else(|| ExtractionError::PayloadPointerMissing {
-                    pointer: pointer.clone(),
+                    pointer: pointer.to_string(),
                 })?;
             out.agent_payload = Some(selected.clone());
         }
@@ -310,7 +311,7 @@ impl ExtractionRules {
         for rule in rules {
             let found = match rule {
                 FieldSource::Header(name) => headers.get(name).filter(|v| !v.is_empty()).map(str::to_owned),
-                FieldSource::Pointer(pointer) => match document(payload)?.and_then(|doc| doc.pointer(pointer)) {
+                FieldSource::Pointer(pointer) => match document(payload)?.and_then(|doc| pointer.lookup(doc)) {
                     None | Some(serde_json::Value::Null) => None,
                     Some(serde_json::Value::String(s)) if s.is_empty() => None,
                     Some(serde_json::Value::String(s)) => Some(s.clone()),
@@ -319,7 +320,7 @@ impl ExtractionRules {
                     Some(other) => {
                         return Err(ExtractionError::NotScalar {
                             field: field.as_str(),
-                            pointer: pointer.clone(),
+                            pointer: pointer.to_string(),
                             kind: json_kind(other),
                         });
                     }

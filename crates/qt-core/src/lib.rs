@@ -25,6 +25,7 @@ pub mod headers;
 pub mod health;
 pub mod idempotency;
 pub mod json_payload;
+pub mod json_pointer;
 pub mod ledger;
 pub mod message;
 pub mod parse;

@@ -391,7 +391,7 @@ impl Validate for ProcessingConfig {
             for (i, rule) in rules.iter().enumerate() {
                 let at = format!("{}[{i}]", join(&ex, field));
                 match rule {
-                    FieldSource::Pointer(p) if !p.is_empty() && !p.starts_with('/') => {
+                    FieldSource::Pointer(p) if !p.as_str().is_empty() && !p.as_str().starts_with('/') => {
                         problems.push(
                             join(&at, "pointer"),
                             format!("a JSON pointer starts with '/', got {p:?}"),
@@ -411,7 +411,7 @@ impl Validate for ProcessingConfig {
             }
         }
         if let Some(p) = &self.extraction.payload_pointer {
-            if !p.is_empty() && !p.starts_with('/') {
+            if !p.as_str().is_empty() && !p.as_str().starts_with('/') {
                 problems.push(
                     join(&ex, "payload_pointer"),
                     format!("a JSON pointer starts with '/', got {p:?}"),

@@ -164,7 +164,7 @@ proptest! {
             rules.tenant_id = vec![FieldSource::Pointer("/tenant".into()), FieldSource::Header("x-tenant-id".into())];
             rules.dedup_key = vec![FieldSource::Pointer("/id".into()), FieldSource::SourceKey(true)];
             rules.ordering_key = vec![FieldSource::Pointer("/type".into())];
-            rules.payload_pointer = Some(String::new());
+            rules.payload_pointer = Some("".into());
             let agent = ScriptedAgent::new("default");
             let messages: Vec<RawMessage> = bodies
                 .iter()
