@@ -216,6 +216,7 @@ mod tests {
             raw,
             &JsonParser {
                 max_message_bytes: 1024,
+                builds_value: false,
             },
             &ExtractionRules::default(),
         )
@@ -327,7 +328,7 @@ mod tests {
             };
             let raw = RawMessage::new(id.clone(), body.clone(), SourceInfo::new("mock", queue.clone())).with_headers(headers.clone());
             let received_at = raw.received_at;
-            let built = build_envelope(raw, parser_for(format, 1 << 20).as_ref(), &ExtractionRules::default()).unwrap();
+            let built = build_envelope(raw, parser_for(format, 1 << 20, false).as_ref(), &ExtractionRules::default()).unwrap();
             let env = built.envelope;
             prop_assert_eq!(&env.message_id, &id);
             prop_assert_eq!(&env.headers, &headers);
@@ -364,7 +365,7 @@ mod tests {
             let rules = every_rule_kind();
             for format in [PayloadFormat::Json, PayloadFormat::Text, PayloadFormat::Binary] {
                 let raw = RawMessage::new("m", body.clone(), source());
-                match build_envelope(raw, parser_for(format, 1 << 20).as_ref(), &rules) {
+                match build_envelope(raw, parser_for(format, 1 << 20, false).as_ref(), &rules) {
                     Ok(built) => {
                         prop_assert!(built.envelope.payload.as_json().is_ok());
                         prop_assert!(serde_json::to_vec(&built.envelope.payload).is_ok());

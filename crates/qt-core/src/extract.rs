@@ -285,6 +285,15 @@ impl ExtractionRules {
         Ok(out)
     }
 
+    /// Whether the rules look inside every payload: a pointer rule, or `payload_pointer`.
+    pub fn reads_payload(&self) -> bool {
+        self.payload_pointer.is_some()
+            || [&self.event_name, &self.tenant_id, &self.dedup_key, &self.ordering_key]
+                .into_iter()
+                .flatten()
+                .any(|rule| matches!(rule, FieldSource::Pointer(_)))
+    }
+
     /// The tenant and the dedup key of a message whose payload could not be read, as far as
     /// the rules find them without it (headers, the broker's key, constants), so that its
     /// ledger record can still be found by them.
@@ -393,6 +402,19 @@ mod tests {
                 .as_deref(),
             Some("fallback")
         );
+    }
+
+    #[test]
+    fn rules_read_the_payload_only_with_a_pointer_or_payload_pointer() {
+        let read = |yaml: &str| {
+            serde_yaml_ng::from_str::<ExtractionRules>(yaml)
+                .unwrap()
+                .reads_payload()
+        };
+        assert!(!ExtractionRules::default().reads_payload());
+        assert!(!read("tenant_id: [{header: x-org}, {value: nobody}]\n"));
+        assert!(read("ordering_key: [{header: x-key}, {pointer: /key}]\n"));
+        assert!(read("payload_pointer: /data\n"));
     }
 
     #[test]

@@ -37,6 +37,17 @@ impl JsonPayload {
         })
     }
 
+    /// Like [`JsonPayload::parse`], building the value tree while reading, for a caller
+    /// that is going to ask for it (the same document is accepted or refused, with the same
+    /// error).
+    pub fn parse_value(body: &Bytes) -> Result<Self, serde_json::Error> {
+        let value: serde_json::Value = serde_json::from_slice(body)?;
+        Ok(Self {
+            raw: body.slice_ref(body.trim_ascii()),
+            value: OnceLock::from(value),
+        })
+    }
+
     pub fn from_value(value: serde_json::Value) -> Self {
         let raw = serde_json::to_vec(&value).expect("a Value always serializes");
         Self {

@@ -64,6 +64,9 @@ fn check_size(body: &Bytes, limit: usize) -> Result<(), ParseError> {
 #[derive(Clone, Debug)]
 pub struct JsonParser {
     pub max_message_bytes: usize,
+    /// The extraction rules read the value tree of every payload, so it is built while the
+    /// body is checked rather than after (hot path: see ARCHITECTURE.md, rule 18).
+    pub builds_value: bool,
 }
 
 impl Parser for JsonParser {
@@ -76,7 +79,12 @@ impl Parser for JsonParser {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(ParseError::EmptyBody);
         }
-        JsonPayload::parse(body).map(Payload::Json).map_err(|e| {
+        let parsed = if self.builds_value {
+            JsonPayload::parse_value(body)
+        } else {
+            JsonPayload::parse(body)
+        };
+        parsed.map(Payload::Json).map_err(|e| {
             // serde_json reports "expected value" for non-UTF-8 input; say what it is.
             if let Err(utf8) = std::str::from_utf8(body) {
                 let offset = utf8.valid_up_to();
@@ -145,10 +153,14 @@ impl Parser for BinaryParser {
     }
 }
 
-/// The parser for a format.
-pub fn parser_for(format: PayloadFormat, max_message_bytes: usize) -> Box<dyn Parser> {
+/// The parser for a format; `builds_value` when the extraction rules read inside every
+/// JSON payload (see [`crate::extract::ExtractionRules::reads_payload`]).
+pub fn parser_for(format: PayloadFormat, max_message_bytes: usize, builds_value: bool) -> Box<dyn Parser> {
     match format {
-        PayloadFormat::Json => Box::new(JsonParser { max_message_bytes }),
+        PayloadFormat::Json => Box::new(JsonParser {
+            max_message_bytes,
+            builds_value,
+        }),
         PayloadFormat::Text => Box::new(TextParser { max_message_bytes }),
         PayloadFormat::Binary => Box::new(BinaryParser { max_message_bytes }),
     }
@@ -164,6 +176,7 @@ mod tests {
     fn json() -> JsonParser {
         JsonParser {
             max_message_bytes: LIMIT,
+            builds_value: false,
         }
     }
 
@@ -207,7 +220,7 @@ mod tests {
         let body = Bytes::from(vec![b'a'; 11]);
         for format in [PayloadFormat::Json, PayloadFormat::Text, PayloadFormat::Binary] {
             assert_eq!(
-                parser_for(format, 10).parse(&body),
+                parser_for(format, 10, false).parse(&body),
                 Err(ParseError::TooLarge { size: 11, limit: 10 })
             );
         }
@@ -239,6 +252,24 @@ mod tests {
             prop_assert_eq!(json().parse(&body).unwrap(), Payload::json(value));
         }
 
+        /// Building the value tree while parsing accepts and refuses exactly what checking
+        /// first does, with the same errors, and yields the same payload.
+        #[test]
+        fn building_the_value_while_parsing_changes_no_verdict(
+            body in prop_oneof![
+                arb_json().prop_map(|v| serde_json::to_vec(&v).unwrap()),
+                prop::collection::vec(prop::sample::select(&b"{}[]\":,0123 ae-.\\nul\xff"[..]), 0..24),
+            ]
+        ) {
+            let body = Bytes::from(body);
+            let building = JsonParser { max_message_bytes: LIMIT, builds_value: true };
+            let (checked, built) = (json().parse(&body), building.parse(&body));
+            prop_assert_eq!(&checked, &built);
+            if let Ok(Payload::Json(payload)) = &built {
+                prop_assert_eq!(payload.as_bytes(), body.trim_ascii());
+            }
+        }
+
         /// Parsing round trip, text: any UTF-8 string comes back unchanged.
         #[test]
         fn text_round_trip(s in "\\PC{0,200}") {
@@ -259,7 +290,7 @@ mod tests {
         fn arbitrary_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..256)) {
             let body = Bytes::from(b);
             for format in [PayloadFormat::Json, PayloadFormat::Text, PayloadFormat::Binary] {
-                if let Err(e) = parser_for(format, LIMIT).parse(&body) {
+                if let Err(e) = parser_for(format, LIMIT, false).parse(&body) {
                     prop_assert!(!e.to_string().is_empty());
                 }
             }

@@ -162,7 +162,11 @@ impl TriggerBuilder {
         };
         let max_in_flight = c.processing.effective_max_in_flight();
         let pipeline = Pipeline {
-            parser: parser_for(c.processing.parser, c.processing.max_message_bytes),
+            parser: parser_for(
+                c.processing.parser,
+                c.processing.max_message_bytes,
+                c.processing.extraction.reads_payload(),
+            ),
             router: router.expect("checked above"),
             agents: self.agents.into_iter().collect(),
             store,

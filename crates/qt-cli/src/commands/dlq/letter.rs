@@ -39,7 +39,11 @@ impl Reader {
         Self {
             adapter: config.source.kind(),
             rules: config.processing.extraction.clone(),
-            parser: parser_for(config.processing.parser, config.processing.max_message_bytes),
+            parser: parser_for(
+                config.processing.parser,
+                config.processing.max_message_bytes,
+                config.processing.extraction.reads_payload(),
+            ),
         }
     }
 
