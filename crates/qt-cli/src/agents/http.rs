@@ -167,16 +167,17 @@ impl HttpAgent {
     }
 
     async fn call(&self, event: &AgentEvent) -> Result<AgentRun, AgentError> {
-        let body = serde_json::to_vec(&event.to_json())
+        // Most events fit in 1 KiB; a larger one grows as it is written.
+        let mut body = Vec::with_capacity(1024);
+        serde_json::to_writer(&mut body, &event.to_json())
             .map_err(|e| AgentError::permanent(format!("cannot serialize the event: {e}")))?;
-        let request = self
-            .client
-            .request(self.method.clone(), self.url.clone())
-            .headers(self.headers.clone())
-            .headers(event_headers(event))
-            .body(body);
+        let mut request = reqwest::Request::new(self.method.clone(), self.url.clone());
+        let headers = request.headers_mut();
+        headers.clone_from(&self.headers);
+        add_event_headers(headers, event);
+        *request.body_mut() = Some(body.into());
         let exchange = async {
-            let response = request.send().await?;
+            let response = self.client.execute(request).await?;
             let status = response.status();
             let retry_after = response.headers().get(header::RETRY_AFTER).and_then(parse_retry_after);
             let (body, complete) = read_limited(response, self.max_response_bytes).await?;
@@ -281,11 +282,11 @@ fn classify(status: StatusCode) -> ErrorClass {
     }
 }
 
-/// The per-message headers. Values that are not plain visible ASCII are made so by
-/// [`header_safe`].
-fn event_headers(event: &AgentEvent) -> HeaderMap {
+/// Adds the per-message headers to the target's own. Values that are not plain visible
+/// ASCII are made so by [`header_safe`].
+fn add_event_headers(h: &mut HeaderMap, event: &AgentEvent) {
     let env = &event.envelope;
-    let mut h = HeaderMap::with_capacity(8);
+    h.reserve(9);
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let key = IdempotencyKey::new(env.tenant_id.as_deref(), env.idempotency_key()).scoped();
     h.insert("idempotency-key", header_safe(&key));
@@ -309,7 +310,6 @@ fn event_headers(event: &AgentEvent) -> HeaderMap {
             HeaderValue::from_str(state).expect("a tracestate passed on is visible ASCII, spaces and tabs"),
         );
     }
-    h
 }
 
 /// `value` as a header value: visible ASCII other than `%` as is, every other byte (space,
