@@ -2,17 +2,20 @@
 //! reading of what is left in the queue and the dead-letter destination at the end.
 //!
 //! Every message carries its dedup key (`m-<i>`) in the `x-dedup-key` header; the verifier
-//! follows messages by it, since a Kafka message's id is its position, which a producer's
-//! retry changes.
+//! follows messages by it, since a Kafka message's id is its position and an SQS message's id
+//! is assigned on each send, both of which a producer's retry changes.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use aws_sdk_sqs::Client as SqsClient;
+use aws_sdk_sqs::config::{Credentials, SharedCredentialsProvider};
+use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use qt_adapter_kafka::{KafkaAdmin, KafkaPublisher};
-use qt_core::config::KafkaSourceConfig;
+use qt_core::config::{KafkaSourceConfig, SqsSourceConfig};
 use qt_core::{AdapterSettings, Headers, OutgoingMessage, Publisher};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers as _, Message};
@@ -20,9 +23,18 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::services::{self, Images, Service};
 
-/// The queue (RabbitMQ) or topic (Kafka) the processes consume.
+/// The queue (RabbitMQ, SQS) or topic (Kafka) the processes consume.
 pub const QUEUE: &str = "chaos";
 pub const DLQ: &str = "chaos.dlq";
+/// The SQS dead-letter queue: SQS queue names allow no dot but a `.fifo` suffix.
+const SQS_DLQ: &str = "chaos-dlq";
+const SQS_REGION: &str = "us-east-1";
+/// moto checks no credentials; qt and the SDK want some.
+const SQS_ACCESS_KEY_ID: &str = "AKIAQTCHAOSTESTKEY01";
+const SQS_SECRET_ACCESS_KEY: &str = "qt-chaos-sqs-secret";
+/// How long a message SQS handed out stays invisible: a SIGKILLed process's messages come
+/// back after this, so it is short (qt's heartbeat extends it while a message is in hand).
+const SQS_VISIBILITY: Duration = Duration::from_secs(5);
 /// The Kafka consumer group the processes share.
 const GROUP: &str = "chaos";
 /// Kafka partitions of the topic: enough for three processes to share.
@@ -41,6 +53,7 @@ pub struct Produced {
 pub enum Broker {
     Rabbitmq,
     Kafka,
+    Sqs,
 }
 
 /// A broker's container and how to reach it.
@@ -55,6 +68,7 @@ impl Broker {
         let service = match self {
             Broker::Rabbitmq => services::rabbitmq(images),
             Broker::Kafka => services::nisshi(images),
+            Broker::Sqs => services::moto(images),
         };
         let broker = RunningBroker { kind: self, service };
         if self == Broker::Kafka {
@@ -65,6 +79,23 @@ impl Broker {
                         .create_topic(topic, PARTITIONS)
                         .await
                         .unwrap_or_else(|e| panic!("creating topic {topic}: {e}"));
+                }
+            });
+        }
+        if self == Broker::Sqs {
+            super::support::runtime().block_on(async {
+                let client = broker.sqs_client().await;
+                for queue in [QUEUE, SQS_DLQ] {
+                    client
+                        .create_queue()
+                        .queue_name(queue)
+                        .attributes(
+                            QueueAttributeName::VisibilityTimeout,
+                            SQS_VISIBILITY.as_secs().to_string(),
+                        )
+                        .send()
+                        .await
+                        .unwrap_or_else(|e| panic!("creating queue {queue}: {e:?}"));
                 }
             });
         }
@@ -94,6 +125,47 @@ impl RunningBroker {
     /// Within a tokio runtime.
     fn kafka_admin(&self) -> KafkaAdmin {
         KafkaAdmin::new(&self.kafka_config()).expect("a Kafka admin client")
+    }
+
+    fn sqs_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.service.port)
+    }
+
+    /// An SDK client on the emulator, with short long polls (for reading what is left).
+    async fn sqs_client(&self) -> SqsClient {
+        let cfg = SqsSourceConfig {
+            queue_url: QUEUE.to_owned(),
+            region: SQS_REGION.to_owned(),
+            endpoint_url: Some(self.sqs_endpoint()),
+            wait_time: Duration::from_secs(1),
+            ..SqsSourceConfig::default()
+        };
+        let credentials = Credentials::new(SQS_ACCESS_KEY_ID, SQS_SECRET_ACCESS_KEY, None, None, "qt-chaos");
+        qt_adapter_sqs::connection::sdk_client(&cfg, false, Some(SharedCredentialsProvider::new(credentials)))
+            .await
+            .expect("an SDK client for the emulator")
+    }
+
+    async fn sqs_queue_url(&self, client: &SqsClient, queue: &str) -> String {
+        let out = client.get_queue_url().queue_name(queue).send().await;
+        out.unwrap_or_else(|e| panic!("GetQueueUrl {queue}: {e:?}"))
+            .queue_url
+            .expect("GetQueueUrl returns the URL")
+    }
+
+    /// What a `qt` process needs in its environment to reach the broker: SQS credentials
+    /// from the standard variables, and no shared AWS files or instance metadata.
+    pub fn env(&self) -> Vec<(&'static str, &'static str)> {
+        match self.kind {
+            Broker::Rabbitmq | Broker::Kafka => Vec::new(),
+            Broker::Sqs => vec![
+                ("AWS_ACCESS_KEY_ID", SQS_ACCESS_KEY_ID),
+                ("AWS_SECRET_ACCESS_KEY", SQS_SECRET_ACCESS_KEY),
+                ("AWS_CONFIG_FILE", "/dev/null"),
+                ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+            ],
+        }
     }
 
     /// The configuration's `source` section.
@@ -130,22 +202,38 @@ impl RunningBroker {
 "#,
                 bootstrap = self.bootstrap()
             ),
+            // Dead letters go to qt's own DLQ queue (with the failure as attributes), as
+            // `on_failure: dlq` needs; short long polls, so that a drain or a stop abandons
+            // little.
+            Broker::Sqs => format!(
+                r#"source:
+  type: sqs
+  queue_url: {QUEUE}
+  region: {SQS_REGION}
+  endpoint_url: "{endpoint}"
+  dlq_queue_url: {SQS_DLQ}
+  wait_time: 1s
+  visibility_timeout: {visibility}s
+"#,
+                endpoint = self.sqs_endpoint(),
+                visibility = SQS_VISIBILITY.as_secs(),
+            ),
         }
     }
 
     /// Publishes `messages` at `rate` a second, each confirmed by the broker, publishing
     /// again whatever was not confirmed (at least once, as a real producer does). `body(i)`
-    /// is message `i`'s body.
+    /// is message `i`'s body. RabbitMQ and Kafka get one message at a time, SQS batches.
     pub async fn produce(&self, messages: usize, rate: u32, body: impl Fn(usize) -> Vec<u8>) -> Produced {
+        if self.kind == Broker::Sqs {
+            return self.produce_sqs(messages, rate, body).await;
+        }
         let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
         let mut produced = Produced::default();
-        let kafka = match self.kind {
-            Broker::Kafka => Some(
-                KafkaPublisher::new(&self.kafka_config(), &AdapterSettings::new("chaos-producer", 1, 1))
-                    .expect("a Kafka producer"),
-            ),
-            Broker::Rabbitmq => None,
-        };
+        let kafka = (self.kind == Broker::Kafka).then(|| {
+            KafkaPublisher::new(&self.kafka_config(), &AdapterSettings::new("chaos-producer", 1, 1))
+                .expect("a Kafka producer")
+        });
         let mut channel = None;
         for i in 0..messages {
             pace.tick().await;
@@ -176,6 +264,55 @@ impl RunningBroker {
         produced
     }
 
+    /// SQS: ten messages per SendMessageBatch, at `rate` messages a second; entries SQS did
+    /// not accept, or all of them when the call failed (moto hung, say), are sent again.
+    async fn produce_sqs(&self, messages: usize, rate: u32, body: impl Fn(usize) -> Vec<u8>) -> Produced {
+        const BATCH: usize = 10;
+        let client = self.sqs_client().await;
+        let url = self.sqs_queue_url(&client, QUEUE).await;
+        let mut pace = tokio::time::interval(Duration::from_secs_f64(BATCH as f64 / f64::from(rate)));
+        let mut produced = Produced::default();
+        let mut next = 0;
+        while next < messages {
+            pace.tick().await;
+            let batch: Vec<usize> = (next..messages.min(next + BATCH)).collect();
+            next += batch.len();
+            let mut unsent = batch.clone();
+            while !unsent.is_empty() {
+                let entries = unsent
+                    .iter()
+                    .map(|&i| {
+                        let key = format!("m-{i:06}");
+                        SendMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .message_body(String::from_utf8_lossy(&body(i)))
+                            .set_message_attributes(Some(qt_adapter_sqs::attributes::to_attributes(&headers(&key))))
+                            .build()
+                            .expect("a batch entry")
+                    })
+                    .collect();
+                let sent = client
+                    .send_message_batch()
+                    .queue_url(&url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await;
+                if let Ok(out) = sent {
+                    for ok in out.successful() {
+                        let i: usize = ok.id().parse().expect("the entry id is the message's index");
+                        produced.key_of.insert(ok.message_id().to_owned(), format!("m-{i:06}"));
+                        unsent.retain(|&u| u != i);
+                    }
+                }
+                if !unsent.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            produced.keys.extend(batch.iter().map(|i| format!("m-{i:06}")));
+        }
+        produced
+    }
+
     /// The dedup keys of the messages still to be consumed, and of the dead letters, once the
     /// processes are stopped.
     pub async fn leftovers(&self) -> (Vec<String>, Vec<String>) {
@@ -197,6 +334,12 @@ impl RunningBroker {
                 let queued = read_kafka(&self.bootstrap(), &admin, QUEUE, from).await;
                 let dead = read_kafka(&self.bootstrap(), &admin, DLQ, |_| Offset::Beginning).await;
                 (queued, dead)
+            }
+            Broker::Sqs => {
+                let client = self.sqs_client().await;
+                let queue = self.sqs_queue_url(&client, QUEUE).await;
+                let dlq = self.sqs_queue_url(&client, SQS_DLQ).await;
+                (take_all_sqs(&client, &queue).await, take_all_sqs(&client, &dlq).await)
             }
         }
     }
@@ -332,4 +475,56 @@ async fn read_kafka(bootstrap: &str, admin: &KafkaAdmin, topic: &str, from: impl
         }
     }
     keys
+}
+
+/// The dedup keys of every message in the SQS queue at `url`, those in flight too: each is
+/// received once and kept invisible (never deleted: the container is thrown away), until
+/// none is visible and every invisible one is one of those received. A message a stopped
+/// process held comes back by its visibility timeout at the latest.
+async fn take_all_sqs(client: &SqsClient, url: &str) -> Vec<String> {
+    let bound = SQS_VISIBILITY * 6;
+    let started = std::time::Instant::now();
+    let mut keys = Vec::new();
+    loop {
+        let received = client
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .visibility_timeout(600)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("ReceiveMessage {url}: {e:?}"));
+        let messages = received.messages.unwrap_or_default();
+        if !messages.is_empty() {
+            for m in messages {
+                let headers = qt_adapter_sqs::attributes::to_headers(m.message_attributes.as_ref());
+                keys.push(headers.get("x-dedup-key").unwrap_or_default().to_owned());
+            }
+            continue;
+        }
+        let attributes = client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::All)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GetQueueAttributes {url}: {e:?}"))
+            .attributes
+            .unwrap_or_default();
+        let count =
+            |name: QueueAttributeName| -> usize { attributes.get(&name).and_then(|v| v.parse().ok()).unwrap_or(0) };
+        let visible = count(QueueAttributeName::ApproximateNumberOfMessages)
+            + count(QueueAttributeName::ApproximateNumberOfMessagesDelayed);
+        let invisible = count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible);
+        if visible == 0 && invisible <= keys.len() {
+            return keys;
+        }
+        assert!(
+            started.elapsed() < bound,
+            "{url}: {visible} messages visible and {invisible} in flight after {bound:?}, {} received",
+            keys.len()
+        );
+    }
 }

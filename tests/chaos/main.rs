@@ -1,5 +1,5 @@
 //! The chaos suite: `qt run` processes sharing a Redis idempotency store and a PostgreSQL
-//! ledger consume a broker (RabbitMQ or Kafka) while their processes and services are killed, hung and restarted;
+//! ledger consume a broker (RabbitMQ, Kafka or SQS) while their processes and services are killed, hung and restarted;
 //! a verifier then checks from the agent's log, the ledger and the dead-letter queue that
 //! nothing was lost, nothing ran twice after its claim was completed, and every outcome has
 //! its record. Every service runs in a container (see `services.rs`).
@@ -32,6 +32,10 @@ fn rabbitmq(name: &'static str, fault: Fault) -> Scenario {
 
 fn kafka(name: &'static str, fault: Fault) -> Scenario {
     Scenario::new(name, Broker::Kafka, fault)
+}
+
+fn sqs(name: &'static str, fault: Fault) -> Scenario {
+    Scenario::new(name, Broker::Sqs, fault)
 }
 
 #[test]
@@ -168,4 +172,68 @@ fn kafka_ledger_paused_acks_nothing_before_its_record() {
 #[ignore = "run by `cargo xtask chaos`: needs a container engine"]
 fn kafka_poison_flood_keeps_good_traffic_flowing() {
     kafka("kafka/poison-flood", Fault::None).poison_percent(10).run();
+}
+
+// SQS (moto): no broker restart or kill, since moto keeps its queues in memory and a restart
+// loses them (see docs/reliability.md).
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn sqs_qt_sigkill_loses_nothing_and_runs_nothing_twice() {
+    sqs(
+        "sqs/qt-sigkill",
+        Fault::KillQt {
+            every: Duration::from_secs(3),
+        },
+    )
+    .run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn sqs_qt_sigterm_drains_under_load_lose_nothing() {
+    sqs(
+        "sqs/qt-sigterm",
+        Fault::DrainQt {
+            every: Duration::from_secs(4),
+        },
+    )
+    .run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn sqs_broker_paused_10s_loses_nothing() {
+    sqs("sqs/broker-pause", Fault::PauseBroker(Duration::from_secs(10))).run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn sqs_redis_paused_fail_closed_runs_nothing_twice() {
+    sqs(
+        "sqs/redis-pause-fail-closed",
+        Fault::PauseRedis(Duration::from_secs(10)),
+    )
+    .on_store_error("fail_closed")
+    .run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn sqs_redis_killed_fail_open_loses_nothing() {
+    sqs("sqs/redis-kill-fail-open", Fault::KillRedis)
+        .on_store_error("fail_open")
+        .run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn sqs_ledger_paused_acks_nothing_before_its_record() {
+    sqs("sqs/ledger-pause", Fault::PauseLedger(Duration::from_secs(10))).run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn sqs_poison_flood_keeps_good_traffic_flowing() {
+    sqs("sqs/poison-flood", Fault::None).poison_percent(10).run();
 }

@@ -65,12 +65,20 @@ pub struct Scenario {
 impl Scenario {
     pub fn new(name: &'static str, broker: Broker, fault: Fault) -> Self {
         let short = std::env::var("QT_CHAOS_SHORT").is_ok_and(|v| v == "1");
+        // moto answers about a hundred SQS requests a second here, fewer the deeper its
+        // queue: SQS scenarios are smaller and slower.
+        let (messages, rate) = match (broker, short) {
+            (Broker::Sqs, false) => (900, 30),
+            (Broker::Sqs, true) => (450, 30),
+            (_, false) => (3000, 100),
+            (_, true) => (1500, 100),
+        };
         Self {
             name,
             broker,
             fault,
-            messages: if short { 1500 } else { 3000 },
-            rate: 100,
+            messages,
+            rate,
             poison_percent: 0,
             on_store_error: "fail_closed",
         }
@@ -96,7 +104,7 @@ impl Scenario {
         let agent = RecordingAgent::start();
         let config = dir.path().join("qt.yaml");
         std::fs::write(&config, self.config(&broker, &redis, &ledger)).unwrap();
-        let mut fleet = Fleet::start(dir.path(), &config, &agent);
+        let mut fleet = Fleet::start(dir.path(), &config, &agent, broker.env());
         eprintln!("{}: services and {} qt processes up", self.name, PROCESSES.len());
 
         let started = SystemTime::now();
@@ -221,6 +229,8 @@ struct Fleet {
     dir: PathBuf,
     config: PathBuf,
     agent: String,
+    /// What the broker's client needs in each process's environment.
+    env: Vec<(&'static str, &'static str)>,
     processes: Vec<Process>,
 }
 
@@ -232,11 +242,12 @@ struct Process {
 }
 
 impl Fleet {
-    fn start(dir: &Path, config: &Path, agent: &RecordingAgent) -> Self {
+    fn start(dir: &Path, config: &Path, agent: &RecordingAgent, env: Vec<(&'static str, &'static str)>) -> Self {
         let mut fleet = Fleet {
             dir: dir.to_owned(),
             config: config.to_owned(),
             agent: agent.url(""),
+            env,
             processes: Vec::new(),
         };
         for base in PROCESSES {
@@ -256,7 +267,8 @@ impl Fleet {
             qt().args(["run", "-c"])
                 .arg(&self.config)
                 .env("QT_CHAOS_AGENT", format!("{}{name}", self.agent))
-                .env("QT_CHAOS_ADMIN", format!("127.0.0.1:{admin_port}")),
+                .env("QT_CHAOS_ADMIN", format!("127.0.0.1:{admin_port}"))
+                .envs(self.env.iter().copied()),
             &self.dir.join(format!("{name}.log")),
             admin_port,
         );

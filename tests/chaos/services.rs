@@ -3,8 +3,9 @@
 //!
 //! Two image sets, chosen by `QT_CHAOS_IMAGES`:
 //! - `host` (the default): the image `qt-host-base` that `cargo xtask chaos` builds, whose
-//!   containers run this machine's own server binaries from its `/usr`, mounted read-only.
-//!   It serves where no image registry is reachable.
+//!   containers run this machine's own server binaries from its `/usr`, mounted read-only
+//!   (and the cached Nisshi binary and moto virtualenv, mounted the same way). It serves
+//!   where no image registry is reachable.
 //! - `official`: the services' official images, pulled by the container engine.
 //!
 //! Ports are published on 127.0.0.1 only: podman's netavark does not forward a port
@@ -286,4 +287,65 @@ pub fn nisshi(images: Images) -> Service {
             .with_env_var("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1"),
     };
     Service::start("kafka", request, port, true)
+}
+
+/// The SQS emulator, moto, keeping its queues in memory: they survive a pause, not a
+/// restart. On [`Images::Host`] it is the virtualenv `QT_CHAOS_MOTO` names (which
+/// `cargo xtask chaos` installs), run by the Python it was made from; both are mounted
+/// read-only at the paths they have on this machine, since a virtualenv refers to its
+/// interpreter by absolute path.
+pub fn moto(images: Images) -> Service {
+    let ready = WaitFor::message_on_stderr("Running on");
+    let (request, port) = match images {
+        Images::Host => {
+            let venv =
+                std::env::var("QT_CHAOS_MOTO").expect("QT_CHAOS_MOTO: moto's virtualenv (cargo xtask chaos sets it)");
+            let mut request = host_image(4566, ready)
+                .with_mount(Mount::bind_mount(venv.as_str(), venv.as_str()).with_access_mode(AccessMode::ReadOnly));
+            // A Python under `/usr` is mounted already.
+            if let Some(python) = venv_python_prefix(&venv)
+                && !std::path::Path::new(&python).starts_with("/usr")
+            {
+                request = request.with_mount(
+                    Mount::bind_mount(python.as_str(), python.as_str()).with_access_mode(AccessMode::ReadOnly),
+                );
+            }
+            let server = format!("{venv}/bin/moto_server");
+            let request = request
+                .with_env_var("LANG", "C.UTF-8")
+                // Nothing to write: the virtualenv is read-only.
+                .with_env_var("PYTHONDONTWRITEBYTECODE", "1")
+                .with_cmd([
+                    format!("{venv}/bin/python3"),
+                    server,
+                    "-H".to_owned(),
+                    "0.0.0.0".to_owned(),
+                    "-p".to_owned(),
+                    "4566".to_owned(),
+                ]);
+            (request, 4566)
+        }
+        // Its entrypoint is `moto_server -H 0.0.0.0`, on moto's default port.
+        Images::Official => (
+            ContainerRequest::from(
+                GenericImage::new("motoserver/moto", "5.2.1")
+                    .with_exposed_port(5000.tcp())
+                    .with_wait_for(ready),
+            ),
+            5000,
+        ),
+    };
+    Service::start("moto", request, port, false)
+}
+
+/// The installation prefix of the Python a virtualenv was made from: the parent of the
+/// `home` directory its `pyvenv.cfg` names.
+fn venv_python_prefix(venv: &str) -> Option<String> {
+    let cfg = std::fs::read_to_string(std::path::Path::new(venv).join("pyvenv.cfg")).ok()?;
+    let home = cfg
+        .lines()
+        .find_map(|l| l.split_once('=').filter(|(k, _)| k.trim() == "home"))?
+        .1
+        .trim();
+    Some(std::path::Path::new(home).parent()?.display().to_string())
 }

@@ -22,6 +22,8 @@ pub fn run(filter: Option<&str>, short: bool) -> Result<()> {
     let engine = containers::ensure()?;
     // The Kafka scenarios run the cached Nisshi binary in a container.
     let nisshi = crate::services::nisshi::install()?.display().to_string();
+    // The SQS scenarios run moto's virtualenv in a container.
+    let moto = crate::services::moto::venv()?.display().to_string();
     let images = std::env::var("QT_CHAOS_IMAGES").unwrap_or_else(|_| engine.images.to_owned());
     std::fs::create_dir_all(cache_dir())?;
     let report = cache_dir().join("chaos-report.jsonl");
@@ -50,6 +52,7 @@ pub fn run(filter: Option<&str>, short: bool) -> Result<()> {
             ("QT_CHAOS_REPORT", report_s.as_str()),
             ("QT_CHAOS_SHORT", if short { "1" } else { "0" }),
             ("QT_CHAOS_NISSHI", nisshi.as_str()),
+            ("QT_CHAOS_MOTO", moto.as_str()),
         ],
     );
     if !short {

@@ -3,7 +3,7 @@
 //! cache directory on first use and started here. Every step is idempotent.
 
 mod local;
-mod moto;
+pub mod moto;
 pub mod nisshi;
 
 use std::net::{SocketAddr, TcpStream};

@@ -30,6 +30,13 @@ pub fn service() -> Service {
     }
 }
 
+/// moto's virtualenv, installed if it is missing (the chaos suite runs it in a container).
+pub fn venv() -> Result<PathBuf> {
+    let venv = venv_dir();
+    install(&venv)?;
+    Ok(venv)
+}
+
 fn venv_dir() -> PathBuf {
     cache_dir().join("moto-venv")
 }
