@@ -1406,15 +1406,25 @@ fn qt_dlq_hold_is_refused_outside_sqs_and_out_of_range() {
     }
 }
 
-/// A `command` agent's program does not outlive a qt process that is killed outright: the
-/// message is redelivered elsewhere, and the old run must not go on beside the new one.
+/// A `command` agent's program, and what it started, do not outlive a qt process that is
+/// killed outright: the message is redelivered elsewhere, and the old run must not go on
+/// beside the new one.
 #[test]
-fn a_command_agent_is_killed_with_its_qt_process() {
+fn a_command_agent_and_what_it_started_are_killed_with_their_qt_process() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let pid_file = dir.path().join("agent.pid");
+    let child_file = dir.path().join("child.pid");
     let script = dir.path().join("agent.sh");
-    std::fs::write(&script, format!("echo $$ > {}\nexec sleep 300\n", pid_file.display())).unwrap();
+    std::fs::write(
+        &script,
+        format!(
+            "sleep 300 &\necho $! > {}\necho $$ > {}\nexec sleep 300\n",
+            child_file.display(),
+            pid_file.display()
+        ),
+    )
+    .unwrap();
     let cfg = dir.path().join("kill.yaml");
     std::fs::write(
         &cfg,
@@ -1444,13 +1454,18 @@ fn a_command_agent_is_killed_with_its_qt_process() {
         || run.logs(),
     );
     let pid = agent_pid();
+    let child = std::fs::read_to_string(&child_file).unwrap().trim().to_owned();
     assert!(running(&pid), "agent {pid} is running before qt is killed");
+    assert!(
+        running(&child),
+        "the agent's child {child} is running before qt is killed"
+    );
     run.kill_hard();
     wait_until(
-        "the agent program gone with qt",
+        "the agent program and its child gone with qt",
         Duration::from_secs(5),
-        || !running(&pid),
-        || format!("agent {pid} still running after qt was killed"),
+        || !running(&pid) && !running(&child),
+        || format!("agent {pid} or its child {child} still running after qt was killed"),
     );
 }
 

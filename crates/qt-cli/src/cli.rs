@@ -39,6 +39,9 @@ pub enum Command {
     Dlq(DlqArgs),
     /// The configuration format itself.
     Config(ConfigArgs),
+    /// Started by `qt run` itself: ends its command agents' process groups if it dies.
+    #[command(name = "reap-agents", hide = true)]
+    ReapAgents,
 }
 
 #[derive(Debug, Args)]

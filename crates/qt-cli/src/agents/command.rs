@@ -17,11 +17,9 @@
 //! [`KILL_GRACE`] later. A run past its timeout counts as a timeout. What a program leaves
 //! running after it exits by itself is its own business and is left alone.
 //!
-//! If qt itself dies without ending its runs (SIGKILL, OOM kill, a crash), the kernel sends
-//! each program SIGKILL (Linux's parent-death signal): a run cut off with its qt process is
-//! redelivered to another, and must not go on beside the new run. Only the program gets the
-//! signal; what it started is in its own hands (a shell script should `exec` its last
-//! command).
+//! If qt itself dies without ending its runs (SIGKILL, OOM kill, a crash), its companion
+//! process ([`super::reaper`]) sends SIGKILL to the groups of the runs it cut off: a run cut
+//! off with its qt process is redelivered to another, and must not go on beside the new run.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -42,6 +40,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tracing::warn;
 
+use super::reaper;
 use super::report::Report;
 
 /// `sysexits.h` EX_TEMPFAIL: the conventional "try again later" exit code.
@@ -127,7 +126,6 @@ impl CommandAgent {
         if let Some(dir) = &self.config.working_dir {
             cmd.current_dir(dir);
         }
-        die_with_qt(&mut cmd);
         cmd.spawn().map_err(|e| {
             AgentError::retryable(format!(
                 "cannot start {} for target {}: {e}",
@@ -178,32 +176,6 @@ impl CommandAgent {
         format!("{} (target {})", self.program.display(), self.target)
     }
 }
-
-/// Has the kernel SIGKILL the program when the thread that started it ends: a tokio worker,
-/// which lives as long as qt's runtime, so in effect when qt dies. A program started just as
-/// qt died would miss the signal, so it checks that its parent is still the one that forked it.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-fn die_with_qt(cmd: &mut Command) {
-    let qt = std::process::id();
-    let set_up = move || {
-        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-        if std::os::unix::process::parent_id() != qt {
-            // The spawn fails with "No such process": qt is gone and nobody reads it.
-            return Err(Errno::ESRCH.into());
-        }
-        Ok(())
-    };
-    // SAFETY: the closure runs in the forked child before exec and only makes two system
-    // calls (prctl and getppid), both async-signal-safe; it allocates nothing and takes no
-    // lock, errors included (an errno turned into an io::Error is not boxed).
-    unsafe {
-        cmd.pre_exec(set_up);
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn die_with_qt(_cmd: &mut Command) {}
 
 /// Writes the input, reads stdout and stderr each until it closes, then waits for the program.
 /// The three go on at once, so a program blocked writing one pipe (or not yet reading its
@@ -298,12 +270,17 @@ enum Ending {
 impl ProcessGroup {
     fn of(child: &Child, what: String) -> Self {
         let pgid = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
+        if let (Some(pgid), Some(reaper)) = (pgid, reaper::get()) {
+            reaper.watch(pgid);
+        }
         Self { pgid, what }
     }
 
     /// The program exited by itself: its run is over and there is nothing to end.
     fn release(mut self) {
-        self.pgid = None;
+        if let Some(pgid) = self.pgid.take() {
+            forget(pgid);
+        }
     }
 
     /// Ends the group and waits until it is gone.
@@ -352,6 +329,7 @@ fn begin_ending(pgid: Pid) -> Option<JoinHandle<Ending>> {
         Err(e) => {
             warn!(pgid = pgid.as_raw(), error = %e, "no thread to wait out the grace; sending SIGKILL now");
             let _ = killpg(pgid, Signal::SIGKILL);
+            forget(pgid);
             None
         }
     }
@@ -359,6 +337,19 @@ fn begin_ending(pgid: Pid) -> Option<JoinHandle<Ending>> {
 
 /// Waits up to [`KILL_GRACE`] for the group to be gone, then sends SIGKILL to what is left.
 fn kill_after_grace(pgid: Pid) -> Ending {
+    let ending = wait_out_grace(pgid);
+    forget(pgid);
+    ending
+}
+
+/// The group's run is over: the reaper need not end it if qt dies.
+fn forget(pgid: Pid) {
+    if let Some(reaper) = reaper::get() {
+        reaper.forget(pgid);
+    }
+}
+
+fn wait_out_grace(pgid: Pid) -> Ending {
     let deadline = Instant::now() + KILL_GRACE;
     while Instant::now() < deadline {
         if !group_running(pgid) {

@@ -3,6 +3,7 @@
 mod command;
 mod http;
 mod log;
+pub mod reaper;
 mod report;
 
 use std::collections::HashMap;

@@ -31,6 +31,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ledger(args) => ledger::ledger(args).await,
         Command::Dlq(args) => dlq::dlq(args).await,
         Command::Config(args) => config::config(&args),
+        // main() runs it before any runtime exists.
+        Command::ReapAgents => unreachable!("qt reap-agents is served before the runtime starts"),
     }
 }
 
