@@ -2,7 +2,7 @@
 //! without ending them (SIGKILL, an OOM kill, a crash): a run cut off with its qt process is
 //! delivered again to another, and must not go on beside the new run.
 //!
-//! A companion process, `qt reap-agents`, is started with the first `command` target. qt
+//! A companion process, `qt reap-agents`, is started when the first `command` program runs. qt
 //! writes `+PGID` on its stdin when a program starts and `-PGID` when its run is over. When
 //! qt dies, the kernel closes the pipe; the reaper reads the end of it, sends SIGKILL to every
 //! group still listed, and exits. It runs in a process group of its own, so a Ctrl-C meant
