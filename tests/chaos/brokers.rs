@@ -21,7 +21,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers as _, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::services::{self, Images, Service};
+use super::services::{self, Images, S3Bucket, Service};
 
 /// The queue (RabbitMQ, SQS) or topic (Kafka) the processes consume.
 pub const QUEUE: &str = "chaos";
@@ -61,16 +61,41 @@ pub enum Broker {
 pub struct RunningBroker {
     pub kind: Broker,
     pub service: Service,
+    /// Where the broker keeps its data when that is another container's (Nisshi's S3
+    /// bucket), which stays up while the broker is restarted or killed.
+    storage: Option<S3Bucket>,
 }
 
+/// The S3 bucket Nisshi keeps its data in when it must outlive a restart.
+const NISSHI_BUCKET: &str = "nisshi";
+
 impl Broker {
-    pub fn start(self, images: Images) -> RunningBroker {
+    /// Starts the broker; `durable`: its queues, messages and consumer positions must
+    /// survive the broker being stopped or killed and started.
+    pub fn start(self, images: Images, durable: bool) -> RunningBroker {
+        let mut storage = None;
         let service = match self {
+            // Durable queues and persistent messages.
             Broker::Rabbitmq => services::rabbitmq(images),
-            Broker::Kafka => services::nisshi(images),
-            Broker::Sqs => services::moto(images),
+            Broker::Kafka => {
+                if durable && images == Images::Host {
+                    storage = Some(services::s3_bucket(images, NISSHI_BUCKET));
+                }
+                services::nisshi(images, storage.as_ref())
+            }
+            Broker::Sqs => {
+                assert!(
+                    !durable,
+                    "moto keeps its SQS queues in memory: nothing survives its restart"
+                );
+                services::moto(images)
+            }
         };
-        let broker = RunningBroker { kind: self, service };
+        let broker = RunningBroker {
+            kind: self,
+            service,
+            storage,
+        };
         if self == Broker::Kafka {
             super::support::runtime().block_on(async {
                 let admin = broker.kafka_admin();
@@ -184,6 +209,9 @@ impl RunningBroker {
 "#,
                 url = self.amqp()
             ),
+            // On S3 (moto), every heartbeat is a read and a conditional write of the group's
+            // object, and every commit a write per partition: fewer of both, or the group
+            // alone keeps moto busy.
             Broker::Kafka => format!(
                 r#"source:
   type: kafka
@@ -191,16 +219,18 @@ impl RunningBroker {
   topics: [{QUEUE}]
   consumer_group: {GROUP}
   dlq_topic: {DLQ}
-  commit_interval: 200ms
+  commit_interval: {commit_interval}
   redelivery_delay: 300ms
   revoke_drain_timeout: 5s
   delivery_timeout: 5s
   connect_timeout: 5s
   options:
     session.timeout.ms: "6000"
-    heartbeat.interval.ms: "500"
+    heartbeat.interval.ms: "{heartbeat_ms}"
 "#,
-                bootstrap = self.bootstrap()
+                bootstrap = self.bootstrap(),
+                commit_interval = if self.storage.is_some() { "1s" } else { "200ms" },
+                heartbeat_ms = if self.storage.is_some() { 2000 } else { 500 },
             ),
             // Dead letters go to qt's own DLQ queue (with the failure as attributes), as
             // `on_failure: dlq` needs; short long polls, so that a drain or a stop abandons

@@ -143,6 +143,21 @@ fn kafka_broker_paused_10s_loses_nothing() {
     kafka("kafka/broker-pause", Fault::PauseBroker(Duration::from_secs(10))).run();
 }
 
+// Nisshi keeps its data in an S3 bucket on moto for these two, so that the topics and the
+// group's offsets outlive the broker's process (see services.rs).
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn kafka_broker_restarted_loses_nothing() {
+    kafka("kafka/broker-restart", Fault::RestartBroker).run();
+}
+
+#[test]
+#[ignore = "run by `cargo xtask chaos`: needs a container engine"]
+fn kafka_broker_killed_loses_nothing() {
+    kafka("kafka/broker-kill", Fault::KillBroker).run();
+}
+
 #[test]
 #[ignore = "run by `cargo xtask chaos`: needs a container engine"]
 fn kafka_redis_paused_fail_closed_runs_nothing_twice() {

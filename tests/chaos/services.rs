@@ -11,9 +11,11 @@
 //! Ports are published on 127.0.0.1 only: podman's netavark does not forward a port
 //! published on 0.0.0.0, and a binding with no address hides the port from testcontainers.
 
-use std::net::TcpStream;
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use testcontainers::bollard::Docker;
 use testcontainers::bollard::models::{HostConfig, PortBinding};
 use testcontainers::core::{AccessMode, IntoContainerPort, Mount, WaitFor};
 use testcontainers::runners::SyncRunner;
@@ -113,6 +115,27 @@ impl Service {
             .start()
             .unwrap_or_else(|e| panic!("starting {} again: {e}", self.name));
         self.wait_ready();
+    }
+
+    /// Its address on the container network `network`, where other containers reach it.
+    /// Read from the container's networks by the network's name, which Docker and podman
+    /// both fill in (podman calls the mode of a container on its own network "bridge",
+    /// where testcontainers' `get_bridge_ip_address` looks for the network by the mode's name).
+    fn address_on(&self, network: &str) -> IpAddr {
+        let inspected = super::support::runtime().block_on(async {
+            let docker = Docker::connect_with_defaults().unwrap_or_else(|e| panic!("a Docker API client: {e}"));
+            docker
+                .inspect_container(self.container.id(), None)
+                .await
+                .unwrap_or_else(|e| panic!("inspecting the {} container: {e}", self.name))
+        });
+        inspected
+            .network_settings
+            .and_then(|s| s.networks)
+            .and_then(|mut networks| networks.remove(network))
+            .and_then(|endpoint| endpoint.ip_address)
+            .and_then(|ip| ip.parse().ok())
+            .unwrap_or_else(|| panic!("the {} container has no address on the network {network}", self.name))
     }
 
     /// Until the port accepts connections (the servers here open it when they are ready).
@@ -240,10 +263,14 @@ touch "$RABBITMQ_CONF_ENV_FILE"
 exec /usr/lib/rabbitmq/bin/rabbitmq-server"#;
 
 /// A Kafka-protocol broker: Nisshi (the binary `QT_CHAOS_NISSHI` names, which
-/// `cargo xtask chaos` builds) with in-memory storage, so it keeps its topics through a pause
-/// but not a restart; or the official Apache Kafka image. It tells clients its address, so
-/// its port is the same inside and out: a free one.
-pub fn nisshi(images: Images) -> Service {
+/// `cargo xtask chaos` builds), or the official Apache Kafka image. It tells clients its
+/// address, so its port is the same inside and out: a free one.
+///
+/// Nisshi keeps its topics, groups and offsets in memory, which outlives a pause but not a
+/// restart, unless `storage` names an S3 bucket: then they are objects in that bucket, on a
+/// moto that stays up while Nisshi is restarted or killed. Apache Kafka keeps its log in
+/// the container's own filesystem, which a stop and a start keep, so it needs no bucket.
+pub fn nisshi(images: Images, storage: Option<&S3Bucket>) -> Service {
     let port = super::support::free_port();
     let listener = format!("tcp://127.0.0.1:{port}");
     let request = match images {
@@ -255,7 +282,8 @@ pub fn nisshi(images: Images) -> Service {
                 .expect("the binary's directory")
                 .display()
                 .to_string();
-            host_image(port, WaitFor::Nothing)
+            let engine = storage.map_or_else(|| "memory://nisshi/".to_owned(), |b| format!("s3://{}/", b.name));
+            let request = host_image(port, WaitFor::Nothing)
                 .with_mount(Mount::bind_mount(dir.as_str(), "/opt/nisshi").with_access_mode(AccessMode::ReadOnly))
                 .with_cmd([
                     "/opt/nisshi/nisshi".to_owned(),
@@ -265,8 +293,23 @@ pub fn nisshi(images: Images) -> Service {
                     "--advertised-listener-url".to_owned(),
                     listener,
                     "--storage-engine".to_owned(),
-                    "memory://nisshi/".to_owned(),
-                ])
+                    engine,
+                ]);
+            match storage {
+                None => request,
+                // Nisshi's S3 client (object_store) reads its settings from AWS_* variables,
+                // and will not start without the system's CA certificates, even for HTTP.
+                Some(bucket) => request
+                    .with_mount(
+                        Mount::bind_mount("/etc/ssl/certs", "/etc/ssl/certs").with_access_mode(AccessMode::ReadOnly),
+                    )
+                    .with_network(bucket.network.as_str())
+                    .with_env_var("AWS_ENDPOINT", bucket.endpoint.as_str())
+                    .with_env_var("AWS_ALLOW_HTTP", "true")
+                    .with_env_var("AWS_DEFAULT_REGION", S3_REGION)
+                    .with_env_var("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY_ID)
+                    .with_env_var("AWS_SECRET_ACCESS_KEY", S3_SECRET_ACCESS_KEY),
+            }
         }
         Images::Official => GenericImage::new("apache/kafka", "3.9.0")
             .with_exposed_port(port.tcp())
@@ -295,6 +338,12 @@ pub fn nisshi(images: Images) -> Service {
 /// read-only at the paths they have on this machine, since a virtualenv refers to its
 /// interpreter by absolute path.
 pub fn moto(images: Images) -> Service {
+    let (request, port) = moto_request(images);
+    Service::start("moto", request, port, false)
+}
+
+/// The moto container and the port it serves on inside it.
+fn moto_request(images: Images) -> (ContainerRequest<GenericImage>, u16) {
     let ready = WaitFor::message_on_stderr("Running on");
     let (request, port) = match images {
         Images::Host => {
@@ -335,7 +384,63 @@ pub fn moto(images: Images) -> Service {
             5000,
         ),
     };
-    Service::start("moto", request, port, false)
+    (request, port)
+}
+
+/// The region and credentials of the S3 bucket; moto checks no signatures, Nisshi's client
+/// signs every request.
+const S3_REGION: &str = "us-east-1";
+const S3_ACCESS_KEY_ID: &str = "AKIAQTCHAOSTESTKEY02";
+const S3_SECRET_ACCESS_KEY: &str = "qt-chaos-s3-secret";
+
+/// An S3 bucket on moto, for a broker in another container to keep its data in. moto runs
+/// on a container network of its own, which that container joins to reach it: a port
+/// published on the host's loopback is out of another container's reach.
+#[derive(Debug)]
+pub struct S3Bucket {
+    /// Held, not read: the container lives as long as the bucket is needed.
+    _moto: Service,
+    pub name: &'static str,
+    /// The container network moto is on.
+    pub network: String,
+    /// moto's URL on that network.
+    pub endpoint: String,
+}
+
+/// Starts moto on a new container network and creates bucket `name` in it.
+pub fn s3_bucket(images: Images, name: &'static str) -> S3Bucket {
+    let network = super::support::unique("net");
+    let (request, port) = moto_request(images);
+    let moto = Service::start("moto", request.with_network(network.as_str()), port, false);
+    create_bucket(moto.port, name);
+    let ip = moto.address_on(&network);
+    S3Bucket {
+        _moto: moto,
+        name,
+        network,
+        endpoint: format!("http://{ip}:{port}"),
+    }
+}
+
+/// An unsigned `PUT /<name>`: moto checks no signatures, and sends a request it cannot place
+/// by its signature or body to S3.
+fn create_bucket(port: u16, name: &str) {
+    let put = || -> std::io::Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(
+            s,
+            "PUT /{name} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n"
+        )?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok(answer)
+    };
+    let answer = put().unwrap_or_else(|e| panic!("creating the S3 bucket {name} on moto: {e}"));
+    assert!(
+        answer.split_whitespace().nth(1) == Some("200"),
+        "creating the S3 bucket {name} on moto: {answer}"
+    );
 }
 
 /// The installation prefix of the Python a virtualenv was made from: the parent of the
