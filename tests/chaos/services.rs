@@ -11,7 +11,6 @@
 //! Ports are published on 127.0.0.1 only: podman's netavark does not forward a port
 //! published on 0.0.0.0, and a binding with no address hides the port from testcontainers.
 
-use std::io::{Read, Write};
 use std::net::{IpAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -425,21 +424,10 @@ pub fn s3_bucket(images: Images, name: &'static str) -> S3Bucket {
 /// An unsigned `PUT /<name>`: moto checks no signatures, and sends a request it cannot place
 /// by its signature or body to S3.
 fn create_bucket(port: u16, name: &str) {
-    let put = || -> std::io::Result<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", port))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        write!(
-            s,
-            "PUT /{name} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n"
-        )?;
-        let mut answer = String::new();
-        s.read_to_string(&mut answer)?;
-        Ok(answer)
-    };
-    let answer = put().unwrap_or_else(|e| panic!("creating the S3 bucket {name} on moto: {e}"));
+    let answer = super::support::http::http_request(port, "PUT", &format!("/{name}"), None);
     assert!(
-        answer.split_whitespace().nth(1) == Some("200"),
-        "creating the S3 bucket {name} on moto: {answer}"
+        matches!(answer, Some((200, _))),
+        "creating the S3 bucket {name} on moto: {answer:?}"
     );
 }
 
