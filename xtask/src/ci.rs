@@ -8,6 +8,7 @@ use crate::services;
 pub fn run() -> Result<()> {
     let started = std::time::Instant::now();
     sh("cargo", &["fmt", "--all", "--check"])?;
+    crate::tidy::run()?;
     sh(
         "cargo",
         &[
@@ -23,6 +24,7 @@ pub fn run() -> Result<()> {
     // Generated docs are checked early: a stale table needs no services to be found.
     crate::docs::run(true)?;
     check_packages()?;
+    crate::deny::check()?;
     services::ensure_all()?;
     let env = services::test_env();
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();

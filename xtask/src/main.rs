@@ -1,6 +1,8 @@
 //! Project automation, run as `cargo xtask <command>`.
 //!
 //! - `ci`: everything CI checks (format, lints, generated docs, services, all tests, docs).
+//! - `tidy`: the workspace's layering and dependency rules (see [`tidy`]).
+//! - `deny`: licenses, bans and sources against `deny.toml`.
 //! - `services up|status`: installs (cached outside the checkout) and starts what the
 //!   integration tests need, idempotently.
 //! - `docs [--check]`: regenerates (or checks) the configuration reference tables of
@@ -21,6 +23,7 @@ mod containers;
 mod deny;
 mod docs;
 mod services;
+mod tidy;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -39,6 +42,9 @@ enum Command {
     Ci,
     /// Check licenses, bans and sources against deny.toml (offline).
     Deny,
+    /// Check the layering between the workspace's crates, that every dependency comes from
+    /// [workspace.dependencies] and is used, and that every crate takes the workspace lints.
+    Tidy,
     /// Manage the local services integration tests use.
     Services {
         #[command(subcommand)]
@@ -74,6 +80,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Ci => ci::run(),
         Command::Deny => deny::check(),
+        Command::Tidy => tidy::run(),
         Command::Services { action } => services::run(action),
         Command::Docs { check } => docs::run(check),
         Command::Chaos { scenario, short } => chaos::run(scenario.as_deref(), short),
