@@ -116,21 +116,30 @@ pub fn read_messages(path: &Path) -> Result<Vec<MessageLine>, FileError> {
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
-        let trimmed = raw.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        let bad = |reason: String| FileError::Line {
+        let parsed = MessageLine::parse(raw, line).map_err(|reason| FileError::Line {
             path: path.to_owned(),
             line,
             reason,
-        };
-        let mut m: MessageLine = serde_json::from_str(trimmed).map_err(|e| bad(e.to_string()))?;
-        m.line = line;
-        m.resolve_body().map_err(bad)?;
-        out.push(m);
+        })?;
+        out.extend(parsed);
     }
     Ok(out)
+}
+
+impl MessageLine {
+    /// Reads line number `line` of a message file: `None` for a blank line or a `#` comment,
+    /// else the message with its body resolved, or why the line is bad. The fuzz target
+    /// `mock_line` feeds this any text.
+    pub fn parse(raw: &str, line: usize) -> Result<Option<Self>, String> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            return Ok(None);
+        }
+        let mut m: MessageLine = serde_json::from_str(trimmed).map_err(|e| e.to_string())?;
+        m.line = line;
+        m.resolve_body()?;
+        Ok(Some(m))
+    }
 }
 
 /// A body as a line gives it: JSON when it parses, else UTF-8 text, else base64.
@@ -222,6 +231,18 @@ mod tests {
         assert!(err.contains("m.jsonl:1:") && err.contains("exactly one"), "{err}");
         std::fs::write(&p, "{\"id\":\"a\",\"jsn\":{}}\n").unwrap();
         assert!(read_messages(&p).unwrap_err().to_string().contains("unknown field"));
+    }
+
+    #[test]
+    fn a_blank_line_or_comment_is_no_message_and_a_bad_line_says_why() {
+        for skipped in ["", "   ", "# {\"text\": \"x\"}", "\t# comment"] {
+            assert_eq!(MessageLine::parse(skipped, 1), Ok(None), "{skipped:?}");
+        }
+        let m = MessageLine::parse(" {\"text\": \"hi\"} ", 7).unwrap().unwrap();
+        assert_eq!(m.into_raw("q").message_id, "line-7");
+        let err = MessageLine::parse("{\"body_base64\": \"not base64!\"}", 1).unwrap_err();
+        assert!(err.contains("not valid base64"), "{err}");
+        assert!(MessageLine::parse("[1, 2]", 1).is_err());
     }
 
     #[test]
