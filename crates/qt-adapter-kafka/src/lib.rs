@@ -52,6 +52,7 @@ mod health;
 mod message;
 pub mod offsets;
 mod publisher;
+mod record;
 mod redact;
 mod settle;
 mod state;
