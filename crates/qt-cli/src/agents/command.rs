@@ -34,19 +34,14 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use qt_core::config::CommandTarget;
 use qt_core::redact::Redactor;
-use qt_core::{AgentError, AgentEvent, AgentRun, AgentRuntime, ErrorClass, Health, IdempotencyKey};
-use serde::Deserialize;
+use qt_core::{AgentError, AgentEvent, AgentRun, AgentRuntime, Health, IdempotencyKey};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tracing::warn;
 
 use super::reaper;
-use super::report::Report;
+use super::response::{self, STDERR_TAIL};
 
-/// `sysexits.h` EX_TEMPFAIL: the conventional "try again later" exit code.
-const EXIT_RETRYABLE: i32 = 75;
-/// How much of a failing program's stderr goes into the error.
-const STDERR_TAIL: usize = 2048;
 /// How much of stdout is kept for the report. The report is a small JSON object; anything
 /// past this is output the program did not mean for us, and is read only to be discarded.
 const STDOUT_LIMIT: usize = 64 * 1024;
@@ -64,13 +59,6 @@ pub struct CommandAgent {
     config: CommandTarget,
     /// Masks the `env` values in what the program reports.
     redactor: Redactor,
-}
-
-/// What an exit 75 may say on stdout: when to try again.
-#[derive(Debug, Default, Deserialize)]
-struct RetryReport {
-    #[serde(default)]
-    retry_after_ms: Option<u64>,
 }
 
 /// What a program left when it exited: its status and what was kept of its output.
@@ -140,19 +128,7 @@ impl CommandAgent {
         let Finished { status, stdout, stderr } = finished;
         let status =
             status.map_err(|e| AgentError::retryable(format!("waiting for {} failed: {e}", self.describe())))?;
-        match status.code() {
-            Some(0) => Ok(Report::read(&stdout).into_run(&self.redactor)),
-            Some(EXIT_RETRYABLE) => {
-                let message = format!("exit {EXIT_RETRYABLE} (retryable): {}", tail(&stderr));
-                let report: RetryReport = serde_json::from_slice(stdout.trim_ascii()).unwrap_or_default();
-                Err(match report.retry_after_ms {
-                    Some(ms) => AgentError::rate_limited(message, Some(Duration::from_millis(ms))),
-                    None => AgentError::new(ErrorClass::Retryable, message),
-                })
-            }
-            Some(code) => Err(AgentError::permanent(format!("exit {code}: {}", tail(&stderr)))),
-            None => Err(AgentError::retryable(format!("killed by a signal: {}", tail(&stderr)))),
-        }
+        response::command_outcome(status.code(), &stdout, &stderr, &self.redactor)
     }
 
     fn timed_out(&self, ending: Ending) -> AgentError {
@@ -232,20 +208,6 @@ async fn read_tail(pipe: impl AsyncRead + Unpin, limit: usize) -> Vec<u8> {
     .await;
     kept.drain(..kept.len().saturating_sub(limit));
     kept
-}
-
-fn tail(stderr: &[u8]) -> String {
-    let text = String::from_utf8_lossy(stderr);
-    let text = text.trim();
-    if text.is_empty() {
-        return "(no stderr)".to_owned();
-    }
-    if text.len() <= STDERR_TAIL {
-        return text.to_owned();
-    }
-    let start = text.len() - STDERR_TAIL;
-    let start = (start..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(start);
-    format!("…{}", &text[start..])
 }
 
 /// The process group a program runs in: its own, with the program as leader, so the group id
@@ -489,7 +451,7 @@ mod tests {
     use std::sync::Arc;
 
     use base64::Engine as _;
-    use qt_core::{Headers, Payload, Secret, SourceInfo, TraceId};
+    use qt_core::{ErrorClass, Headers, Payload, Secret, SourceInfo, TraceId};
 
     use super::*;
 

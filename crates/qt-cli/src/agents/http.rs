@@ -16,27 +16,25 @@
 //! | connection refused/reset, TLS or DNS error | `retryable`                                |
 //! | any other status (3xx, other 4xx and 5xx)  | `permanent`                                |
 //!
-//! A failure's error carries the status and at most [`SNIPPET_LIMIT`] bytes of the body, with
+//! A failure's error carries the status and at most
+//! [`SNIPPET_LIMIT`](super::response::SNIPPET_LIMIT) bytes of the body, with
 //! every secret of the target (header values, token, password) masked.
 
 use std::fmt;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine;
 use qt_core::config::{HttpAuth, HttpTarget, HttpVersion};
 use qt_core::redact::Redactor;
-use qt_core::{AgentError, AgentEvent, AgentRun, AgentRuntime, ErrorClass, IdempotencyKey};
+use qt_core::{AgentError, AgentEvent, AgentRun, AgentRuntime, IdempotencyKey};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Client, Method, StatusCode};
 use tokio::sync::Semaphore;
 use tracing::warn;
 
-use super::report::Report;
-
-/// Most bytes of a failed call's response body that go into its error.
-pub const SNIPPET_LIMIT: usize = 512;
+use super::response::{self, parse_retry_after};
 
 pub struct HttpAgent {
     target: String,
@@ -204,47 +202,15 @@ impl HttpAgent {
         body: &[u8],
         complete: bool,
     ) -> Result<AgentRun, AgentError> {
-        if status.is_success() {
-            if !complete {
-                warn!(
-                    target_name = %self.target,
-                    limit = self.max_response_bytes,
-                    "the agent's response body is longer than max_response_bytes; its report (run id, llm_calls, output) is not read"
-                );
-                return Ok(AgentRun::default());
-            }
-            return Ok(Report::read(body).into_run(&self.redactor));
+        if status.is_success() && !complete {
+            warn!(
+                target_name = %self.target,
+                limit = self.max_response_bytes,
+                "the agent's response body is longer than max_response_bytes; its report (run id, llm_calls, output) is not read"
+            );
         }
-        let class = classify(status);
-        let message = format!(
-            "{} {} (target {}) answered {status}: {}",
-            self.method,
-            self.shown_url,
-            self.target,
-            self.snippet(body, complete)
-        );
-        Err(AgentError {
-            class,
-            message,
-            retry_after: retry_after.filter(|_| class.is_retryable()),
-        })
-    }
-
-    /// The body as text for an error: secrets masked, then cut to [`SNIPPET_LIMIT`] bytes on a
-    /// character boundary (masking first, so a secret straddling the cut is still masked).
-    fn snippet(&self, body: &[u8], complete: bool) -> String {
-        let text = self.redactor.redact(String::from_utf8_lossy(body).trim());
-        if text.is_empty() {
-            return "(empty body)".to_owned();
-        }
-        if text.len() <= SNIPPET_LIMIT && complete {
-            return text;
-        }
-        let mut end = SNIPPET_LIMIT.min(text.len());
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}…", &text[..end])
+        let what = format!("{} {} (target {})", self.method, self.shown_url, self.target);
+        response::http_outcome(&what, status, retry_after, body, complete, &self.redactor)
     }
 
     fn timed_out(&self) -> AgentError {
@@ -269,16 +235,6 @@ impl AgentRuntime for HttpAgent {
             None => None,
         };
         self.call(event).await
-    }
-}
-
-/// The outcome class of a non-2xx status.
-fn classify(status: StatusCode) -> ErrorClass {
-    match status.as_u16() {
-        408 => ErrorClass::Timeout,
-        429 => ErrorClass::RateLimited,
-        425 | 500 | 502 | 503 | 504 => ErrorClass::Retryable,
-        _ => ErrorClass::Permanent,
     }
 }
 
@@ -331,16 +287,6 @@ fn sensitive(value: &str) -> Result<HeaderValue, String> {
     Ok(v)
 }
 
-/// `Retry-After` as delta-seconds or an HTTP date (RFC 9110 10.2.3); a date in the past is 0.
-fn parse_retry_after(value: &HeaderValue) -> Option<Duration> {
-    let text = value.to_str().ok()?.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(text).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
-}
-
 /// Reads the body up to `limit` bytes. `complete` is false when there was more: the rest is not
 /// read, and that connection is not reused.
 async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<(Vec<u8>, bool), reqwest::Error> {
@@ -389,6 +335,7 @@ mod tests {
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
+    use std::time::SystemTime;
 
     use axum::Router;
     use axum::body::Bytes;
@@ -397,10 +344,11 @@ mod tests {
     use hyper_util::rt::TokioIo;
     use hyper_util::service::TowerToHyperService;
     use qt_core::config::{HttpTls, TargetConfig};
-    use qt_core::{Secret, SecretUrl, TraceId};
+    use qt_core::{ErrorClass, Secret, SecretUrl, TraceId};
     use qt_test_support::TestCerts;
     use tokio::net::TcpListener;
 
+    use super::response::SNIPPET_LIMIT;
     use super::*;
 
     /// A request as the test server received it.

@@ -5,6 +5,7 @@ mod http;
 mod log;
 pub mod reaper;
 mod report;
+mod response;
 
 use std::collections::HashMap;
 use std::sync::Arc;
