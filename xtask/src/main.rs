@@ -1,6 +1,7 @@
 //! Project automation, run as `cargo xtask <command>`.
 //!
-//! - `ci`: everything CI checks (format, lints, generated docs, services, all tests, docs).
+//! - `ci`: everything CI checks (format, lints, generated docs, services, all tests, docs,
+//!   a short run of every fuzz target).
 //! - `tidy`: the workspace's layering and dependency rules (see [`tidy`]).
 //! - `deny`: licenses, bans and sources against `deny.toml`.
 //! - `services up|status`: installs (cached outside the checkout) and starts what the
@@ -9,6 +10,7 @@
 //!   `docs/configuration.md` from the configuration types.
 //! - `chaos [SCENARIO] [--short]`: the chaos suite in containers (podman set up when there is
 //!   no Docker), recording its report in `docs/reliability.md`.
+//! - `fuzz [TARGET] [--seconds N]`: the libFuzzer targets of `fuzz/`, each for N seconds.
 //! - `bench <engine|redis|kafka|rabbitmq|sqs|http|ledger>`: runs a benchmark and records its figures in
 //!   `docs/benchmarks.md`.
 
@@ -22,6 +24,7 @@ mod cmd;
 mod containers;
 mod deny;
 mod docs;
+mod fuzz;
 mod services;
 mod tidy;
 
@@ -38,7 +41,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Format check, clippy (warnings denied), generated docs, dependency policy, services, all
-    /// tests, doc build.
+    /// tests, doc build, a short run of every fuzz target.
     Ci,
     /// Check licenses, bans and sources against deny.toml (offline).
     Deny,
@@ -66,6 +69,16 @@ enum Command {
         #[arg(long)]
         short: bool,
     },
+    /// Fuzz what qt reads from outside (configuration, message bodies and headers, broker
+    /// metadata, agents' answers) with libFuzzer, on the nightly toolchain.
+    Fuzz {
+        /// Only this target; without it, every target in turn.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(fuzz::TARGETS))]
+        target: Option<String>,
+        /// How long each target runs.
+        #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
+        seconds: u64,
+    },
     /// Run a benchmark and write its figures to docs/benchmarks.md.
     Bench {
         /// Which benchmark.
@@ -84,6 +97,7 @@ fn main() -> Result<()> {
         Command::Services { action } => services::run(action),
         Command::Docs { check } => docs::run(check),
         Command::Chaos { scenario, short } => chaos::run(scenario.as_deref(), short),
+        Command::Fuzz { target, seconds } => fuzz::run_targets(target.as_deref(), seconds),
         Command::Bench { which } => bench::run(which),
     }
 }
