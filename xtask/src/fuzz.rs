@@ -10,7 +10,8 @@
 //! Each run reads two corpus directories: a writable one under the target directory, first,
 //! where libFuzzer puts the inputs it finds (it only ever writes to the first), and the seeds
 //! committed in `fuzz/corpus/<target>/`. Crash inputs go under the target directory too, so a
-//! run leaves the checkout as it was.
+//! run changes nothing git tracks (cargo-fuzz still makes an empty `fuzz/artifacts/<target>/`,
+//! which `fuzz/.gitignore` leaves out).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
