@@ -6,7 +6,8 @@
 //! writes `+PGID` on its stdin when a program starts and `-PGID` when its run is over. When
 //! qt dies, the kernel closes the pipe; the reaper reads the end of it, sends SIGKILL to every
 //! group still listed, and exits. It runs in a process group of its own, so a Ctrl-C meant
-//! for qt does not end it first.
+//! for qt does not end it first. A `-PGID` still on its way when qt exits names a group
+//! already ended and reaped, which the reaper's SIGKILL then finds gone.
 //!
 //! Not the kernel's parent-death signal set in each program between fork and exec: a
 //! `pre_exec` makes std fork qt instead of spawning with vfork, so each spawn copies qt's page
@@ -16,8 +17,9 @@
 use std::collections::HashSet;
 use std::io::{BufRead, Write};
 use std::os::unix::process::CommandExt;
-use std::process::{ChildStdin, Command, ExitCode, Stdio};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -27,10 +29,13 @@ use tracing::warn;
 pub const SUBCOMMAND: &str = "reap-agents";
 
 /// qt's end of the pipe to its reaper.
+///
+/// Lines go through a channel to a thread of their own that writes them: a reaper that stops
+/// reading (stopped with SIGSTOP, starved) fills the pipe and blocks that thread only, never a
+/// run starting or ending a program.
 #[derive(Debug)]
 pub struct Reaper {
-    /// `None` once a write failed (the reaper is gone): runs go on without it.
-    stdin: Mutex<Option<ChildStdin>>,
+    lines: mpsc::Sender<String>,
 }
 
 static REAPER: OnceLock<Option<Reaper>> = OnceLock::new();
@@ -59,9 +64,24 @@ impl Reaper {
             .stdout(Stdio::null())
             .process_group(0)
             .spawn()?;
-        Ok(Self {
-            stdin: Mutex::new(child.stdin),
-        })
+        let pipe = child.stdin.expect("stdin was piped");
+        Self::writing_to(pipe)
+    }
+
+    /// A reaper whose lines are written to `pipe` by a thread of its own.
+    fn writing_to(mut pipe: impl Write + Send + 'static) -> std::io::Result<Self> {
+        let (lines, to_write) = mpsc::channel::<String>();
+        std::thread::Builder::new()
+            .name("qt-reaper-pipe".into())
+            .spawn(move || {
+                for line in to_write {
+                    if let Err(e) = pipe.write_all(line.as_bytes()) {
+                        warn!(error = %e, "`qt {SUBCOMMAND}` is gone; if this qt process dies, the command agents it started go on running");
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self { lines })
     }
 
     /// A program's group is running: end it if qt dies.
@@ -75,13 +95,8 @@ impl Reaper {
     }
 
     fn send(&self, op: char, pgid: Pid) {
-        let mut stdin = self.stdin.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(pipe) = stdin.as_mut() else { return };
-        // One short line is one write, never blocked for long: the reaper reads as it comes.
-        if let Err(e) = pipe.write_all(format!("{op}{}\n", pgid.as_raw()).as_bytes()) {
-            warn!(error = %e, "`qt {SUBCOMMAND}` is gone; if this qt process dies, the command agents it started go on running");
-            *stdin = None;
-        }
+        // Fails only once the writing thread has ended, which it logged.
+        let _ = self.lines.send(format!("{op}{}\n", pgid.as_raw()));
     }
 }
 
@@ -107,4 +122,32 @@ pub fn serve() -> ExitCode {
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    #[test]
+    fn a_reaper_that_does_not_read_never_holds_up_the_runs_telling_it() {
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let reaper = Reaper::writing_to(writer).unwrap();
+        // Far more than a pipe holds (64 KiB on Linux): with writes on the caller's thread,
+        // the first calls past that would block until somebody reads.
+        let groups = 20_000;
+        for pgid in 2..2 + groups {
+            reaper.watch(Pid::from_raw(pgid));
+        }
+        reaper.forget(Pid::from_raw(2));
+        drop(reaper);
+        let mut written = String::new();
+        reader.read_to_string(&mut written).unwrap();
+        let lines: Vec<&str> = written.lines().collect();
+        assert_eq!(lines.len(), groups as usize + 1);
+        assert_eq!(lines[0], "+2");
+        assert_eq!(lines[lines.len() - 2], format!("+{}", groups + 1));
+        assert_eq!(lines[lines.len() - 1], "-2");
+    }
 }
