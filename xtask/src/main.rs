@@ -11,6 +11,8 @@
 //! - `chaos [SCENARIO] [--short]`: the chaos suite in containers (podman set up when there is
 //!   no Docker), recording its report in `docs/reliability.md`.
 //! - `fuzz [TARGET] [--seconds N]`: the libFuzzer targets of `fuzz/`, each for N seconds.
+//! - `coverage`: line and branch coverage of every test, an HTML report under the target
+//!   directory, and the per-crate table recorded in `docs/development.md`.
 //! - `bench <engine|redis|kafka|rabbitmq|sqs|http|ledger>`: runs a benchmark and records its figures in
 //!   `docs/benchmarks.md`.
 
@@ -22,6 +24,7 @@ mod chaos;
 mod ci;
 mod cmd;
 mod containers;
+mod coverage;
 mod deny;
 mod docs;
 mod fuzz;
@@ -79,6 +82,9 @@ enum Command {
         #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
         seconds: u64,
     },
+    /// Line and branch coverage of every test (services included): an HTML report in
+    /// target/coverage/html and the per-crate table in docs/development.md.
+    Coverage,
     /// Run a benchmark and write its figures to docs/benchmarks.md.
     Bench {
         /// Which benchmark.
@@ -98,6 +104,7 @@ fn main() -> Result<()> {
         Command::Docs { check } => docs::run(check),
         Command::Chaos { scenario, short } => chaos::run(scenario.as_deref(), short),
         Command::Fuzz { target, seconds } => fuzz::run_targets(target.as_deref(), seconds),
+        Command::Coverage => coverage::run(),
         Command::Bench { which } => bench::run(which),
     }
 }
