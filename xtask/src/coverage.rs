@@ -9,8 +9,9 @@
 //! toolchain has no `llvm-tools` component here, so the tools come from Debian's `llvm-N`
 //! package for that N (LLVM 14, the machine's default, rejects LLVM 22's raw profiles as an
 //! "unsupported instrumentation profile format version"). Branch coverage needs the
-//! unstable `-Z coverage-options=branch`, so the run uses the nightly toolchain when there
-//! is one, and stable without branches when there is not.
+//! unstable `-Z coverage-options=branch` and instrumented doc tests need nightly's rustdoc,
+//! so the build uses the nightly toolchain; branches are opt-in (`--branch`) because LLVM
+//! 22's llvm-cov crashes reading this workspace's branch regions (docs/development.md#coverage).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,9 +43,9 @@ const DOC: &str = "docs/development.md";
 const START: &str = "<!-- coverage -->";
 const END: &str = "<!-- /coverage -->";
 
-pub fn run() -> Result<()> {
+pub fn run(branches: bool) -> Result<()> {
     let started = Instant::now();
-    let toolchain = Toolchain::pick()?;
+    let toolchain = Toolchain::pick(branches)?;
     let llvm_bin = ensure_llvm_tools(toolchain.llvm_major)?;
     let cov_bin = ensure_cargo_llvm_cov()?;
     services::ensure_all()?;
@@ -59,13 +60,11 @@ pub fn run() -> Result<()> {
         ("LLVM_PROFDATA".to_owned(), llvm_profdata),
     ]);
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let cargo = |args: &[&str]| -> Result<()> {
-        let mut all: Vec<&str> = toolchain.cargo_prefix().into_iter().collect();
-        all.extend_from_slice(args);
-        run_with_env("cargo", &all, &env_refs)
-    };
+    let cargo = |args: &[&str]| -> Result<()> { run_with_env("cargo", &[&["+nightly"], args].concat(), &env_refs) };
 
-    // Profiles of an earlier run would be merged into this one's figures.
+    // Profiles of an earlier run would be merged into this one's figures, and the report
+    // reads every instrumented binary of the workspace's crates it finds, so binaries built
+    // by another toolchain or with other features would count their code as never run.
     cargo(&["llvm-cov", "clean", "--workspace"])?;
     let branch: &[&str] = if toolchain.branches { &["--branch"] } else { &[] };
     // A failing test still leaves the profiles of every other test: the report is made
@@ -98,12 +97,9 @@ pub fn run() -> Result<()> {
     if let Err(e) = cargo(&[&example[..], branch].concat()) {
         failed.push(e);
     }
-    // Instrumented doc tests need nightly's rustdoc.
-    if toolchain.plus.is_some() {
-        let doc = ["llvm-cov", "--workspace", "--locked", "--no-report", "--doc"];
-        if let Err(e) = cargo(&[&doc[..], branch].concat()) {
-            failed.push(e);
-        }
+    let doc = ["llvm-cov", "--workspace", "--locked", "--no-report", "--doc"];
+    if let Err(e) = cargo(&[&doc[..], branch].concat()) {
+        failed.push(e);
     }
 
     let target = target_dir();
@@ -156,35 +152,22 @@ pub fn run() -> Result<()> {
 
 /// The compiler the coverage build uses.
 struct Toolchain {
-    /// `+nightly`, or nothing for the default toolchain.
-    plus: Option<&'static str>,
     branches: bool,
     llvm_major: u32,
     version: String,
 }
 
 impl Toolchain {
-    fn pick() -> Result<Self> {
-        if let Ok(verbose) = output("rustc", &["+nightly", "-vV"]) {
-            return Ok(Self {
-                plus: Some("+nightly"),
-                branches: true,
-                llvm_major: llvm_major(&verbose)?,
-                version: first_line(&verbose),
-            });
-        }
-        eprintln!("xtask: no nightly toolchain, so no branch coverage (it needs -Z coverage-options=branch)");
-        let verbose = output("rustc", &["-vV"])?;
+    /// The nightly toolchain (the one Nisshi is built with): its rustdoc instruments doc
+    /// tests, and only it takes `-Z coverage-options=branch`.
+    fn pick(branches: bool) -> Result<Self> {
+        let verbose = output("rustc", &["+nightly", "-vV"])
+            .context("coverage builds with the nightly toolchain (rustup toolchain install nightly)")?;
         Ok(Self {
-            plus: None,
-            branches: false,
+            branches,
             llvm_major: llvm_major(&verbose)?,
             version: first_line(&verbose),
         })
-    }
-
-    fn cargo_prefix(&self) -> Option<&'static str> {
-        self.plus
     }
 }
 
@@ -422,8 +405,7 @@ fn section(table: &str, toolchain: &Toolchain, seconds: u64) -> String {
     let branches = if toolchain.branches {
         "Branches are each outcome of each condition (`-Z coverage-options=branch`)."
     } else {
-        "No branch figures: this run had no nightly toolchain, and branch coverage needs \
-         `-Z coverage-options=branch`."
+        "No branch figures: see above for why."
     };
     format!(
         "Measured by `cargo xtask coverage` on {} with {} in {} min ({}). Lines of each \

@@ -84,7 +84,11 @@ enum Command {
     },
     /// Line and branch coverage of every test (services included): an HTML report in
     /// target/coverage/html and the per-crate table in docs/development.md.
-    Coverage,
+    Coverage {
+        /// Branch coverage too: builds with nightly (`-Z coverage-options=branch`).
+        #[arg(long)]
+        branch: bool,
+    },
     /// Run a benchmark and write its figures to docs/benchmarks.md.
     Bench {
         /// Which benchmark.
@@ -104,7 +108,7 @@ fn main() -> Result<()> {
         Command::Docs { check } => docs::run(check),
         Command::Chaos { scenario, short } => chaos::run(scenario.as_deref(), short),
         Command::Fuzz { target, seconds } => fuzz::run_targets(target.as_deref(), seconds),
-        Command::Coverage => coverage::run(),
+        Command::Coverage { branch } => coverage::run(branch),
         Command::Bench { which } => bench::run(which),
     }
 }
