@@ -149,6 +149,50 @@ mod tests {
     }
 
     #[test]
+    fn every_numeric_and_scalar_type_a_producer_may_send_renders_as_text_and_json() {
+        use serde_json::json;
+        let cases = [
+            (AMQPValue::ShortShortInt(-8), "-8", json!(-8)),
+            (AMQPValue::ShortShortUInt(8), "8", json!(8)),
+            (AMQPValue::ShortInt(-16), "-16", json!(-16)),
+            (AMQPValue::ShortUInt(16), "16", json!(16)),
+            (AMQPValue::LongInt(-32), "-32", json!(-32)),
+            (AMQPValue::LongUInt(32), "32", json!(32)),
+            (AMQPValue::LongLongInt(-64), "-64", json!(-64)),
+            (AMQPValue::Float(1.5), "1.5", json!(1.5)),
+            (AMQPValue::Double(-2.25), "-2.25", json!(-2.25)),
+            (
+                AMQPValue::Timestamp(1_700_000_000),
+                "1700000000",
+                json!(1_700_000_000u64),
+            ),
+            (AMQPValue::Boolean(false), "false", json!(false)),
+            (AMQPValue::ShortString("short".into()), "short", json!("short")),
+            (AMQPValue::LongString("long".into()), "long", json!("long")),
+            (AMQPValue::ByteArray(vec![0xffu8].into()), "/w==", json!("/w==")),
+            (
+                AMQPValue::DecimalValue(DecimalValue { scale: 0, value: 42 }),
+                "42",
+                json!("42"),
+            ),
+            (AMQPValue::Void, "", serde_json::Value::Null),
+        ];
+        for (value, text, as_json) in cases {
+            assert_eq!(to_text(&value), text, "{value:?} as text");
+            assert_eq!(to_json(&value), as_json, "{value:?} as JSON");
+        }
+    }
+
+    #[test]
+    fn numbers_json_cannot_hold_become_null_inside_nested_values() {
+        let arr = AMQPValue::FieldArray(FieldArray::from(vec![
+            AMQPValue::Double(f64::NAN),
+            AMQPValue::Float(f32::INFINITY),
+        ]));
+        assert_eq!(to_text(&arr), "[null,null]");
+    }
+
+    #[test]
     fn republished_table_keeps_types_of_unchanged_values() {
         let mut original = FieldTable::default();
         original.insert("n".into(), AMQPValue::LongInt(7));

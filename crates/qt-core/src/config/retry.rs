@@ -233,3 +233,83 @@ impl Validate for RetryConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems_of(cfg: &RetryConfig) -> Vec<String> {
+        let mut problems = ConfigErrors::default();
+        cfg.validate("retry", &mut problems);
+        problems.problems.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn out_of_range_backoff_values_are_each_named_with_their_path() {
+        let cfg = RetryConfig {
+            max_retries: 101,
+            backoff: BackoffConfig {
+                initial: Duration::from_secs(10),
+                multiplier: 0.5,
+                max: Duration::from_secs(1),
+                jitter: 1.5,
+            },
+            ..RetryConfig::default()
+        };
+        assert_eq!(
+            problems_of(&cfg),
+            [
+                "retry.max_retries: must be at most 100, got 101",
+                "retry.backoff.multiplier: must be between 1.0 and 100.0, got 0.5",
+                "retry.backoff.jitter: must be a fraction between 0 and 1, got 1.5",
+                "retry.backoff.max: must be at least initial (10s)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_class_override_is_checked_against_the_top_level_values_it_leaves_out() {
+        let mut cfg = RetryConfig::default();
+        cfg.per_class.insert(
+            ErrorClass::Timeout,
+            ClassRetryConfig {
+                max_retries: Some(1000),
+                initial: Some(cfg.backoff.max + Duration::from_secs(1)),
+                ..ClassRetryConfig::default()
+            },
+        );
+        cfg.per_class.insert(ErrorClass::Permanent, ClassRetryConfig::default());
+        let problems = problems_of(&cfg);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems.contains(&"retry.per_class.timeout.max_retries: must be at most 100".to_owned()));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("retry.per_class.timeout.max: must be at least initial"))
+        );
+        assert!(problems.contains(
+            &"retry.per_class.permanent: permanent failures are never retried; remove this entry".to_owned()
+        ));
+    }
+
+    #[test]
+    fn overrides_replace_only_their_own_fields_and_permanent_is_never_retried() {
+        let mut cfg = RetryConfig::default();
+        cfg.per_class.insert(
+            ErrorClass::RateLimited,
+            ClassRetryConfig {
+                max_retries: Some(9),
+                multiplier: Some(3.0),
+                ..ClassRetryConfig::default()
+            },
+        );
+        let limited = cfg.for_class(ErrorClass::RateLimited);
+        assert_eq!(limited.max_retries, 9);
+        assert_eq!(limited.backoff.multiplier, 3.0);
+        assert_eq!(limited.backoff.initial, cfg.backoff.initial);
+        assert_eq!(limited.backoff.max, cfg.backoff.max);
+        assert_eq!(cfg.for_class(ErrorClass::Retryable).max_retries, cfg.max_retries);
+        assert_eq!(cfg.for_class(ErrorClass::Permanent).max_retries, 0);
+        assert!(problems_of(&cfg).is_empty());
+    }
+}
