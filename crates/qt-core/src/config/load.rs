@@ -448,6 +448,21 @@ mod tests {
     }
 
     #[test]
+    fn text_that_is_not_yaml_is_one_problem_at_its_line_and_column() {
+        let found = problems("source: {type: mock}\nagent: [unclosed\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("line "), "{found:?}");
+        assert!(found[0].contains(", column "), "{found:?}");
+        assert!(found[0].contains("not valid YAML"), "{found:?}");
+    }
+
+    #[test]
+    fn an_empty_file_is_read_as_an_empty_mapping_and_asks_for_its_sections() {
+        let found = problems("");
+        assert!(found.iter().any(|p| p.contains("source")), "{found:?}");
+    }
+
+    #[test]
     fn minimal_mock_config_loads_with_defaults() {
         let c = load_str(
             "source: {type: mock}\nagent: {targets: {default: {type: log}}}\n",
