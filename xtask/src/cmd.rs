@@ -28,6 +28,44 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache").join("qt-dev")
 }
 
+/// Installs the cargo subcommand `krate` (whose binary has the crate's name) at exactly
+/// `version` into its own directory of the cache, unless that version is already there, and
+/// returns the directory of its binary. `version_args` make the binary print its version.
+pub fn install_cargo_tool(krate: &str, version: &str, version_args: &[&str]) -> Result<PathBuf> {
+    let root = cache_dir().join(krate);
+    let bin_dir = root.join("bin");
+    let installed = output(bin_dir.join(krate).to_string_lossy().as_ref(), version_args).unwrap_or_default();
+    if !installed.contains(version) {
+        eprintln!(
+            "xtask: building {krate} {version} into {} (once per machine)",
+            root.display()
+        );
+        run(
+            "cargo",
+            &[
+                "install",
+                "--locked",
+                "--version",
+                version,
+                krate,
+                "--root",
+                root.to_string_lossy().as_ref(),
+            ],
+        )?;
+    }
+    Ok(bin_dir)
+}
+
+/// cargo's target directory (`CARGO_TARGET_DIR`, or `target` below the workspace root).
+pub fn target_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    if target.is_absolute() {
+        target
+    } else {
+        workspace_root().join(target)
+    }
+}
+
 /// Runs a command, echoing it first; fails with the command line when it fails.
 pub fn run(program: &str, args: &[&str]) -> Result<()> {
     run_with_env(program, args, &[])

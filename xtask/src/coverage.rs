@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cmd::{cache_dir, output, run as sh, run_with_env};
+use crate::cmd::{output, run as sh, run_with_env};
 use crate::services;
 
 const CARGO_LLVM_COV_VERSION: &str = "0.9.1";
@@ -47,7 +47,7 @@ pub fn run(branches: bool) -> Result<()> {
     let started = Instant::now();
     let toolchain = Toolchain::pick(branches)?;
     let llvm_bin = ensure_llvm_tools(toolchain.llvm_major)?;
-    let cov_bin = ensure_cargo_llvm_cov()?;
+    let cov_bin = crate::cmd::install_cargo_tool("cargo-llvm-cov", CARGO_LLVM_COV_VERSION, &["llvm-cov", "--version"])?;
     services::ensure_all()?;
 
     let path = format!("{}:{}", cov_bin.display(), std::env::var("PATH").unwrap_or_default());
@@ -102,7 +102,7 @@ pub fn run(branches: bool) -> Result<()> {
         failed.push(e);
     }
 
-    let target = target_dir();
+    let target = crate::cmd::target_dir();
     let out_dir = target.join("coverage");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let html_dir = out_dir.to_string_lossy().into_owned();
@@ -206,41 +206,6 @@ fn ensure_llvm_tools(major: u32) -> Result<PathBuf> {
         );
     }
     Ok(dir)
-}
-
-/// Installs cargo-llvm-cov into the cache unless that exact version is already there.
-fn ensure_cargo_llvm_cov() -> Result<PathBuf> {
-    let root = cache_dir().join("cargo-llvm-cov");
-    let bin = root.join("bin");
-    let installed = output(
-        bin.join("cargo-llvm-cov").to_string_lossy().as_ref(),
-        &["llvm-cov", "--version"],
-    )
-    .unwrap_or_default();
-    if !installed.contains(CARGO_LLVM_COV_VERSION) {
-        eprintln!(
-            "xtask: building cargo-llvm-cov {CARGO_LLVM_COV_VERSION} into {} (once per machine)",
-            root.display()
-        );
-        sh(
-            "cargo",
-            &[
-                "install",
-                "--locked",
-                "--version",
-                CARGO_LLVM_COV_VERSION,
-                "cargo-llvm-cov",
-                "--root",
-                root.to_string_lossy().as_ref(),
-            ],
-        )?;
-    }
-    Ok(bin)
-}
-
-/// cargo's target directory, where cargo-llvm-cov builds and the report goes.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from)
 }
 
 /// Covered and total counts of one crate.

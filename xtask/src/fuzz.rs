@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::cmd::{cache_dir, run, run_with_env};
+use crate::cmd::{install_cargo_tool, run, run_with_env};
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
@@ -44,43 +44,10 @@ pub const TARGETS: [&str; 9] = [
 
 const FUZZ_DIR: &str = "fuzz";
 
-/// Installs cargo-fuzz into the cache unless that exact version is already there; returns the
-/// directory of its binary.
-fn ensure_installed() -> Result<PathBuf> {
-    let root = cache_dir().join("cargo-fuzz");
-    let bin = root.join("bin").join("cargo-fuzz");
-    let installed = crate::cmd::output(bin.to_string_lossy().as_ref(), &["--version"]).unwrap_or_default();
-    if !installed.contains(CARGO_FUZZ_VERSION) {
-        eprintln!(
-            "xtask: building cargo-fuzz {CARGO_FUZZ_VERSION} into {} (once per machine)",
-            root.display()
-        );
-        run(
-            "cargo",
-            &[
-                "install",
-                "--locked",
-                "--version",
-                CARGO_FUZZ_VERSION,
-                "cargo-fuzz",
-                "--root",
-                root.to_string_lossy().as_ref(),
-            ],
-        )?;
-    }
-    Ok(root.join("bin"))
-}
-
 /// Where the fuzz build, the found inputs and crash inputs go: `fuzz/` below the workspace's
 /// target directory.
 fn work_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
-    let target = if target.is_absolute() {
-        target
-    } else {
-        crate::cmd::workspace_root().join(target)
-    };
-    target.join("fuzz")
+    crate::cmd::target_dir().join("fuzz")
 }
 
 struct Fuzz {
@@ -90,7 +57,7 @@ struct Fuzz {
 
 impl Fuzz {
     fn new() -> Result<Self> {
-        let bin_dir = ensure_installed()?;
+        let bin_dir = install_cargo_tool("cargo-fuzz", CARGO_FUZZ_VERSION, &["--version"])?;
         let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
         Ok(Self { path, work: work_dir() })
     }
