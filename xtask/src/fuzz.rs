@@ -62,23 +62,29 @@ impl Fuzz {
         Ok(Self { path, work: work_dir() })
     }
 
-    fn cargo_fuzz(&self, args: &[&str]) -> Result<()> {
-        let mut all = vec!["+nightly", "fuzz"];
-        all.extend_from_slice(args);
-        run_with_env("cargo", &all, &[("PATH", &self.path)])
-    }
-
-    fn build(&self) -> Result<()> {
+    /// `cargo fuzz COMMAND` on the fuzz crate, built without a sanitizer into the work
+    /// directory, with `args` after.
+    fn cargo_fuzz(&self, command: &str, args: &[&str]) -> Result<()> {
         let target_dir = self.work.join("build");
-        self.cargo_fuzz(&[
-            "build",
+        let mut all = vec![
+            "+nightly",
+            "fuzz",
+            command,
             "--fuzz-dir",
             FUZZ_DIR,
             "-s",
             "none",
             "--target-dir",
-            target_dir.to_string_lossy().as_ref(),
-        ])
+            target_dir
+                .to_str()
+                .context("the target directory's path is not UTF-8")?,
+        ];
+        all.extend_from_slice(args);
+        run_with_env("cargo", &all, &[("PATH", &self.path)])
+    }
+
+    fn build(&self) -> Result<()> {
+        self.cargo_fuzz("build", &[])
     }
 
     /// Runs one target for `seconds`; a crash fails it, naming the input that caused it.
@@ -89,28 +95,23 @@ impl Fuzz {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let seeds = Path::new(FUZZ_DIR).join("corpus").join(target);
-        let target_dir = self.work.join("build");
         let max_time = format!("-max_total_time={seconds}");
         let artifact_prefix = format!("-artifact_prefix={}/", artifacts.display());
-        self.cargo_fuzz(&[
+        self.cargo_fuzz(
             "run",
-            "--fuzz-dir",
-            FUZZ_DIR,
-            "-s",
-            "none",
-            "--target-dir",
-            target_dir.to_string_lossy().as_ref(),
-            target,
-            found.to_string_lossy().as_ref(),
-            seeds.to_string_lossy().as_ref(),
-            "--",
-            &max_time,
-            &artifact_prefix,
-            // A single input taking this long is a hang.
-            "-timeout=10",
-            "-rss_limit_mb=2048",
-            "-print_final_stats=1",
-        ])
+            &[
+                target,
+                found.to_string_lossy().as_ref(),
+                seeds.to_string_lossy().as_ref(),
+                "--",
+                &max_time,
+                &artifact_prefix,
+                // A single input taking this long is a hang.
+                "-timeout=10",
+                "-rss_limit_mb=2048",
+                "-print_final_stats=1",
+            ],
+        )
         .with_context(|| {
             format!(
                 "fuzz target {target} failed; the input is in {} (run it again with \
