@@ -567,6 +567,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failure_masks_the_targets_secrets_in_the_stderr_it_reports() {
+        let env = [("AGENT_TOKEN".to_owned(), Secret::new("tok-3f9a1c"))];
+        let config = CommandTarget {
+            program: PathBuf::from("sh"),
+            args: vec![
+                "-c".to_owned(),
+                r#"echo "cannot call the model with token $AGENT_TOKEN" >&2; exit 75"#.to_owned(),
+            ],
+            timeout: Duration::from_secs(20),
+            env: env.into_iter().collect(),
+            working_dir: None,
+        };
+        let agent = CommandAgent::new("script", &config).expect("sh is on PATH");
+        let err = agent.trigger_event(&event()).await.expect_err("exit 75 fails");
+        assert_eq!(err.class, ErrorClass::Retryable);
+        assert!(!err.message.contains("tok-3f9a1c"), "{}", err.message);
+        assert!(
+            err.message.contains("cannot call the model with token ***"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[tokio::test]
     async fn a_timeout_ends_the_programs_whole_process_group_with_sigterm() {
         let dir = tempfile::tempdir().unwrap();
         let pids = pid_file(&dir);

@@ -38,22 +38,29 @@ pub(super) fn command_outcome(
     match code {
         Some(0) => Ok(Report::read(stdout).into_run(redactor)),
         Some(EXIT_RETRYABLE) => {
-            let message = format!("exit {EXIT_RETRYABLE} (retryable): {}", tail(stderr));
+            let message = format!("exit {EXIT_RETRYABLE} (retryable): {}", tail(stderr, redactor));
             let report: RetryReport = serde_json::from_slice(stdout.trim_ascii()).unwrap_or_default();
             Err(match report.retry_after_ms {
                 Some(ms) => AgentError::rate_limited(message, Some(Duration::from_millis(ms))),
                 None => AgentError::new(ErrorClass::Retryable, message),
             })
         }
-        Some(code) => Err(AgentError::permanent(format!("exit {code}: {}", tail(stderr)))),
-        None => Err(AgentError::retryable(format!("killed by a signal: {}", tail(stderr)))),
+        Some(code) => Err(AgentError::permanent(format!(
+            "exit {code}: {}",
+            tail(stderr, redactor)
+        ))),
+        None => Err(AgentError::retryable(format!(
+            "killed by a signal: {}",
+            tail(stderr, redactor)
+        ))),
     }
 }
 
-/// The last [`STDERR_TAIL`] bytes of stderr as text, cut on a character boundary.
-fn tail(stderr: &[u8]) -> String {
-    let text = String::from_utf8_lossy(stderr);
-    let text = text.trim();
+/// The last [`STDERR_TAIL`] bytes of stderr as text: secrets masked, then cut on a character
+/// boundary (masking first, so a secret straddling the cut is still masked).
+fn tail(stderr: &[u8], redactor: &Redactor) -> String {
+    let text = redactor.redact(String::from_utf8_lossy(stderr).trim());
+    let text = text.as_str();
     if text.is_empty() {
         return "(no stderr)".to_owned();
     }
