@@ -295,23 +295,22 @@ impl Validate for LedgerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn problems_of(cfg: &PostgresLedgerConfig) -> Vec<String> {
-        let mut problems = ConfigErrors::default();
-        cfg.validate("ledger", &mut problems);
-        problems.problems.iter().map(ToString::to_string).collect()
-    }
+    use crate::config::problems::problems_found;
 
     #[test]
     fn defaults_are_valid() {
-        assert!(problems_of(&PostgresLedgerConfig::new("postgres://qt@127.0.0.1:5432/qt")).is_empty());
+        assert!(problems_found(&PostgresLedgerConfig::new("postgres://qt@127.0.0.1:5432/qt"), "ledger").is_empty());
         let mut tls = PostgresLedgerConfig::new("postgresql://qt:pw@db.example.com/qt");
         tls.tls = PostgresTls::VerifyFull;
         tls.ca_file = Some("ca.pem".into());
         tls.client_cert_file = Some("client.pem".into());
         tls.client_key_file = Some("client.key".into());
         tls.retention = Some(Duration::from_secs(30 * 86400));
-        assert!(problems_of(&tls).is_empty(), "{:?}", problems_of(&tls));
+        assert!(
+            problems_found(&tls, "ledger").is_empty(),
+            "{:?}",
+            problems_found(&tls, "ledger")
+        );
     }
 
     #[test]
@@ -325,7 +324,7 @@ mod tests {
         cfg.retention = Some(Duration::from_secs(1));
         cfg.ca_file = Some("ca.pem".into());
         cfg.client_cert_file = Some("client.pem".into());
-        let found = problems_of(&cfg);
+        let found = problems_found(&cfg, "ledger");
         for expected in [
             "ledger.url: sslmode in the URL is not used; set ledger.tls",
             "ledger.pool_size: must be between 1 and 64, got 0",
@@ -348,17 +347,20 @@ mod tests {
 
     #[test]
     fn url_problems_are_named_without_the_password() {
-        assert_eq!(problems_of(&PostgresLedgerConfig::new("")), ["ledger.url: required"]);
         assert_eq!(
-            problems_of(&PostgresLedgerConfig::new("mysql://u:hunter2@h/db")),
+            problems_found(&PostgresLedgerConfig::new(""), "ledger"),
+            ["ledger.url: required"]
+        );
+        assert_eq!(
+            problems_found(&PostgresLedgerConfig::new("mysql://u:hunter2@h/db"), "ledger"),
             ["ledger.url: scheme must be postgres:// or postgresql://, got mysql://"]
         );
-        let no_host = problems_of(&PostgresLedgerConfig::new("postgres:///db"));
+        let no_host = problems_found(&PostgresLedgerConfig::new("postgres:///db"), "ledger");
         assert_eq!(
             no_host,
             ["ledger.url: postgres:///db names no host (postgres://user:password@host:5432/database)"]
         );
-        let no_host = problems_of(&PostgresLedgerConfig::new("postgres://u:hunter2@/db"));
+        let no_host = problems_found(&PostgresLedgerConfig::new("postgres://u:hunter2@/db"), "ledger");
         assert_eq!(no_host.len(), 1, "{no_host:?}");
         assert!(no_host[0].starts_with("ledger.url: not a URL"), "{no_host:?}");
         assert!(!no_host[0].contains("hunter2"), "{no_host:?}");

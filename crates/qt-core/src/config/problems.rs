@@ -75,6 +75,14 @@ pub fn join(parent: &str, field: &str) -> String {
     }
 }
 
+/// Every problem `cfg` has at `path`, as an operator reads them (for tests).
+#[cfg(test)]
+pub(crate) fn problems_found(cfg: &impl Validate, path: &str) -> Vec<String> {
+    let mut problems = ConfigErrors::default();
+    cfg.validate(path, &mut problems);
+    problems.problems.iter().map(ToString::to_string).collect()
+}
+
 /// Semantic checks that serde cannot express. Implementations push every problem they find
 /// instead of stopping at the first.
 pub trait Validate {

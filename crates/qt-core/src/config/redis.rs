@@ -138,17 +138,18 @@ impl Validate for RedisStoreConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn problems_of(cfg: &RedisStoreConfig) -> Vec<String> {
-        let mut problems = ConfigErrors::default();
-        cfg.validate("idempotency.store", &mut problems);
-        problems.problems.iter().map(ToString::to_string).collect()
-    }
+    use crate::config::problems::problems_found;
 
     #[test]
     fn defaults_are_valid() {
-        assert!(problems_of(&RedisStoreConfig::new("redis://127.0.0.1:6379")).is_empty());
-        assert!(problems_of(&RedisStoreConfig::new("rediss://cache.example.com:6380/1")).is_empty());
+        assert!(problems_found(&RedisStoreConfig::new("redis://127.0.0.1:6379"), "idempotency.store").is_empty());
+        assert!(
+            problems_found(
+                &RedisStoreConfig::new("rediss://cache.example.com:6380/1"),
+                "idempotency.store"
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -160,7 +161,7 @@ mod tests {
         cfg.command_timeout = Duration::ZERO;
         cfg.ca_file = Some("ca.pem".into());
         cfg.client_cert_file = Some("client.pem".into());
-        let found = problems_of(&cfg);
+        let found = problems_found(&cfg, "idempotency.store");
         for expected in [
             "idempotency.store.username: needs `password` too",
             "idempotency.store.pool_size: must be between 1 and 1024, got 0",
@@ -181,14 +182,14 @@ mod tests {
     #[test]
     fn url_problems_are_named() {
         assert_eq!(
-            problems_of(&RedisStoreConfig::new("")),
+            problems_found(&RedisStoreConfig::new(""), "idempotency.store"),
             ["idempotency.store.url: required"]
         );
         assert_eq!(
-            problems_of(&RedisStoreConfig::new("http://x")),
+            problems_found(&RedisStoreConfig::new("http://x"), "idempotency.store"),
             ["idempotency.store.url: scheme must be redis:// or rediss://, got http://"]
         );
-        let bad = problems_of(&RedisStoreConfig::new("not a url"));
+        let bad = problems_found(&RedisStoreConfig::new("not a url"), "idempotency.store");
         assert_eq!(bad.len(), 1);
         assert!(bad[0].starts_with("idempotency.store.url: not a URL"), "{bad:?}");
     }
@@ -210,6 +211,6 @@ mod tests {
         cfg.ca_file = Some("ca.pem".into());
         cfg.client_cert_file = Some("client.pem".into());
         cfg.client_key_file = Some("client.key".into());
-        assert!(problems_of(&cfg).is_empty());
+        assert!(problems_found(&cfg, "idempotency.store").is_empty());
     }
 }

@@ -237,12 +237,7 @@ impl Validate for RetryConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn problems_of(cfg: &RetryConfig) -> Vec<String> {
-        let mut problems = ConfigErrors::default();
-        cfg.validate("retry", &mut problems);
-        problems.problems.iter().map(ToString::to_string).collect()
-    }
+    use crate::config::problems::problems_found;
 
     #[test]
     fn out_of_range_backoff_values_are_each_named_with_their_path() {
@@ -257,7 +252,7 @@ mod tests {
             ..RetryConfig::default()
         };
         assert_eq!(
-            problems_of(&cfg),
+            problems_found(&cfg, "retry"),
             [
                 "retry.max_retries: must be at most 100, got 101",
                 "retry.backoff.multiplier: must be between 1.0 and 100.0, got 0.5",
@@ -279,7 +274,7 @@ mod tests {
             },
         );
         cfg.per_class.insert(ErrorClass::Permanent, ClassRetryConfig::default());
-        let problems = problems_of(&cfg);
+        let problems = problems_found(&cfg, "retry");
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems.contains(&"retry.per_class.timeout.max_retries: must be at most 100".to_owned()));
         assert!(
@@ -310,6 +305,6 @@ mod tests {
         assert_eq!(limited.backoff.max, cfg.backoff.max);
         assert_eq!(cfg.for_class(ErrorClass::Retryable).max_retries, cfg.max_retries);
         assert_eq!(cfg.for_class(ErrorClass::Permanent).max_retries, 0);
-        assert!(problems_of(&cfg).is_empty());
+        assert!(problems_found(&cfg, "retry").is_empty());
     }
 }

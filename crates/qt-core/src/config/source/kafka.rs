@@ -593,21 +593,20 @@ impl Validate for KafkaSourceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::problems::problems_found;
 
     fn parse(yaml: &str) -> KafkaSourceConfig {
         serde_yaml_ng::from_str(yaml).unwrap()
     }
 
-    fn problems(cfg: &KafkaSourceConfig) -> Vec<String> {
-        let mut p = ConfigErrors::default();
-        cfg.validate("source", &mut p);
-        p.problems.iter().map(ToString::to_string).collect()
-    }
-
     #[test]
     fn minimal_config_is_valid_with_defaults() {
         let c = parse("brokers: [\"k1:9092\"]\ntopics: [orders]\nconsumer_group: g\n");
-        assert!(problems(&c).is_empty(), "{:?}", problems(&c));
+        assert!(
+            problems_found(&c, "source").is_empty(),
+            "{:?}",
+            problems_found(&c, "source")
+        );
         assert_eq!(c.commit_interval, Duration::from_secs(1));
         assert_eq!(c.revoke_drain_timeout, Duration::from_secs(10));
         assert_eq!(c.redelivery_delay, Duration::from_secs(1));
@@ -642,7 +641,7 @@ redelivery_delay: 0s
 options: {group.id: x, enable.auto.commit: "true", sasl.password: p, fetch.min.bytes: "1", statistics.interval.ms: "0", max.poll.interval.ms: "5000"}
 producer_options: {message.timeout.ms: "5", linger.ms: "5"}
 "#;
-        let got = problems(&parse(yaml));
+        let got = problems_found(&parse(yaml), "source");
         let expect = [
             "source.brokers[0]:",
             "source.brokers[1]:",
@@ -683,7 +682,11 @@ options: {sasl.oauthbearer.client.secret: "oauth-999"}
 producer_options: {ssl.keystore.password: "ks-777"}
 "#;
         let c = parse(yaml);
-        assert!(problems(&c).is_empty(), "{:?}", problems(&c));
+        assert!(
+            problems_found(&c, "source").is_empty(),
+            "{:?}",
+            problems_found(&c, "source")
+        );
         let printed = format!("{}\n{c:?}", serde_yaml_ng::to_string(&c).unwrap());
         for secret in ["pw-123456", "kp-654321", "oauth-999", "ks-777"] {
             assert!(!printed.contains(secret), "{secret} leaked in {printed}");

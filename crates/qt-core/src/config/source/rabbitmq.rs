@@ -452,17 +452,16 @@ impl Validate for RabbitMqSourceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn problems(cfg: &RabbitMqSourceConfig) -> Vec<String> {
-        let mut p = ConfigErrors::default();
-        cfg.validate("source", &mut p);
-        p.problems.iter().map(ToString::to_string).collect()
-    }
+    use crate::config::problems::problems_found;
 
     #[test]
     fn defaults_are_valid_and_name_the_retry_queue() {
         let cfg = RabbitMqSourceConfig::new("amqp://guest:guest@localhost:5672/%2f", "orders");
-        assert!(problems(&cfg).is_empty(), "{:?}", problems(&cfg));
+        assert!(
+            problems_found(&cfg, "source").is_empty(),
+            "{:?}",
+            problems_found(&cfg, "source")
+        );
         assert_eq!(cfg.retry_queue_name(), "orders.qt-retry");
         assert!(!cfg.is_tls());
     }
@@ -495,7 +494,7 @@ mod tests {
         cfg.ca_file = Some("/ca.pem".into());
         cfg.client_cert_file = Some("/c.pem".into());
         cfg.reconnect_initial = Duration::from_secs(60);
-        let got = problems(&cfg);
+        let got = problems_found(&cfg, "source");
         for path in [
             "source.queue:",
             "source.prefetch:",
@@ -521,7 +520,11 @@ mod tests {
         cfg.ca_file = Some("/etc/ca.pem".into());
         cfg.client_cert_file = Some("/etc/c.pem".into());
         cfg.client_key_file = Some("/etc/k.pem".into());
-        assert!(problems(&cfg).is_empty(), "{:?}", problems(&cfg));
+        assert!(
+            problems_found(&cfg, "source").is_empty(),
+            "{:?}",
+            problems_found(&cfg, "source")
+        );
         assert!(cfg.plaintext_endpoints("source").is_empty());
 
         let plain = RabbitMqSourceConfig::new("amqp://u:pw-123456@mq.example.com/prod", "q");
@@ -541,7 +544,7 @@ mod tests {
             queue: None,
         });
         cfg.retry_queue = Some("q".into());
-        let got = problems(&cfg);
+        let got = problems_found(&cfg, "source");
         assert!(got.iter().any(|p| p.starts_with("source.dlq.routing_key:")), "{got:#?}");
         assert!(got.iter().any(|p| p.starts_with("source.retry_queue:")), "{got:#?}");
     }
@@ -561,13 +564,17 @@ mod tests {
         dlq.queue = Some("q.dead".into());
         assert_eq!(dlq.queue_name(), Some("q.dead"));
         cfg.dlq = Some(dlq.clone());
-        assert!(problems(&cfg).is_empty(), "{:?}", problems(&cfg));
+        assert!(
+            problems_found(&cfg, "source").is_empty(),
+            "{:?}",
+            problems_found(&cfg, "source")
+        );
 
         for (exchange, queue) in [("", "elsewhere"), ("dlx", "q"), ("dlx", " ")] {
             dlq.exchange = exchange.into();
             dlq.queue = Some(queue.into());
             cfg.dlq = Some(dlq.clone());
-            let got = problems(&cfg);
+            let got = problems_found(&cfg, "source");
             assert!(
                 got.iter().any(|p| p.starts_with("source.dlq.queue:")),
                 "{exchange:?} {queue:?}: {got:#?}"

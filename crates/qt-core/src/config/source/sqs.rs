@@ -241,12 +241,7 @@ impl Validate for SqsSourceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn problems_of(cfg: &SqsSourceConfig) -> Vec<String> {
-        let mut problems = ConfigErrors::default();
-        cfg.validate("source", &mut problems);
-        problems.problems.iter().map(ToString::to_string).collect()
-    }
+    use crate::config::problems::problems_found;
 
     #[test]
     fn a_minimal_config_is_valid() {
@@ -255,13 +250,17 @@ mod tests {
             region: "eu-west-1".into(),
             ..SqsSourceConfig::default()
         };
-        assert!(problems_of(&cfg).is_empty(), "{:?}", problems_of(&cfg));
+        assert!(
+            problems_found(&cfg, "source").is_empty(),
+            "{:?}",
+            problems_found(&cfg, "source")
+        );
         assert!(!cfg.is_fifo());
         let by_name = SqsSourceConfig {
             queue_url: "orders.fifo".into(),
             ..cfg
         };
-        assert!(problems_of(&by_name).is_empty());
+        assert!(problems_found(&by_name, "source").is_empty());
         assert!(by_name.is_fifo());
     }
 
@@ -280,7 +279,7 @@ mod tests {
             nack_delay: Duration::from_millis(10),
             ..SqsSourceConfig::default()
         };
-        let problems = problems_of(&cfg);
+        let problems = problems_found(&cfg, "source");
         for path in [
             "source.queue_url: required",
             "source.region: required",
