@@ -66,6 +66,15 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
+/// `text` with what lies between the lines `start` and `end` replaced by `body` (the markers
+/// kept), or `None` when the markers are missing or out of order. How a generated document
+/// section (benchmark figures, coverage) is rewritten without touching the prose around it.
+pub fn replace_between(text: &str, start: &str, end: &str, body: &str) -> Option<String> {
+    let s = text.find(start)?;
+    let e = text.find(end).filter(|e| *e > s)?;
+    Some(format!("{}{start}\n{}\n{}", &text[..s], body.trim_end(), &text[e..]))
+}
+
 /// Runs a command, echoing it first; fails with the command line when it fails.
 pub fn run(program: &str, args: &[&str]) -> Result<()> {
     run_with_env(program, args, &[])

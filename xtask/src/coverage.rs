@@ -394,13 +394,8 @@ fn record(body: &str) -> Result<()> {
 }
 
 fn replace_section(text: &str, body: &str) -> Result<String> {
-    let (Some(s), Some(e)) = (text.find(START), text.find(END)) else {
-        bail!("{DOC} has no `{START}` … `{END}` markers for the coverage figures");
-    };
-    if e < s {
-        bail!("{DOC}: `{END}` comes before `{START}`");
-    }
-    Ok(format!("{}{START}\n{}\n{}", &text[..s], body.trim_end(), &text[e..]))
+    crate::cmd::replace_between(text, START, END, body)
+        .with_context(|| format!("{DOC} has no `{START}` … `{END}` markers, in that order, for the coverage figures"))
 }
 
 #[cfg(test)]

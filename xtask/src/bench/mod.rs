@@ -105,11 +105,8 @@ pub fn record_section(name: &str, body: &str) -> Result<()> {
     let existing = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n\nFigures recorded by `cargo xtask bench <name>`; each section says the command and machine.\n".to_owned());
     let start = format!("<!-- bench:{name} -->");
     let end = format!("<!-- /bench:{name} -->");
-    let section = format!("{start}\n{}\n{end}", body.trim_end());
-    let updated = match (existing.find(&start), existing.find(&end)) {
-        (Some(s), Some(e)) if e > s => format!("{}{section}{}", &existing[..s], &existing[e + end.len()..]),
-        _ => format!("{}\n{section}\n", existing.trim_end()),
-    };
+    let updated = crate::cmd::replace_between(&existing, &start, &end, body)
+        .unwrap_or_else(|| format!("{}\n{start}\n{}\n{end}\n", existing.trim_end(), body.trim_end()));
     std::fs::write(path, updated).with_context(|| format!("cannot write {}", path.display()))
 }
 
