@@ -508,6 +508,67 @@ fn validate_send_and_dead_letters_on_kafka() {
     assert!(status.success(), "graceful stop exits 0 ({status}):\n{logs}");
 }
 
+/// A record with a header whose key is not UTF-8 (no client library writes one; a raw
+/// Produce request does) is recorded as `parse_failed` and dead-lettered, and the records
+/// after it run: rdkafka panics reading such a key, and qt catches that per header instead
+/// of losing its consumer.
+#[test]
+fn a_record_with_a_header_key_that_is_not_utf8_is_dead_lettered_and_the_topic_goes_on() {
+    let mut kafka = Kafka::connect();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = kafka.topic("badkey", 1);
+    let dlq = kafka.topic("badkey-dlq", 1);
+    let group = unique("badkey-group");
+    let events = dir.path().join("events");
+    let agent = agent(dir.path(), &events);
+    let ledger_path = dir.path().join("ledger.jsonl");
+    let port = free_port();
+    let cfg = dir.path().join("qt.yaml");
+    let yaml = config(&Setup {
+        brokers: &kafka.brokers,
+        topic: &topic,
+        group: &group,
+        dlq: &dlq,
+        agent: &agent,
+        ledger: &ledger_path.display().to_string(),
+        port: &port.to_string(),
+        processing: "{}",
+    });
+    std::fs::write(&cfg, yaml).unwrap();
+    let mut run = QtRun::start(&cfg, &dir.path().join("qt.log"), port, &[]);
+    run.wait_ready(Duration::from_secs(30));
+
+    let broker = kafka.brokers.split(',').next().unwrap().to_owned();
+    qt_test_support::raw_kafka::produce(
+        &broker,
+        &topic,
+        br#"{"order_id":"o-1"}"#,
+        &[(b"x-tenant-id", b"acme"), (b"\xffkey", b"value")],
+    );
+    let good = kafka.produce(vec![order(&topic, 2)]).remove(0);
+    let hostile = format!("{topic}/0/0");
+
+    let ids = [hostile.as_str(), good.as_str()];
+    let records = run.wait_recorded_once(&ledger_path, &ids, Duration::from_secs(30));
+    let failed = &records[&hostile];
+    assert_eq!(status_of(failed), "parse_failed", "{failed}");
+    assert_eq!(failed["settlement"], "dead_letter", "{failed}");
+    assert!(
+        failed["error"].as_str().is_some_and(|e| e.contains("not UTF-8")),
+        "the record names what could not be read: {failed}"
+    );
+    assert_eq!(status_of(&records[&good]), "succeeded", "{}", records[&good]);
+    wait_until(
+        "the letter is in the DLQ topic and the group committed the end",
+        Duration::from_secs(20),
+        || kafka.end_offsets(&dlq).values().sum::<i64>() == 1 && kafka.committed_to_end(&group, &topic),
+        || format!("qt log:\n{}", run.logs()),
+    );
+    let logs = run.logs();
+    let status = run.terminate(Duration::from_secs(40));
+    assert!(status.success(), "graceful stop exits 0 ({status}):\n{logs}");
+}
+
 /// `qt run` is killed with SIGKILL while it works through 2,000 messages, and a second
 /// `qt run` in the same group takes over: every message has a ledger record with a final
 /// `succeeded`, nothing is lost. Commits never ran ahead of the ledger: every message below

@@ -22,7 +22,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::connection::{self, SOURCE_PATH};
 use crate::context::QtClientContext;
-use crate::message::{self, RecordBytes};
+use crate::message::{self, RecordBytes, UnreadableHeaders};
 use crate::publisher::KafkaPublisher;
 
 /// Most records taken from librdkafka per trip to the blocking pool.
@@ -102,6 +102,7 @@ struct Fetched {
     partition: i32,
     offset: i64,
     record: RecordBytes,
+    unreadable: Option<Arc<UnreadableHeaders>>,
     timestamp_ms: Option<i64>,
 }
 
@@ -344,7 +345,12 @@ impl KafkaDlq {
 impl KafkaDlq {
     /// Produces a kept letter to the topic again, byte for byte, with its timestamp.
     async fn write_again(&self, f: &Fetched) -> Result<(), AdapterError> {
-        let headers = message::outgoing_headers(f.record.headers(), &[], std::iter::empty::<(&str, &str)>());
+        let headers = message::reproduced_headers(
+            &f.record,
+            f.unreadable.as_deref(),
+            &[],
+            std::iter::empty::<(&str, &str)>(),
+        );
         self.publisher
             .produce_at(&self.topic, f.record.key(), f.record.payload(), headers, f.timestamp_ms)
             .await
@@ -572,10 +578,12 @@ impl PartitionReader {
                         batch.at_end = true;
                     }
                     if offset < self.end {
+                        let (record, unreadable) = message::record_of(&msg);
                         batch.records.push(Fetched {
                             partition: self.partition,
                             offset,
-                            record: message::record_of(&msg),
+                            record,
+                            unreadable,
                             timestamp_ms: msg.timestamp().to_millis(),
                         });
                     }

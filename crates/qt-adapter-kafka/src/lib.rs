@@ -23,6 +23,10 @@
 //! - **Failures.** A failed settle or a dropped handle rewinds its partition to the first
 //!   unfinished offset after `redelivery_delay`: the message is delivered again without a
 //!   restart (and the later messages of the partition with it).
+//! - **Hostile records.** A header whose key is not UTF-8 (which rdkafka panics on reading)
+//!   does not stop the consumer: the record reaches the engine with
+//!   [`qt_core::RawMessage::unreadable`] set, so it fails as unparseable, and re-producing it
+//!   sends all its headers as they came.
 //!
 //! # Settlements
 //!

@@ -8,13 +8,14 @@
 //! is a slice of it, so the consumer thread allocates once per record (ARCHITECTURE.md,
 //! hot-path rule 2).
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
 use qt_core::{RawMessage, SourceInfo};
 use rdkafka::Message;
-use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Header, Headers as _, OwnedHeaders};
 
 use crate::record::not_before_millis;
 pub use crate::record::{RecordBuilder, RecordBytes, decoded_headers, header_len, text};
@@ -51,7 +52,7 @@ pub struct Batch {
 /// when it is due.
 pub fn from_kafka(msg: &BorrowedMessage<'_>, topic: Arc<str>, batch: &Batch) -> (Pending, Option<Instant>) {
     let mut not_before = None;
-    let record = copy_record(msg, |key, value| {
+    let (record, unreadable) = copy_record(msg, |key, value| {
         if key.eq_ignore_ascii_case(NOT_BEFORE) && not_before.is_none() {
             not_before = value.and_then(|v| due_in(v, batch));
         }
@@ -64,6 +65,7 @@ pub fn from_kafka(msg: &BorrowedMessage<'_>, topic: Arc<str>, batch: &Batch) -> 
         offset: msg.offset(),
         epoch: 0,
         record,
+        unreadable,
     };
     let pending = Pending {
         origin,
@@ -85,7 +87,13 @@ fn due_in(value: &[u8], batch: &Batch) -> Option<Instant> {
 /// The message the engine receives for a pending record, made on the engine's thread.
 /// `adapter` is the receiving batch's copy of the adapter name.
 pub fn raw_message(pending: &Pending, adapter: &Arc<str>) -> RawMessage {
-    let Origin { tp, offset, record, .. } = &pending.origin;
+    let Origin {
+        tp,
+        offset,
+        record,
+        unreadable,
+        ..
+    } = &pending.origin;
     let headers = decoded_headers(record);
     let source = SourceInfo {
         adapter: adapter.clone(),
@@ -105,29 +113,84 @@ pub fn raw_message(pending: &Pending, adapter: &Arc<str>) -> RawMessage {
             .and_then(DateTime::<Utc>::from_timestamp_millis),
         received_at: pending.received_at,
         source,
+        unreadable: unreadable.as_ref().map(|u| u.reason.clone()),
     }
 }
 
 /// Copies a record read outside the consumer thread (no `x-qt-not-before` handling).
-pub fn record_of(msg: &BorrowedMessage<'_>) -> RecordBytes {
+pub fn record_of(msg: &BorrowedMessage<'_>) -> (RecordBytes, Option<Arc<UnreadableHeaders>>) {
     copy_record(msg, |_, _| {})
 }
 
-/// Copies a record's key, value and headers into one buffer, showing `each` every header
-/// on the way.
-fn copy_record(msg: &BorrowedMessage<'_>, mut each: impl FnMut(&str, Option<&[u8]>)) -> RecordBytes {
-    let raw_headers = msg.headers();
-    let header_bytes = raw_headers
-        .iter()
-        .flat_map(|hs| hs.iter())
-        .map(|h| header_len(h.key, h.value))
-        .sum();
+/// The headers of a record that has a header qt cannot read: one whose key is not UTF-8.
+/// Kafka's protocol makes header keys strings, but a broker stores whatever a producer
+/// sends, and rdkafka 0.39 panics on reading such a key. The record's copy in
+/// [`RecordBytes`] lacks those headers, so these are librdkafka's own copy of all of them,
+/// which re-producing the record sends instead, byte for byte.
+#[derive(Debug)]
+pub struct UnreadableHeaders {
+    /// Which headers could not be read, for the ledger and the logs.
+    pub reason: String,
+    pub headers: OwnedHeaders,
+}
+
+/// Header `index`, or `None` when its key is not UTF-8 (rdkafka panics reading it). The
+/// panic is rdkafka's `unwrap` in safe code, after librdkafka has returned, so nothing is
+/// left half done when it unwinds here.
+fn header_at(headers: &BorrowedHeaders, index: usize) -> Option<Header<'_, &[u8]>> {
+    catch_unwind(AssertUnwindSafe(|| headers.try_get(index))).ok().flatten()
+}
+
+/// Copies a record's key, value and readable headers into one buffer, showing `each`
+/// every header on the way; and, when a header could not be read, all the headers as
+/// librdkafka holds them.
+fn copy_record(
+    msg: &BorrowedMessage<'_>,
+    mut each: impl FnMut(&str, Option<&[u8]>),
+) -> (RecordBytes, Option<Arc<UnreadableHeaders>>) {
+    let Some(headers) = msg.headers() else {
+        return (RecordBuilder::new(msg.key(), msg.payload(), 0).finish(), None);
+    };
+    let count = headers.count();
+    let readable = || (0..count).filter_map(|i| header_at(headers, i));
+    let header_bytes = readable().map(|h| header_len(h.key, h.value)).sum();
     let mut builder = RecordBuilder::new(msg.key(), msg.payload(), header_bytes);
-    for h in raw_headers.iter().flat_map(|hs| hs.iter()) {
+    let mut copied = 0;
+    for h in readable() {
         builder.header(h.key, h.value);
         each(h.key, h.value);
+        copied += 1;
     }
-    builder.finish()
+    let unreadable = (copied < count).then(|| {
+        let which: Vec<String> = (0..count)
+            .filter(|&i| header_at(headers, i).is_none())
+            .map(|i| i.to_string())
+            .collect();
+        Arc::new(UnreadableHeaders {
+            reason: format!(
+                "Kafka header {} (counting from 0, of {count}) has a key that is not UTF-8; header keys are strings in Kafka's protocol, so the producer that wrote this record is at fault",
+                which.join(", ")
+            ),
+            headers: headers.detach(),
+        })
+    });
+    (builder.finish(), unreadable)
+}
+
+/// The headers for re-producing a consumed record: its own minus `replaced` names
+/// (compared without ASCII case), followed by `extra`. A record with an unreadable header
+/// keeps all of its headers as they came, `replaced` ones too, since they cannot be read
+/// one by one to leave some out; `extra` follows them.
+pub fn reproduced_headers<K: AsRef<str>, V: AsRef<str>>(
+    record: &RecordBytes,
+    unreadable: Option<&UnreadableHeaders>,
+    replaced: &[&str],
+    extra: impl IntoIterator<Item = (K, V)>,
+) -> OwnedHeaders {
+    match unreadable {
+        Some(u) => append(u.headers.clone(), extra),
+        None => outgoing_headers(record.headers(), replaced, extra),
+    }
 }
 
 /// Builds librdkafka headers from the original headers minus `replaced` names (compared
@@ -144,6 +207,13 @@ pub fn outgoing_headers<'a, K: AsRef<str>, V: AsRef<str>>(
         }
         out = out.insert(Header { key: k, value: v });
     }
+    append(out, extra)
+}
+
+fn append<K: AsRef<str>, V: AsRef<str>>(
+    mut out: OwnedHeaders,
+    extra: impl IntoIterator<Item = (K, V)>,
+) -> OwnedHeaders {
     for (k, v) in extra {
         out = out.insert(Header {
             key: k.as_ref(),

@@ -104,7 +104,7 @@ impl KafkaSettle {
             extra.push((TRACEPARENT, traceparent));
             replaced.push(TRACEPARENT);
         }
-        let headers = message::outgoing_headers(o.record.headers(), &replaced, extra);
+        let headers = message::reproduced_headers(&o.record, o.unreadable.as_deref(), &replaced, extra);
         self.reproduce("requeue", topic, headers).await
     }
 
@@ -125,7 +125,7 @@ impl KafkaSettle {
         if dl.traceparent.is_some() {
             replaced.push(TRACEPARENT);
         }
-        let headers = message::outgoing_headers(o.record.headers(), &replaced, added.iter());
+        let headers = message::reproduced_headers(&o.record, o.unreadable.as_deref(), &replaced, added.iter());
         self.reproduce("dead-letter", topic, headers).await
     }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use crate::message::{self, RecordBytes};
+use crate::message::{self, RecordBytes, UnreadableHeaders};
 use crate::offsets::OffsetTracker;
 
 /// Partition lookups happen several times per message; the topic name is hashed each time,
@@ -50,6 +50,8 @@ pub struct Origin {
     pub offset: i64,
     pub epoch: u64,
     pub record: RecordBytes,
+    /// All the record's headers, when one of them could not be read into `record`.
+    pub unreadable: Option<Arc<UnreadableHeaders>>,
 }
 
 impl Origin {
@@ -580,6 +582,7 @@ mod tests {
                 offset,
                 epoch: 0,
                 record: RecordBytes::default(),
+                unreadable: None,
             },
         }
     }

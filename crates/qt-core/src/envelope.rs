@@ -107,6 +107,10 @@ pub enum EnvelopeError {
     /// The parser or an extraction rule panicked: a bug, in qt or in a parser given to it.
     #[error("parsing panicked: {0}")]
     Panicked(String),
+    /// The adapter could not read all of the message from the broker
+    /// ([`RawMessage::unreadable`]).
+    #[error("the message could not be read from the broker: {0}")]
+    Unreadable(String),
 }
 
 /// A message that could not be parsed or extracted, handed back whole so it can be
@@ -150,6 +154,10 @@ pub fn build_envelope(
     rules: &ExtractionRules,
 ) -> Result<Built, Box<Unparseable>> {
     let trace_id = trace_id_for(&raw.headers);
+    if let Some(reason) = &raw.unreadable {
+        let error = EnvelopeError::Unreadable(reason.clone());
+        return Err(Box::new(Unparseable { raw, trace_id, error }));
+    }
     // The body and the rules are read by reference, so a panic in either (a bug) still
     // leaves the whole message to hand back.
     let read = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<_, EnvelopeError> {
@@ -179,6 +187,7 @@ pub fn build_envelope(
         broker_timestamp,
         received_at,
         source,
+        unreadable: _,
     } = raw;
     Ok(Built {
         envelope: MessageEnvelope {
@@ -226,6 +235,26 @@ mod tests {
             err.error,
             EnvelopeError::Parse(ParseError::InvalidJson { .. })
         ));
+    }
+
+    #[test]
+    fn a_message_its_adapter_could_not_read_is_unparseable_even_with_a_valid_body() {
+        let mut raw = RawMessage::new("m1", &br#"{"type":"order.created"}"#[..], source());
+        raw.unreadable = Some("header 2 has a key that is not UTF-8".to_owned());
+        let err = build_envelope(
+            raw,
+            &JsonParser {
+                max_message_bytes: 1024,
+                builds_value: false,
+            },
+            &ExtractionRules::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.raw.message_id, "m1", "the message is handed back whole");
+        assert_eq!(
+            err.error.to_string(),
+            "the message could not be read from the broker: header 2 has a key that is not UTF-8"
+        );
     }
 
     /// Text that is JSON or nearly so: the shapes that have hurt parsers (deep nesting,

@@ -60,6 +60,11 @@ pub struct RawMessage {
     /// When qt took it from the broker.
     pub received_at: DateTime<Utc>,
     pub source: SourceInfo,
+    /// Set by an adapter that could not read all of the message from the broker (say, a
+    /// Kafka header whose key is not UTF-8), saying what and where. The engine then treats
+    /// the message as unparseable without parsing it: `processing.on_parse_failure` settles
+    /// it, dead-lettered by default, and the adapter re-publishes it as it came.
+    pub unreadable: Option<String>,
 }
 
 impl RawMessage {
@@ -71,6 +76,7 @@ impl RawMessage {
             broker_timestamp: None,
             received_at: Utc::now(),
             source,
+            unreadable: None,
         }
     }
 

@@ -245,6 +245,86 @@ async fn dead_letters_keep_the_original_and_add_the_reasons() {
     admin.delete_topic(&dlq).await.ok();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_key_that_is_not_utf8_fails_only_its_record_which_is_dead_lettered_whole() {
+    let (admin, topic, group, mut cfg) = scenario("badkey", 1).await;
+    let dlq = topic_named(&admin, &format!("{topic}-dlq")).await;
+    cfg.dlq_topic = Some(dlq.clone());
+    let adapter = connected(&cfg, 32).await;
+    let broker = brokers().split(',').next().unwrap().to_owned();
+    let headers: [(&[u8], &[u8]); 3] = [
+        (b"x-tenant-id", b"acme"),
+        (b"\xff\xfekey", b"value"),
+        (b"x-after", b"1"),
+    ];
+    let raw = tokio::task::spawn_blocking(move || {
+        qt_test_support::raw_kafka::produce(&broker, &topic, b"{\"seq\":0}", &headers);
+        topic
+    });
+    let topic = raw.await.unwrap();
+    produce(adapter.publisher(), &topic, 1, 1).await;
+
+    // The consumer survives the record and goes on to the next one.
+    let mut got = receive_n(&adapter, 2, WAIT).await;
+    got.sort_by_key(|d| d.message.source.offset);
+    let next = got.pop().unwrap();
+    let hostile = got.pop().unwrap();
+    assert_eq!(next.message.unreadable, None);
+    assert_eq!(seq(&next), 1);
+    let reason = hostile
+        .message
+        .unreadable
+        .clone()
+        .expect("the record is marked unreadable");
+    assert!(
+        reason.contains("header 1 (counting from 0, of 3) has a key that is not UTF-8"),
+        "{reason}"
+    );
+    assert_eq!(
+        hostile.message.headers.get("x-tenant-id"),
+        Some("acme"),
+        "readable headers are kept"
+    );
+    assert_eq!(hostile.message.headers.get("x-after"), Some("1"));
+    assert_eq!(hostile.message.body, b"{\"seq\":0}".as_slice());
+    hostile
+        .handle
+        .dead_letter(DeadLetter::new(format!(
+            "the message could not be read from the broker: {reason}"
+        )))
+        .await
+        .expect("dead letter written");
+    ack_all(vec![next]).await;
+    wait_committed_to_end(&admin, &group, &topic, WAIT).await;
+
+    // The letter carries every header as it came, the unreadable one in its place, and
+    // qt's dead-letter headers after them.
+    let reader = connected(&source(&brokers(), &[&dlq], &unique("g")), 8).await;
+    let letters = receive_n(&reader, 1, WAIT).await;
+    let letter = &letters[0].message;
+    let again = letter
+        .unreadable
+        .as_deref()
+        .expect("the letter keeps the unreadable header");
+    assert!(again.contains("header 1 (counting from 0, of "), "{again}");
+    assert_eq!(letter.headers.get("x-tenant-id"), Some("acme"));
+    assert_eq!(letter.headers.get("x-after"), Some("1"));
+    assert!(
+        letter
+            .headers
+            .get(dead_letter::REASON)
+            .is_some_and(|r| r.contains("not UTF-8")),
+        "{:?}",
+        letter.headers
+    );
+    assert_eq!(letter.body, b"{\"seq\":0}".as_slice());
+    ack_all(letters).await;
+    reader.close().await.unwrap();
+    adapter.close().await.unwrap();
+    admin.delete_topic(&topic).await.ok();
+    admin.delete_topic(&dlq).await.ok();
+}
+
 async fn topic_named(admin: &KafkaAdmin, name: &str) -> String {
     admin.create_topic(name, 1).await.expect("create topic");
     name.to_owned()
