@@ -22,6 +22,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use qt_test_support::raw_amqp;
 use serde_json::Value;
 
 mod support;
@@ -576,6 +577,54 @@ fn an_amqp_traceparent_header_makes_the_messages_span_a_child_of_the_producers()
 
     let spans = collector.spans();
     consumer_span(&spans, id).assert_continues(PRODUCER_TRACE, PRODUCER_SPAN, "rabbitmq", &queue);
+}
+
+/// A message whose headers nest arrays thousands of levels deep (15 KB, well within
+/// RabbitMQ's frame size) runs like any other and qt goes on. lapin's parser recurses once
+/// per level on a thread of its own, which overflows a default stack: qt gives its threads
+/// deeper ones (crates/qt-cli/src/stacks.rs) and keeps that setting out of its agents.
+#[test]
+fn a_message_with_headers_nested_thousands_deep_runs_and_qt_survives_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = broker_url();
+    let queue = unique("deep");
+    let _cleanup = queue_family(&queue);
+    let agent = dir.path().join("agent.sh");
+    let envs = dir.path().join("env");
+    std::fs::create_dir(&envs).unwrap();
+    std::fs::write(
+        &agent,
+        format!("env > {}/$QT_MESSAGE_ID\ncat > /dev/null\n", envs.display()),
+    )
+    .unwrap();
+    let ledger_path = dir.path().join("ledger.jsonl");
+    let port = free_port();
+    let cfg = dir.path().join("qt.yaml");
+    std::fs::write(
+        &cfg,
+        config(&url, &queue, &agent, &ledger_path.display().to_string(), port, "{}"),
+    )
+    .unwrap();
+    let mut run = QtRun::start(&cfg, &dir.path().join("qt.log"), port, &[]);
+    run.wait_ready(Duration::from_secs(30));
+
+    let deep = raw_amqp::nested_arrays("x-deep", 3_000);
+    raw_amqp::publish(&url, &queue, "deep-1", &deep, br#"{"order_id":"deep"}"#);
+    Broker::connect(&url).publish_all(&queue, vec![message(1)]);
+
+    let ids = ["deep-1", "m-001"];
+    let records = run.wait_recorded_once(&ledger_path, &ids, Duration::from_secs(30));
+    for id in ids {
+        assert_eq!(status_of(&records[id]), "succeeded", "{}", records[id]);
+    }
+    let agent_env = std::fs::read_to_string(envs.join("deep-1")).unwrap();
+    assert!(
+        !agent_env.contains("RUST_MIN_STACK") && !agent_env.contains("QT_SET_RUST_MIN_STACK"),
+        "the stack size qt chose for itself reached the agent:\n{agent_env}"
+    );
+    let logs = run.logs();
+    let status = run.terminate(Duration::from_secs(40));
+    assert!(status.success(), "graceful stop exits 0 ({status}):\n{logs}");
 }
 
 /// A broker that cannot be reached at start fails `qt run` with the URL masked.

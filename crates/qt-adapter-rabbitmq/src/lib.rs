@@ -59,6 +59,15 @@
 //! used on another channel). `connect` itself does not retry: a broker that is unreachable at
 //! start is an error for the caller.
 //!
+//! # Deeply nested headers
+//!
+//! RabbitMQ delivers headers that nest tables and arrays as deep as its frame size allows
+//! (tens of thousands of levels in the default 128 KiB frame). lapin parses them on its own
+//! thread, recursing once per level, and a default 2 MiB stack overflows after a few
+//! thousand levels, which aborts the process. lapin takes no stack size for that thread: a
+//! program using this crate sets `RUST_MIN_STACK` (64 MiB covers the default frame size in
+//! an optimised build), as the `qt` binary does for itself.
+//!
 //! # Dead letters (`qt dlq`)
 //!
 //! [`RabbitMqDlq`] reads the queue `source.dlq.queue`, else `source.dlq.routing_key` when

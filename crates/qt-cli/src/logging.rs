@@ -66,3 +66,8 @@ pub fn init(config: &LogConfig) {
 pub fn fatal(message: &str) {
     let _ = writeln!(std::io::stderr(), "qt: error: {}", mask_url_credentials(message));
 }
+
+/// A warning from before logging is set up.
+pub fn warn_early(message: &str) {
+    let _ = writeln!(std::io::stderr(), "qt: warning: {}", mask_url_credentials(message));
+}

@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod logging;
 mod prometheus;
+mod stacks;
 mod summary;
 mod wiring;
 
@@ -19,6 +20,7 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    stacks::ensure_deep_enough();
     let cli = cli::Cli::parse();
     if let cli::Command::ReapAgents = cli.command {
         return agents::reaper::serve();
@@ -30,11 +32,18 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(commands::dispatch(cli));
+    // On a worker thread rather than this one, whose stack the OS sizes and not
+    // `RUST_MIN_STACK` (see `stacks`).
+    let result = runtime.block_on(async { tokio::spawn(commands::dispatch(cli)).await });
     match result {
-        Ok(code) => code,
-        Err(e) => {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
             logging::fatal(&format!("{e:#}"));
+            ExitCode::from(1)
+        }
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => {
+            logging::fatal(&format!("the command was stopped before it finished: {e}"));
             ExitCode::from(1)
         }
     }

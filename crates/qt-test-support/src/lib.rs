@@ -1,6 +1,7 @@
 //! What the workspace's tests share across crates. A dev-dependency only: it depends on
 //! nothing of qt's.
 
+pub mod raw_amqp;
 pub mod raw_kafka;
 
 use std::path::PathBuf;

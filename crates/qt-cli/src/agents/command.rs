@@ -107,6 +107,7 @@ impl CommandAgent {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        crate::stacks::keep_out_of(&mut cmd);
         for (k, v) in &self.config.env {
             cmd.env(k, v.expose());
         }

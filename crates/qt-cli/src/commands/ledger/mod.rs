@@ -142,7 +142,7 @@ async fn migrate(path: &Path) -> anyhow::Result<ExitCode> {
         Ok(l) => l,
         Err(code) => return Ok(code),
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = std::io::stdout();
     match ledger {
         Source::Jsonl(file) => {
             writeln!(
