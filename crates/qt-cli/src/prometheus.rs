@@ -143,6 +143,12 @@ impl Collector for Snapshot {
             "Agent runs in progress.",
             m.running as i64,
         )?;
+        counter(
+            &mut e,
+            "qt_trace_messages_shed",
+            "Messages the sampler kept but that were not traced, because the span export queue was nearly full.",
+            m.traces_shed,
+        )?;
         let (dropped, exported, failed) = qt_telemetry::span_counts();
         counter(
             &mut e,

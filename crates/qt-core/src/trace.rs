@@ -258,6 +258,27 @@ impl<'de> Deserialize<'de> for TraceId {
     }
 }
 
+/// Whether the span exporter has room for another message's spans. The exporter sets it
+/// while its queue is nearly full; the engine reads it before tracing a message. While it
+/// is set, a message the sampler keeps is not traced at all (its agent gets an unsampled
+/// `traceparent`): making spans that the queue would then drop one by one costs the
+/// pipeline as much as exporting them, and leaves traces with holes. So tracing never
+/// takes more than the exporter can send, and what is exported is whole traces.
+#[derive(Debug, Default)]
+pub struct ExportGate {
+    saturated: std::sync::atomic::AtomicBool,
+}
+
+impl ExportGate {
+    pub fn set_saturated(&self, saturated: bool) {
+        self.saturated.store(saturated, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_saturated(&self) -> bool {
+        self.saturated.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

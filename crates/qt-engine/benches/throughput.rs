@@ -79,6 +79,7 @@ async fn run_once(concurrency: usize, n: usize, trace: Option<(f64, &str)>) -> s
         builder = builder.tracer(qt_engine::TraceSettings {
             tracer: t.tracer(),
             sample_ratio: ratio,
+            export_gate: Some(t.export_gate()),
         });
         tracing = Some(t);
     }
@@ -110,6 +111,7 @@ async fn run_once(concurrency: usize, n: usize, trace: Option<(f64, &str)>) -> s
         "tracing": trace.map_or("off".to_owned(), |(ratio, _)| ratio.to_string()),
         "spans_exported": exported_after - exported_before,
         "spans_dropped": dropped_after - dropped_before,
+        "traces_shed": m.traces_shed,
         "messages": n,
         "seconds": elapsed.as_secs_f64(),
         "messages_per_second": n as f64 / elapsed.as_secs_f64(),

@@ -170,6 +170,7 @@ pub struct Metrics {
     dedup_hits: AtomicU64,
     dlq: [AtomicU64; DlqReason::ALL.len()],
     panics: AtomicU64,
+    traces_shed: AtomicU64,
     idempotency_errors: AtomicU64,
     settle_errors: AtomicU64,
     ledger_errors: AtomicU64,
@@ -209,6 +210,9 @@ impl Metrics {
     }
     pub(crate) fn panicked(&self) {
         self.panics.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn trace_shed(&self) {
+        self.traces_shed.fetch_add(1, Relaxed);
     }
     pub(crate) fn settle_error(&self) {
         self.settle_errors.fetch_add(1, Relaxed);
@@ -261,6 +265,7 @@ impl Metrics {
                 .map(|r| (r.as_str(), self.dlq[r.index()].load(Relaxed)))
                 .collect(),
             panics: self.panics.load(Relaxed),
+            traces_shed: self.traces_shed.load(Relaxed),
             idempotency_errors: self.idempotency_errors.load(Relaxed),
             settle_errors: self.settle_errors.load(Relaxed),
             ledger_errors: self.ledger_errors.load(Relaxed),
@@ -289,6 +294,9 @@ pub struct MetricsSnapshot {
     /// is dead-lettered as a permanent failure; a batch that panicked outside any one
     /// message's steps counts once, and its messages are then run one by one.
     pub panics: u64,
+    /// Messages the sampler kept but that were not traced, because the span exporter's
+    /// queue was nearly full ([`qt_core::trace::ExportGate`]).
+    pub traces_shed: u64,
     pub idempotency_errors: u64,
     pub settle_errors: u64,
     pub ledger_errors: u64,

@@ -12,7 +12,10 @@
 //! kept with probability `observability.tracing.sample_ratio`, decided from its trace id the
 //! way OpenTelemetry's `TraceIdRatioBased` sampler decides. A message not kept gets no span at
 //! all, so a low ratio costs next to nothing; its agent still gets a `traceparent` (flags 00).
+//! A kept message is handled the same way while the exporter says it has no room
+//! ([`ExportGate`]), so tracing costs no more than the collector takes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::global::{BoxedSpan, BoxedTracer};
@@ -20,15 +23,21 @@ use opentelemetry::trace::{
     Link, Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _,
 };
 use opentelemetry::{Context, KeyValue};
-use qt_core::trace::{AttemptTrace, parse_traceparent};
+use qt_core::trace::{AttemptTrace, ExportGate, parse_traceparent};
 use qt_core::{AgentError, Decision, Headers, MessageEnvelope, RawMessage, SourceInfo, TraceId};
 use qt_core::{LedgerStatus, SettlementKind};
 
-/// What the trigger needs to trace messages: a tracer and the share of new traces to keep.
+use crate::metrics::Metrics;
+
+/// What the trigger needs to trace messages: a tracer, the share of new traces to keep,
+/// and the exporter's word on whether it has room.
 pub struct TraceSettings {
     pub tracer: BoxedTracer,
     /// From 0 to 1.
     pub sample_ratio: f64,
+    /// Set by the exporter while it cannot take more spans: kept messages are then not
+    /// traced (and counted as `traces_shed`). `None`: always trace what is kept.
+    pub export_gate: Option<Arc<ExportGate>>,
 }
 
 impl std::fmt::Debug for TraceSettings {
@@ -57,6 +66,9 @@ pub(crate) struct Spans {
     consumer_group: Option<std::sync::Arc<str>>,
     /// A new trace is kept when the low 63 bits of its id are below this.
     keep_below: u64,
+    export_gate: Option<Arc<ExportGate>>,
+    /// Counts the messages left untraced because the exporter had no room.
+    metrics: Arc<Metrics>,
 }
 
 /// The context holding a message's consumer span, carried with it from intake to settlement;
@@ -66,12 +78,14 @@ pub(crate) struct Spans {
 pub(crate) struct MessageTrace(Option<Box<Context>>);
 
 impl Spans {
-    pub fn new(settings: TraceSettings, consumer_group: Option<&str>) -> Self {
+    pub fn new(settings: TraceSettings, consumer_group: Option<&str>, metrics: Arc<Metrics>) -> Self {
         let ratio = settings.sample_ratio.clamp(0.0, 1.0);
         Self {
             tracer: settings.tracer,
             consumer_group: consumer_group.map(std::sync::Arc::from),
             keep_below: (ratio * (1u64 << 63) as f64) as u64,
+            export_gate: settings.export_gate,
+            metrics,
         }
     }
 
@@ -120,6 +134,10 @@ impl Spans {
             }
         };
         if !keep {
+            return (MessageTrace(None), m.trace_id);
+        }
+        if self.export_gate.as_ref().is_some_and(|gate| gate.is_saturated()) {
+            self.metrics.trace_shed();
             return (MessageTrace(None), m.trace_id);
         }
         let parent = match producer {
@@ -358,5 +376,47 @@ fn messaging_system(adapter: &std::sync::Arc<str>) -> opentelemetry::Value {
     match &**adapter {
         "sqs" => "aws_sqs".into(),
         _ => adapter.clone().into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::noop::NoopTracer;
+    use qt_core::parse::{PayloadFormat, parser_for};
+
+    fn envelope() -> MessageEnvelope {
+        let raw = RawMessage::new("m1", &b"{}"[..], SourceInfo::new("mock", "orders"));
+        let parser = parser_for(PayloadFormat::Json, 1024, false);
+        qt_core::envelope::build_envelope(raw, parser.as_ref(), &Default::default())
+            .expect("parses")
+            .envelope
+    }
+
+    #[test]
+    fn a_kept_message_is_not_traced_while_the_exporter_has_no_room_and_is_counted() {
+        let gate = Arc::new(ExportGate::default());
+        let metrics = Arc::new(Metrics::new());
+        let spans = Spans::new(
+            TraceSettings {
+                tracer: BoxedTracer::new(Box::new(NoopTracer::new())),
+                sample_ratio: 1.0,
+                export_gate: Some(gate.clone()),
+            },
+            None,
+            metrics.clone(),
+        );
+        assert!(spans.start_message(&mut envelope()).span_context().is_some(), "traced");
+
+        gate.set_saturated(true);
+        assert!(spans.start_message(&mut envelope()).span_context().is_none(), "shed");
+        assert_eq!(metrics.snapshot().traces_shed, 1);
+
+        gate.set_saturated(false);
+        assert!(
+            spans.start_message(&mut envelope()).span_context().is_some(),
+            "traced again"
+        );
+        assert_eq!(metrics.snapshot().traces_shed, 1);
     }
 }

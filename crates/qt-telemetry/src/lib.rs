@@ -6,7 +6,9 @@
 //! collector that is slow or down never slows the pipeline: when the queue is full a span is
 //! dropped and counted (`qt_trace_spans_dropped_total`). The queue is ours rather than the
 //! SDK's `BatchSpanProcessor` because that one keeps its count of dropped spans private, and
-//! the count is what an operator needs to see. The export thread runs a small Tokio runtime of
+//! the count is what an operator needs to see. Before the queue is full it tells the engine,
+//! through an [`ExportGate`], to stop tracing new messages until the export thread has
+//! taken what is queued: spans are then rarely made only to be dropped. The export thread runs a small Tokio runtime of
 //! its own, so the exporter uses the same reqwest client as the `http` agents.
 
 use std::collections::HashMap;
@@ -23,6 +25,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor};
 use qt_core::config::{OtlpProtocol, TracingConfig};
+use qt_core::trace::ExportGate;
 
 /// Spans dropped because the export queue was full, since start.
 static SPANS_DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -68,6 +71,7 @@ pub fn span_counts() -> (u64, u64, u64) {
 /// The running tracer provider; [`Tracing::shutdown`] sends what is queued.
 pub struct Tracing {
     provider: SdkTracerProvider,
+    gate: Arc<ExportGate>,
 }
 
 impl std::fmt::Debug for Tracing {
@@ -110,7 +114,8 @@ impl Tracing {
             .with_attributes(attributes)
             .build();
         exporter.set_resource(&resource);
-        let queue = ExportQueue::start(runtime, exporter, config.max_queue_size)?;
+        let gate = Arc::new(ExportGate::default());
+        let queue = ExportQueue::start(runtime, exporter, config.max_queue_size, gate.clone())?;
         let provider = SdkTracerProvider::builder()
             .with_resource(resource)
             // The engine decides which messages are kept (see qt-engine's spans module) and
@@ -121,7 +126,13 @@ impl Tracing {
             .with_max_links_per_span(MAX_LINKS)
             .with_span_processor(queue)
             .build();
-        Ok(Self { provider })
+        Ok(Self { provider, gate })
+    }
+
+    /// Set while the export queue is nearly full, for the engine to stop tracing new
+    /// messages until there is room (`qt_engine::TraceSettings::export_gate`).
+    pub fn export_gate(&self) -> Arc<ExportGate> {
+        self.gate.clone()
     }
 
     /// The tracer the engine makes its spans with.
@@ -256,6 +267,10 @@ struct Shared {
     /// Wakes the export thread before its next tick: a full batch, a flush, a stop.
     wake: Condvar,
     capacity: usize,
+    /// Set from `high_water` queued spans until the export thread takes them: the spans
+    /// of messages already traced still fit in the rest of the queue.
+    gate: Arc<ExportGate>,
+    high_water: usize,
 }
 
 impl Shared {
@@ -280,11 +295,14 @@ impl ExportQueue {
         runtime: tokio::runtime::Runtime,
         exporter: opentelemetry_otlp::SpanExporter,
         capacity: usize,
+        gate: Arc<ExportGate>,
     ) -> Result<Self, TelemetryError> {
         let shared = Arc::new(Shared {
             queued: Mutex::new(Queued::default()),
             wake: Condvar::new(),
             capacity,
+            gate,
+            high_water: (capacity - capacity / 4).max(1),
         });
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -328,6 +346,9 @@ impl SpanProcessor for ExportQueue {
             return;
         }
         queued.spans.push(span);
+        if queued.spans.len() >= self.shared.high_water {
+            self.shared.gate.set_saturated(true);
+        }
         let full = queued.spans.len() == MAX_EXPORT_BATCH.min(self.shared.capacity);
         drop(queued);
         if full {
@@ -372,6 +393,7 @@ fn export_loop(runtime: &tokio::runtime::Runtime, exporter: &opentelemetry_otlp:
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .0;
             }
+            shared.gate.set_saturated(false);
             (
                 std::mem::take(&mut queued.spans),
                 std::mem::take(&mut queued.flushes),
@@ -415,6 +437,36 @@ mod tests {
     use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 
     use super::*;
+
+    #[test]
+    fn the_gate_closes_at_three_quarters_of_the_queue_and_opens_when_the_exporter_takes_it() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let config = TracingConfig {
+            enabled: true,
+            endpoint: Some(qt_core::SecretUrl::new(format!(
+                "http://{}/v1/traces",
+                silent.local_addr().unwrap()
+            ))),
+            timeout: Duration::from_secs(1),
+            max_queue_size: 16,
+            ..TracingConfig::default()
+        };
+        let tracing = Tracing::start(&config).unwrap();
+        let gate = tracing.export_gate();
+        let tracer = tracing.tracer();
+        for _ in 0..11 {
+            tracer.start("step").end();
+        }
+        assert!(!gate.is_saturated(), "11 of 16 queued");
+        tracer.start("step").end();
+        assert!(gate.is_saturated(), "12 of 16 queued");
+        // The export thread takes the queue on its next tick, whatever the collector does.
+        let deadline = Instant::now() + EXPORT_DELAY * 3;
+        while gate.is_saturated() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!gate.is_saturated(), "the gate opens once the queue is taken");
+    }
 
     #[test]
     fn when_the_collector_does_not_answer_spans_beyond_the_queue_are_dropped_and_counted() {

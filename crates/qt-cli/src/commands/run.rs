@@ -51,6 +51,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         builder = builder.tracer(TraceSettings {
             tracer: telemetry.tracer(),
             sample_ratio: tracing_config.sample_ratio,
+            export_gate: Some(telemetry.export_gate()),
         });
         info!(endpoint = %tracing_config.effective_endpoint(), sample_ratio = tracing_config.sample_ratio, "exporting traces");
         Some(telemetry)

@@ -208,9 +208,10 @@ pub struct TracingConfig {
     #[serde(default = "default_export_timeout", with = "humantime_serde")]
     #[schemars(with = "HumanDuration")]
     pub timeout: Duration,
-    /// Most finished spans waiting for export. When the collector is slow or down and the
-    /// queue is full, new spans are dropped (and counted in `qt_trace_spans_dropped_total`)
-    /// rather than slowing the pipeline.
+    /// Most finished spans waiting for export. When the collector is slow or down, new
+    /// messages stop being traced once the queue is three quarters full (counted in
+    /// `qt_trace_messages_shed_total`), and spans that do not fit are dropped (counted in
+    /// `qt_trace_spans_dropped_total`), rather than slowing the pipeline.
     #[serde(default = "default_max_queue_size")]
     pub max_queue_size: usize,
     /// PEM CA certificates to trust for an `https://` endpoint besides the built-in roots.

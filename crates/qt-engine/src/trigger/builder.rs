@@ -161,6 +161,7 @@ impl TriggerBuilder {
             (None, LedgerConfig::Postgres(_)) => return Err(BuildError::LedgerNotGiven("postgres")),
         };
         let max_in_flight = c.processing.effective_max_in_flight();
+        let metrics = Arc::new(Metrics::new());
         let pipeline = Pipeline {
             parser: parser_for(
                 c.processing.parser,
@@ -172,7 +173,7 @@ impl TriggerBuilder {
             store,
             governance: governance.expect("checked above"),
             ledger,
-            metrics: Arc::new(Metrics::new()),
+            metrics: metrics.clone(),
             agent_slots: Semaphore::new(c.processing.concurrency),
             sequencer: parking_lot::Mutex::new(crate::pipeline::order::Sequencer::new(max_in_flight)),
             stopping: CancellationToken::new(),
@@ -184,7 +185,7 @@ impl TriggerBuilder {
                     qt_core::config::SourceConfig::Kafka(k) => Some(k.consumer_group.as_str()),
                     _ => None,
                 };
-                crate::spans::Spans::new(trace, group)
+                crate::spans::Spans::new(trace, group, metrics)
             }),
             adapter_kind: Arc::from(adapter.kind()),
             config: c,
