@@ -328,6 +328,48 @@ observability:
     )
 }
 
+/// `qt run` over a fresh one-partition topic, with a DLQ topic and a group of its own.
+struct Fresh {
+    topic: String,
+    dlq: String,
+    group: String,
+    config: PathBuf,
+    ledger: PathBuf,
+    run: QtRun,
+}
+
+/// Creates the topics `what` and `what-dlq`, writes the configuration for them with `agent`
+/// and `processing` into `dir`, and starts `qt run` on it, ready.
+fn start_on_fresh_topic(kafka: &mut Kafka, dir: &Path, what: &str, agent: &Path, processing: &str) -> Fresh {
+    let topic = kafka.topic(what, 1);
+    let dlq = kafka.topic(&format!("{what}-dlq"), 1);
+    let group = unique(&format!("{what}-group"));
+    let ledger = dir.join("ledger.jsonl");
+    let port = free_port();
+    let config_path = dir.join("qt.yaml");
+    let yaml = config(&Setup {
+        brokers: &kafka.brokers,
+        topic: &topic,
+        group: &group,
+        dlq: &dlq,
+        agent,
+        ledger: &ledger.display().to_string(),
+        port: &port.to_string(),
+        processing,
+    });
+    std::fs::write(&config_path, yaml).unwrap();
+    let mut run = QtRun::start(&config_path, &dir.join("qt.log"), port, &[]);
+    run.wait_ready(Duration::from_secs(60));
+    Fresh {
+        topic,
+        dlq,
+        group,
+        config: config_path,
+        ledger,
+        run,
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The tests
 // ---------------------------------------------------------------------------------------
@@ -516,27 +558,15 @@ fn validate_send_and_dead_letters_on_kafka() {
 fn a_record_with_a_header_key_that_is_not_utf8_is_dead_lettered_and_the_topic_goes_on() {
     let mut kafka = Kafka::connect();
     let dir = tempfile::tempdir().unwrap();
-    let topic = kafka.topic("badkey", 1);
-    let dlq = kafka.topic("badkey-dlq", 1);
-    let group = unique("badkey-group");
-    let events = dir.path().join("events");
-    let agent = agent(dir.path(), &events);
-    let ledger_path = dir.path().join("ledger.jsonl");
-    let port = free_port();
-    let cfg = dir.path().join("qt.yaml");
-    let yaml = config(&Setup {
-        brokers: &kafka.brokers,
-        topic: &topic,
-        group: &group,
-        dlq: &dlq,
-        agent: &agent,
-        ledger: &ledger_path.display().to_string(),
-        port: &port.to_string(),
-        processing: "{}",
-    });
-    std::fs::write(&cfg, yaml).unwrap();
-    let mut run = QtRun::start(&cfg, &dir.path().join("qt.log"), port, &[]);
-    run.wait_ready(Duration::from_secs(30));
+    let agent = agent(dir.path(), &dir.path().join("events"));
+    let Fresh {
+        topic,
+        dlq,
+        group,
+        ledger,
+        mut run,
+        ..
+    } = start_on_fresh_topic(&mut kafka, dir.path(), "badkey", &agent, "{}");
 
     let broker = kafka.brokers.split(',').next().unwrap().to_owned();
     qt_test_support::raw_kafka::produce(
@@ -549,7 +579,7 @@ fn a_record_with_a_header_key_that_is_not_utf8_is_dead_lettered_and_the_topic_go
     let hostile = format!("{topic}/0/0");
 
     let ids = [hostile.as_str(), good.as_str()];
-    let records = run.wait_recorded_once(&ledger_path, &ids, Duration::from_secs(30));
+    let records = run.wait_recorded_once(&ledger, &ids, Duration::from_secs(30));
     let failed = &records[&hostile];
     assert_eq!(status_of(failed), "parse_failed", "{failed}");
     assert_eq!(failed["settlement"], "dead_letter", "{failed}");
@@ -944,27 +974,20 @@ fn an_unreachable_cluster_fails_the_run_without_leaking_the_password() {
 fn dead_letters_are_listed_shown_replayed_guarded_and_purged_with_qt_dlq_on_kafka() {
     let mut kafka = Kafka::connect();
     let dir = tempfile::tempdir().unwrap();
-    let topic = kafka.topic("dlq-story", 1);
-    let dlq = kafka.topic("dlq-story-dlq", 1);
-    let group = unique("dlq-story-group");
     let broken = dir.path().join("broken");
     let agent = breakable_agent(dir.path(), &broken);
-    let ledger_path = dir.path().join("ledger.jsonl");
-    let port = free_port();
-    let cfg = dir.path().join("qt.yaml");
-    let yaml = config(&Setup {
-        brokers: &kafka.brokers,
-        topic: &topic,
-        group: &group,
-        dlq: &dlq,
-        agent: &agent,
-        ledger: &ledger_path.display().to_string(),
-        port: &port.to_string(),
-        processing: "{concurrency: 2, on_failure: dlq}",
-    });
-    std::fs::write(&cfg, yaml).unwrap();
-    let mut run = QtRun::start(&cfg, &dir.path().join("qt.log"), port, &[]);
-    run.wait_ready(Duration::from_secs(60));
+    let Fresh {
+        config: cfg,
+        ledger: ledger_path,
+        mut run,
+        ..
+    } = start_on_fresh_topic(
+        &mut kafka,
+        dir.path(),
+        "dlq-story",
+        &agent,
+        "{concurrency: 2, on_failure: dlq}",
+    );
     DlqStory {
         dir: dir.path(),
         config: cfg,

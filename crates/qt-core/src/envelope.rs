@@ -218,18 +218,19 @@ mod tests {
         SourceInfo::new("mock", "orders")
     }
 
+    /// Builds the envelope with the JSON parser and no extraction rules.
+    fn build_json(raw: RawMessage) -> Result<Built, Box<Unparseable>> {
+        let parser = JsonParser {
+            max_message_bytes: 1024,
+            builds_value: false,
+        };
+        build_envelope(raw, &parser, &ExtractionRules::default())
+    }
+
     #[test]
     fn parse_failure_hands_the_message_back() {
         let raw = RawMessage::new("m1", &b"{not json"[..], source());
-        let err = build_envelope(
-            raw,
-            &JsonParser {
-                max_message_bytes: 1024,
-                builds_value: false,
-            },
-            &ExtractionRules::default(),
-        )
-        .unwrap_err();
+        let err = build_json(raw).unwrap_err();
         assert_eq!(err.raw.message_id, "m1");
         assert!(matches!(
             err.error,
@@ -241,15 +242,7 @@ mod tests {
     fn a_message_its_adapter_could_not_read_is_unparseable_even_with_a_valid_body() {
         let mut raw = RawMessage::new("m1", &br#"{"type":"order.created"}"#[..], source());
         raw.unreadable = Some("header 2 has a key that is not UTF-8".to_owned());
-        let err = build_envelope(
-            raw,
-            &JsonParser {
-                max_message_bytes: 1024,
-                builds_value: false,
-            },
-            &ExtractionRules::default(),
-        )
-        .unwrap_err();
+        let err = build_json(raw).unwrap_err();
         assert_eq!(err.raw.message_id, "m1", "the message is handed back whole");
         assert_eq!(
             err.error.to_string(),

@@ -438,20 +438,24 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn the_gate_closes_at_three_quarters_of_the_queue_and_opens_when_the_exporter_takes_it() {
-        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let config = TracingConfig {
+    /// Tracing to `silent`, a listener that never answers: an export hangs until `timeout`.
+    fn to_silent_collector(silent: &std::net::TcpListener, timeout: Duration, max_queue_size: usize) -> TracingConfig {
+        TracingConfig {
             enabled: true,
             endpoint: Some(qt_core::SecretUrl::new(format!(
                 "http://{}/v1/traces",
                 silent.local_addr().unwrap()
             ))),
-            timeout: Duration::from_secs(1),
-            max_queue_size: 16,
+            timeout,
+            max_queue_size,
             ..TracingConfig::default()
-        };
-        let tracing = Tracing::start(&config).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_gate_closes_at_three_quarters_of_the_queue_and_opens_when_the_exporter_takes_it() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tracing = Tracing::start(&to_silent_collector(&silent, Duration::from_secs(1), 16)).unwrap();
         let gate = tracing.export_gate();
         let tracer = tracing.tracer();
         for _ in 0..11 {
@@ -473,18 +477,8 @@ mod tests {
         // A listener that never answers: the first export hangs until its timeout, and the
         // spans behind it fill the queue.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let config = TracingConfig {
-            enabled: true,
-            endpoint: Some(qt_core::SecretUrl::new(format!(
-                "http://{}/v1/traces",
-                silent.local_addr().unwrap()
-            ))),
-            timeout: Duration::from_secs(2),
-            max_queue_size: 10,
-            ..TracingConfig::default()
-        };
         let (dropped_before, _, _) = span_counts();
-        let tracing = Tracing::start(&config).unwrap();
+        let tracing = Tracing::start(&to_silent_collector(&silent, Duration::from_secs(2), 10)).unwrap();
         let tracer = tracing.tracer();
         let started = Instant::now();
         for _ in 0..1000 {
