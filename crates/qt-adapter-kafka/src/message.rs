@@ -152,20 +152,22 @@ fn copy_record(
         return (RecordBuilder::new(msg.key(), msg.payload(), 0).finish(), None);
     };
     let count = headers.count();
-    let readable = || (0..count).filter_map(|i| header_at(headers, i));
-    let header_bytes = readable().map(|h| header_len(h.key, h.value)).sum();
+    let header_bytes = (0..count)
+        .filter_map(|i| header_at(headers, i))
+        .map(|h| header_len(h.key, h.value))
+        .sum();
     let mut builder = RecordBuilder::new(msg.key(), msg.payload(), header_bytes);
-    let mut copied = 0;
-    for h in readable() {
-        builder.header(h.key, h.value);
-        each(h.key, h.value);
-        copied += 1;
+    let mut which = Vec::new();
+    for i in 0..count {
+        match header_at(headers, i) {
+            Some(h) => {
+                builder.header(h.key, h.value);
+                each(h.key, h.value);
+            }
+            None => which.push(i.to_string()),
+        }
     }
-    let unreadable = (copied < count).then(|| {
-        let which: Vec<String> = (0..count)
-            .filter(|&i| header_at(headers, i).is_none())
-            .map(|i| i.to_string())
-            .collect();
+    let unreadable = (!which.is_empty()).then(|| {
         Arc::new(UnreadableHeaders {
             reason: format!(
                 "Kafka header {} (counting from 0, of {count}) has a key that is not UTF-8; header keys are strings in Kafka's protocol, so the producer that wrote this record is at fault",

@@ -29,6 +29,14 @@ async fn scenario(what: &str, partitions: i32) -> (KafkaAdmin, String, String, K
     (admin, topic, group, cfg)
 }
 
+/// [`scenario`] with a DLQ topic (`<topic>-dlq`) the source dead-letters to.
+async fn scenario_with_dlq(what: &str) -> (KafkaAdmin, String, String, String, KafkaSourceConfig) {
+    let (admin, topic, group, mut cfg) = scenario(what, 1).await;
+    let dlq = topic_named(&admin, &format!("{topic}-dlq")).await;
+    cfg.dlq_topic = Some(dlq.clone());
+    (admin, topic, group, dlq, cfg)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumes_settles_and_commits_to_the_end() {
     let (admin, topic, group, cfg) = scenario("commit", 3).await;
@@ -200,9 +208,7 @@ async fn out_of_order_acks_never_commit_past_an_unfinished_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_keep_the_original_and_add_the_reasons() {
-    let (admin, topic, group, mut cfg) = scenario("src", 1).await;
-    let dlq = topic_named(&admin, &format!("{topic}-dlq")).await;
-    cfg.dlq_topic = Some(dlq.clone());
+    let (admin, topic, group, dlq, cfg) = scenario_with_dlq("src").await;
     let adapter = connected(&cfg, 32).await;
     assert!(adapter.capabilities().dead_letter);
     produce(adapter.publisher(), &topic, 0, 3).await;
@@ -247,9 +253,7 @@ async fn dead_letters_keep_the_original_and_add_the_reasons() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_key_that_is_not_utf8_fails_only_its_record_which_is_dead_lettered_whole() {
-    let (admin, topic, group, mut cfg) = scenario("badkey", 1).await;
-    let dlq = topic_named(&admin, &format!("{topic}-dlq")).await;
-    cfg.dlq_topic = Some(dlq.clone());
+    let (admin, topic, group, dlq, cfg) = scenario_with_dlq("badkey").await;
     let adapter = connected(&cfg, 32).await;
     let broker = brokers().split(',').next().unwrap().to_owned();
     let headers: [(&[u8], &[u8]); 3] = [
