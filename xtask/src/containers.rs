@@ -109,9 +109,13 @@ fn start_podman_service() -> Result<()> {
     let log = File::create(&log_path).with_context(|| format!("cannot create {}", log_path.display()))?;
     let args = ["system", "service", "--time", "0", &format!("unix://{PODMAN_SOCKET}")];
     eprintln!("$ podman {} (log: {})", args.join(" "), log_path.display());
-    // Its own process group: it outlives this command and a Ctrl-C meant for it.
+    // Its own process group: it outlives this command and a Ctrl-C meant for it. Started
+    // in `/`: every container's conmon inherits the service's directory, and a checkout
+    // removed after the run that started it would make each later container fail to start
+    // ("write child: broken pipe").
     Command::new("podman")
         .args(args)
+        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
